@@ -1,0 +1,43 @@
+# The README's two commands. Both create .venv when it is missing and install the project from its own files.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The local Dagster instance (SQLite) that `make run` records its runs in; `dagster dev` reads the same one.
+export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+export DAGSTER_DISABLE_TELEMETRY ?= 1
+export FIFTYONE_DO_NOT_TRACK ?= true
+
+.PHONY: run test install install-dev dev check clean-venv
+
+run: $(VENV)/.installed
+	@mkdir -p "$(DAGSTER_HOME)"
+	$(BIN)/vlm-gist run
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# `dagster dev` on the same instance as `make run`, to browse lineage, runs and the leaderboard.
+dev: $(VENV)/.installed
+	@mkdir -p "$(DAGSTER_HOME)"
+	$(BIN)/dagster dev -w workspace.yaml
+
+check: $(VENV)/.installed-dev
+	$(BIN)/dg check defs
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""HTTP clients (httpx, async) for chat completions, embeddings and the NimbRo vision servers."""

@@ -1,0 +1,206 @@
+"""Downloads of the benchmark's two datasets, for users with internet access.
+
+* VLM-GIST: the FiftyOne export in the paper's public repository, pinned to the commit the spec was
+  written from and checked against the published ``samples.json`` checksum.
+* COCO "minival (subset)": the 500 val2017 images with the lowest image ids (spec/pipeline.md §9.1),
+  fetched with the FiftyOne zoo into a fresh zoo directory and written as a COCO detection directory
+  (``data/`` + ``labels.json``) with *all* annotations of those images, masks and crowds included; the
+  loader removes crowds as the paper did.
+
+Offline, both raise :class:`DatasetDownloadError` with a message saying how to point the project at a
+local copy. Nothing is ever skipped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .model import DatasetDownloadError
+
+logger = logging.getLogger(__name__)
+
+VLM_GIST_REPOSITORY = "AIS-Bonn/vlm_gist"
+VLM_GIST_COMMIT = "55f898172df5021820d1061ad112ad7989c51ade"
+VLM_GIST_ARCHIVE_URL = f"https://codeload.github.com/{VLM_GIST_REPOSITORY}/tar.gz/{VLM_GIST_COMMIT}"
+#: Path of the dataset inside the repository.
+VLM_GIST_SUBDIR = "data/datasets/vlm_gist"
+#: sha256 of ``samples.json`` at that commit (64 images, 1178 instances with masks).
+VLM_GIST_SAMPLES_SHA256 = "cf3c9715e95c2ef7ddb649055e112d0324ea60c7ccceb3330956bcdecc59a8d8"
+
+COCO_MAX_SAMPLES = 500
+
+
+def local_copy_hint(name: str, settings_file: Path | None = None) -> str:
+    var = f"VLM_GIST_DATASET_DIR_{name.upper()}"
+    where = f" or change its 'path' in {settings_file}" if settings_file else ""
+    return f"To use a local copy instead, set {var}=/path/to/{name}{where}."
+
+
+def _report(progress: Callable[[str], None] | None, message: str) -> None:
+    logger.info(message)
+    if progress is not None:
+        progress(message)
+
+
+def download_vlm_gist(
+    target: Path,
+    *,
+    url: str = VLM_GIST_ARCHIVE_URL,
+    expected_samples_sha256: str | None = VLM_GIST_SAMPLES_SHA256,
+    transport: httpx.BaseTransport | None = None,
+    timeout: httpx.Timeout | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Download the VLM-GIST dataset into ``target`` (atomically: a partial download never shows up as
+    ``target``). Raises :class:`DatasetDownloadError` naming the URL and how to use a local copy."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    timeout = timeout or httpx.Timeout(30.0, read=120.0)
+    with tempfile.TemporaryDirectory(prefix=".vlm_gist_download_", dir=target.parent) as tmp:
+        archive = Path(tmp) / "archive.tar.gz"
+        _report(progress, f"Downloading the VLM-GIST dataset from {url}")
+        try:
+            with httpx.Client(transport=transport, timeout=timeout, follow_redirects=True) as client:
+                with client.stream("GET", url) as response:
+                    response.raise_for_status()
+                    total = int(response.headers.get("content-length") or 0)
+                    done = 0
+                    with archive.open("wb") as f:
+                        for chunk in response.iter_bytes(1 << 20):
+                            f.write(chunk)
+                            done += len(chunk)
+                    _report(progress, f"Downloaded {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
+        except httpx.HTTPError as exc:
+            raise DatasetDownloadError(
+                f"Could not download the VLM-GIST dataset from {url}: {exc}. {local_copy_hint('vlm_gist')}"
+            ) from exc
+
+        staging = Path(tmp) / "vlm_gist"
+        staging.mkdir()
+        found = 0
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for member in tar.getmembers():
+                    parts = Path(member.name).parts
+                    # GitHub archives wrap everything in one "<repo>-<ref>/" directory.
+                    rel = Path(*parts[1:]) if len(parts) > 1 else None
+                    if rel is None or not str(rel).startswith(VLM_GIST_SUBDIR + "/"):
+                        continue
+                    if not (member.isfile() or member.isdir()):
+                        continue
+                    member.name = str(rel.relative_to(VLM_GIST_SUBDIR))
+                    tar.extract(member, staging, filter="data")
+                    found += member.isfile()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DatasetDownloadError(f"The archive from {url} is not a valid .tar.gz ({exc}).") from exc
+        samples = staging / "samples.json"
+        if not found or not samples.is_file():
+            raise DatasetDownloadError(f"The archive from {url} holds no {VLM_GIST_SUBDIR}/samples.json.")
+        if expected_samples_sha256:
+            digest = hashlib.sha256(samples.read_bytes()).hexdigest()
+            if digest != expected_samples_sha256:
+                raise DatasetDownloadError(
+                    f"samples.json from {url} has sha256 {digest}, expected {expected_samples_sha256}: "
+                    "the download is corrupt or the repository changed."
+                )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    _report(progress, f"VLM-GIST dataset ready in {target}")
+    return target
+
+
+def write_coco_subset(
+    annotations_file: Path, images_dir: Path, target: Path, *, max_samples: int = COCO_MAX_SAMPLES
+) -> list[int]:
+    """Write the ``max_samples`` lowest-id images of a COCO annotation file, with every annotation of
+    those images, as a COCO detection directory (``data/`` + ``labels.json``) at ``target``.
+
+    Returns the selected image ids. Raises :class:`DatasetDownloadError` if an image file is missing.
+    """
+    document: dict[str, Any] = json.loads(Path(annotations_file).read_text())
+    images = sorted(document["images"], key=lambda im: int(im["id"]))[:max_samples]
+    ids = {int(im["id"]) for im in images}
+    missing = [im["file_name"] for im in images if not (images_dir / im["file_name"]).is_file()]
+    if missing:
+        raise DatasetDownloadError(f"{len(missing)} selected COCO images are missing from {images_dir}, e.g. {missing[:3]}")
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".coco_subset_", dir=target.parent) as tmp:
+        staging = Path(tmp) / "coco"
+        (staging / "data").mkdir(parents=True)
+        for im in images:
+            shutil.copy2(images_dir / im["file_name"], staging / "data" / im["file_name"])
+        subset = {
+            "info": document.get("info", {}),
+            "licenses": document.get("licenses", []),
+            "images": images,
+            "annotations": [a for a in document["annotations"] if int(a["image_id"]) in ids],
+            "categories": document["categories"],
+        }
+        (staging / "labels.json").write_text(json.dumps(subset))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    return sorted(ids)
+
+
+def download_coco_subset(
+    target: Path,
+    *,
+    max_samples: int = COCO_MAX_SAMPLES,
+    zoo_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """The paper's "COCO minival (subset)": the ``max_samples`` val2017 images with the lowest ids.
+
+    FiftyOne's zoo downloads the annotations and images into a dedicated zoo directory (a pre-populated
+    shared zoo directory could change FiftyOne's selection, spec §9.1, so the ids are re-derived here from
+    the full annotation file and any missing image is fetched by id).
+    """
+    target = Path(target)
+    zoo_dir = Path(zoo_dir) if zoo_dir else target.parent / ".fiftyone_zoo" / "coco-2017"
+    _report(progress, f"Downloading COCO val2017 (the {max_samples} lowest image ids) with the FiftyOne zoo into {zoo_dir}")
+    try:
+        import fiftyone.zoo as foz
+
+        kwargs = dict(split="validation", label_types=["detections", "segmentations"], dataset_dir=str(zoo_dir))
+        foz.download_zoo_dataset("coco-2017", max_samples=max_samples, shuffle=False, **kwargs)
+        candidates = sorted(zoo_dir.rglob("instances_val2017.json"))
+        if not candidates:
+            raise DatasetDownloadError(f"FiftyOne's zoo left no instances_val2017.json under {zoo_dir}")
+        annotations_file = candidates[0]
+        document = json.loads(annotations_file.read_text())
+        lowest = sorted(document["images"], key=lambda im: int(im["id"]))[:max_samples]
+        images_dir = zoo_dir / "validation" / "data"
+        missing = [int(im["id"]) for im in lowest if not (images_dir / im["file_name"]).is_file()]
+        if missing:
+            _report(progress, f"Fetching {len(missing)} images the zoo did not select")
+            foz.download_zoo_dataset("coco-2017", image_ids=missing, **kwargs)
+    except DatasetDownloadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FiftyOne raises many types for network failures
+        raise DatasetDownloadError(
+            f"Could not download COCO val2017 with the FiftyOne zoo: {exc}. {local_copy_hint('coco')} "
+            "A local copy is a COCO detection directory (data/ + labels.json) or a FiftyOne export."
+        ) from exc
+    write_coco_subset(annotations_file, images_dir, target, max_samples=max_samples)
+    _report(progress, f"COCO subset ready in {target}")
+    return target
+
+
+DOWNLOADERS: dict[str, Callable[..., Path]] = {
+    "vlm_gist_github": download_vlm_gist,
+    "coco_2017_val_lowest_ids": download_coco_subset,
+}

@@ -1,0 +1,143 @@
+"""Reader for FiftyOne dataset exports (``fo.types.FiftyOneDataset``): ``data/``, ``samples.json``,
+``metadata.json``. The file is parsed directly, so loading needs no MongoDB.
+
+Instance masks in ``samples.json`` are BSON binaries: base64 → zlib → ``numpy.save`` bytes of a bool
+array the size of the box in pixels. They are pasted at the box position into a full-image COCO RLE.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import zlib
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..protocol.masks import encode_rle, paste_box_mask
+from ._common import check_box, check_image_file, image_size, read_json, sha256_of
+from .model import Dataset, DatasetError, build_ground_truth_table, build_images_table
+
+CrowdMode = Literal["remove", "fix", "keep"]
+
+
+def is_fiftyone_export(root: Path) -> bool:
+    return (root / "samples.json").is_file() and (root / "metadata.json").is_file()
+
+
+def decode_fiftyone_mask(value: Any) -> np.ndarray:
+    """Decode FiftyOne's serialised numpy array (``{"$binary": {"base64": ...}}`` or raw base64)."""
+    if isinstance(value, dict):
+        value = value.get("$binary", value)
+        value = value.get("base64") if isinstance(value, dict) else value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a base64 string, got {type(value).__name__}")
+    raw = zlib.decompress(base64.b64decode(value))
+    arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {arr.shape}")
+    return arr.astype(bool, copy=False)
+
+
+def _crowd_flag(det: dict[str, Any]) -> int:
+    value = det.get("iscrowd")
+    if value is None:
+        attr = (det.get("attributes") or {}).get("iscrowd")
+        value = attr.get("value") if isinstance(attr, dict) else attr
+    try:
+        return int(bool(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def load_fiftyone_export(
+    root: Path, *, name: str | None = None, gt_field: str = "ground_truth", crowd: CrowdMode = "fix"
+) -> Dataset:
+    """Load a FiftyOne export directory. ``crowd`` follows the paper's ``load_dataset``: "fix" (default)
+    keeps crowd instances with ``iscrowd`` set to 0, "remove" drops them, "keep" leaves them marked."""
+    samples_path = root / "samples.json"
+    document = read_json(samples_path)
+    read_json(root / "metadata.json")  # must exist and parse, as FiftyOne requires
+    if not isinstance(document, dict) or not isinstance(document.get("samples"), list):
+        raise DatasetError(samples_path, "expected an object with a 'samples' list", field="samples")
+
+    images: list[dict[str, Any]] = []
+    instances: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    seen: dict[str, int] = {}
+    for index, sample in enumerate(document["samples"]):
+        where = f"samples[{index}]"
+        if not isinstance(sample, dict):
+            raise DatasetError(samples_path, "sample is not an object", field=where)
+        filepath = sample.get("filepath")
+        if not isinstance(filepath, str) or not filepath:
+            raise DatasetError(samples_path, "missing file path", field=f"{where}.filepath")
+        path = Path(filepath)
+        path = path if path.is_absolute() else root / path
+        check_image_file(path, samples_path, f"{where}.filepath")
+        file_name = path.name
+        image_key = path.stem
+        if image_key in seen:
+            raise DatasetError(
+                samples_path, f"duplicate image name {file_name!r} (also samples[{seen[image_key]}])", field=f"{where}.filepath"
+            )
+        seen[image_key] = index
+
+        header_w, header_h = image_size(path)
+        metadata = sample.get("metadata") or {}
+        width, height = metadata.get("width"), metadata.get("height")
+        if width is None or height is None:
+            width, height = header_w, header_h
+        elif (int(width), int(height)) != (header_w, header_h):
+            raise DatasetError(
+                samples_path,
+                f"{file_name}: metadata says {width}x{height} but the image is {header_w}x{header_h}",
+                field=f"{where}.metadata",
+            )
+        width, height = int(width), int(height)
+        images.append(
+            {"image_id": image_key, "file_name": file_name, "path": str(path.resolve()), "width": width, "height": height, "sha256": sha256_of(path)}
+        )
+
+        labels = sample.get(gt_field)
+        if labels is None:
+            continue
+        detections = labels.get("detections") if isinstance(labels, dict) else None
+        if not isinstance(detections, list):
+            raise DatasetError(samples_path, "expected a Detections object", field=f"{where}.{gt_field}")
+        for j, det in enumerate(detections):
+            field = f"{where}.{gt_field}.detections[{j}]"
+            if not isinstance(det, dict):
+                raise DatasetError(samples_path, "detection is not an object", field=field)
+            iscrowd = _crowd_flag(det)
+            if iscrowd and crowd == "remove":
+                continue
+            if crowd == "fix":
+                iscrowd = 0
+            label = det.get("label")
+            if not isinstance(label, str):
+                raise DatasetError(samples_path, f"image {image_key}: missing label", field=f"{field}.label")
+            x, y, w, h = check_box(det.get("bounding_box"), samples_path, f"{field}.bounding_box", image_key, warnings)
+            mask_rle = None
+            if det.get("mask") is not None:
+                try:
+                    box_mask = decode_fiftyone_mask(det["mask"])
+                except Exception as exc:  # noqa: BLE001 - any decoding failure is a located data error
+                    raise DatasetError(samples_path, f"image {image_key}: undecodable mask ({exc})", field=f"{field}.mask") from exc
+                full = paste_box_mask(box_mask, round(x * width), round(y * height), height, width)
+                mask_rle = encode_rle(full)
+            oid = det.get("_id")
+            instance_id = oid.get("$oid") if isinstance(oid, dict) else (str(oid) if oid is not None else f"{image_key}:{j}")
+            instances.append(
+                {"image_id": image_key, "instance_id": str(instance_id), "label": label, "x": x, "y": y, "w": w, "h": h, "mask": mask_rle, "iscrowd": iscrowd}
+            )
+
+    return Dataset(
+        name=name or root.name,
+        root=root,
+        format="fiftyone",
+        images=build_images_table(images),
+        ground_truth=build_ground_truth_table(instances),
+        warnings=tuple(warnings),
+    )

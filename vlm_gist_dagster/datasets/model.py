@@ -1,0 +1,68 @@
+"""The two tables every dataset is loaded into, and the errors loading can raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+#: One row per image. ``image_id`` is the file's stem (the paper keys everything by image basename).
+IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "file_name", "path", "width", "height", "sha256")
+
+#: One row per ground-truth instance. ``x, y, w, h`` are relative to the image (top-left origin, as
+#: FiftyOne stores them); ``mask`` is a COCO RLE dict over the full image, or None.
+GROUND_TRUTH_COLUMNS: tuple[str, ...] = ("image_id", "instance_id", "label", "x", "y", "w", "h", "mask", "iscrowd")
+
+
+class DatasetError(ValueError):
+    """A dataset directory cannot be loaded. The message names the file and the field at fault."""
+
+    def __init__(self, file: Path | str, message: str, *, field: str | None = None) -> None:
+        self.file = str(file)
+        self.field = field
+        where = f"{self.file}" + (f", field {field!r}" if field else "")
+        super().__init__(f"{where}: {message}")
+
+
+class DatasetDownloadError(RuntimeError):
+    """A dataset could not be downloaded (offline, server error, checksum mismatch)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset: ``images`` and ``ground_truth`` tables (see the column constants).
+
+    ``format`` is ``"fiftyone"`` or ``"coco"``; ``warnings`` lists recoverable oddities found while
+    loading (e.g. boxes reaching outside their image), each naming file and field.
+    """
+
+    name: str
+    root: Path
+    format: str
+    images: pd.DataFrame
+    ground_truth: pd.DataFrame
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_instances(self) -> int:
+        return len(self.ground_truth)
+
+
+def empty_images() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in IMAGE_COLUMNS})
+
+
+def build_images_table(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))
+    return df.astype({"width": "int64", "height": "int64"})
+
+
+def build_ground_truth_table(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(GROUND_TRUTH_COLUMNS))
+    df["mask"] = df["mask"].astype(object)
+    return df.astype({"x": "float64", "y": "float64", "w": "float64", "h": "float64", "iscrowd": "int64"})

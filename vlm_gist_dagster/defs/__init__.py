@@ -1,0 +1,2 @@
+"""Dagster definitions, split by concept. ``vlm_gist_dagster.definitions`` assembles them into the one
+``Definitions`` object."""

@@ -1,0 +1,77 @@
+"""Test session setup: everything offline, every store in a temp directory, data from ``../shared``.
+
+The environment is set at import time, before any test imports dagster or fiftyone (both read it once).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: The shared reference data (never copied into the project): ``$VLM_GIST_SHARED_DIR`` or ``../shared``.
+SHARED = Path(os.environ.get("VLM_GIST_SHARED_DIR") or REPO.parent / "shared").resolve()
+VLM_GIST_DIR = SHARED / "datasets" / "vlm_gist"
+COCO_DIR = SHARED / "datasets" / "coco_val2017_32"
+REFERENCE_DIR = SHARED / "reference"
+SETTINGS_DIR = REFERENCE_DIR / "vlm_gist_settings"
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="vlm_gist_tests_"))
+os.environ.update(
+    {
+        "FIFTYONE_DO_NOT_TRACK": "true",
+        "FIFTYONE_DATABASE_DIR": str(_SESSION_TMP / "fiftyone_db"),
+        "DAGSTER_HOME": str(_SESSION_TMP / "dagster_home"),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+        "VLM_GIST_DATA_DIR": str(_SESSION_TMP / "data"),
+        "VLM_GIST_DATASET_DIR_VLM_GIST": str(VLM_GIST_DIR),
+        "VLM_GIST_DATASET_DIR_COCO": str(COCO_DIR),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+)
+os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"shared reference data not found at {SHARED}; set VLM_GIST_SHARED_DIR")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def vlm_gist_dir(shared_dir: Path) -> Path:
+    return VLM_GIST_DIR
+
+
+@pytest.fixture(scope="session")
+def coco_dir(shared_dir: Path) -> Path:
+    return COCO_DIR
+
+
+@pytest.fixture(scope="session")
+def reference_settings_dir(shared_dir: Path) -> Path:
+    return SETTINGS_DIR
+
+
+@pytest.fixture(scope="session")
+def vlm_gist_dataset(vlm_gist_dir: Path):
+    from vlm_gist_dagster.datasets import load_dataset
+
+    return load_dataset(vlm_gist_dir)
+
+
+@pytest.fixture(scope="session")
+def coco_dataset(coco_dir: Path):
+    from vlm_gist_dagster.datasets import load_dataset
+
+    return load_dataset(coco_dir)
