@@ -5,6 +5,7 @@ The environment is set at import time, before any test imports dagster or fiftyo
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -35,10 +36,9 @@ os.environ.update(
     }
 )
 os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
-
-
-def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
-    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+# Registered before fiftyone is imported, so it runs after FiftyOne's own atexit hook has stopped the
+# MongoDB it started in this directory (atexit runs hooks last-in, first-out).
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
