@@ -270,7 +270,9 @@ def parse_sam2_response(response: Mapping[str, Any], *, frame: int = 0) -> list[
             raise ResponseFormatError(f"SAM2 response field '{where}' must be an object")
         track_id = entry.get("track_id")
         if not isinstance(track_id, int) or isinstance(track_id, bool):
-            raise ResponseFormatError(f"SAM2 response field '{where}.track_id' must be an int, got {track_id!r}")
+            raise ResponseFormatError(
+                f"SAM2 response field '{where}.track_id' must be an int, got {track_id!r}"
+            )
         if track_id in seen:
             raise ResponseFormatError(f"SAM2 response field '{where}.track_id' repeats track id {track_id}")
         seen.add(track_id)
@@ -297,7 +299,12 @@ def decode_sam2_track(track: Sam2Track, image_width: int, image_height: int) -> 
             f"mask of track {track.track_id} has shape {crop.shape}, expected {expected} for box {track.box_xyxy}"
         )
     full = paste_box_mask(crop, x1, y1, image_height, image_width)
-    return Sam2Mask(track_id=track.track_id, box_xyxy=track.box_xyxy, rle=encode_rle(full), mask_png_b64=track.mask_png_b64)
+    return Sam2Mask(
+        track_id=track.track_id,
+        box_xyxy=track.box_xyxy,
+        rle=encode_rle(full),
+        mask_png_b64=track.mask_png_b64,
+    )
 
 
 def tracks_by_id(tracks: Sequence[Sam2Track]) -> dict[int, Sam2Track]:

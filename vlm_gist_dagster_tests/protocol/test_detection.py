@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pycocotools import mask as coco_mask
 
 from vlm_gist_dagster.protocol.detection import (
     DetectorBox,
+    GdinoDetection,
+    ResponseFormatError,
+    assemble_detections,
     chunk_prompts,
     chunk_width,
+    gdino_request,
     gdino_response,
+    instance_for_description,
+    missing_and_over_detections,
     nms,
+    over_detection_flags,
+    parse_gdino_response,
     prompt_text,
+    relative_xywh,
     select_detections,
     unique_prompts,
 )
+from vlm_gist_dagster.protocol.segmentation import Sam2Track, encode_mask_png
 
 
-def box(prompt: str, confidence: float, xyxy: tuple[float, float, float, float] = (0.0, 0.0, 10.0, 10.0)) -> DetectorBox:
+def box(
+    prompt: str, confidence: float, xyxy: tuple[float, float, float, float] = (0.0, 0.0, 10.0, 10.0)
+) -> DetectorBox:
     return DetectorBox(prompt, xyxy, confidence)
 
 
@@ -103,7 +116,11 @@ def test_order_is_picked_then_padding():
     # Targets {a, b}. Walk: a .9 ✓, a .85 ✗ (a used up), b .2 ✓ → picked [a .9, b .2].
     # Factor 1.5: desired = ceil(2 × 1.5) = 3 → pad a .85 *after* b .2 although it scores higher.
     raw = [box("a", 0.9), box("a", 0.85), box("b", 0.2)]
-    assert summary(select_detections(raw, ["a", "b"], overdetect_factor=1.5)) == [("a", 0.9), ("b", 0.2), ("a", 0.85)]
+    assert summary(select_detections(raw, ["a", "b"], overdetect_factor=1.5)) == [
+        ("a", 0.9),
+        ("b", 0.2),
+        ("a", 0.85),
+    ]
 
 
 def test_padding_stops_when_boxes_run_out():
@@ -174,7 +191,10 @@ def test_no_prompts_and_no_boxes():
 
 
 def test_gdino_response_truncates_boxes_to_int():
-    selected = [DetectorBox("a cat", (10.99, 20.5, 30.01, 40.999), 0.4567), DetectorBox("a dog", (0.2, 0.9, 5.0, 7.5), 0.1)]
+    selected = [
+        DetectorBox("a cat", (10.99, 20.5, 30.01, 40.999), 0.4567),
+        DetectorBox("a dog", (0.2, 0.9, 5.0, 7.5), 0.1),
+    ]
     assert gdino_response(selected) == {
         "artifact": {
             "detections": [
@@ -191,3 +211,272 @@ def test_gdino_response_truncates_boxes_to_int():
 def test_detector_box_rejects_bad_box():
     with pytest.raises(ValueError, match="box_xyxy"):
         DetectorBox("a", (0.0, 1.0, 2.0), 0.5)  # type: ignore[arg-type]
+
+
+# --- client side: request and response (§4.2) ------------------------------------------------------------
+
+
+def test_gdino_request_body():
+    assert gdino_request("QUJD", ["a red chair", "a cat", "a red chair"], min_confidence=0, nms_iou=0.5) == {
+        "images": ["QUJD"],
+        "inference_parameters": [
+            {
+                "prompts": ["a red chair", "a cat", "a red chair"],
+                "min_confidence": 0.0,
+                "nms_iou": 0.5,
+                "overdetect_factor": 1.0,
+            }
+        ],
+    }
+    # The server type-checks floats: ints are converted, None stays None.
+    body = gdino_request("QUJD", ["a"], min_confidence=0, overdetect_factor=None)["inference_parameters"][0]
+    assert type(body["min_confidence"]) is float and body["overdetect_factor"] is None
+
+
+def test_gdino_request_rejects_empty_prompts():
+    with pytest.raises(ValueError, match="no prompts"):
+        gdino_request("QUJD", [])
+    with pytest.raises(ValueError, match="prompt 1"):
+        gdino_request("QUJD", ["a", ""])
+
+
+def test_parse_gdino_response_round_trip():
+    response = gdino_response([DetectorBox("a cat", (1.5, 2.5, 10.9, 20.1), 0.75)])
+    assert parse_gdino_response(response, prompts=["a cat"]) == [
+        GdinoDetection("a cat", (1, 2, 10, 20), 0.75)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("response", "field"),
+    [
+        ("nope", "JSON object"),
+        ({"detections": []}, "artifact"),
+        ({"artifact": {"detections": []}}, "artifact.detections"),
+        ({"artifact": {"detections": [None]}}, r"artifact.detections\[0\]"),
+        (
+            {"artifact": {"detections": [[{"box_xyxy": [0, 0, 1], "confidence": 0.5, "prompt": "a"}]]}},
+            "box_xyxy",
+        ),
+        (
+            {"artifact": {"detections": [[{"box_xyxy": [0, 0, 1, 1.0], "confidence": 0.5, "prompt": "a"}]]}},
+            "box_xyxy",
+        ),
+        (
+            {"artifact": {"detections": [[{"box_xyxy": [0, 0, 1, 1], "confidence": "0.5", "prompt": "a"}]]}},
+            "confidence",
+        ),
+        ({"artifact": {"detections": [[{"box_xyxy": [0, 0, 1, 1], "confidence": 0.5}]]}}, "prompt"),
+        (
+            {
+                "artifact": {
+                    "detections": [[{"box_xyxy": [0, 0, 1, 1], "confidence": 0.5, "prompt": "zebra"}]]
+                }
+            },
+            "not requested",
+        ),
+    ],
+)
+def test_parse_gdino_response_rejects_malformed(response, field):
+    with pytest.raises(ResponseFormatError, match=field):
+        parse_gdino_response(response, prompts=["a"])
+
+
+# --- §4.4 step 4: direct / over-detection flags, missing prompts -------------------------------------
+
+
+def test_over_detection_flags_duplicates_and_threshold():
+    # Prompts a, b, a. Labels/conf: 0 a .5, 1 a .9, 2 b .4, 3 a .2, 4 b .1.
+    # a → best unassigned "a" = 1 (.9); b → 2 (.4); a → 0 (.5). Direct {0, 1, 2}; over {3, 4}.
+    labels = ["a", "a", "b", "a", "b"]
+    confidences = [0.5, 0.9, 0.4, 0.2, 0.1]
+    assert over_detection_flags(["a", "b", "a"], labels, confidences, over_detect=1.0) == [
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]
+    # conf_threshold 0.4 is strict: b's .4 does not qualify, its .1 neither → both b detections are over.
+    assert over_detection_flags(
+        ["a", "b", "a"], labels, confidences, over_detect=1.0, conf_threshold=0.4
+    ) == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+
+
+def test_over_detection_flags_ties_take_the_first_and_factor_zero_flags_all():
+    assert over_detection_flags(["a"], ["a", "a"], [0.5, 0.5], over_detect=1.0) == [False, True]
+    assert over_detection_flags(["a"], ["a"], [0.9], over_detect=0.0) == [True]
+    assert over_detection_flags(["a"], ["a"], [0.9], over_detect=None) == [True]
+
+
+def test_missing_and_over_detections_are_multiset_differences():
+    # Prompts a, a, b, c vs labels a, b, b, d: a ✓ a ✗(missing) b ✓ c ✗(missing); left over: b, d.
+    assert missing_and_over_detections(["a", "a", "b", "c"], ["a", "b", "b", "d"]) == (["a", "c"], ["b", "d"])
+
+
+# --- §4.3–4.4: association with SAM2 tracks -------------------------------------------------------------
+
+
+IMAGE_W, IMAGE_H = 10, 8
+
+
+def track(track_id: int, box: tuple[int, int, int, int]) -> Sam2Track:
+    """A track whose cropped mask is all foreground, of the server's shape (y2 − y1) × (x2 − x1)."""
+    x1, y1, x2, y2 = box
+    return Sam2Track(track_id, box, encode_mask_png(np.ones((y2 - y1, x2 - x1), dtype=bool)))
+
+
+DETECTIONS = [
+    GdinoDetection("a red cup", (0, 0, 4, 4), 0.9),
+    GdinoDetection("a blue cup", (5, 0, 9, 4), 0.8),
+    GdinoDetection("a red cup", (1, 4, 6, 8), 0.3),
+]
+PROMPTS = ["a red cup", "a blue cup", "a green cup"]
+
+
+def test_tracks_are_associated_by_track_id_when_a_middle_track_is_missing():
+    # SAM2 dropped track 1 (empty mask): the track response holds ids 0 and 2 only.
+    tracks = [track(0, (1, 1, 3, 3)), track(2, (2, 5, 5, 7))]
+    result = assemble_detections(
+        PROMPTS,
+        DETECTIONS,
+        image_width=IMAGE_W,
+        image_height=IMAGE_H,
+        update_tracks=tracks,
+        track_tracks=tracks,
+    )
+    dets = result.detections
+    assert [d.track_id for d in dets] == [0, None, 2]
+    assert [d.box_mask for d in dets] == [(1, 1, 3, 3), None, (2, 5, 5, 7)]
+    # Preferred boxes: mask box where there is a mask, else the detector box.
+    assert [d.box for d in dets] == [(1, 1, 3, 3), (5, 0, 9, 4), (2, 5, 5, 7)]
+    # Detection 2's mask: crop of (7 − 5) × (5 − 2) = 2 × 3 pasted at x = 2, y = 5 → rows 5–6, columns 2–4.
+    expected = np.zeros((IMAGE_H, IMAGE_W), dtype=bool)
+    expected[5:7, 2:5] = True
+    rle = dets[2].mask_rle
+    assert (
+        coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool).tolist()
+        == expected.tolist()
+    )
+    assert dets[1].mask_rle is None and dets[1].mask_png_b64 is None
+    # Flags (over_detect 1.0): red → det 0 (.9), blue → det 1, green → nothing; det 2 is an over-detection.
+    assert [d.is_over_detection for d in dets] == [False, False, True]
+    assert result.missing_prompts == ("a green cup",)
+    assert result.over_detections == ("a red cup",)
+    # Relative xywh of det 2's preferred box (2, 5, 5, 7) on 10 × 8: (2/10, 5/8, 3/10, 2/8).
+    assert dets[2].relative_xywh(IMAGE_W, IMAGE_H) == (0.2, 0.625, 0.3, 0.25)
+
+
+def test_track_fallback_bug_is_reproduced_by_default():
+    update = [track(0, (1, 1, 3, 3)), track(1, (6, 1, 8, 3)), track(2, (2, 5, 5, 7))]
+    # segmentation_track=false: no track response → the paper assigns no masks at all (gotcha 13).
+    paper = assemble_detections(
+        PROMPTS, DETECTIONS, image_width=IMAGE_W, image_height=IMAGE_H, update_tracks=update
+    )
+    assert not paper.has_masks
+    assert [d.box for d in paper.detections] == [d.box_xyxy for d in DETECTIONS]
+    fixed = assemble_detections(
+        PROMPTS,
+        DETECTIONS,
+        image_width=IMAGE_W,
+        image_height=IMAGE_H,
+        update_tracks=update,
+        reproduce_track_fallback_bug=False,
+    )
+    assert [d.track_id for d in fixed.detections] == [0, 1, 2]
+    # The tracker dropped id 1 that the update segmented: only the fix falls back to the update mask.
+    tracked = [update[0], update[2]]
+    paper = assemble_detections(
+        PROMPTS,
+        DETECTIONS,
+        image_width=IMAGE_W,
+        image_height=IMAGE_H,
+        update_tracks=update,
+        track_tracks=tracked,
+    )
+    assert [d.track_id for d in paper.detections] == [0, None, 2]
+    fixed = assemble_detections(
+        PROMPTS,
+        DETECTIONS,
+        image_width=IMAGE_W,
+        image_height=IMAGE_H,
+        update_tracks=update,
+        track_tracks=tracked,
+        reproduce_track_fallback_bug=False,
+    )
+    assert [d.box_mask for d in fixed.detections] == [(1, 1, 3, 3), (6, 1, 8, 3), (2, 5, 5, 7)]
+
+
+def test_use_bbox_false_keeps_detector_boxes():
+    tracks = [track(0, (1, 1, 3, 3))]
+    result = assemble_detections(
+        PROMPTS,
+        DETECTIONS,
+        image_width=IMAGE_W,
+        image_height=IMAGE_H,
+        track_tracks=tracks,
+        segmentation_use_bbox=False,
+    )
+    assert result.detections[0].box == (0, 0, 4, 4)
+    assert result.detections[0].box_mask == (1, 1, 3, 3)
+
+
+def test_factor_zero_flags_every_detection_as_over():
+    result = assemble_detections(
+        PROMPTS, DETECTIONS, image_width=IMAGE_W, image_height=IMAGE_H, over_detect=0.0
+    )
+    assert [d.is_over_detection for d in result.detections] == [True, True, True]
+
+
+def test_detections_json_record():
+    tracks = [track(0, (1, 1, 3, 3)), track(2, (2, 5, 5, 7))]
+    record = assemble_detections(
+        PROMPTS, DETECTIONS, image_width=IMAGE_W, image_height=IMAGE_H, track_tracks=tracks
+    ).to_detections_json()
+    assert record["num_prompts"] == 3 and record["num_detections"] == 3
+    assert record["num_missing_prompts"] == 1 and record["missing_prompts"] == ["a green cup"]
+    assert record["num_over_detections"] == 1 and record["over_detections"] == ["a red cup"]
+    assert record["labels"] == ["a red cup", "a blue cup", "a red cup"]
+    assert record["bboxes_detection"] == [[0, 0, 4, 4], [5, 0, 9, 4], [1, 4, 6, 8]]
+    assert record["confidences"] == [0.9, 0.8, 0.3]
+    assert record["bboxes_mask"] == [[1, 1, 3, 3], None, [2, 5, 5, 7]]
+    assert record["masks"][1] is None and record["masks"][0] == tracks[0].mask_png_b64
+    assert record["bboxes"] == [[1, 1, 3, 3], [5, 0, 9, 4], [2, 5, 5, 7]]
+    assert record["track_ids"] == [0, None, 2]
+    assert record["is_over_detection"] == [False, False, True]
+    assert record["masks_cropped"] is True
+
+
+def test_detections_json_without_masks_and_without_prompts():
+    record = assemble_detections(
+        PROMPTS, DETECTIONS[:1], image_width=IMAGE_W, image_height=IMAGE_H
+    ).to_detections_json()
+    assert record["bboxes_mask"] is None and record["masks"] is None and record["track_ids"] is None
+    assert record["missing_prompts"] == ["a blue cup", "a green cup"] and "over_detections" not in record
+    assert assemble_detections([], [], image_width=IMAGE_W, image_height=IMAGE_H).to_detections_json() == {
+        "prompts": [],
+        "num_prompts": 0,
+    }
+
+
+def test_relative_xywh():
+    # (10, 20, 30, 60) on 100 × 200 → (10/100, 20/200, 20/100, 40/200).
+    assert relative_xywh((10, 20, 30, 60), 100, 200) == (0.1, 0.1, 0.2, 0.2)
+
+
+def test_instance_for_description_takes_the_first_match():
+    sd = [
+        {"object_name": "cup 1", "description": "a cup"},
+        {"object_name": "plate", "description": "a plate"},
+        {"object_name": "cup 2", "description": "a cup"},
+    ]
+    assert instance_for_description(sd, "a cup") is sd[0]
+    assert instance_for_description(sd, "a plate") is sd[1]
+    with pytest.raises(LookupError):
+        instance_for_description(sd, "a fork")
