@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from vlm_gist_dagster.protocol.segmentation import (
     decode_sam2_track,
     tracks_by_id,
 )
+from vlm_gist_dagster.protocol.settings import DetectionSettings
 
 __all__ = [
     # server side (§4.2)
@@ -55,6 +56,8 @@ __all__ = [
     "DetectionRecord",
     "ImageDetections",
     "assemble_detections",
+    "assemble_detections_with_settings",
+    "gdino_request_with_settings",
     "instance_for_description",
     "relative_xywh",
 ]
@@ -493,9 +496,11 @@ class ImageDetections:
     detections: tuple[DetectionRecord, ...]
     missing_prompts: tuple[str, ...]
     over_detections: tuple[str, ...]
-    #: Set by the baseline assembly when SAM2 returned fewer tracks than detections and the paper's
-    #: position association ran out of tracks (the reference raises IndexError there).
+    #: Set by the baseline assembly when the paper's position association paired a detection with
+    #: another detection's track or ran out of tracks (the reference raises IndexError there).
     segmentation_misaligned: bool = False
+    #: ``"detection"`` (stage B) or ``"baseline"`` (§6): decides the ``detections.json`` layout.
+    kind: Literal["detection", "baseline"] = "detection"
 
     @property
     def has_masks(self) -> bool:
@@ -509,10 +514,25 @@ class ImageDetections:
         are null for the whole image when no detection got a mask. With zero prompts only
         ``prompts`` and ``num_prompts`` are written, as in the reference.
         """
+        dets = self.detections
+        masked = self.has_masks
+        if self.kind == "baseline":
+            # The baselines write a subset: no prompts, confidences or over-detection flags (§4.5, §6).
+            return {
+                "num_detections": len(dets),
+                "labels": [d.label for d in dets],
+                "bboxes_detection": [list(d.box_detection) for d in dets],
+                "bboxes_mask": [None if d.box_mask is None else list(d.box_mask) for d in dets]
+                if masked
+                else None,
+                "masks_cropped": True,
+                "masks": [d.mask_png_b64 for d in dets] if masked else None,
+                "bboxes": [list(d.box) for d in dets],
+                "track_ids": [d.track_id for d in dets] if masked else None,
+            }
         record: dict[str, Any] = {"prompts": list(self.prompts), "num_prompts": len(self.prompts)}
         if not self.prompts:
             return record
-        dets = self.detections
         record["num_detections"] = len(dets)
         record["num_missing_prompts"] = len(self.missing_prompts)
         if self.missing_prompts:
@@ -520,7 +540,6 @@ class ImageDetections:
         record["num_over_detections"] = len(self.over_detections)
         if self.over_detections:
             record["over_detections"] = list(self.over_detections)
-        masked = self.has_masks
         record["labels"] = [d.label for d in dets]
         record["bboxes_detection"] = [list(d.box_detection) for d in dets]
         record["confidences"] = [d.confidence for d in dets]
@@ -639,3 +658,46 @@ def instance_for_description(
         if instance.get(key) == description:
             return instance
     raise LookupError(f"no structured-description element has {key} {description!r}")
+
+
+def gdino_request_with_settings(
+    image_b64: str, prompts: Sequence[str], settings: DetectionSettings
+) -> dict[str, Any]:
+    """:func:`gdino_request` with the detection settings' ``conf_threshold``, ``nms_iou_threshold`` and
+    ``over_detect`` (sent as ``min_confidence``, ``nms_iou`` and ``overdetect_factor``; spec §4.1)."""
+    return gdino_request(
+        image_b64,
+        prompts,
+        min_confidence=settings.conf_threshold,
+        nms_iou=settings.nms_iou_threshold,
+        overdetect_factor=settings.over_detect,
+    )
+
+
+def assemble_detections_with_settings(
+    prompts: Sequence[str],
+    detections: Sequence[GdinoDetection],
+    settings: DetectionSettings,
+    *,
+    image_width: int,
+    image_height: int,
+    update_tracks: Sequence[Sam2Track] | None = None,
+    track_tracks: Sequence[Sam2Track] | None = None,
+    reproduce_track_fallback_bug: bool = True,
+) -> ImageDetections:
+    """:func:`assemble_detections` with ``over_detect``, ``conf_threshold`` and ``segmentation_use_bbox``
+    from the settings. ``track_tracks`` must be None when ``segmentation_track`` is off."""
+    if track_tracks is not None and not settings.segmentation_track:
+        raise ValueError("track_tracks given although segmentation_track is off")
+    return assemble_detections(
+        prompts,
+        detections,
+        image_width=image_width,
+        image_height=image_height,
+        update_tracks=update_tracks,
+        track_tracks=track_tracks,
+        over_detect=settings.over_detect,
+        conf_threshold=settings.conf_threshold,
+        segmentation_use_bbox=settings.segmentation_use_bbox,
+        reproduce_track_fallback_bug=reproduce_track_fallback_bug,
+    )

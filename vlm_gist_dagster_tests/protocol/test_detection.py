@@ -480,3 +480,28 @@ def test_instance_for_description_takes_the_first_match():
     assert instance_for_description(sd, "a plate") is sd[1]
     with pytest.raises(LookupError):
         instance_for_description(sd, "a fork")
+
+
+# --- the paper's benchmark detection settings file -----------------------------------------------------
+
+
+def test_request_and_assembly_from_the_benchmark_settings(reference_settings_dir):
+    from vlm_gist_dagster.protocol.detection import (
+        assemble_detections_with_settings,
+        gdino_request_with_settings,
+    )
+    from vlm_gist_dagster.protocol.settings import load_detection_settings
+
+    settings = load_detection_settings(
+        reference_settings_dir / "detection" / "detection_settings_mmgd_large.json"
+    )
+    # The file: over_detect 1.0, nms_iou_threshold null, conf_threshold 0.0 (spec §4.1).
+    assert gdino_request_with_settings("QUJD", ["a cat"], settings)["inference_parameters"] == [
+        {"prompts": ["a cat"], "min_confidence": 0.0, "nms_iou": None, "overdetect_factor": 1.0}
+    ]
+    tracks = [track(0, (1, 1, 3, 3))]
+    result = assemble_detections_with_settings(
+        PROMPTS, DETECTIONS, settings, image_width=IMAGE_W, image_height=IMAGE_H, track_tracks=tracks
+    )
+    assert [d.box for d in result.detections] == [(1, 1, 3, 3), (5, 0, 9, 4), (1, 4, 6, 8)]
+    assert [d.is_over_detection for d in result.detections] == [False, False, True]
