@@ -238,7 +238,7 @@ def assemble_baseline_detections(
         )
 
     records: list[DetectionRecord] = []
-    for j, (det, track) in enumerate(zip(detections, paired)):
+    for j, (det, track) in enumerate(zip(detections, paired, strict=True)):
         if track is None:
             box_mask = rle = png = track_id = None
         else:
