@@ -19,6 +19,7 @@ module holds both sides of the ``/infer`` exchange as pure functions:
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -643,21 +644,29 @@ def assemble_detections(
 
 
 def instance_for_description(
-    structured_description: Sequence[Mapping[str, Any]], description: str, *, key: str = "description"
+    structured_description: Sequence[Mapping[str, Any]],
+    description: str,
+    *,
+    key: str = "description",
+    rng: random.Random | None = None,
 ) -> Mapping[str, Any]:
-    """The first structured-description element whose ``description`` equals the detection label.
+    """The structured-description element a detection label (a description string) belongs to.
 
-    This is ``fiftyone_detect``'s rule (spec §4.4 step 5); ``vlm_gist.py`` picks at random among equal
-    descriptions instead. Raises LookupError when no element has that description.
+    Default: the **first** element with that ``description``, ``fiftyone_detect``'s rule (spec §4.4
+    step 5), which produced the benchmark. With ``rng``: ``vlm_gist.py``'s rule (spec §7), a
+    ``rng.randrange`` pick among the elements sharing the description, drawn only when there are
+    several. Raises LookupError when no element has that description.
 
     >>> sd = [{"object_name": "cup 1", "description": "a cup"}, {"object_name": "cup 2", "description": "a cup"}]
     >>> instance_for_description(sd, "a cup")["object_name"]
     'cup 1'
     """
-    for instance in structured_description:
-        if instance.get(key) == description:
-            return instance
-    raise LookupError(f"no structured-description element has {key} {description!r}")
+    candidates = [instance for instance in structured_description if instance.get(key) == description]
+    if not candidates:
+        raise LookupError(f"no structured-description element has {key} {description!r}")
+    if rng is not None and len(candidates) > 1:
+        return candidates[rng.randrange(len(candidates))]
+    return candidates[0]
 
 
 def gdino_request_with_settings(

@@ -482,6 +482,23 @@ def test_instance_for_description_takes_the_first_match():
         instance_for_description(sd, "a fork")
 
 
+def test_instance_for_description_random_rule_of_vlm_gist_py():
+    import random
+
+    sd = [
+        {"object_name": "cup 1", "description": "a cup"},
+        {"object_name": "plate", "description": "a plate"},
+        {"object_name": "cup 2", "description": "a cup"},
+    ]
+    # Several candidates: one randrange over [cup 1, cup 2], exactly as the reference draws it.
+    expected = [sd[0], sd[2]][random.Random(5).randrange(2)]
+    assert instance_for_description(sd, "a cup", rng=random.Random(5)) is expected
+    # A single candidate draws nothing: the generator's state is untouched.
+    rng = random.Random(5)
+    assert instance_for_description(sd, "a plate", rng=rng) is sd[1]
+    assert rng.random() == random.Random(5).random()
+
+
 # --- the paper's benchmark detection settings file -----------------------------------------------------
 
 
