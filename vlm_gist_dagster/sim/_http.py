@@ -1,0 +1,194 @@
+"""Shared plumbing of the simulated servers: controls store, request context, faults on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .controls import ModelControls, ServerControls
+from .faults import AttemptCounter, choose_fault, latency_seconds
+from .log import RequestLog, RequestRecord
+from .world import World
+
+ABORT_KEY = "vlm_gist_sim.abort"
+
+
+class ControlsStore:
+    """The live controls of every server, replaceable at run time from any thread."""
+
+    def __init__(self, controls: dict[str, ServerControls]) -> None:
+        self._lock = threading.Lock()
+        self._controls = dict(controls)
+
+    def get(self, server: str) -> ServerControls:
+        with self._lock:
+            return self._controls.get(server) or ServerControls()
+
+    def set(self, server: str, controls: ServerControls) -> None:
+        with self._lock:
+            self._controls[server] = controls
+
+    def update(self, server: str, model: str | None, **changes: Any) -> ServerControls:
+        with self._lock:
+            current = self._controls.get(server) or ServerControls()
+            if "seed" in changes:
+                current = current.model_copy(update={"seed": int(changes.pop("seed"))})
+            if changes:
+                current = current.with_model(model, **changes)
+            self._controls[server] = current
+            return current
+
+
+@dataclass
+class SimContext:
+    """Everything a server app needs (shared by all servers of one simulator)."""
+
+    world: World
+    controls: ControlsStore
+    log: RequestLog
+    counter: AttemptCounter = field(default_factory=AttemptCounter)
+
+
+class AbortableApp:
+    """Outermost ASGI wrapper: exposes a way to abort the TCP connection without any response.
+
+    uvicorn passes its ``RequestResponseCycle.send`` bound method as ``send``; the cycle owns the
+    transport. ``transport.abort()`` closes the socket at once, so the client sees the connection end
+    before a status line (httpx: ``RemoteProtocolError``, a ``TransportError``).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            if transport is not None:
+                scope[ABORT_KEY] = transport.abort
+        await self.app(scope, receive, send)
+
+
+async def drop_connection(request: Request) -> Response:
+    """Abort the connection (see :class:`AbortableApp`); the returned response is never sent."""
+    abort: Callable[[], None] | None = request.scope.get(ABORT_KEY)
+    if abort is None:  # not served by uvicorn's h11 protocol: fall back to a truncated response
+        raise ConnectionAbortedError("simulated connection drop")
+    abort()
+    for _ in range(3):  # let uvicorn notice the disconnect so it ignores our response
+        await asyncio.sleep(0)
+    return Response(status_code=500)
+
+
+class RequestTimer:
+    """Measures one request and appends its record to the log exactly once."""
+
+    def __init__(self, ctx: SimContext, server: str, request: Request) -> None:
+        self.ctx = ctx
+        self.server = server
+        self.method = request.method
+        self.path = request.url.path
+        self.start_wall = time.time()
+        self.start = time.monotonic()
+        self.model: str | None = None
+        self.image_key: str | None = None
+        self.attempt: int | None = None
+        self.fault: str | None = None
+        self._done = False
+
+    def finish(self, status: int | None, detail: str | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.ctx.log.append(
+            RequestRecord(
+                time=self.start_wall,
+                server=self.server,
+                method=self.method,
+                path=self.path,
+                model=self.model,
+                image_key=self.image_key,
+                status=status,
+                fault=self.fault,
+                duration_s=time.monotonic() - self.start,
+                attempt=self.attempt,
+                detail=detail,
+            )
+        )
+
+
+def decode_b64_image(value: Any, field_name: str) -> bytes:
+    """Image bytes from base64 (a ``data:`` prefix is tolerated). Raises ValueError naming the field."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field_name} must be a non-empty base64 string")
+    if value.startswith("data:"):
+        _, _, value = value.partition(",")
+    try:
+        return base64.b64decode(value, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{field_name} is not valid base64: {exc}") from None
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """The fault (or none) and latency chosen for one request."""
+
+    fault: str | None
+    latency_s: float
+    controls: ModelControls
+    seed: int
+    attempt: int
+    parts: tuple
+
+
+def plan_request(
+    ctx: SimContext, server: str, model: str | None, key: str, *, allowed: frozenset[str] | None = None
+) -> FaultPlan:
+    """Count the attempt for (server, model, key) and draw its fault and latency deterministically."""
+    server_controls = ctx.controls.get(server)
+    controls = server_controls.for_model(model)
+    attempt = ctx.counter.next((server, model, key))
+    parts = (server_controls.seed, server, model, key, attempt)
+    fault = choose_fault(controls.faults, *parts, allowed=allowed)
+    latency = latency_seconds(controls.latency_mean_s, controls.latency_jitter_s, *parts)
+    return FaultPlan(fault, latency, controls, server_controls.seed, attempt, parts)
+
+
+async def http_fault_response(
+    plan: FaultPlan,
+    request: Request,
+    error_body: Callable[[int, str], dict[str, Any]],
+) -> Response | None:
+    """The response for HTTP-level faults (429/500/503/drop), or None when the request proceeds."""
+    fault = plan.fault
+    if fault == "rate_limit":
+        return JSONResponse(
+            error_body(429, "Rate limit exceeded (simulated)."),
+            status_code=429,
+            headers={"Retry-After": str(plan.controls.faults.retry_after_s)},
+        )
+    if fault == "server_error":
+        return JSONResponse(error_body(500, "Internal server error (simulated)."), status_code=500)
+    if fault == "unavailable":
+        return JSONResponse(error_body(503, "Service unavailable (simulated)."), status_code=503)
+    if fault == "connection_drop":
+        return await drop_connection(request)
+    return None
+
+
+def truncated_json_response(content: dict[str, Any] | list[Any], status_code: int = 200) -> Response:
+    """A 200 whose JSON body is cut in half (valid HTTP framing, unparseable body)."""
+    body = JSONResponse(content).body
+    return Response(body[: max(1, len(body) // 2)], status_code=status_code, media_type="application/json")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
