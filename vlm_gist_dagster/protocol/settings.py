@@ -357,6 +357,16 @@ class DictItem(_Frozen):
     requires: StrictStr | None = None
     required: StrictBool = False
 
+    @model_validator(mode="after")
+    def _str_lists(self) -> DictItem:
+        # str items compare values by Levenshtein matching, which needs strings (spec §1.5).
+        if self.type == "str":
+            for name in ("valid", "invalid"):
+                values = getattr(self, name)
+                if values is not None and not all(isinstance(v, str) for v in values):
+                    raise ValueError(f"'{name}' of a 'str' item must hold strings, got {list(values)}")
+        return self
+
 
 class ValueNormalization(_Frozen):
     """``dict_value_normalization`` flags for ``normalize_string`` (``reduce_whitespaces`` is always on).
