@@ -27,6 +27,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vlm_gist_dagster.protocol.completions import (
+    assistant_message,
+    merge_user_messages,
+    system_message,
+    user_image_message,
+    user_text_message,
+)
 from vlm_gist_dagster.protocol.images import to_image_url
 from vlm_gist_dagster.protocol.masks import decode_rle, paste_box_mask
 from vlm_gist_dagster.protocol.segmentation import BoxXYXY
@@ -216,14 +223,6 @@ def pixel_box_from_relative(xywh: Sequence[float], image_width: int, image_heigh
 # --- §5.3 messages --------------------------------------------------------------------------------------------
 
 
-def _image_part(url: str, detail: str) -> dict[str, Any]:
-    return {"type": "image_url", "image_url": {"detail": detail, "url": to_image_url(url)}}
-
-
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "text", "text": text.strip()}
-
-
 def validation_messages(
     full_image_url: str,
     crop_image_url: str,
@@ -251,21 +250,16 @@ def validation_messages(
     >>> m[3]["content"][1]["text"].endswith("respond with 'n/a'.")
     True
     """
-    return [
-        {"role": "system", "content": system_prompt.strip()},
-        {
-            "role": "user",
-            "content": [_image_part(full_image_url, image_resolution_full), _text_part(description_prompt)],
-        },
-        {"role": "assistant", "content": json.dumps(list(structured_description), indent=indent).strip()},
-        {
-            "role": "user",
-            "content": [
-                _image_part(crop_image_url, image_resolution_crop),
-                _text_part(validation_prompt.format(invalid=invalid)),
-            ],
-        },
-    ]
+    return merge_user_messages(
+        [
+            system_message(system_prompt),
+            user_image_message(to_image_url(full_image_url), image_resolution_full),
+            user_text_message(description_prompt),
+            assistant_message(json.dumps(list(structured_description), indent=indent)),
+            user_image_message(to_image_url(crop_image_url), image_resolution_crop),
+            user_text_message(validation_prompt.format(invalid=invalid)),
+        ]
+    )
 
 
 def validation_messages_with_settings(
