@@ -6,13 +6,13 @@ Expected values are worked out by hand from spec/evaluation.md §1.4, §1.5 and 
 from __future__ import annotations
 
 import json
-import types
 import warnings
 
 import pytest
 
 from vlm_gist_dagster.protocol import label_matching as lm
 from vlm_gist_dagster.protocol.label_matching import cache_key, label_norm
+from vlm_gist_dagster.protocol.settings import SettingsError, load_label_matching_settings
 
 # ----------------------------------------------------------------------------------------------
 # §1.4 normalisations
@@ -74,8 +74,10 @@ def test_definition_norm_collapses_whitespace_only():
         ("Cell Phone!!", "cellphone"),
         ("sports ball", "sportsball"),
         ("Café", "cafe"),  # unidecode first
-        ('{\n    "object_name": "A ripe banana",\n    "description": "it is not yet ripe"\n}',
-         "objectnamearipebananadescriptionitisnotyetripe"),
+        (
+            '{\n    "object_name": "A ripe banana",\n    "description": "it is not yet ripe"\n}',
+            "objectnamearipebananadescriptionitisnotyetripe",
+        ),
     ],
 )
 def test_cache_key_examples(text, expected):
@@ -95,7 +97,9 @@ def test_normalisers_reject_non_strings():
 
 
 def _paper_settings(reference_settings_dir, name):
-    return json.loads((reference_settings_dir / "label_matching" / f"label_matching_settings_{name}.json").read_text())
+    return json.loads(
+        (reference_settings_dir / "label_matching" / f"label_matching_settings_{name}.json").read_text()
+    )
 
 
 def test_coco_settings_file_is_read_as_is(reference_settings_dir):
@@ -118,47 +122,56 @@ def test_coco_settings_file_is_read_as_is(reference_settings_dir):
     # LLM values are strings in the file ("1.0", "True", "2000")
     llm = options.llm
     assert (llm.api_endpoint, llm.model_name) == ("OpenAI", "gpt-4o-2024-11-20")
-    assert (llm.temperature, llm.top_p, llm.max_tokens) == (1.0, 1.0, 2000)
-    assert (llm.presence_penalty, llm.frequency_penalty, llm.reasoning_effort) == (0.0, 0.0, "none")
+    assert (llm.model_temperature, llm.model_top_p, llm.model_max_tokens) == (1.0, 1.0, 2000)
+    assert (llm.model_presence_penalty, llm.model_frequency_penalty, llm.model_reasoning_effort) == (
+        0.0,
+        0.0,
+        "none",
+    )
     assert llm.stream_completion is True and llm.correction_attempts == 2
     assert (llm.timeout_chunk_first, llm.timeout_chunk_next, llm.timeout_completion) == (15.0, 15.0, 30.0)
-    assert llm.probe_api_connection is True and llm.completion_parsers == () and llm.normalize_text_completion is False
+    assert (
+        llm.probe_api_connection is True
+        and llm.completion_parsers == ()
+        and llm.normalize_text_completion is False
+    )
+
+
+def test_settings_model_is_accepted(reference_settings_dir):
+    path = reference_settings_dir / "label_matching" / "label_matching_settings_coco.json"
+    settings = load_label_matching_settings(path)
+    options = lm.as_options(settings)
+    assert options.mapping_rules["tennis ball"] == "sports ball" and options.llm == settings.llm
+    fixed = lm.as_options(settings.model_copy(update={"fix_definition_prompt_swap": True}))
+    assert fixed.fix_definition_prompt_swap is True
 
 
 def test_per_image_settings_file_is_read_as_is(reference_settings_dir):
     options = lm.as_options(_paper_settings(reference_settings_dir, "per_image"))
     assert options.use_per_set_targets
-    assert options.dataset_targets == () and options.augmented_targets == () and dict(options.mapping_rules) == {}
+    assert (
+        options.dataset_targets == ()
+        and options.augmented_targets == ()
+        and dict(options.mapping_rules) == {}
+    )
 
 
 def test_per_image_settings_with_target_lists_are_an_error(reference_settings_dir):
     settings = _paper_settings(reference_settings_dir, "per_image") | {"dataset_targets": ["cup"]}
-    with pytest.raises(lm.LabelMatchingSettingsError, match="must be empty when use_per_set_targets"):
+    with pytest.raises(SettingsError, match="must be empty"):
         lm.as_options(settings)
+    with pytest.raises(lm.LabelMatchingSettingsError, match="must be empty when use_per_set_targets"):
+        lm.LabelMatchingOptions(use_per_set_targets=True, dataset_targets=("cup",))
 
 
-def test_unknown_or_malformed_settings_name_the_field(reference_settings_dir):
+def test_unknown_or_malformed_settings_name_the_key(reference_settings_dir):
     settings = _paper_settings(reference_settings_dir, "coco")
-    with pytest.raises(lm.LabelMatchingSettingsError, match="'allow_duplicates'"):
+    with pytest.raises(SettingsError, match="'allow_duplicates'"):
         lm.as_options(settings | {"allow_duplicates": True})
-    with pytest.raises(lm.LabelMatchingSettingsError, match="llm.model_temperature"):
+    with pytest.raises(SettingsError, match="llm.model_temperature"):
         lm.as_options(settings | {"llm": settings["llm"] | {"model_temperature": "hot"}})
-    with pytest.raises(lm.LabelMatchingSettingsError, match="define_labels"):
-        lm.as_options(settings | {"define_labels": "maybe"})
-    # run-time keys of the paper are accepted and ignored
-    assert lm.as_options(settings | {"definitions_file": "x.json", "usage_skip": False}).define_labels
-
-
-def test_settings_object_with_the_same_field_names_is_accepted():
-    # stands in for the project's pydantic settings model: attributes, llm as a mapping
-    settings = types.SimpleNamespace(
-        dataset_targets=["cup"], augmented_targets=["mug"], mapping_rules={"mug": "cup"},
-        use_per_set_targets=False, fix_definition_prompt_swap=True,
-        llm={"model_name": "gpt-4o-2024-11-20", "temperature": 0.5},
-    )
-    options = lm.as_options(settings)
-    assert options.dataset_targets == ("cup",) and options.fix_definition_prompt_swap
-    assert options.llm.temperature == 0.5 and options.llm.max_tokens == 2000
+    with pytest.raises(TypeError, match="LabelMatchingSettings"):
+        lm.as_options(None)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,7 +201,9 @@ def test_samples_without_detections_or_ground_truth_are_skipped_explicitly():
     active, skipped = lm.partition_label_sets(per_image, PER_IMAGE)
     assert [s.identifier for s in active] == ["a.jpg"]
     assert [(s.identifier, s.reason) for s in skipped] == [
-        ("b.jpg", "no_ground_truth"), ("c.jpg", "no_ground_truth"), ("d.jpg", "no_detections")
+        ("b.jpg", "no_ground_truth"),
+        ("c.jpg", "no_ground_truth"),
+        ("d.jpg", "no_detections"),
     ]
 
 
@@ -226,7 +241,8 @@ def test_prompt_constants_are_the_papers():
         "You are a helpful assistant. Follow all the instructions you are given as carefully as you can."
     )
     assert lm.DEFINITION_PROMPT_LABEL == (
-        "Please define and describe the characteristic properties of the following term in 5 sentences: {label}"
+        "Please define and describe the characteristic properties of the following term in 5 sentences: "
+        "{label}"
     )
     assert lm.DEFINITION_PROMPT_ITEM == (
         "Please define and describe the characteristic properties of the item category of the item described "
@@ -262,6 +278,7 @@ def test_fixed_swap_uses_the_intended_prompts():
     assert (prompt.template, prompt.paper_swap) == ("definition_prompt_item", False)
     prompt = lm.definition_prompt("sports ball", is_item=False, fix_swap=True)
     assert prompt.text == (
-        "Please define and describe the characteristic properties of the following term in 5 sentences: sports ball"
+        "Please define and describe the characteristic properties of the following term in 5 sentences: "
+        "sports ball"
     )
     assert (prompt.template, prompt.paper_swap) == ("definition_prompt_label", False)

@@ -11,7 +11,6 @@ import json
 import pytest
 
 from vlm_gist_dagster.protocol import label_matching as lm
-
 from vlm_gist_dagster_tests.conftest import REFERENCE_DIR
 
 PUBLISHED_CACHE = REFERENCE_DIR / "definitions.json"
@@ -51,7 +50,10 @@ def test_json_item_strips_trailing_numbers_from_label_and_description():
 def test_json_item_escapes_non_ascii_before_the_key():
     # ensure_ascii=True: "é" → "\u00e9", whose backslash then disappears in the key (gotcha §9.8)
     item, _ = lm.detection_definition_item("Café 2", "crème brûlée")
-    assert item.text == '{\n    "object_name": "Caf\\u00e9",\n    "description": "cr\\u00e8me br\\u00fbl\\u00e9e"\n}'
+    assert (
+        item.text
+        == '{\n    "object_name": "Caf\\u00e9",\n    "description": "cr\\u00e8me br\\u00fbl\\u00e9e"\n}'
+    )
     assert item.cache_key == "objectnamecafu00e9descriptioncru00e8mebru00fblu00e9e"
     # a plain label is transliterated by unidecode instead
     plain, _ = lm.detection_definition_item("Café 2", None)
@@ -74,8 +76,9 @@ def test_plain_item_has_no_fallback_like_the_reference():
 
 
 def test_item_indent_and_key_names_come_from_the_settings():
-    options = lm.LabelMatchingOptions(definition_item_indent=None, definition_item_key_name="name",
-                                      definition_item_key_description="desc")
+    options = lm.LabelMatchingOptions(
+        definition_item_indent=None, definition_item_key_name="name", definition_item_key_description="desc"
+    )
     item, _ = lm.detection_definition_item("cup", "red", options)
     assert item.text == '{"name": "cup", "desc": "red"}'
 
@@ -88,7 +91,11 @@ def test_definition_items_unique_by_key_labels_first_then_targets():
     ]
     items = lm.definition_items(sets, COCO_TOY)
     assert [(i.text, i.cache_key, i.is_item) for i in items] == [
-        ('{\n    "object_name": "Cup",\n    "description": "a red cup"\n}', "objectnamecupdescriptionaredcup", True),
+        (
+            '{\n    "object_name": "Cup",\n    "description": "a red cup"\n}',
+            "objectnamecupdescriptionaredcup",
+            True,
+        ),
         ("cup", "cup", False),  # label "cup_2" without description
         ("mug", "mug", False),
         ("guitar", "guitar", False),
@@ -128,12 +135,15 @@ def test_definition_requests_carry_messages_prompt_choice_and_llm(coco_options):
     request = lm.definition_request(item, coco_options)
     assert request.messages == [
         {"role": "system", "content": lm.DEFINITION_PROMPT_SYSTEM},
-        {"role": "user", "content": "Please define and describe the characteristic properties of the "
-                                    "following term in 5 sentences: " + item.text},
+        {
+            "role": "user",
+            "content": "Please define and describe the characteristic properties of the "
+            "following term in 5 sentences: " + item.text,
+        },
     ]
     assert request.prompt.paper_swap and request.prompt.template == "definition_prompt_label"
-    assert request.llm.model_name == "gpt-4o-2024-11-20" and request.llm.temperature == 1.0
-    assert request.llm.max_tokens == 2000
+    assert request.llm.model_name == "gpt-4o-2024-11-20" and request.llm.model_temperature == 1.0
+    assert request.llm.model_max_tokens == 2000 and request.llm.correction_attempts == 2
     fixed = lm.definition_request(item, lm.LabelMatchingOptions(fix_definition_prompt_swap=True))
     assert fixed.prompt.template == "definition_prompt_item" and not fixed.prompt.paper_swap
 
@@ -173,8 +183,11 @@ def test_notebook_example_needs_five_new_definitions(published_cache, coco_optio
     ]
     requests = lm.definition_requests(missing, coco_options)
     assert [r.prompt.template for r in requests] == [
-        "definition_prompt_label", "definition_prompt_item", "definition_prompt_item",
-        "definition_prompt_item", "definition_prompt_label",
+        "definition_prompt_label",
+        "definition_prompt_item",
+        "definition_prompt_item",
+        "definition_prompt_item",
+        "definition_prompt_label",
     ]
 
 
@@ -225,7 +238,10 @@ def test_lookup_lists_every_missing_key():
 def notebook_label_sets() -> list[lm.LabelSet]:
     """The method notebook's call (spec §1.9), as two label sets."""
     return [
-        lm.LabelSet("0", ["A ripe banana", "GREEn car", "FRUIT", "Musician\nplaying a guitar"],
-                    ["it is not yet ripe", None, None, None]),
+        lm.LabelSet(
+            "0",
+            ["A ripe banana", "GREEn car", "FRUIT", "Musician\nplaying a guitar"],
+            ["it is not yet ripe", None, None, None],
+        ),
         lm.LabelSet("1", ["green apple", "orange orange"], [None, "it is very orange"]),
     ]

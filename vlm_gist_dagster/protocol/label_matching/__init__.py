@@ -6,7 +6,7 @@ One batch (e.g. one model × dataset partition)::
 
     from vlm_gist_dagster.protocol import label_matching as lm
 
-    options  = lm.as_options(settings)              # paper JSON mapping, settings model, or options
+    options  = lm.as_options(settings)    # LabelMatchingSettings, the paper's JSON mapping, or options
     sets     = [lm.LabelSet("00001.jpg", labels, descriptions, targets=gt_labels_or_None), ...]
     cache    = lm.DefinitionsCache.read(path)
     requests = lm.definition_requests(cache.missing(lm.definition_items(sets, options)), options)
@@ -81,10 +81,10 @@ from .normalization import (
     strip_label_number,
 )
 from .options import (
-    DefinitionLLMParameters,
     HungarianAssignmentUnsupportedError,
     LabelMatchingOptions,
     LabelMatchingSettingsError,
+    SettingsLike,
     as_options,
 )
 from .prompts import (
@@ -100,7 +100,6 @@ __all__ = [
     "DEFINITION_PROMPT_LABEL",
     "DEFINITION_PROMPT_SYSTEM",
     "DefinitionItem",
-    "DefinitionLLMParameters",
     "DefinitionPrompt",
     "DefinitionRequest",
     "DefinitionsCache",
@@ -120,6 +119,7 @@ __all__ = [
     "MissingEmbeddingsError",
     "NormalizationFallbackWarning",
     "Normalized",
+    "SettingsLike",
     "SkippedLabelSet",
     "apply_mapping_rules",
     "as_embedding_table",

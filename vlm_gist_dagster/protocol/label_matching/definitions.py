@@ -22,11 +22,12 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from vlm_gist_dagster.protocol.settings import CompletionParams
 
 from .label_sets import LabelSet, matching_targets, partition_label_sets
 from .normalization import cache_key, normalize_description_for_definition, strip_label_number
-from .options import DefinitionLLMParameters, LabelMatchingOptions, as_options
+from .options import LabelMatchingOptions, SettingsLike, as_options
 from .prompts import DefinitionPrompt, definition_prompt
 
 
@@ -56,7 +57,7 @@ class DefinitionItem:
 
 
 def detection_definition_item(
-    label: str, description: str | None, options: LabelMatchingOptions | Any = None
+    label: str, description: str | None, options: SettingsLike | None = None
 ) -> tuple[DefinitionItem, tuple[str, ...]]:
     """The definition item of one detection and the reference's warnings for it (spec §1.5).
 
@@ -78,7 +79,8 @@ def detection_definition_item(
     warnings: list[str] = []
     if label_stripped == "":
         warnings.append(
-            f"Using original label '{label}' to generate definition after normalization yielded an empty string."
+            f"Using original label '{label}' to generate definition after normalization "
+            "yielded an empty string."
         )
     description_norm = normalize_description_for_definition(description)
     if description_norm.fallback:
@@ -99,7 +101,7 @@ def target_definition_item(target: str) -> DefinitionItem:
     return DefinitionItem(target, cache_key(target), False)
 
 
-def definition_items(label_sets: Iterable[LabelSet], settings: LabelMatchingOptions | Any) -> list[DefinitionItem]:
+def definition_items(label_sets: Iterable[LabelSet], settings: SettingsLike) -> list[DefinitionItem]:
     """Every text that needs a definition, unique by cache key, first occurrence kept (spec §1.5).
 
     Order: with ``define_labels`` every detection of every matched set (sets in input order), then with
@@ -123,12 +125,13 @@ def definition_items(label_sets: Iterable[LabelSet], settings: LabelMatchingOpti
 
 @dataclass(frozen=True)
 class DefinitionRequest:
-    """One definition to generate: a fresh conversation of system + user message with ``llm``."""
+    """One definition to generate: a fresh conversation of system + user message, sent with the
+    completion parameters ``llm`` (the settings' ``llm`` block: gpt-4o-2024-11-20, T 1.0, max 2000 …)."""
 
     item: DefinitionItem
     system_prompt: str
     prompt: DefinitionPrompt
-    llm: DefinitionLLMParameters
+    llm: CompletionParams
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -139,7 +142,7 @@ class DefinitionRequest:
         ]
 
 
-def definition_request(item: DefinitionItem, settings: LabelMatchingOptions | Any) -> DefinitionRequest:
+def definition_request(item: DefinitionItem, settings: SettingsLike) -> DefinitionRequest:
     """The request for one item, with the prompt selected as in the paper unless the swap is fixed."""
     options = as_options(settings)
     prompt = definition_prompt(
@@ -152,9 +155,7 @@ def definition_request(item: DefinitionItem, settings: LabelMatchingOptions | An
     return DefinitionRequest(item, options.definition_prompt_system, prompt, options.llm)
 
 
-def definition_requests(
-    items: Iterable[DefinitionItem], settings: LabelMatchingOptions | Any
-) -> list[DefinitionRequest]:
+def definition_requests(items: Iterable[DefinitionItem], settings: SettingsLike) -> list[DefinitionRequest]:
     """Requests for ``items`` (typically ``cache.missing(definition_items(...))``), in order."""
     options = as_options(settings)
     return [definition_request(item, options) for item in items]
@@ -175,7 +176,9 @@ class DefinitionsCache(Mapping[str, str]):
             raise DefinitionsCacheError(f"{source}: expected a JSON object, got {type(entries).__name__}")
         for k, v in entries.items():
             if not isinstance(k, str) or not isinstance(v, str):
-                raise DefinitionsCacheError(f"{source}: entry {k!r} must map a string key to a string definition")
+                raise DefinitionsCacheError(
+                    f"{source}: entry {k!r} must map a string key to a string definition"
+                )
         self._entries: dict[str, str] = dict(entries)
         self.source = source
 
@@ -214,7 +217,9 @@ class DefinitionsCache(Mapping[str, str]):
         only ever generates missing keys)."""
         clash = [k for k in new if k in self._entries and self._entries[k] != new[k]]
         if clash:
-            raise DefinitionsCacheError(f"{self.source}: refusing to overwrite existing definitions {clash[:5]!r}")
+            raise DefinitionsCacheError(
+                f"{self.source}: refusing to overwrite existing definitions {clash[:5]!r}"
+            )
         merged = dict(self._entries)
         merged.update(new)
         return DefinitionsCache(merged, source=self.source)

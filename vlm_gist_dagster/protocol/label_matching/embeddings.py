@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +34,7 @@ import numpy.typing as npt
 from .definitions import detection_definition_item, lookup_definitions, target_definition_item
 from .label_sets import LabelSet, matching_targets, partition_label_sets
 from .normalization import normalize_definition, normalize_description_for_embedding, normalize_label
-from .options import LabelMatchingOptions, as_options
+from .options import SettingsLike, as_options
 
 
 class EmptyEmbeddingTextError(ValueError):
@@ -106,7 +105,7 @@ class EmbeddingBatch:
 def embedding_batch_groups(
     label_sets: Iterable[LabelSet],
     definitions: Mapping[str, str] | None,
-    settings: LabelMatchingOptions | Any,
+    settings: SettingsLike,
 ) -> EmbeddingBatch:
     """The embedding batch, by group. ``definitions`` maps cache key → text (e.g. a
     :class:`~.definitions.DefinitionsCache`); it may be None when nothing is defined."""
@@ -125,7 +124,10 @@ def embedding_batch_groups(
             labels.append((normalize_label(label).value, f"{where}: label {label!r}"))
             if description is not None:
                 descriptions.append(
-                    (normalize_description_for_embedding(description).value, f"{where}: description {description!r}")
+                    (
+                        normalize_description_for_embedding(description).value,
+                        f"{where}: description {description!r}",
+                    )
                 )
             if options.define_labels:
                 item_keys.append(detection_definition_item(label, description, options)[0].cache_key)
@@ -156,7 +158,7 @@ def embedding_batch_groups(
 def embedding_batch(
     label_sets: Iterable[LabelSet],
     definitions: Mapping[str, str] | None,
-    settings: LabelMatchingOptions | Any,
+    settings: SettingsLike,
 ) -> list[str]:
     """All texts to embed, in the reference's group order, wire-ready (see the module docstring).
 
@@ -203,7 +205,11 @@ class EmbeddingTable:
     def from_mapping(cls, vectors: Mapping[str, npt.ArrayLike]) -> EmbeddingTable:
         """From ``{text: vector}``."""
         texts = list(vectors)
-        return cls(texts, [np.asarray(vectors[t], dtype=np.float64) for t in texts]) if texts else cls([], np.zeros((0, 0)))
+        return (
+            cls(texts, [np.asarray(vectors[t], dtype=np.float64) for t in texts])
+            if texts
+            else cls([], np.zeros((0, 0)))
+        )
 
     @property
     def dimension(self) -> int:
@@ -230,4 +236,6 @@ def as_embedding_table(embeddings: EmbeddingTable | Mapping[str, npt.ArrayLike])
         return embeddings
     if isinstance(embeddings, Mapping):
         return EmbeddingTable.from_mapping(embeddings)
-    raise TypeError(f"embeddings must be an EmbeddingTable or a mapping text → vector, got {type(embeddings).__name__}")
+    raise TypeError(
+        f"embeddings must be an EmbeddingTable or a mapping text → vector, got {type(embeddings).__name__}"
+    )

@@ -35,9 +35,15 @@ from vlm_gist_dagster.protocol.text import key as text_key
 
 from .definitions import detection_definition_item, lookup_definitions, target_definition_item
 from .embeddings import EmbeddingTable, as_embedding_table
-from .label_sets import LabelSet, SkippedLabelSet, current_dataset_targets, current_targets, partition_label_sets
+from .label_sets import (
+    LabelSet,
+    SkippedLabelSet,
+    current_dataset_targets,
+    current_targets,
+    partition_label_sets,
+)
 from .normalization import normalize_definition, normalize_description_for_embedding, normalize_label
-from .options import LabelMatchingOptions, as_options
+from .options import LabelMatchingOptions, SettingsLike, as_options
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +74,9 @@ def score_matrix(
     if source_array.ndim != 2 or names.ndim != 2:
         raise ValueError("sources and target_names must be 2-D arrays (rows are vectors)")
     if counts.ndim != 1 or counts.size == 0 or np.any(counts < 1) or counts.sum() != source_array.shape[0]:
-        raise ValueError(f"source_counts {counts.tolist()} must be ≥ 1 each and sum to {source_array.shape[0]} sources")
+        raise ValueError(
+            f"source_counts {counts.tolist()} must be ≥ 1 each and sum to {source_array.shape[0]} sources"
+        )
     if names.shape[0] == 0:
         raise ValueError("there must be at least one target")
     if names.shape[1] != source_array.shape[1]:
@@ -279,7 +287,7 @@ def match_label_sets(
     label_sets: Iterable[LabelSet],
     definitions: Mapping[str, str] | None,
     embeddings: EmbeddingTable | Mapping[str, npt.ArrayLike],
-    settings: LabelMatchingOptions | Any,
+    settings: SettingsLike,
 ) -> LabelMatchingResult:
     """Label-match a batch (spec/evaluation.md §1), given the definitions and the embedding vectors.
 
@@ -313,8 +321,17 @@ def match_label_sets(
         targets = current_targets(label_set, options)
         names, definition_vectors, target_keys = target_arrays(targets)
         results.append(
-            _match_one_set(label_set, targets, current_dataset_targets(label_set, options), names,
-                           definition_vectors, target_keys, definitions, table, options)
+            _match_one_set(
+                label_set,
+                targets,
+                current_dataset_targets(label_set, options),
+                names,
+                definition_vectors,
+                target_keys,
+                definitions,
+                table,
+                options,
+            )
         )
     return LabelMatchingResult(tuple(results), tuple(skipped), options.fix_definition_prompt_swap)
 
@@ -359,14 +376,17 @@ def _match_one_set(
         texts = lookup_definitions(definitions, [k for k in item_keys if k is not None])
         definition_norms = [normalize_definition(t) for t in texts]
         warnings.extend(
-            f"Using original definition '{t}' to obtain embedding after normalization yielded an empty string."
+            f"Using original definition '{t}' to obtain embedding after normalization "
+            "yielded an empty string."
             for t, norm in zip(texts, definition_norms, strict=True)
             if norm.fallback
         )
 
     source_texts: list[str] = []
     source_counts: list[int] = []
-    for label_norm, description_norm, definition_norm in zip(label_norms, description_norms, definition_norms, strict=True):
+    for label_norm, description_norm, definition_norm in zip(
+        label_norms, description_norms, definition_norms, strict=True
+    ):
         own = [label_norm.value]
         if description_norm is not None:
             own.append(description_norm.value)

@@ -3,18 +3,13 @@ gotchas §9.7 and §9.8).
 
 Each purpose has its own rule, and mixing them up changes the numbers:
 
-=============================  ==================================================  ========================
-function                       rule                                                used for
-=============================  ==================================================  ========================
-``label_norm``                 drop one trailing ``[_]?\\d+``, rstrip, collapse      embedded label, Levenshtein,
-                               whitespace; fall back to the original if empty      JSON definition item
-``desc_norm_for_definition``   the same rule as ``label_norm``                     JSON definition item only
-``desc_norm_for_embedding``    collapse whitespace only (digits are kept)          embedded description
-``definition_norm``            collapse whitespace only                            embedded label definition
-``cache_key``                  ``protocol.text.key``: ASCII, alphanumerics only,   definitions cache keys
-                               no whitespace, lower case
-(none)                         target names and target definitions are raw         embedded targets
-=============================  ==================================================  ========================
+* ``label_norm`` — drop one trailing ``[_]?\\d+``, rstrip, collapse whitespace; the original if that
+  leaves nothing. Used for the embedded label, the Levenshtein match and the JSON definition item.
+* ``desc_norm_for_definition`` — the same rule; used only inside the JSON definition item.
+* ``desc_norm_for_embedding`` — collapse whitespace only (trailing digits are kept); embedded description.
+* ``definition_norm`` — collapse whitespace only; embedded label/item definition.
+* ``cache_key`` — ``protocol.text.key``: ASCII, alphanumerics only, no whitespace, lower case.
+* Target names and target definitions are embedded raw.
 
 >>> label_norm("cup_2"), label_norm("Route 66"), label_norm("  red\\n  mug 3")
 ('cup', 'Route', 'red mug')
