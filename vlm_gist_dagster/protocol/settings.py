@@ -457,6 +457,12 @@ class DescriptionSettings(_Frozen):
             raise ValueError("dict_items must start with two required items (object name, then description)")
         if self.dict_items[0].type != "str" or self.dict_items[1].type != "str":
             raise ValueError("the first two dict_items (object name, description) must have type 'str'")
+        # 'requires' is checked against the *validated* items of an object, so naming anything else
+        # would silently delete the item from every object.
+        known = set(keys) | {self.dict_direct_task_relevancy_item.key}
+        for item in (*self.dict_items, self.dict_direct_task_relevancy_item):
+            if item.requires is not None and (item.requires not in known or item.requires == item.key):
+                raise ValueError(f"dict item '{item.key}' requires '{item.requires}', which is not another dict item")
         return self
 
     # ---- derived, for the pipeline

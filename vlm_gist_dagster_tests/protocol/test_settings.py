@@ -329,3 +329,16 @@ def test_model_header_errors(gpt_5_high: dict) -> None:
         parse_model_settings({"model": {"colour": "red"}, **gpt_5_high}, "m")
     with pytest.raises(SettingsError, match="description or baseline"):
         parse_model_settings({"over_detect": 1.0}, "m")
+
+
+def test_dict_items_rules(gpt_5_high: dict) -> None:
+    items = gpt_5_high["dict_items"]
+    extra = {"key": "size", "type": "str", "valid": None, "invalid": None, "requires": "material", "required": False}
+    with pytest.raises(SettingsError, match="requires 'material', which is not another dict item"):
+        parse_settings({**gpt_5_high, "dict_items": items + [extra]})
+    with pytest.raises(SettingsError, match="must hold strings"):
+        parse_settings({**gpt_5_high, "dict_items": items + [{**extra, "requires": None, "invalid": [0]}]})
+    with pytest.raises(SettingsError, match="two required items"):
+        parse_settings({**gpt_5_high, "dict_items": items[:1]})
+    with pytest.raises(SettingsError, match="duplicate keys"):
+        parse_settings({**gpt_5_high, "dict_items": items + items[:1]})
