@@ -251,7 +251,9 @@ def _content_text(content: Any) -> str:
         return content
     if isinstance(content, list):  # some providers answer with content parts
         return "".join(
-            part.get("text", "") for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
         )
     return str(content)
 
@@ -327,7 +329,8 @@ class StreamAccumulator:
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError:
-            raise InvalidResponse("invalid_sse_json", f"SSE data is not JSON: {data[:200]!r}", self.partial()) from None
+            message = f"SSE data is not JSON: {data[:200]!r}"
+            raise InvalidResponse("invalid_sse_json", message, self.partial()) from None
         self.feed(chunk)
         return self.done
 
@@ -344,7 +347,8 @@ class StreamAccumulator:
             _check_finish_reason(chunk["finish_reason"], self.partial())
         choices = chunk.get("choices")
         if not choices and chunk.get("error") is not None:
-            raise InvalidResponse("provider_error", f"provider error: {json.dumps(chunk['error'])[:500]}", self.partial())
+            message = f"provider error: {json.dumps(chunk['error'])[:500]}"
+            raise InvalidResponse("provider_error", message, self.partial())
         if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
             choice = choices[0]
             delta = choice.get("delta")
@@ -362,7 +366,8 @@ class StreamAccumulator:
 
     def result(self) -> Completion:
         if not self.done:
-            raise StreamIncomplete("stream_incomplete", "the stream ended without data: [DONE]", self.partial())
+            message = "the stream ended without data: [DONE]"
+            raise StreamIncomplete("stream_incomplete", message, self.partial())
         return self.partial()
 
 
@@ -434,7 +439,9 @@ class ParsedCompletion:
     logs: tuple[str, ...] = ()
 
 
-def postprocess(completion: Completion, response_type: ResponseType, params: CompletionParams) -> ParsedCompletion:
+def postprocess(
+    completion: Completion, response_type: ResponseType, params: CompletionParams
+) -> ParsedCompletion:
     """Turn a completion into the value a stage parses (spec/pipeline.md §1.4).
 
     * Empty text (after stripping) fails the attempt: ``empty_text`` (gotcha 21).

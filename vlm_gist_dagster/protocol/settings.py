@@ -34,6 +34,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     Strict,
     StrictBool,
     StrictInt,
@@ -104,7 +105,9 @@ def _loc_to_key(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _settings_error(exc: ValidationError, file: str | Path | None, prefix: tuple[Any, ...] = ()) -> SettingsError:
+def _settings_error(
+    exc: ValidationError, file: str | Path | None, prefix: tuple[Any, ...] = ()
+) -> SettingsError:
     messages: list[str] = []
     first_key: str | None = None
     for error in exc.errors():
@@ -148,7 +151,8 @@ def _paper_number(kind: type) -> Any:
             try:
                 return kind(value.strip())
             except ValueError:
-                raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+                expected = "an integer" if kind is int else "a number"
+                raise ValueError(f"expected {expected}, got {value!r}") from None
         return value
 
     return coerce
@@ -162,7 +166,9 @@ def _paper_str_list(value: Any) -> Any:
             try:
                 value = ast.literal_eval(value)
             except (ValueError, SyntaxError):
-                raise ValueError(f"expected a list such as '[]' or '[\"json_decoder.py\"]', got {value!r}") from None
+                raise ValueError(
+                    f"expected a list such as '[]' or '[\"json_decoder.py\"]', got {value!r}"
+                ) from None
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"expected a list, got {value!r}")
     return tuple(value)
@@ -174,7 +180,18 @@ PaperInt = Annotated[StrictInt, BeforeValidator(_paper_number(int))]
 PaperOptFloat = Annotated[Annotated[float, Strict()] | None, BeforeValidator(_paper_number(float))]
 PaperOptInt = Annotated[StrictInt | None, BeforeValidator(_paper_number(int))]
 PaperStrTuple = Annotated[tuple[StrictStr, ...], BeforeValidator(_paper_str_list)]
-NonNegNumber = Annotated[float, Strict(), Field(ge=0)]
+
+
+def _non_negative_number(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return value
+
+
+#: An int stays an int (an edit distance), a float stays a float (a fraction when in (0, 1)).
+NonNegNumber = Annotated[int | float, PlainValidator(_non_negative_number)]
 
 #: Completion parsers the paper's nimbro_api ships and we implement (spec/pipeline.md §1.4, §2.2).
 KNOWN_COMPLETION_PARSERS: tuple[str, ...] = ("json_decoder.py", "reasoning_extractor.py")
@@ -206,7 +223,8 @@ class CompletionParams(_Frozen):
     model_max_tokens: PaperOptInt = Field(default=5000, gt=0)
     model_presence_penalty: PaperFloat = 0.0
     model_frequency_penalty: PaperFloat = 0.0
-    #: ``"none"`` (or ``""``) sends **no** reasoning field — the provider default, not "reasoning off" (§1.3).
+    #: ``"none"`` (or ``""``) sends **no** reasoning field: the provider default, not "reasoning off"
+    #: (spec §1.3).
     model_reasoning_effort: StrictStr = "none"
     completion_parsers: PaperStrTuple = ()
     stream_completion: PaperBool = True
@@ -237,7 +255,8 @@ class CompletionParams(_Frozen):
     def _check_parsers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [p for p in value if p not in KNOWN_COMPLETION_PARSERS]
         if unknown:
-            raise ValueError(f"unknown completion parser(s) {unknown}; known: {list(KNOWN_COMPLETION_PARSERS)}")
+            known = list(KNOWN_COMPLETION_PARSERS)
+            raise ValueError(f"unknown completion parser(s) {unknown}; known: {known}")
         return value
 
     @property
@@ -423,7 +442,8 @@ class DescriptionSettings(_Frozen):
     dict_direct_task_relevancy_item: DictItem = DictItem(key="task_relevant", type="bool", required=True)
     dict_value_normalization: ValueNormalization = Field(default_factory=ValueNormalization)
     use_json_mode: StrictBool = True
-    #: Retries after the first attempt: 3 → at most 4 attempts; -1 → unlimited (see ``unlimited_retry_cap``).
+    #: Retries after the first attempt: 3 → at most 4 attempts; -1 → unlimited (capped by
+    #: ``unlimited_retry_cap``).
     retry: StrictInt = Field(default=3, ge=-1)
     #: Wall-clock limit of the paper's whole ``get()`` call (None: off, as the FiftyOne node sets it).
     timeout: Annotated[float, Strict()] | None = Field(default=None, gt=0)
@@ -462,7 +482,9 @@ class DescriptionSettings(_Frozen):
         known = set(keys) | {self.dict_direct_task_relevancy_item.key}
         for item in (*self.dict_items, self.dict_direct_task_relevancy_item):
             if item.requires is not None and (item.requires not in known or item.requires == item.key):
-                raise ValueError(f"dict item '{item.key}' requires '{item.requires}', which is not another dict item")
+                raise ValueError(
+                    f"dict item '{item.key}' requires '{item.requires}', which is not another dict item"
+                )
         return self
 
     # ---- derived, for the pipeline
@@ -534,7 +556,12 @@ class DetectionSettings(_Frozen):
         """The values ``fiftyone_detect`` forces over the file: no secondary SAM2, cropped masks, retry,
         and **no down-scaling** (``png_max_pixels = None``) — spec/pipeline.md §4.1."""
         return self.model_copy(
-            update={"segmentation_model_id_secondary": None, "crop_masks": True, "retry": True, "png_max_pixels": None}
+            update={
+                "segmentation_model_id_secondary": None,
+                "crop_masks": True,
+                "retry": True,
+                "png_max_pixels": None,
+            }
         )
 
 
@@ -766,6 +793,21 @@ class BaselineSettings(_Frozen):
     png_max_pixels: StrictInt | None = Field(default=1920 * 1080, gt=0)
     crop_masks: StrictBool = True
 
+    @field_validator("model_prompt", mode="before")
+    @classmethod
+    def _prompt_value(cls, value: Any) -> Any:
+        # Validate the dict form here so errors name 'model_prompt.<key>' instead of union branches.
+        if isinstance(value, Mapping):
+            try:
+                return FlorencePrompt.model_validate(dict(value))
+            except ValidationError as exc:
+                inner = _settings_error(exc, None)
+                raise ValueError(inner.message) from None
+        if not isinstance(value, (str, FlorencePrompt)):
+            expected = "a text prompt or {'task_prompt': ..., 'prompt_args': ...}"
+            raise ValueError(f"expected {expected}, got {value!r}")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _prompt_shape(cls, data: Any) -> Any:
@@ -776,7 +818,9 @@ class BaselineSettings(_Frozen):
             if name == "florence2" and prompt is not None and not isinstance(prompt, Mapping):
                 raise ValueError("florence2 takes model_prompt {'task_prompt': ..., 'prompt_args': ...}")
             if name == "kosmos2" and "model_prompt" not in data:
-                raise ValueError("kosmos2 needs a text model_prompt (e.g. '<grounding> Describe this image in detail:')")
+                raise ValueError(
+                    "kosmos2 needs a text model_prompt (e.g. '<grounding> Describe this image in detail:')"
+                )
             if name == "kosmos2" and not isinstance(prompt, str):
                 raise ValueError("kosmos2 takes a text model_prompt")
         return data
@@ -822,8 +866,12 @@ def detect_kind(data: Mapping[str, Any], file: str | Path | None = None) -> Sett
     best = max(scores.values())
     winners = [kind for kind, score in scores.items() if score == best]
     if best == 0:
-        raise SettingsError(file, None, f"cannot tell the kind of settings: none of its keys {sorted(data)[:8]} "
-                            f"identifies one of {list(_KIND_MARKERS)}")
+        raise SettingsError(
+            file,
+            None,
+            f"cannot tell the kind of settings: none of its keys {sorted(data)[:8]} identifies one of "
+            f"{list(_KIND_MARKERS)}",
+        )
     if len(winners) > 1:
         raise SettingsError(file, None, f"ambiguous settings: its keys fit {winners} equally well")
     return winners[0]  # type: ignore[return-value]
@@ -841,7 +889,9 @@ def _read_json(path: str | Path) -> Any:
         raise SettingsError(path, None, f"not valid JSON: {exc}") from None
 
 
-def _validate(model: type[BaseModel], data: Any, file: str | Path | None, prefix: tuple[Any, ...] = ()) -> Any:
+def _validate(
+    model: type[BaseModel], data: Any, file: str | Path | None, prefix: tuple[Any, ...] = ()
+) -> Any:
     if not isinstance(data, Mapping):
         raise SettingsError(file, None, f"expected a JSON object, got {type(data).__name__}")
     try:
@@ -863,7 +913,10 @@ def parse_settings(
 
 def load_settings(
     path: str | Path,
-) -> DescriptionSettings | DetectionSettings | LabelMatchingSettings | ValidationSettings | BaselineSettings | ModelSettings:
+) -> (
+    DescriptionSettings | DetectionSettings | LabelMatchingSettings | ValidationSettings | BaselineSettings
+    | ModelSettings
+):
     """The typed settings of any of the paper's settings files; the kind comes from the content. A file
     with our ``"model"`` header is returned as :class:`ModelSettings`."""
     data = _read_json(path)
@@ -880,7 +933,8 @@ def _load_kind(path: str | Path, kind: SettingsKind) -> Any:
         raise SettingsError(path, None, f"expected a JSON object, got {type(data).__name__}")
     found = detect_kind(data, path)
     if found != kind:
-        raise SettingsError(path, None, f"expected {kind} settings, but the keys are those of {found} settings")
+        message = f"expected {kind} settings, but the keys are those of {found} settings"
+        raise SettingsError(path, None, message)
     return parse_settings(data, kind, file=path)
 
 
@@ -956,7 +1010,9 @@ def display_name_from_stem(stem: str) -> str:
     return stem
 
 
-def parse_model_settings(data: Mapping[str, Any], name: str, *, file: str | Path | None = None) -> ModelSettings:
+def parse_model_settings(
+    data: Mapping[str, Any], name: str, *, file: str | Path | None = None
+) -> ModelSettings:
     """A :class:`ModelSettings` from a parsed model-file dict; ``name`` is the model's key (file stem)."""
     if not isinstance(data, Mapping):
         raise SettingsError(file, None, f"expected a JSON object, got {type(data).__name__}")
@@ -965,9 +1021,11 @@ def parse_model_settings(data: Mapping[str, Any], name: str, *, file: str | Path
     found = detect_kind(body, file)
     kind = {"description": "vlm", "baseline": "baseline"}.get(found)
     if kind is None:
-        raise SettingsError(file, None, f"a model file holds description or baseline settings, these are {found} settings")
+        message = f"a model file holds description or baseline settings, these are {found} settings"
+        raise SettingsError(file, None, message)
     if header.kind is not None and header.kind != kind:
-        raise SettingsError(file, "model.kind", f"key 'model.kind' says {header.kind!r} but the settings are those of a {kind}")
+        message = f"key 'model.kind' says {header.kind!r} but the settings are those of a {kind}"
+        raise SettingsError(file, "model.kind", message)
     settings = _validate(DescriptionSettings if kind == "vlm" else BaselineSettings, body, file)
     return ModelSettings(
         name=name,

@@ -134,7 +134,9 @@ def build_request(
     """
     params = settings.vlm_structured_description
     messages = [
-        system_message(settings.system_prompt_structured_description, settings.system_prompt_structured_description_role),
+        system_message(
+            settings.system_prompt_structured_description, settings.system_prompt_structured_description_role
+        ),
         user_image_message(_image_url(image), settings.image_resolution_structured_description),
         user_text_message(structured_description_prompt(settings)),
     ]
@@ -152,7 +154,9 @@ def build_scene_request(
         raise ValueError("scene_prompt is null: there is no scene description")
     params = settings.vlm_scene_description
     messages = [
-        system_message(settings.system_prompt_scene_description, settings.system_prompt_scene_description_role),
+        system_message(
+            settings.system_prompt_scene_description, settings.system_prompt_scene_description_role
+        ),
         user_image_message(_image_url(image), settings.image_resolution_scene_description),
         user_text_message(settings.scene_prompt),
     ]
@@ -173,13 +177,16 @@ def build_decoupled_request(
         raise ValueError("decoupled task relevancy is not active (task is null or decoupling is off)")
     params = settings.vlm_decoupled_attribution
     messages = [
-        system_message(settings.system_prompt_decoupled_attribution, settings.system_prompt_decoupled_attribution_role),
+        system_message(
+            settings.system_prompt_decoupled_attribution, settings.system_prompt_decoupled_attribution_role
+        ),
         user_image_message(_image_url(image), settings.image_resolution_decoupled_attribution),
         assistant_message(json.dumps(list(objects), indent=4)),
         user_text_message(settings.decoupled_task_relevancy_prompt.format(task=settings.task)),
     ]
     response_type: ResponseType = "json" if settings.use_json_mode else "text"
-    return DescriptionRequest(params.endpoint, build_payload(params, messages, response_type, flavor), response_type)
+    payload = build_payload(params, messages, response_type, flavor)
+    return DescriptionRequest(params.endpoint, payload, response_type)
 
 
 def require_supported(settings: DescriptionSettings, *, scene: bool = False, decoupled: bool = False) -> None:
@@ -239,7 +246,9 @@ def _object_list(value: Any, report: list[str]) -> list[Any]:
         report.append("Interpreting the dict under the first key as a single list element.")
         return [inner]
     raise InvalidDescription(
-        "uninterpretable_dict", f"the value under {keys[0]!r} is a {type(inner).__name__}, not a list or dict", report
+        "uninterpretable_dict",
+        f"the value under {keys[0]!r} is a {type(inner).__name__}, not a list or dict",
+        report,
     )
 
 
@@ -294,7 +303,11 @@ def _validate_item(
 
 
 def _process_object(
-    obj: dict[str, Any], where: str, items: Sequence[DictItem], settings: DescriptionSettings, report: list[str]
+    obj: dict[str, Any],
+    where: str,
+    items: Sequence[DictItem],
+    settings: DescriptionSettings,
+    report: list[str],
 ) -> dict[str, Any] | None:
     obj = dict(obj)  # the paper casts values in place; later items see the cast value
     processed: dict[str, Any] = {}
@@ -411,7 +424,9 @@ def parse(completion_text: str, settings: DescriptionSettings) -> list[dict[str,
 # Decoupled task relevancy (spec/pipeline.md §1.7)
 
 
-def parse_task_relevancy(value: Any, objects: Sequence[Mapping[str, Any]], settings: DescriptionSettings) -> tuple[list[str], list[str]]:
+def parse_task_relevancy(
+    value: Any, objects: Sequence[Mapping[str, Any]], settings: DescriptionSettings
+) -> tuple[list[str], list[str]]:
     """(task-relevant object names, report) from the decoded decoupled response."""
     report: list[str] = []
     if isinstance(value, dict) and len(value) == 1:
@@ -420,7 +435,8 @@ def parse_task_relevancy(value: Any, objects: Sequence[Mapping[str, Any]], setti
             value = value[key]
             report.append(f"Response is a dict with one key {key!r} holding a list.")
     if not isinstance(value, list):
-        raise InvalidDescription("invalid_task_relevancy", f"task relevancy is a {type(value).__name__}, not a list", report)
+        message = f"task relevancy is a {type(value).__name__}, not a list"
+        raise InvalidDescription("invalid_task_relevancy", message, report)
     names = [obj[settings.name_key] for obj in objects]
     relevant: list[str] = []
     for element in value:
@@ -513,7 +529,7 @@ class DescriptionAttempts:
 
     def record(self, attempt: Attempt) -> None:
         if self.finished:
-            raise RuntimeError("no attempt left to record: the image already succeeded or ran out of attempts")
+            raise RuntimeError("no attempt left to record: the image succeeded or ran out of attempts")
         self.attempts.append(attempt)
 
     @property

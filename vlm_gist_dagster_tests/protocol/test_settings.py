@@ -342,3 +342,15 @@ def test_dict_items_rules(gpt_5_high: dict) -> None:
         parse_settings({**gpt_5_high, "dict_items": items[:1]})
     with pytest.raises(SettingsError, match="duplicate keys"):
         parse_settings({**gpt_5_high, "dict_items": items + items[:1]})
+
+
+def test_baseline_prompt_and_threshold_errors_name_the_key() -> None:
+    with pytest.raises(SettingsError, match="key 'model_prompt': .*unknown key 'task_promt'"):
+        parse_settings({"model_name": "florence2", "model_prompt": {"task_promt": "<OD>"}}, "baseline")
+    with pytest.raises(SettingsError, match="kosmos2 takes a text model_prompt"):
+        parse_settings({"model_name": "kosmos2", "model_prompt": {"task_prompt": "<OD>"}}, "baseline")
+    with pytest.raises(SettingsError, match="key 'levenshtein_threshold': must be >= 0"):
+        parse_settings({"dict_prompt": "x", "levenshtein_threshold": -1}, "description")
+    # an int threshold stays an int (edit distance), a float stays a float (fraction of the length)
+    assert parse_settings({"dict_prompt": "x", "levenshtein_threshold": 2}).levenshtein_threshold == 2
+    assert isinstance(parse_settings({"dict_prompt": "x", "levenshtein_threshold": 0.3}).levenshtein_threshold, float)
