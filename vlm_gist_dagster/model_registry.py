@@ -1,0 +1,87 @@
+"""The benchmark's models: one settings file per model in ``settings/models/`` (``$VLM_GIST_MODELS_DIR``).
+
+A model's partition key is derived from its file name: lower-cased stem, without the paper's
+``description_settings_`` / ``baseline_settings_`` prefix, so the paper's 47 files can be dropped in as
+they are (``description_settings_qwen_3_vl_235b_A22b_none.json`` → ``qwen_3_vl_235b_a22b_none``).
+Keys must match ``[a-z0-9_.-]+``; two files mapping to one key is an error naming both.
+
+>>> model_key_for(Path("description_settings_gpt_5_high.json"))
+'gpt_5_high'
+>>> model_key_for(Path("sim_strong.json"))
+'sim_strong'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .defs.partitions import InvalidModelKey, validate_model_key
+
+#: Prefixes of the paper's settings file names, dropped from model keys.
+PAPER_PREFIXES = ("description_settings_", "baseline_settings_")
+
+
+class ModelRegistryError(ValueError):
+    """A models directory cannot be used; the message names the file(s)."""
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    key: str
+    path: Path
+    sha256: str
+
+
+def models_dir() -> Path:
+    env = os.environ.get("VLM_GIST_MODELS_DIR")
+    return Path(env).expanduser().resolve() if env else paths.settings_dir() / "models"
+
+
+def model_key_for(path: Path) -> str:
+    stem = Path(path).stem.lower()
+    for prefix in PAPER_PREFIXES:
+        if stem.startswith(prefix) and len(stem) > len(prefix):
+            stem = stem[len(prefix) :]
+            break
+    try:
+        return validate_model_key(stem)
+    except InvalidModelKey as exc:
+        raise ModelRegistryError(f"{path}: {exc}; rename the file") from None
+
+
+def discover_models(directory: Path | None = None) -> tuple[list[ModelFile], list[str]]:
+    """All model files of ``directory`` (sorted by key) and a list of problems with the others.
+
+    A bad file never hides the good ones: it is reported in the second list (file name and reason).
+    """
+    directory = Path(directory) if directory else models_dir()
+    found: dict[str, ModelFile] = {}
+    problems: list[str] = []
+    if not directory.is_dir():
+        return [], [f"{directory}: models directory does not exist"]
+    for path in sorted(directory.glob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            key = model_key_for(path)
+        except ModelRegistryError as exc:
+            problems.append(str(exc))
+            continue
+        if key in found:
+            problems.append(f"{path}: model key {key!r} is already used by {found[key].path.name}")
+            continue
+        found[key] = ModelFile(key=key, path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    return sorted(found.values(), key=lambda m: m.key), problems
+
+
+def find_model(key: str, directory: Path | None = None) -> ModelFile:
+    models, problems = discover_models(directory)
+    for model in models:
+        if model.key == key:
+            return model
+    hint = f" (problems: {'; '.join(problems)})" if problems else ""
+    raise ModelRegistryError(f"no settings file for model {key!r} in {directory or models_dir()}{hint}")
