@@ -21,6 +21,8 @@ from .log import RequestLog, RequestRecord
 from .world import World
 
 ABORT_KEY = "vlm_gist_sim.abort"
+#: Scope key under which :class:`AbortableApp` collects the request body's chunks as they are received.
+BODY_KEY = "vlm_gist_sim.body"
 
 
 class ControlsStore:
@@ -57,6 +59,8 @@ class SimContext:
     controls: ControlsStore
     log: RequestLog
     counter: AttemptCounter = field(default_factory=AttemptCounter)
+    #: Keep each request's body in its log record (tests assert on what the server received).
+    capture_bodies: bool = False
 
 
 class AbortableApp:
@@ -75,6 +79,19 @@ class AbortableApp:
             transport = getattr(getattr(send, "__self__", None), "transport", None)
             if transport is not None:
                 scope[ABORT_KEY] = transport.abort
+            # Collect the body as the app reads it (references to chunks already received; cheap), so
+            # the request log can keep what the server actually got when capture_bodies is on.
+            chunks: list[bytes] = []
+            scope[BODY_KEY] = chunks
+
+            async def recording_receive() -> Any:
+                message = await receive()
+                if message.get("type") == "http.request":
+                    chunks.append(message.get("body", b""))
+                return message
+
+            await self.app(scope, recording_receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -99,6 +116,7 @@ class RequestTimer:
         self.path = request.url.path
         self.start_wall = time.time()
         self.start = time.monotonic()
+        self.scope = request.scope
         self.model: str | None = None
         self.image_key: str | None = None
         self.attempt: int | None = None
@@ -122,6 +140,7 @@ class RequestTimer:
                 duration_s=time.monotonic() - self.start,
                 attempt=self.attempt,
                 detail=detail,
+                body=b"".join(self.scope.get(BODY_KEY) or ()) if self.ctx.capture_bodies else None,
             )
         )
 

@@ -21,6 +21,7 @@ class RequestRecord:
     ``status`` is None when the connection was dropped without a response; ``fault`` names the injected
     fault (None: a normal answer); ``attempt`` is the per-(server, model, key) request counter used for
     the deterministic draws; ``duration_s`` runs until the last byte was sent (or the stream ended).
+    ``body`` is the request body as received, kept only when the simulator runs with ``capture_bodies``.
     """
 
     time: float
@@ -34,6 +35,7 @@ class RequestRecord:
     duration_s: float
     attempt: int | None = None
     detail: str | None = None
+    body: bytes | None = None
 
 
 class RequestLog:

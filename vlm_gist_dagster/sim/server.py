@@ -190,6 +190,7 @@ def start_simulator(
     chat_api_key: str | None = None,
     vision_token: str | None = None,
     embedding_backend: str = "hashed",
+    capture_bodies: bool = False,
 ) -> SimulatorHandle:
     """Start the simulator's servers and return a handle (call ``stop()``; or use :func:`run_simulator`).
 
@@ -198,6 +199,8 @@ def start_simulator(
     ``model_controls``: extra per-model chat controls (e.g. from model files), applied on top.
     ``ports``: per server, default :data:`DEFAULT_PORTS`; 0 picks a free port. ``servers``: which to
     start. ``chat_api_key`` / ``vision_token``: required credentials (None: any bearer token is accepted).
+    ``capture_bodies``: keep every request body in its :class:`~.log.RequestRecord` (for tests that
+    assert on the wire payload; off by default because image bodies are large).
     """
     wanted = list(servers)
     unknown = [s for s in wanted if s not in SERVER_NAMES]
@@ -209,7 +212,7 @@ def start_simulator(
         chat = merged["chat"]
         merged["chat"] = chat.model_copy(update={"models": {**chat.models, **model_controls}})
     store = ControlsStore(merged)
-    context = SimContext(world=world, controls=store, log=RequestLog())
+    context = SimContext(world=world, controls=store, log=RequestLog(), capture_bodies=capture_bodies)
     port_map = {**DEFAULT_PORTS, **(ports or {})}
 
     threads: list[_ServerThread] = []
