@@ -98,7 +98,7 @@ class AbortableApp:
 async def drop_connection(request: Request) -> Response:
     """Abort the connection (see :class:`AbortableApp`); the returned response is never sent."""
     abort: Callable[[], None] | None = request.scope.get(ABORT_KEY)
-    if abort is None:  # not served by uvicorn's h11 protocol: fall back to a truncated response
+    if abort is None:  # not served by uvicorn's h11 protocol: the server answers its own plain 500
         raise ConnectionAbortedError("simulated connection drop")
     abort()
     for _ in range(3):  # let uvicorn notice the disconnect so it ignores our response
