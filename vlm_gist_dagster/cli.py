@@ -55,7 +55,9 @@ def sim(args: argparse.Namespace) -> int:
 
     try:
         names = args.datasets or list(load_datasets_settings().datasets)
-        datasets = {name: resolve_dataset_dir(name, download=not args.no_download, progress=print) for name in names}
+        datasets = {
+            name: resolve_dataset_dir(name, download=not args.no_download, progress=print) for name in names
+        }
     except (DatasetError, DatasetDownloadError) as exc:
         print(f"vlm-gist sim: {exc}", file=sys.stderr)
         return 2
@@ -63,11 +65,16 @@ def sim(args: argparse.Namespace) -> int:
     for item in args.port or []:
         server, _, value = item.partition("=")
         if server not in SERVER_NAMES or not value.isdigit():
-            print(f"--port expects SERVER=PORT with SERVER in {list(SERVER_NAMES)}, got {item!r}", file=sys.stderr)
+            print(
+                f"--port expects SERVER=PORT with SERVER in {list(SERVER_NAMES)}, got {item!r}",
+                file=sys.stderr,
+            )
             return 2
         ports[server] = int(value)
     models_dir = Path(args.models_dir) if args.models_dir else paths.settings_dir() / "models"
-    model_controls = controls_from_model_files(sorted(models_dir.glob("*.json"))) if models_dir.is_dir() else {}
+    model_controls = (
+        controls_from_model_files(sorted(models_dir.glob("*.json"))) if models_dir.is_dir() else {}
+    )
     handle = start_simulator(
         datasets,
         ports=ports,
@@ -84,7 +91,10 @@ def sim(args: argparse.Namespace) -> int:
     print(f"  chat (OpenAI-compatible)  {handle.chat_url}   (chat/completions, models, embeddings)")
     for family, url in handle.vision_urls.items():
         print(f"  {family:<25} {url}")
-    print("Any bearer token is accepted unless --chat-api-key / NIMBRO_VISION_SERVER_TOKEN is set. Ctrl-C stops.", flush=True)
+    print(
+        "Any bearer token is accepted unless --chat-api-key / NIMBRO_VISION_SERVER_TOKEN is set. Ctrl-C stops.",
+        flush=True,
+    )
     try:
         while not stop.wait(0.5):
             pass
@@ -101,13 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--datasets", nargs="*", help="datasets to run (default: all)")
     p_run.set_defaults(func=run)
     p_sim = sub.add_parser("sim", help="serve the offline simulator (chat + vision servers) on 127.0.0.1")
-    p_sim.add_argument("--datasets", nargs="*", help="datasets to serve (default: all in settings/datasets.json)")
+    p_sim.add_argument(
+        "--datasets", nargs="*", help="datasets to serve (default: all in settings/datasets.json)"
+    )
     p_sim.add_argument("--seed", type=int, default=0, help="seed of every simulated draw (default 0)")
-    p_sim.add_argument("--port", action="append", metavar="SERVER=PORT", help="override a port (0 = any free port)")
+    p_sim.add_argument(
+        "--port", action="append", metavar="SERVER=PORT", help="override a port (0 = any free port)"
+    )
     p_sim.add_argument("--models-dir", help="model settings folder whose model.simulator blocks to read")
     p_sim.add_argument("--chat-api-key", help="require this bearer token on the chat server")
     p_sim.add_argument("--embedding-backend", choices=["hashed", "minilm"], default="hashed")
-    p_sim.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing dataset")
+    p_sim.add_argument(
+        "--no-download", action="store_true", help="fail instead of downloading a missing dataset"
+    )
     p_sim.set_defaults(func=sim)
     return parser
 

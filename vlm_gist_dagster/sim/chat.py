@@ -58,9 +58,7 @@ DEFINITION_PROMPT_ITEM_PREFIX = (
     "Please define and describe the characteristic properties of the item category of the item described below "
     "in 5 sentences:\n"
 )
-DEFINITION_PROMPT_ITEM_SUFFIX = (
-    "\n\nYour description must not refer to the given task or include the words 'item', 'category' and 'context'."
-)
+DEFINITION_PROMPT_ITEM_SUFFIX = "\n\nYour description must not refer to the given task or include the words 'item', 'category' and 'context'."
 DEFINITION_PROMPT_LABEL_PREFIX = (
     "Please define and describe the characteristic properties of the following term in 5 sentences: "
 )
@@ -70,7 +68,12 @@ INVALID_JSON_TEXT = (
     "objects, including furniture and everyday things."
 )
 KEEPALIVE = b": keep-alive\n\n"
-EMBEDDING_FAULTS = frozenset(FAULT_TYPES) - {"stall_mid_stream", "invalid_json", "finish_length", "finish_content_filter"}
+EMBEDDING_FAULTS = frozenset(FAULT_TYPES) - {
+    "stall_mid_stream",
+    "invalid_json",
+    "finish_length",
+    "finish_content_filter",
+}
 
 
 def openai_error(status: int, message: str, code: str | None = None) -> dict[str, Any]:
@@ -125,7 +128,13 @@ def _parse_chat(body: Any) -> ParsedChat:
     texts: list[str] = []
     images: list[bytes] = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "developer", "tool"):
+        if not isinstance(message, dict) or message.get("role") not in (
+            "system",
+            "user",
+            "assistant",
+            "developer",
+            "tool",
+        ):
             raise BadRequest(f"messages[{i}] must be an object with a valid 'role'", "invalid_messages")
         content = message.get("content")
         if isinstance(content, str):
@@ -141,9 +150,15 @@ def _parse_chat(body: Any) -> ParsedChat:
                 if message["role"] != "assistant":
                     texts.append(str(part.get("text", "")))
             elif part.get("type") == "image_url":
-                url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+                url = (
+                    (part.get("image_url") or {}).get("url")
+                    if isinstance(part.get("image_url"), dict)
+                    else None
+                )
                 if not isinstance(url, str):
-                    raise BadRequest(f"messages[{i}].content[{j}].image_url.url must be a string", "invalid_image")
+                    raise BadRequest(
+                        f"messages[{i}].content[{j}].image_url.url must be a string", "invalid_image"
+                    )
                 if not url.startswith("data:"):
                     raise BadRequest(
                         f"messages[{i}].content[{j}]: the simulator works offline and cannot fetch image URLs; "
@@ -155,9 +170,15 @@ def _parse_chat(body: Any) -> ParsedChat:
                 except ValueError as exc:
                     raise BadRequest(str(exc), "invalid_image") from None
             else:
-                raise BadRequest(f"messages[{i}].content[{j}]: unsupported part type {part.get('type')!r}", "invalid_messages")
+                raise BadRequest(
+                    f"messages[{i}].content[{j}]: unsupported part type {part.get('type')!r}",
+                    "invalid_messages",
+                )
     response_format = body.get("response_format") or {}
-    json_mode = isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")
+    json_mode = isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    )
     stream_options = body.get("stream_options") or {}
     return ParsedChat(
         model=model,
@@ -174,8 +195,7 @@ def _definition_term(texts: list[str]) -> tuple[str, str | None] | None:
     for text in texts:
         if text.startswith(DEFINITION_PROMPT_ITEM_PREFIX):
             item = text[len(DEFINITION_PROMPT_ITEM_PREFIX) :]
-            if item.endswith(DEFINITION_PROMPT_ITEM_SUFFIX):
-                item = item[: -len(DEFINITION_PROMPT_ITEM_SUFFIX)]
+            item = item.removesuffix(DEFINITION_PROMPT_ITEM_SUFFIX)
             return lang.parse_definition_item(item)
         if text.startswith(DEFINITION_PROMPT_LABEL_PREFIX):
             return lang.parse_definition_item(text[len(DEFINITION_PROMPT_LABEL_PREFIX) :])
@@ -225,7 +245,9 @@ def describe_objects(
             name = synonyms[int(gen.integers(0, len(synonyms)))]
         objects.append({"object_name": name, "description": variant.description})
 
-    count = int(controls.hallucinations) + int(gen.random() < controls.hallucinations - int(controls.hallucinations))
+    count = int(controls.hallucinations) + int(
+        gen.random() < controls.hallucinations - int(controls.hallucinations)
+    )
     for _ in range(count):
         objects.insert(int(gen.integers(0, len(objects) + 1)), _invented_object(image, gen, all_class_names))
     return objects
@@ -236,14 +258,18 @@ def _invented_object(image, gen: np.random.Generator, all_class_names: tuple[str
         present = {inst.label for inst in image.instances}
         pool = [c for c in all_class_names if c not in present and c != "person"] or list(all_class_names)
         name = pool[int(gen.integers(0, len(pool)))]
-        colour = ("black", "white", "red", "blue", "green", "gray", "brown", "yellow")[int(gen.integers(0, 8))]
+        colour = ("black", "white", "red", "blue", "green", "gray", "brown", "yellow")[
+            int(gen.integers(0, 8))
+        ]
         where = lang.position_phrase(float(gen.random()), float(gen.random()))
         return {"object_name": name, "description": lang.with_article(f"{colour} {name} {where}")}
     name, description = lang.INVENTED_OBJECTS[int(gen.integers(0, len(lang.INVENTED_OBJECTS)))]
     return {"object_name": name, "description": description[:1].upper() + description[1:] + "."}
 
 
-def _format_objects(objects: list[dict[str, str]], json_mode: bool, controls: ModelControls, parts: tuple) -> str:
+def _format_objects(
+    objects: list[dict[str, str]], json_mode: bool, controls: ModelControls, parts: tuple
+) -> str:
     if json_mode:
         return json.dumps({"objects": objects}, indent=2)
     listing = json.dumps(objects, indent=2)
@@ -269,7 +295,9 @@ def _reasoning_for(objects: list[dict[str, str]] | None, subject: str) -> str:
 class ChatServer:
     """Builds the starlette app of the OpenAI-compatible simulator."""
 
-    def __init__(self, ctx: SimContext, api_key: str | None = None, embedding_backend: str = "hashed") -> None:
+    def __init__(
+        self, ctx: SimContext, api_key: str | None = None, embedding_backend: str = "hashed"
+    ) -> None:
         self.ctx = ctx
         self.api_key = api_key
         self.embedding_backend = embedding_backend
@@ -286,12 +314,21 @@ class ChatServer:
     def _auth_error(self, request: Request) -> JSONResponse | None:
         header = request.headers.get("authorization")
         if not header:
-            return JSONResponse(openai_error(401, "Missing bearer authentication in header", "missing_api_key"), status_code=401)
+            return JSONResponse(
+                openai_error(401, "Missing bearer authentication in header", "missing_api_key"),
+                status_code=401,
+            )
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return JSONResponse(openai_error(401, "Authorization header must be 'Bearer <key>'", "invalid_api_key"), status_code=401)
+            return JSONResponse(
+                openai_error(401, "Authorization header must be 'Bearer <key>'", "invalid_api_key"),
+                status_code=401,
+            )
         if self.api_key is not None and token.strip() != self.api_key:
-            return JSONResponse(openai_error(401, "Incorrect API key provided (simulator)", "invalid_api_key"), status_code=401)
+            return JSONResponse(
+                openai_error(401, "Incorrect API key provided (simulator)", "invalid_api_key"),
+                status_code=401,
+            )
         return None
 
     # ---------------------------------------------------------------- /v1/models
@@ -302,7 +339,9 @@ class ChatServer:
             timer.finish(error.status_code)
             return error
         names = sorted(self.ctx.controls.get(SERVER).models)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "vlm-gist-simulator"} for name in names]
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "vlm-gist-simulator"} for name in names
+        ]
         timer.finish(200)
         return JSONResponse({"object": "list", "data": data})
 
@@ -344,12 +383,18 @@ class ChatServer:
         if faulted is not None:
             timer.finish(None if plan.fault == "connection_drop" else faulted.status_code)
             return faulted
-        await self._sleep(plan.latency_s + (plan.controls.faults.stall_seconds if plan.fault == "stall_first_chunk" else 0.0))
+        await self._sleep(
+            plan.latency_s
+            + (plan.controls.faults.stall_seconds if plan.fault == "stall_first_chunk" else 0.0)
+        )
         vectors = await asyncio.to_thread(get_embedder(self.embedding_backend).embed, inputs, dimensions)
         tokens = sum(_tokens(t) for t in inputs)
         content = {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": [float(x) for x in vec]} for i, vec in enumerate(vectors)],
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [float(x) for x in vec]}
+                for i, vec in enumerate(vectors)
+            ],
             "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
@@ -403,7 +448,11 @@ class ChatServer:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
 
-        stall = plan.controls.faults.stall_seconds if plan.fault in ("stall_first_chunk", "stall_mid_stream") else 0.0
+        stall = (
+            plan.controls.faults.stall_seconds
+            if plan.fault in ("stall_first_chunk", "stall_mid_stream")
+            else 0.0
+        )
         await self._sleep(plan.latency_s + stall)
         message: dict[str, Any] = {"role": "assistant", "content": answer.text}
         if answer.reasoning is not None:
@@ -414,7 +463,9 @@ class ChatServer:
             "created": created,
             "model": parsed.model,
             "system_fingerprint": "vlm-gist-sim",
-            "choices": [{"index": 0, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}],
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}
+            ],
             "usage": self._usage(answer),
         }
         timer.finish(200)
@@ -469,7 +520,9 @@ class ChatServer:
         if identified is not None:
             prompt_tokens += _image_tokens(identified.width, identified.height)
         reasoning_tokens = _tokens(reasoning or "")
-        return Answer(text, reasoning, finish, prompt_tokens, _tokens(text) + reasoning_tokens, reasoning_tokens)
+        return Answer(
+            text, reasoning, finish, prompt_tokens, _tokens(text) + reasoning_tokens, reasoning_tokens
+        )
 
     @staticmethod
     def _usage(answer: Answer) -> dict[str, Any]:
@@ -492,14 +545,18 @@ class ChatServer:
         controls: ModelControls = plan.controls
         fault = plan.fault
 
-        def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: dict | None = None) -> bytes:
+        def chunk(
+            delta: dict[str, Any] | None, finish: str | None = None, usage: dict | None = None
+        ) -> bytes:
             payload: dict[str, Any] = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": parsed.model,
                 "system_fingerprint": "vlm-gist-sim",
-                "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                "choices": []
+                if delta is None
+                else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
             }
             if usage is not None:
                 payload["usage"] = usage
@@ -509,7 +566,9 @@ class ChatServer:
         size = controls.chunk_chars
         pieces: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
         if answer.reasoning:
-            pieces += [{reasoning_key: answer.reasoning[i : i + size]} for i in range(0, len(answer.reasoning), size)]
+            pieces += [
+                {reasoning_key: answer.reasoning[i : i + size]} for i in range(0, len(answer.reasoning), size)
+            ]
         pieces += [{"content": answer.text[i : i + size]} for i in range(0, len(answer.text), size)]
         status = 200
         try:

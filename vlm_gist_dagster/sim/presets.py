@@ -51,7 +51,11 @@ SIM_MODEL_PRESETS: dict[str, ModelControls] = {
         latency_mean_s=0.2,
         latency_jitter_s=0.1,
         faults=FaultControls(
-            invalid_json=0.05, finish_length=0.05, truncated_stream=0.03, stall_mid_stream=0.02, stall_seconds=20.0
+            invalid_json=0.05,
+            finish_length=0.05,
+            truncated_stream=0.03,
+            stall_mid_stream=0.02,
+            stall_seconds=20.0,
         ),
     ),
 }

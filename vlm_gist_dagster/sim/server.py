@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -78,7 +78,9 @@ class _ServerThread:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
                 reason = self.error or "did not start in time (port in use?)"
-                raise SimulatorStartError(f"simulated {self.name} server on {HOST}:{self.server.config.port}: {reason}")
+                raise SimulatorStartError(
+                    f"simulated {self.name} server on {HOST}:{self.server.config.port}: {reason}"
+                )
             time.sleep(0.01)
         sockets = [s for server in self.server.servers for s in server.sockets]
         return int(sockets[0].getsockname()[1])
@@ -123,7 +125,9 @@ class SimulatorHandle:
     def embeddings_url(self) -> str:
         return self.chat_url + "/embeddings"
 
-    def endpoint_dict(self, api_flavor: str = "openrouter", key_env_var: str = "VLM_GIST_SIM_API_KEY") -> dict[str, str]:
+    def endpoint_dict(
+        self, api_flavor: str = "openrouter", key_env_var: str = "VLM_GIST_SIM_API_KEY"
+    ) -> dict[str, str]:
         """The paper's endpoint-dict form for this simulator (spec/pipeline.md §2.1)."""
         return {
             "name": "VLM-GIST simulator",
@@ -162,14 +166,16 @@ class SimulatorHandle:
         for thread in self._threads:
             thread.stop()
 
-    def __enter__(self) -> SimulatorHandle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def _coerce_controls(controls: Mapping[str, ServerControls | Mapping[str, Any]] | None, seed: int) -> dict[str, ServerControls]:
+def _coerce_controls(
+    controls: Mapping[str, ServerControls | Mapping[str, Any]] | None, seed: int
+) -> dict[str, ServerControls]:
     merged = default_controls(seed)
     merged["chat"] = merged["chat"].model_copy(update={"models": preset_controls()})
     for name, value in (controls or {}).items():

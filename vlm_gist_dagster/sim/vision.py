@@ -42,13 +42,29 @@ from starlette.routing import Route
 from ..protocol.detection import DetectorBox, gdino_response, select_detections
 from ..protocol.segmentation import sam2_response
 from . import language as lang
-from ._http import AbortableApp, RequestTimer, SimContext, decode_b64_image, http_fault_response, plan_request, truncated_json_response
+from ._http import (
+    AbortableApp,
+    RequestTimer,
+    SimContext,
+    decode_b64_image,
+    http_fault_response,
+    plan_request,
+    truncated_json_response,
+)
 from .controls import CHAT_ONLY_FAULTS, FAULT_TYPES, ModelControls
 from .faults import rng
-from .world import Identified, ImageDecodeError, SimImage, UnknownImageError
+from .world import Identified, SimImage, UnknownImageError
 
 FLAVORS: dict[str, tuple[str, ...]] = {
-    "mmgroundingdino": ("tiny", "base", "large", "large_zeroshot", "llmdet_tiny", "llmdet_base", "llmdet_large"),
+    "mmgroundingdino": (
+        "tiny",
+        "base",
+        "large",
+        "large_zeroshot",
+        "llmdet_tiny",
+        "llmdet_base",
+        "llmdet_large",
+    ),
     "sam2_realtime": ("tiny", "small", "base_plus", "large"),
     "florence2": ("base", "large", "base-ft", "large-ft"),
     "kosmos2": ("patch14-224",),
@@ -72,7 +88,9 @@ def _detail(status: int, message: str) -> dict[str, Any]:
 # Geometry helpers
 
 
-def jitter_box(box: np.ndarray, jitter: float, gen: np.random.Generator, width: int, height: int) -> np.ndarray:
+def jitter_box(
+    box: np.ndarray, jitter: float, gen: np.random.Generator, width: int, height: int
+) -> np.ndarray:
     """``box`` (pixel xyxy floats) with each edge moved by ``N(0, jitter × box size)``, kept inside the
     image and at least 1 px wide and tall."""
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -108,7 +126,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 # What each family computes
 
 
-def ground_prompts(identified: Identified, prompts: list[str], controls: ModelControls, parts: tuple) -> list[DetectorBox]:
+def ground_prompts(
+    identified: Identified, prompts: list[str], controls: ModelControls, parts: tuple
+) -> list[DetectorBox]:
     """Raw MM-Grounding-DINO output for an image before the selection rule (see the module docstring)."""
     image, width, height = identified.image, identified.width, identified.height
     raw: list[DetectorBox] = []
@@ -179,7 +199,9 @@ def mask_for_box(image: SimImage, width: int, height: int, box: np.ndarray) -> n
     return _ensure_encodable(mask)
 
 
-def baseline_detections(identified: Identified, controls: ModelControls, parts: tuple, style: str) -> list[dict[str, Any]]:
+def baseline_detections(
+    identified: Identified, controls: ModelControls, parts: tuple, style: str
+) -> list[dict[str, Any]]:
     """Florence-2 / Kosmos-2 style labelled boxes (ints) for one image. ``style``: od, drc or kosmos."""
     image, width, height = identified.image, identified.width, identified.height
     gen = rng(*parts, "baseline", style)
@@ -199,7 +221,9 @@ def baseline_detections(identified: Identified, controls: ModelControls, parts: 
         else:
             label = lang.with_article(name)
         out.append({"box_xyxy": [int(v) for v in box], "label": label})
-    count = int(controls.hallucinations) + int(gen.random() < controls.hallucinations - int(controls.hallucinations))
+    count = int(controls.hallucinations) + int(
+        gen.random() < controls.hallucinations - int(controls.hallucinations)
+    )
     for _ in range(count):
         name = lang.INVENTED_OBJECTS[int(gen.integers(0, len(lang.INVENTED_OBJECTS)))][0]
         label = name if style != "kosmos" else lang.with_article(name)
@@ -242,7 +266,10 @@ class VisionServer:
             Route("/infer", self.infer, methods=["POST"]),
         ]
         if self.family == "sam2_realtime":
-            routes += [Route("/update", self.update, methods=["POST"]), Route("/reset", self.reset, methods=["POST"])]
+            routes += [
+                Route("/update", self.update, methods=["POST"]),
+                Route("/reset", self.reset, methods=["POST"]),
+            ]
         return AbortableApp(Starlette(routes=routes))
 
     # ---------------------------------------------------------------- plumbing
@@ -303,7 +330,9 @@ class VisionServer:
         timer.attempt, timer.fault = plan.attempt, plan.fault
         response = await http_fault_response(plan, request, _detail)
         if response is None:
-            delay = plan.latency_s + (plan.controls.faults.stall_seconds if plan.fault == "stall_first_chunk" else 0.0)
+            delay = plan.latency_s + (
+                plan.controls.faults.stall_seconds if plan.fault == "stall_first_chunk" else 0.0
+            )
             if delay > 0:
                 await asyncio.sleep(delay)
         return plan, response
@@ -333,7 +362,10 @@ class VisionServer:
                 # The real sam2_realtime server never stores its flavor (spec §7 caveat): always null.
                 return JSONResponse({"model_family": self.family, "status": None})
             return JSONResponse(
-                {"model_family": self.family, "status": {"flavor": self.flavor, "device": "cpu", "simulated": True}}
+                {
+                    "model_family": self.family,
+                    "status": {"flavor": self.flavor, "device": "cpu", "simulated": True},
+                }
             )
 
         return await self._handle(request, handler)
@@ -384,8 +416,17 @@ class VisionServer:
         for i, p in enumerate(params):
             prompts = p.get("prompts") if isinstance(p, dict) else None
             if not isinstance(prompts, list) or not all(isinstance(s, str) and s for s in prompts):
-                raise VisionError(422, f"inference_parameters[{i}].prompts must be a list of non-empty strings")
-            parsed.append((prompts, float(p.get("min_confidence") or 0.0), p.get("nms_iou"), p.get("overdetect_factor", 1.0)))
+                raise VisionError(
+                    422, f"inference_parameters[{i}].prompts must be a list of non-empty strings"
+                )
+            parsed.append(
+                (
+                    prompts,
+                    float(p.get("min_confidence") or 0.0),
+                    p.get("nms_iou"),
+                    p.get("overdetect_factor", 1.0),
+                )
+            )
         key = "+".join(item.image.key for item in identified)
         timer.image_key = key
         plan, faulted = await self._faulted(request, timer, key)
@@ -394,7 +435,9 @@ class VisionServer:
         detections = []
         for item, (prompts, min_conf, nms_iou, factor) in zip(identified, parsed, strict=True):
             raw = ground_prompts(item, prompts, plan.controls, (*plan.parts, item.image.key))
-            selected = select_detections(raw, prompts, min_confidence=min_conf, nms_iou=nms_iou, overdetect_factor=factor)
+            selected = select_detections(
+                raw, prompts, min_confidence=min_conf, nms_iou=nms_iou, overdetect_factor=factor
+            )
             detections.append(gdino_response(selected)["artifact"]["detections"][0])
         return self._respond(plan, {"artifact": {"detections": detections, "model": "mmgroundingdino"}})
 
@@ -402,7 +445,10 @@ class VisionServer:
     def _masks_for_frame(self, item: Identified) -> list[tuple[int, np.ndarray]]:
         assert self.tracker is not None
         scale = np.array([item.width, item.height, item.width, item.height], dtype=np.float64)
-        return [(object_id, mask_for_box(item.image, item.width, item.height, rel * scale)) for object_id, rel in self.tracker]
+        return [
+            (object_id, mask_for_box(item.image, item.width, item.height, rel * scale))
+            for object_id, rel in self.tracker
+        ]
 
     async def update(self, request: Request) -> Response:
         async def handler(request: Request, timer: RequestTimer) -> Response:
@@ -412,7 +458,9 @@ class VisionServer:
             prompts = body.get("prompts")
             if not isinstance(prompts, list):
                 raise VisionError(422, "'prompts' must be a list")
-            size = np.array([identified.width, identified.height, identified.width, identified.height], dtype=np.float64)
+            size = np.array(
+                [identified.width, identified.height, identified.width, identified.height], dtype=np.float64
+            )
             tracker: list[tuple[int, np.ndarray]] = []
             for i, prompt in enumerate(prompts):
                 if not isinstance(prompt, dict) or not isinstance(prompt.get("object_id"), int):
@@ -433,7 +481,11 @@ class VisionServer:
     def _prompt_box(prompt: dict[str, Any], i: int, item: Identified) -> np.ndarray:
         bbox = prompt.get("bbox")
         if bbox is not None:
-            if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+            if (
+                not isinstance(bbox, list)
+                or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) for v in bbox)
+            ):
                 raise VisionError(422, f"prompts[{i}].bbox must be [x1, y1, x2, y2]")
             return np.asarray(bbox, dtype=np.float64)
         points = prompt.get("points")
@@ -486,7 +538,9 @@ class VisionServer:
         for i, prompt in enumerate(prompts):
             task = prompt.get("task_prompt") if isinstance(prompt, dict) else None
             if task not in ("<OD>", "<DENSE_REGION_CAPTION>", *FLORENCE_CAPTION_TASKS):
-                raise VisionError(500, f"prompts[{i}]: task_prompt {task!r} is not supported by the simulator")
+                raise VisionError(
+                    500, f"prompts[{i}]: task_prompt {task!r} is not supported by the simulator"
+                )
             tasks.append(task)
         key = "+".join(item.image.key for item in identified)
         timer.image_key = key
@@ -501,9 +555,13 @@ class VisionServer:
                 detections.append([])
                 captions.append(kosmos_caption(found))
             else:
-                detections.append(baseline_detections(item, plan.controls, parts, "od" if task == "<OD>" else "drc"))
+                detections.append(
+                    baseline_detections(item, plan.controls, parts, "od" if task == "<OD>" else "drc")
+                )
                 captions.append(None)
-        return self._respond(plan, {"artifact": {"detections": detections, "captions": captions, "model": "florence2"}})
+        return self._respond(
+            plan, {"artifact": {"detections": detections, "captions": captions, "model": "florence2"}}
+        )
 
     async def _infer_kosmos(self, request: Request, timer: RequestTimer) -> Response:
         self._require_model()
@@ -522,4 +580,6 @@ class VisionServer:
             found = baseline_detections(item, plan.controls, (*plan.parts, item.image.key), "kosmos")
             detections.append(found)
             captions.append(kosmos_caption(found))
-        return self._respond(plan, {"artifact": {"detections": detections, "captions": captions, "model": "kosmos2"}})
+        return self._respond(
+            plan, {"artifact": {"detections": detections, "captions": captions, "model": "kosmos2"}}
+        )

@@ -189,7 +189,11 @@ class SimImage:
                 count = seen.get(phrase, 0)
                 seen[phrase] = count + 1
                 # "differs from the other descriptions": later duplicates become "another …", "a third …".
-                sentences.append(lang.with_article(phrase) if count == 0 else f"{lang.ORDINALS[min(count, 8) - 1]} {phrase}")
+                sentences.append(
+                    lang.with_article(phrase)
+                    if count == 0
+                    else f"{lang.ORDINALS[min(count, 8) - 1]} {phrase}"
+                )
             out.append(sentences)
         return tuple(
             (DescriptionVariant(inst.label, a), DescriptionVariant(inst.label, b))
@@ -219,12 +223,19 @@ class SimImage:
         return colours
 
     # ---------------------------------------------------------------- geometry
-    def box_pixels(self, inst: GtInstance, width: int | None = None, height: int | None = None) -> tuple[int, int, int, int]:
+    def box_pixels(
+        self, inst: GtInstance, width: int | None = None, height: int | None = None
+    ) -> tuple[int, int, int, int]:
         """The GT box as integer pixel xyxy in an image of ``width × height`` (default: original size)."""
         width = width or self.width
         height = height or self.height
         x, y, w, h = inst.box_rel
-        return (int(round(x * width)), int(round(y * height)), int(round((x + w) * width)), int(round((y + h) * height)))
+        return (
+            round(x * width),
+            round(y * height),
+            round((x + w) * width),
+            round((y + h) * height),
+        )
 
     def box_xyxy(self, inst: GtInstance, width: int, height: int) -> np.ndarray:
         x, y, w, h = inst.box_rel
@@ -236,7 +247,9 @@ class SimImage:
             return None
         mask = decode_rle(inst.mask)
         if mask.shape != (height, width):
-            mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+            mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(
+                bool
+            )
         return mask
 
     # ---------------------------------------------------------------- grounding
@@ -261,7 +274,9 @@ class SimImage:
                 names = (lang.head_noun(inst.label),)
             if not any(f" {' '.join(lang.words(n))} " in prompt_text for n in names):
                 continue
-            label_words = set(lang.words(" ".join(v.description for v in variants[inst.index]))) - lang.STOP_WORDS
+            label_words = (
+                set(lang.words(" ".join(v.description for v in variants[inst.index]))) - lang.STOP_WORDS
+            )
             content = prompt_words - lang.STOP_WORDS
             overlap = len(content & label_words) / max(1, len(content | label_words))
             scored.append((overlap, inst.index))
@@ -393,7 +408,9 @@ def load_world(datasets: Mapping[str, str | Path | Dataset]) -> World:
     cached = _OBJECT_WORLDS.get(ids)
     if cached is not None and all(cached[0][name] is v for name, v in datasets.items()):
         return cached[1]
-    loaded = {name: v if isinstance(v, Dataset) else load_dataset(v, name=name) for name, v in datasets.items()}
+    loaded = {
+        name: v if isinstance(v, Dataset) else load_dataset(v, name=name) for name, v in datasets.items()
+    }
     world = World(loaded)
     if len(_OBJECT_WORLDS) > 8:
         _OBJECT_WORLDS.clear()

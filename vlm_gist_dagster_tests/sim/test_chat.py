@@ -25,10 +25,14 @@ DEFINITION_PROMPT_ITEM = (
     "5 sentences:\n{item}\n\nYour description must not refer to the given task or include the words 'item', "
     "'category' and 'context'."
 )
-DEFINITION_PROMPT_LABEL = "Please define and describe the characteristic properties of the following term in 5 sentences: {label}"
+DEFINITION_PROMPT_LABEL = (
+    "Please define and describe the characteristic properties of the following term in 5 sentences: {label}"
+)
 
 
-def describe_body(image_b64: str, model: str = "sim/test", *, json_mode: bool = True, stream: bool = False, **extra):
+def describe_body(
+    image_b64: str, model: str = "sim/test", *, json_mode: bool = True, stream: bool = False, **extra
+):
     """The wire payload of one structured-description attempt (spec/pipeline.md §1.3, normal case)."""
     body = {
         "model": model,
@@ -37,7 +41,10 @@ def describe_body(image_b64: str, model: str = "sim/test", *, json_mode: bool = 
             {
                 "role": "user",
                 "content": [
-                    {"type": "image_url", "image_url": {"detail": "high", "url": "data:image/jpeg;base64," + image_b64}},
+                    {
+                        "type": "image_url",
+                        "image_url": {"detail": "high", "url": "data:image/jpeg;base64," + image_b64},
+                    },
                     {"type": "text", "text": DICT_PROMPT},
                 ],
             },
@@ -55,7 +62,11 @@ def describe_body(image_b64: str, model: str = "sim/test", *, json_mode: bool = 
 
 
 def text_body(text: str, model: str = "sim/test", **extra):
-    body = {"model": model, "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}], "stream": False}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}],
+        "stream": False,
+    }
     body.update(extra)
     return body
 
@@ -107,9 +118,9 @@ def test_text_mode_answers_survive_longest_first_json_extraction(simulator, clie
     simulator.set_controls("chat", model="sim/text", fenced_rate=0.5, recall=1.0, hallucinations=0.0)
     kinds = set()
     for _ in range(12):
-        content = client.post(simulator.chat_completions_url, json=describe_body(coco_image, "sim/text", json_mode=False)).json()[
-            "choices"
-        ][0]["message"]["content"]
+        content = client.post(
+            simulator.chat_completions_url, json=describe_body(coco_image, "sim/text", json_mode=False)
+        ).json()["choices"][0]["message"]["content"]
         kinds.add(content.lstrip().startswith("["))
         start, end = content.index("["), content.rindex("]") + 1
         objects = json.loads(content[start:end])
@@ -136,7 +147,9 @@ def test_sse_framing_keepalive_usage_chunk_and_done(simulator, client, coco_imag
 
 
 def test_sse_without_include_usage_puts_usage_on_the_finish_chunk(simulator, client, coco_image):
-    with client.stream("POST", simulator.chat_completions_url, json=describe_body(coco_image, stream=True)) as r:
+    with client.stream(
+        "POST", simulator.chat_completions_url, json=describe_body(coco_image, stream=True)
+    ) as r:
         _, chunks, done = read_sse(r)
     assert done
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
@@ -145,12 +158,14 @@ def test_sse_without_include_usage_puts_usage_on_the_finish_chunk(simulator, cli
 
 def test_reasoning_models_return_reasoning(simulator, client, coco_image):
     simulator.set_controls("chat", model="sim/thinker", reasoning=True)
-    message = client.post(simulator.chat_completions_url, json=describe_body(coco_image, "sim/thinker")).json()["choices"][0][
-        "message"
-    ]
+    message = client.post(
+        simulator.chat_completions_url, json=describe_body(coco_image, "sim/thinker")
+    ).json()["choices"][0]["message"]
     assert message["reasoning"]
     # vLLM-style request (chat_template_kwargs) → reasoning_content, in the stream too
-    body = describe_body(coco_image, "sim/thinker", stream=True, chat_template_kwargs={"enable_thinking": True})
+    body = describe_body(
+        coco_image, "sim/thinker", stream=True, chat_template_kwargs={"enable_thinking": True}
+    )
     with client.stream("POST", simulator.chat_completions_url, json=body) as r:
         _, chunks, _ = read_sse(r)
     assert any("reasoning_content" in c["choices"][0]["delta"] for c in chunks if c["choices"])
@@ -164,8 +179,12 @@ def test_definition_prompts(simulator, client):
     ):
         body = text_body(prompt)
         body["messages"].insert(0, {"role": "system", "content": "You are a helpful assistant."})
-        first = client.post(simulator.chat_completions_url, json=body).json()["choices"][0]["message"]["content"]
-        again = client.post(simulator.chat_completions_url, json=body).json()["choices"][0]["message"]["content"]
+        first = client.post(simulator.chat_completions_url, json=body).json()["choices"][0]["message"][
+            "content"
+        ]
+        again = client.post(simulator.chat_completions_url, json=body).json()["choices"][0]["message"][
+            "content"
+        ]
         assert first == again  # deterministic
         assert term in first
         assert first.count(". ") == 4 and first.endswith(".")  # 5 sentences, no newlines
@@ -191,13 +210,22 @@ def test_embeddings_shape_and_input_order(simulator, client):
     batch = np.array([d["embedding"] for d in data["data"]])
     # each text alone gives the same vector as at its position in the batch: the order is the input order
     for i, text in enumerate(texts):
-        single = client.post(simulator.embeddings_url, json={**body, "input": [text]}).json()["data"][0]["embedding"]
+        single = client.post(simulator.embeddings_url, json={**body, "input": [text]}).json()["data"][0][
+            "embedding"
+        ]
         np.testing.assert_allclose(batch[i], single)
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0)
     assert batch[0] @ batch[1] > batch[0] @ batch[2]  # tv~monitor above tv~banana split
     assert data["usage"]["prompt_tokens"] == data["usage"]["total_tokens"] > 0
     assert client.post(simulator.embeddings_url, json={**body, "input": ["ok", ""]}).status_code == 400
-    assert len(client.post(simulator.embeddings_url, json={**body, "dimensions": 32}).json()["data"][0]["embedding"]) == 32
+    assert (
+        len(
+            client.post(simulator.embeddings_url, json={**body, "dimensions": 32}).json()["data"][0][
+                "embedding"
+            ]
+        )
+        == 32
+    )
 
 
 def test_auth_and_bad_requests(simulator, coco_image):
@@ -249,7 +277,10 @@ def _run_answers(sim_datasets, seed: int, images: list[str]) -> list[str]:
 
 
 def test_determinism_per_seed(sim_datasets, coco_dataset, vlm_gist_dataset):
-    images = [b64_file(image_path(coco_dataset, "000000037777")), b64_file(image_path(vlm_gist_dataset, "00001"))]
+    images = [
+        b64_file(image_path(coco_dataset, "000000037777")),
+        b64_file(image_path(vlm_gist_dataset, "00001")),
+    ]
     first = _run_answers(sim_datasets, 7, images)
     second = _run_answers(sim_datasets, 7, images)
     other = _run_answers(sim_datasets, 8, images)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -39,7 +40,7 @@ def relative_xywh(box, width, height):
 
 def predict(sim, client: httpx.Client, row, mode: str, gt_labels: list[str]) -> list[dict]:
     """One image through describe → detect → segment → label, as the benchmark's client does it."""
-    raw = open(row.path, "rb").read()
+    raw = Path(row.path).read_bytes()
     image = base64.b64encode(raw).decode()
     body = {
         "model": PERFECT,
@@ -63,7 +64,9 @@ def predict(sim, client: httpx.Client, row, mode: str, gt_labels: list[str]) -> 
         return []
     gdino = sim.vision_urls["mmgroundingdino"]
     params = {"prompts": prompts, "min_confidence": 0.0, "nms_iou": None, "overdetect_factor": 1.0}
-    detections = client.post(gdino + "/infer", json={"images": [image], "inference_parameters": [params]}).json()
+    detections = client.post(
+        gdino + "/infer", json={"images": [image], "inference_parameters": [params]}
+    ).json()
     detections = detections["artifact"]["detections"][0]
     sam2 = sim.vision_urls["sam2_realtime"]
     sam_prompts = [{"object_id": j, "bbox": d["box_xyxy"]} for j, d in enumerate(detections)]
@@ -79,10 +82,20 @@ def predict(sim, client: httpx.Client, row, mode: str, gt_labels: list[str]) -> 
         if mode == "class":
             label = obj["object_name"]  # COCO: the simulated object_name is the class name
         else:  # VLM-GIST per image: the GT sentence this description is (a prefix of)
-            matches = [gt for gt, norm in zip(gt_labels, normalized_gt, strict=True) if norm.startswith(obj["description"])]
+            matches = [
+                gt
+                for gt, norm in zip(gt_labels, normalized_gt, strict=True)
+                if norm.startswith(obj["description"])
+            ]
             label = matches[0] if matches else obj["description"]
         box = mask_boxes.get(j, det["box_xyxy"])  # segmentation_use_bbox (§4.1)
-        out.append({"label": label, "box": relative_xywh(box, row.width, row.height), "confidence": det["confidence"]})
+        out.append(
+            {
+                "label": label,
+                "box": relative_xywh(box, row.width, row.height),
+                "confidence": det["confidence"],
+            }
+        )
     return out
 
 
@@ -93,7 +106,9 @@ def test_perfect_recall_gives_high_but_not_perfect_f1(sim_datasets, name, mode):
     ds = sim_datasets[name]
     gt_by_image = {image_id: frame for image_id, frame in ds.ground_truth.groupby("image_id")}
     samples = []
-    with run_simulator({name: ds}, ports=EPHEMERAL, servers=["chat", "mmgroundingdino", "sam2_realtime"], seed=0) as sim:
+    with run_simulator(
+        {name: ds}, ports=EPHEMERAL, servers=["chat", "mmgroundingdino", "sam2_realtime"], seed=0
+    ) as sim:
         sim.set_controls("chat", model=PERFECT, recall=1.0, hallucinations=0.0, synonym_rate=0.0)
         with httpx.Client(headers=AUTH, timeout=60.0) as client:
             client.post(sim.vision_urls["mmgroundingdino"] + "/load", json={"flavor": "large"})
@@ -105,10 +120,16 @@ def test_perfect_recall_gives_high_but_not_perfect_f1(sim_datasets, name, mode):
                 sample["ground_truth"] = fo.Detections(
                     detections=[]
                     if gt is None
-                    else [fo.Detection(label=g.label, bounding_box=[g.x, g.y, g.w, g.h], iscrowd=0) for g in gt.itertuples()]
+                    else [
+                        fo.Detection(label=g.label, bounding_box=[g.x, g.y, g.w, g.h], iscrowd=0)
+                        for g in gt.itertuples()
+                    ]
                 )
                 sample["detections"] = fo.Detections(
-                    detections=[fo.Detection(label=p["label"], bounding_box=p["box"], confidence=p["confidence"]) for p in preds]
+                    detections=[
+                        fo.Detection(label=p["label"], bounding_box=p["box"], confidence=p["confidence"])
+                        for p in preds
+                    ]
                 )
                 samples.append(sample)
         # one description per image; GDINO and SAM2 only for images with at least one described object
@@ -122,7 +143,12 @@ def test_perfect_recall_gives_high_but_not_perfect_f1(sim_datasets, name, mode):
     try:
         dataset.add_samples(samples)
         results = dataset.evaluate_detections(
-            "detections", gt_field="ground_truth", use_masks=False, classes=None, compute_mAP=False, eval_key="eval"
+            "detections",
+            gt_field="ground_truth",
+            use_masks=False,
+            classes=None,
+            compute_mAP=False,
+            eval_key="eval",
         )
         metrics = results.metrics()
         print(name, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})

@@ -8,6 +8,7 @@ the tolerance only guards against a wrong rate, never against chance between run
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import httpx
@@ -97,7 +98,9 @@ NON_STREAMING_FAULTS = [
 
 def _set_fault(simulator, fault: str, rate: float, seed: int = 0, **extra) -> None:
     simulator.set_controls("chat", seed=seed)
-    faults = {name: 0.0 for name in FaultControls.model_fields if name not in ("retry_after_s", "stall_seconds")}
+    faults = {
+        name: 0.0 for name in FaultControls.model_fields if name not in ("retry_after_s", "stall_seconds")
+    }
     faults.update({fault: rate, "retry_after_s": 2, **extra})
     simulator.set_controls("chat", model=MODEL, latency_mean_s=0.0, faults=faults)
 
@@ -129,23 +132,30 @@ def test_faults_are_reproducible_per_seed_and_retries_can_succeed(simulator):
     assert first == second
     assert first != other
     # the same request repeated: a failed attempt is followed by a successful one somewhere
-    assert any(a == "server_error" and b == "ok" for a, b in zip(first, first[1:], strict=False))
+    assert any(a == "server_error" and b == "ok" for a, b in itertools.pairwise(first))
 
 
 def test_streaming_truncation_and_finish_reasons(simulator):
     for fault in ("truncated_stream", "finish_length", "finish_content_filter"):
         _set_fault(simulator, fault, 1.0)
-        with httpx.Client(headers=AUTH, timeout=10.0) as client, client.stream(
-            "POST", simulator.chat_completions_url, json=_chat_body(True)
-        ) as r:
+        with (
+            httpx.Client(headers=AUTH, timeout=10.0) as client,
+            client.stream("POST", simulator.chat_completions_url, json=_chat_body(True)) as r,
+        ):
             lines = [line for line in r.iter_lines() if line.startswith("data: ")]
         if fault == "truncated_stream":
             assert lines and "data: [DONE]" not in lines
             assert all(json.loads(line[6:])["choices"][0]["finish_reason"] is None for line in lines)
         else:
             assert lines[-1] == "data: [DONE]"
-            reasons = [json.loads(x[6:])["choices"][0]["finish_reason"] for x in lines[:-1] if json.loads(x[6:])["choices"]]
-            assert reasons[-1] == {"finish_length": "length", "finish_content_filter": "content_filter"}[fault]
+            reasons = [
+                json.loads(x[6:])["choices"][0]["finish_reason"]
+                for x in lines[:-1]
+                if json.loads(x[6:])["choices"]
+            ]
+            assert (
+                reasons[-1] == {"finish_length": "length", "finish_content_filter": "content_filter"}[fault]
+            )
 
 
 @pytest.mark.parametrize("fault", ["stall_first_chunk", "stall_mid_stream"])
@@ -165,9 +175,10 @@ def test_latency_controls_delay_without_failing(simulator):
     comments are sent while waiting)."""
     _set_fault(simulator, "rate_limit", 0.0)
     simulator.set_controls("chat", model=MODEL, latency_mean_s=1.2, latency_jitter_s=0.0)
-    with httpx.Client(headers=AUTH, timeout=10.0) as client, client.stream(
-        "POST", simulator.chat_completions_url, json=_chat_body(True)
-    ) as r:
+    with (
+        httpx.Client(headers=AUTH, timeout=10.0) as client,
+        client.stream("POST", simulator.chat_completions_url, json=_chat_body(True)) as r,
+    ):
         lines = list(r.iter_lines())
     assert lines.count(": keep-alive") >= 2  # one at once, one after the first second of waiting
     assert [line for line in lines if line][-1] == "data: [DONE]"
@@ -180,7 +191,9 @@ def test_vision_fault_rate(simulator, coco_dataset, fault):
     from .conftest import b64_file, image_path
 
     url = simulator.vision_urls["mmgroundingdino"]
-    faults = {name: 0.0 for name in FaultControls.model_fields if name not in ("retry_after_s", "stall_seconds")}
+    faults = {
+        name: 0.0 for name in FaultControls.model_fields if name not in ("retry_after_s", "stall_seconds")
+    }
     faults.update({fault: RATE, "retry_after_s": 1})
     simulator.set_controls("mmgroundingdino", model="large", faults=faults)
     image = b64_file(image_path(coco_dataset, "000000037777"))

@@ -65,8 +65,14 @@ def test_simulator_block_in_a_model_file_header(tmp_path):
 
 def test_cli_serves_both_apis_until_sigterm(vlm_gist_dir, coco_dir):
     env = dict(os.environ)
-    env.update({"VLM_GIST_DATASET_DIR_VLM_GIST": str(vlm_gist_dir), "VLM_GIST_DATASET_DIR_COCO": str(coco_dir)})
-    ports = [arg for name in ("chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2") for arg in ("--port", f"{name}=0")]
+    env.update(
+        {"VLM_GIST_DATASET_DIR_VLM_GIST": str(vlm_gist_dir), "VLM_GIST_DATASET_DIR_COCO": str(coco_dir)}
+    )
+    ports = [
+        arg
+        for name in ("chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2")
+        for arg in ("--port", f"{name}=0")
+    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "vlm_gist_dagster.cli", "sim", "--no-download", *ports],
         stdout=subprocess.PIPE,
@@ -83,7 +89,7 @@ def test_cli_serves_both_apis_until_sigterm(vlm_gist_dir, coco_dir):
                 break
         text = "".join(lines)
         assert "serving vlm_gist, coco" in text
-        urls = dict(re.findall(r"^\s+(\S+).*?(http://127\.0\.0\.1:\d+\S*)", text, flags=re.M))
+        urls = dict(re.findall(r"^\s+(\S+).*?(http://127\.0\.0\.1:\d+\S*)", text, flags=re.MULTILINE))
         assert set(urls) == {"chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2"}
         assert urls["chat"].endswith("/v1")
         models = httpx.get(urls["chat"] + "/models", headers=AUTH).json()

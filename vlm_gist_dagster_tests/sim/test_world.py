@@ -3,6 +3,8 @@ description variants and their mapping back to GT instances, and the text helper
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -32,9 +34,14 @@ def test_every_image_is_recognised_after_reencoding_and_downscaling(world, sim_d
     ds = sim_datasets[dataset]
     for row in ds.images.itertuples(index=False):
         expected = f"{dataset}/{row.image_id}"
-        raw = open(row.path, "rb").read()
+        raw = Path(row.path).read_bytes()
         exact = world.identify(raw)
-        assert (exact.image.key, exact.exact, exact.width, exact.height) == (expected, True, row.width, row.height)
+        assert (exact.image.key, exact.exact, exact.width, exact.height) == (
+            expected,
+            True,
+            row.width,
+            row.height,
+        )
 
         image = cv2.imread(row.path, cv2.IMREAD_COLOR)
         half = cv2.resize(image, (row.width // 2, row.height // 2), interpolation=cv2.INTER_AREA)
@@ -105,7 +112,10 @@ def test_prompt_fallback_matches_class_words_only(world):
         ("A braided money tree in a white pot standing on the floor.", "tree"),
         ("A striped cushion with red, yellow, and white patterns on the left side of the couch.", "cushion"),
         ("A green pack of white Tic Tac mints on the couch table.", "pack"),
-        ("A black, concave transponder with a smooth, circular appearance on the couch table.", "transponder"),
+        (
+            "A black, concave transponder with a smooth, circular appearance on the couch table.",
+            "transponder",
+        ),
         ("An apple", "apple"),
     ],
 )
@@ -116,9 +126,15 @@ def test_head_noun(sentence, head):
 def test_shorten_sentence_keeps_ten_words_at_a_phrase_boundary():
     # 11 words; the last boundary word within the first 10 is "on" (index 9), then "standing" is
     # trailing filler: 7 words remain.
-    assert lang.shorten_sentence("A braided money tree in a white pot standing on the floor.") == "A braided money tree in a white pot"
+    assert (
+        lang.shorten_sentence("A braided money tree in a white pot standing on the floor.")
+        == "A braided money tree in a white pot"
+    )
     # 9 words: only the period goes.
-    assert lang.shorten_sentence("A white cup filled with coffee on the table.") == "A white cup filled with coffee on the table"
+    assert (
+        lang.shorten_sentence("A white cup filled with coffee on the table.")
+        == "A white cup filled with coffee on the table"
+    )
 
 
 def test_definition_has_five_sentences_and_avoids_forbidden_words():
@@ -127,7 +143,9 @@ def test_definition_has_five_sentences_and_avoids_forbidden_words():
     assert "sports ball" in text
     for word in ("item", "category", "context"):
         assert word not in text.lower()
-    term, description = lang.parse_definition_item('{\n    "object_name": "chair",\n    "description": "a red chair"\n}')
+    term, description = lang.parse_definition_item(
+        '{\n    "object_name": "chair",\n    "description": "a red chair"\n}'
+    )
     assert (term, description) == ("chair", "a red chair")
 
 
