@@ -533,6 +533,7 @@ def evaluate(
     *,
     compute_mAP: bool = True,
     coco_standard: bool = True,
+    image_sizes: pd.DataFrame | None = None,
 ) -> EvaluationResult:
     """Evaluate predictions against ground truth as the paper does (FiftyOne ``evaluate_detections``
     with ``method="coco"``, ``classwise=True``, ``use_masks=False``, ``compute_mAP=True``).
@@ -540,7 +541,9 @@ def evaluate(
     ``iou`` is the matching threshold for P/R/F1 (the paper: 0.5; FiftyOne caps it at 1 - 1e-10).
     ``compute_mAP=False`` skips the sweep (mAP/mAR NaN). ``coco_standard=True`` adds pycocotools'
     bbox (and, when every object has a mask, segm) AP columns; they cost more than everything else
-    for large datasets (see benchmarks/eval_speed.py).
+    for large datasets (see benchmarks/eval_speed.py). ``image_sizes`` (``image_id, width, height``)
+    makes those columns use pixel boxes, as COCO does (see ``coco_standard_ap``); the paper's metrics
+    always use the relative boxes, as FiftyOne does.
 
     >>> import pandas as pd
     >>> gt = pd.DataFrame({"image_id": ["a"], "label": ["cup"], "x": [0.1], "y": [0.1], "w": [0.2], "h": [0.2]})
@@ -659,7 +662,7 @@ def evaluate(
     if coco_standard:
         unavailable: dict[str, str] = {}
         for iou_type in ("bbox", "segm"):
-            stats = coco_standard_ap(gt, pred, iou_type=iou_type)
+            stats = coco_standard_ap(gt, pred, iou_type=iou_type, image_sizes=image_sizes)
             if stats["reason"] is not None:
                 unavailable[iou_type] = stats["reason"]
             for key in ("AP", "AP50", "AP75"):
@@ -668,6 +671,20 @@ def evaluate(
     else:
         result["coco_unavailable"] = {"bbox": "not computed (coco_standard=False)", "segm": "not computed (coco_standard=False)"}
     return EvaluationResult(**result)
+
+
+def _pixel_scale(df: pd.DataFrame, image_sizes: pd.DataFrame, what: str) -> np.ndarray:
+    """Per row ``[W, H, W, H]`` from an ``image_id, width, height`` table."""
+    missing_cols = [c for c in ("image_id", "width", "height") if c not in image_sizes.columns]
+    if missing_cols:
+        raise ValueError(f"image_sizes: missing column(s) {missing_cols}")
+    sizes = image_sizes.drop_duplicates("image_id").set_index("image_id")[["width", "height"]].astype(np.float64)
+    wh = sizes.reindex(df["image_id"]).to_numpy()
+    unknown = np.isnan(wh).any(axis=1)
+    if unknown.any():
+        i = int(np.flatnonzero(unknown)[0])
+        raise ValueError(f"{what}: row {df.index[i]!r}: image {df['image_id'].iloc[i]!r} is not in image_sizes")
+    return np.concatenate([wh, wh], axis=1)
 
 
 def _classification_report(labels: pd.Index, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, Any]:
@@ -707,13 +724,24 @@ def _classification_report(labels: pd.Index, tp: np.ndarray, fp: np.ndarray, fn:
 # --------------------------------------------------------------------------------------------------
 
 
-def coco_standard_ap(ground_truth: pd.DataFrame, predictions: pd.DataFrame, iou_type: str = "bbox") -> dict[str, Any]:
+def coco_standard_ap(
+    ground_truth: pd.DataFrame,
+    predictions: pd.DataFrame,
+    iou_type: str = "bbox",
+    *,
+    image_sizes: pd.DataFrame | None = None,
+) -> dict[str, Any]:
     """COCO-standard AP@[.5:.95], AP50 and AP75 (area "all", 100 detections per image and category)
     from pycocotools' ``COCOeval`` on the same objects: categories = labels, crowd GT = ignore regions,
-    boxes in relative coordinates (IoU is scale-free), masks as COCO RLE for ``iou_type="segm"``.
+    masks as COCO RLE for ``iou_type="segm"``.
 
-    Differs from the paper's FiftyOne mAP in the tie order (pycocotools keeps score order only) and in
-    crowd handling. Returns ``{"AP", "AP50", "AP75", "reason"}``; values are NaN and ``reason`` says why
+    Boxes are evaluated in pixels (``x * width`` ...) when ``image_sizes`` (``image_id, width,
+    height``, e.g. the dataset's images table) is given, as COCO does; otherwise in relative
+    coordinates. IoU is scale-free, but pixel-aligned boxes often hit a threshold exactly (e.g. IoU
+    0.75) and the relative-coordinate rounding can then fall on the other side of it.
+
+    Differs from the paper's FiftyOne mAP in the tie order (pycocotools ranks equal scores by image id,
+    then detection order; FiftyOne puts TPs first) and in crowd handling (ignore regions). Returns ``{"AP", "AP50", "AP75", "reason"}``; values are NaN and ``reason`` says why
     when it cannot be computed (missing confidences or masks, no ground truth).
     """
     if iou_type not in ("bbox", "segm"):
@@ -735,13 +763,18 @@ def coco_standard_ap(ground_truth: pd.DataFrame, predictions: pd.DataFrame, iou_
 
     from .masks import compress_rle, rle_area
 
-    image_codes, _ = pd.factorize(pd.concat([gt["image_id"], pred["image_id"]], ignore_index=True), sort=False)
+    # Image ids in sorted image_id order: pycocotools breaks score ties across images by image id, and
+    # for COCO's zero-padded file names this is the order of the official integer ids.
+    image_codes, _ = pd.factorize(pd.concat([gt["image_id"], pred["image_id"]], ignore_index=True), sort=True)
     labels = sorted(set(gt["label"].tolist()) | set(pred["label"].tolist()))
     cat_of = {label: i + 1 for i, label in enumerate(labels)}
     gt_img, pred_img = image_codes[: len(gt)] + 1, image_codes[len(gt) :] + 1
     crowd = _crowd(gt)
     gt_box = gt[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
     pred_box = pred[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
+    if image_sizes is not None:
+        gt_box = gt_box * _pixel_scale(gt, image_sizes, "ground_truth")
+        pred_box = pred_box * _pixel_scale(pred, image_sizes, "predictions")
     gt_masks = gt["mask"].tolist() if iou_type == "segm" else [None] * len(gt)
     pred_masks = pred["mask"].tolist() if iou_type == "segm" else [None] * len(pred)
 
