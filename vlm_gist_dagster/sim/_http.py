@@ -43,7 +43,7 @@ class ControlsStore:
     def update(self, server: str, model: str | None, **changes: Any) -> ServerControls:
         with self._lock:
             current = self._controls.get(server) or ServerControls()
-            if "seed" in changes:
+            if "seed" in changes and model is None:  # the server's seed; with a model: that model's seed
                 current = current.model_copy(update={"seed": int(changes.pop("seed"))})
             if changes:
                 current = current.with_model(model, **changes)
@@ -176,10 +176,11 @@ def plan_request(
     server_controls = ctx.controls.get(server)
     controls = server_controls.for_model(model)
     attempt = ctx.counter.next((server, model, key))
-    parts = (server_controls.seed, server, model, key, attempt)
+    seed = server_controls.seed if controls.seed is None else controls.seed
+    parts = (seed, server, model, key, attempt)
     fault = choose_fault(controls.faults, *parts, allowed=allowed)
     latency = latency_seconds(controls.latency_mean_s, controls.latency_jitter_s, *parts)
-    return FaultPlan(fault, latency, controls, server_controls.seed, attempt, parts)
+    return FaultPlan(fault, latency, controls, seed, attempt, parts)
 
 
 async def http_fault_response(

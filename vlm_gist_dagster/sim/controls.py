@@ -98,6 +98,7 @@ class ModelControls(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    seed: int | None = Field(None, description="this model's own seed (None: the server's seed)")
     recall: float = Field(
         0.85, ge=0, le=1, description="probability that a GT instance is described / detected"
     )

@@ -143,7 +143,8 @@ class SimulatorHandle:
 
     def set_controls(self, server: str = "chat", model: str | None = None, **changes: Any) -> ServerControls:
         """Change controls at run time: ``set_controls(model="sim/strong", recall=0.5,
-        faults={"rate_limit": 0.3})``; ``model=None`` changes the server's defaults; ``seed=`` the seed.
+        faults={"rate_limit": 0.3})``; ``model=None`` changes the server's defaults (and ``seed=`` the server's
+        seed; with a model, ``seed=`` gives that model its own seed).
         Also resets the attempt counters, so draws restart from attempt 0."""
         if server not in SERVER_NAMES:
             raise ValueError(f"unknown server {server!r} (known: {list(SERVER_NAMES)})")

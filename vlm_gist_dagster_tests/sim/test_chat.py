@@ -287,3 +287,16 @@ def test_determinism_per_seed(sim_datasets, coco_dataset, vlm_gist_dataset):
     assert first == second
     assert first != other
     assert first[0] != first[1]  # a retry of the same image gets a fresh draw
+
+
+def test_per_model_seed_overrides_the_server_seed(simulator, client, coco_image):
+    def answer(seed: int) -> str:
+        simulator.set_controls("chat", model="sim/seeded", seed=seed, recall=0.5, hallucinations=1.5)
+        body = describe_body(coco_image, "sim/seeded")
+        return client.post(simulator.chat_completions_url, json=body).json()["choices"][0]["message"][
+            "content"
+        ]
+
+    first, other, again = answer(5), answer(6), answer(5)
+    assert first == again
+    assert first != other
