@@ -68,22 +68,6 @@ def classify_non_streaming(client: httpx.Client, url: str) -> str:
     return "ok"
 
 
-def classify_stream(client: httpx.Client, url: str) -> str:
-    """What a client observes for one streaming request (read timeout far below the stall)."""
-    saw_data = False
-    done = False
-    try:
-        with client.stream("POST", url, json=_chat_body(True)) as r:
-            assert r.status_code == 200
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    saw_data = True
-                    done = done or line == "data: [DONE]"
-    except httpx.ReadTimeout:
-        return "stall_mid_stream" if saw_data else "stall_first_chunk"
-    return "ok" if done else "truncated_stream"
-
-
 NON_STREAMING_FAULTS = [
     "rate_limit",
     "server_error",
@@ -160,12 +144,32 @@ def test_streaming_truncation_and_finish_reasons(simulator):
 
 @pytest.mark.parametrize("fault", ["stall_first_chunk", "stall_mid_stream"])
 def test_stall_rate_streaming(simulator, fault):
-    """Stalls of 5 s against a client read timeout of 0.25 s: 60 requests at rate 0.3 →
-    mean 18, sd sqrt(60 · 0.3 · 0.7) ≈ 3.55, accept [4, 32]."""
-    _set_fault(simulator, fault, RATE, stall_seconds=5.0)
-    timeout = httpx.Timeout(10.0, read=0.25)
-    with httpx.Client(headers=AUTH, timeout=timeout) as client:
-        outcomes = [classify_stream(client, simulator.chat_completions_url) for _ in range(60)]
+    """Stalls of 8 s against a client read timeout of 1.5 s (wide margins both ways, so a loaded
+    machine cannot blur the two), 60 concurrent requests at rate 0.3 → mean 18,
+    sd sqrt(60 · 0.3 · 0.7) ≈ 3.55, accept [4, 32]. Concurrency changes which request gets which
+    attempt number, not the set of attempts 0..59, so the count stays reproducible."""
+    _set_fault(simulator, fault, RATE, stall_seconds=8.0)
+    timeout = httpx.Timeout(30.0, read=1.5)
+
+    async def one(client: httpx.AsyncClient, semaphore: asyncio.Semaphore) -> str:
+        saw_data = done = False
+        async with semaphore:
+            try:
+                async with client.stream("POST", simulator.chat_completions_url, json=_chat_body(True)) as r:
+                    assert r.status_code == 200
+                    async for line in r.aiter_lines():
+                        saw_data = saw_data or line.startswith("data: ")
+                        done = done or line == "data: [DONE]"
+            except httpx.ReadTimeout:
+                return "stall_mid_stream" if saw_data else "stall_first_chunk"
+        return "ok" if done else "truncated_stream"
+
+    async def run() -> list[str]:
+        semaphore = asyncio.Semaphore(30)
+        async with httpx.AsyncClient(headers=AUTH, timeout=timeout) as client:
+            return await asyncio.gather(*(one(client, semaphore) for _ in range(60)))
+
+    outcomes = asyncio.run(run())
     assert set(outcomes) <= {"ok", fault}
     assert 4 <= outcomes.count(fault) <= 32
 
