@@ -121,7 +121,9 @@ class ResponseCache:
     200
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, bypass: bool = False, refresh: bool = False) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, *, bypass: bool = False, refresh: bool = False
+    ) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.bypass = bypass
         self.refresh = refresh
@@ -189,4 +191,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-

@@ -56,9 +56,9 @@ from typing import Any
 import httpx
 
 from ..protocol.completions import (
+    Completion,
     CompletionError,
     CompletionTimeout,
-    Completion,
     InvalidResponse,
     StreamAccumulator,
     build_headers,
@@ -232,18 +232,24 @@ def outcome_from_record(record: Mapping[str, Any]) -> tuple[Completion | None, C
         try:
             body = json.loads(record["body_text"])
         except json.JSONDecodeError:
-            return None, InvalidResponse("invalid_body", f"response body is not JSON: {record['body_text'][:200]!r}")
+            return None, InvalidResponse(
+                "invalid_body", f"response body is not JSON: {record['body_text'][:200]!r}"
+            )
         try:
             return interpret_response(body), None
         except CompletionError as exc:
             return exc.completion, exc
     if kind == "http_status":
         status = record["status"]
-        return None, CompletionError(f"http_status:{status}", f"HTTP {status}: {redact(record.get('body_text', ''))[:300]}")
+        return None, CompletionError(
+            f"http_status:{status}", f"HTTP {status}: {redact(record.get('body_text', ''))[:300]}"
+        )
     if kind == "timeout":
         return None, _timeout_error(record["reason"], record.get("timeout_s"), None)
     if kind == "transport":
-        return None, CompletionError("transport", redact(record.get("message", "connection broke after the response started")))
+        return None, CompletionError(
+            "transport", redact(record.get("message", "connection broke after the response started"))
+        )
     if kind == "sse":
         accumulator = StreamAccumulator()
         try:
@@ -393,8 +399,15 @@ class ChatClient:
             if stored is not None and self._replayable(stored, params, stream):
                 self.cache_hits += 1
                 completion, error = outcome_from_record(stored)
-                return self._outcome(model, completion, error, float(stored.get("duration_s", 0.0)),
-                                     int(stored.get("http_retries", 0)), True, stored)
+                return self._outcome(
+                    model,
+                    completion,
+                    error,
+                    float(stored.get("duration_s", 0.0)),
+                    int(stored.get("http_retries", 0)),
+                    True,
+                    stored,
+                )
 
         async def send_once() -> dict[str, Any]:
             self.requests_sent += 1
@@ -487,23 +500,35 @@ class ChatClient:
                 timeout=limit,
             )
         except asyncio.TimeoutError:
-            return {"kind": "timeout", "reason": "timeout_completion", "timeout_s": limit,
-                    "duration_s": loop.time() - start}
+            return {
+                "kind": "timeout",
+                "reason": "timeout_completion",
+                "timeout_s": limit,
+                "duration_s": loop.time() - start,
+            }
         except httpx.TransportError as exc:
             raise transport_error(exc, f"chat endpoint {resolved.name!r}", resolved.completions_url) from None
         duration = loop.time() - start
         self._check_status(response, resolved)
         text = response.text
         if response.status_code != 200:
-            return {"kind": "http_status", "status": response.status_code, "body_text": redact(text[:2000]),
-                    "duration_s": duration}
+            return {
+                "kind": "http_status",
+                "status": response.status_code,
+                "body_text": redact(text[:2000]),
+                "duration_s": duration,
+            }
         return {"kind": "json", "status": 200, "body_text": text, "duration_s": duration}
 
     async def _exchange_stream(
         self, resolved: ResolvedEndpoint, payload: Mapping[str, Any], params: CompletionParams
     ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        first_s, next_s, total_s = params.timeout_chunk_first, params.timeout_chunk_next, params.timeout_completion
+        first_s, next_s, total_s = (
+            params.timeout_chunk_first,
+            params.timeout_chunk_next,
+            params.timeout_completion,
+        )
         start = loop.time()
         total_deadline = start + _seconds(total_s)
         first_deadline = start + _seconds(first_s)
@@ -519,8 +544,14 @@ class ChatClient:
             return chunk_deadline, reason, seconds
 
         def timeout_record(reason: str, seconds: float | None, lines: list[str]) -> dict[str, Any]:
-            return {"kind": "sse", "status": 200, "lines": lines, "ended": reason, "timeout_s": seconds,
-                    "duration_s": loop.time() - start}
+            return {
+                "kind": "sse",
+                "status": 200,
+                "lines": lines,
+                "ended": reason,
+                "timeout_s": seconds,
+                "duration_s": loop.time() - start,
+            }
 
         request = self._client.build_request(
             "POST", resolved.completions_url, json=dict(payload), headers=resolved.headers()
@@ -528,7 +559,8 @@ class ChatClient:
         deadline, reason, seconds = watchdog(False, start)
         try:
             response = await asyncio.wait_for(
-                self._client.send(request, stream=True), timeout=None if deadline == _INF else max(0.0, deadline - loop.time())
+                self._client.send(request, stream=True),
+                timeout=None if deadline == _INF else max(0.0, deadline - loop.time()),
             )
         except asyncio.TimeoutError:
             return timeout_record(reason, seconds, [])
@@ -539,7 +571,10 @@ class ChatClient:
         try:
             if response.status_code != 200:
                 try:
-                    await asyncio.wait_for(response.aread(), timeout=None if total_deadline == _INF else max(0.0, total_deadline - loop.time()))
+                    await asyncio.wait_for(
+                        response.aread(),
+                        timeout=None if total_deadline == _INF else max(0.0, total_deadline - loop.time()),
+                    )
                 except (asyncio.TimeoutError, httpx.TransportError):
                     pass
                 self._check_status(response, resolved)
@@ -547,8 +582,12 @@ class ChatClient:
                     body = response.text
                 except httpx.ResponseNotRead:
                     body = ""
-                return {"kind": "http_status", "status": response.status_code, "body_text": redact(body[:2000]),
-                        "duration_s": loop.time() - start}
+                return {
+                    "kind": "http_status",
+                    "status": response.status_code,
+                    "body_text": redact(body[:2000]),
+                    "duration_s": loop.time() - start,
+                }
             accumulator = StreamAccumulator()
             iterator = response.aiter_lines().__aiter__()
             got_chunk, last_chunk = False, start
@@ -563,9 +602,14 @@ class ChatClient:
                 except asyncio.TimeoutError:
                     return timeout_record(reason, seconds, lines)
                 except httpx.TransportError as exc:
-                    return {"kind": "sse", "status": 200, "lines": lines, "ended": "transport",
-                            "message": f"{type(exc).__name__} after the response started: {redact(exc)}",
-                            "duration_s": loop.time() - start}
+                    return {
+                        "kind": "sse",
+                        "status": 200,
+                        "lines": lines,
+                        "ended": "transport",
+                        "message": f"{type(exc).__name__} after the response started: {redact(exc)}",
+                        "duration_s": loop.time() - start,
+                    }
                 if not line.strip():
                     continue
                 got_chunk, last_chunk = True, loop.time()
@@ -577,6 +621,12 @@ class ChatClient:
                 except CompletionError:
                     ended = "error"  # e.g. finish_reason length: the attempt fails at once (spec §1.4)
                     break
-            return {"kind": "sse", "status": 200, "lines": lines, "ended": ended, "duration_s": loop.time() - start}
+            return {
+                "kind": "sse",
+                "status": 200,
+                "lines": lines,
+                "ended": ended,
+                "duration_s": loop.time() - start,
+            }
         finally:
             await response.aclose()

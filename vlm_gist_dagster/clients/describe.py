@@ -228,7 +228,9 @@ class ImageDescription:
         }
 
 
-def _attempt_from_outcome(outcome: AttemptOutcome, settings: DescriptionSettings) -> tuple[Attempt, list[dict[str, Any]] | None]:
+def _attempt_from_outcome(
+    outcome: AttemptOutcome, settings: DescriptionSettings
+) -> tuple[Attempt, list[dict[str, Any]] | None]:
     """Judge one attempt's outcome: model-side failure, invalid content, or the validated objects."""
     if outcome.error is not None:
         error = outcome.error
@@ -244,7 +246,11 @@ def _attempt_from_outcome(outcome: AttemptOutcome, settings: DescriptionSettings
         result = evaluate_completion(completion, settings)
     except InvalidDescription as exc:
         attempt = Attempt.from_completion(
-            completion, outcome.duration_s, error=exc.reason, error_message=redact(exc.message), report=exc.report
+            completion,
+            outcome.duration_s,
+            error=exc.reason,
+            error_message=redact(exc.message),
+            report=exc.report,
         )
         return attempt, None
     return Attempt.from_completion(completion, outcome.duration_s, report=result.report), result.objects
@@ -281,7 +287,9 @@ async def describe_image(
         if attempt.ok:
             report = attempt.report
         else:
-            log.info("image %s: attempt %d/%d failed (%s)", image_id, index + 1, book.max_attempts, attempt.error)
+            log.info(
+                "image %s: attempt %d/%d failed (%s)", image_id, index + 1, book.max_attempts, attempt.error
+            )
     return ImageDescription(
         image_id=image_id,
         image_sha256=image.sha256,
@@ -320,7 +328,13 @@ class ProgressTracker:
     tracker was created). Pass ``log`` to have each line logged too; use it as the ``progress`` callback.
     """
 
-    def __init__(self, total: int, *, clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.total = total
         self._clock = clock
         self._start = clock()
@@ -348,7 +362,9 @@ class BatchIncomplete(TransportRetriesExhausted):
     free). ``completed``: their results; ``failed``: image id → the transport error.
     """
 
-    def __init__(self, completed: list[ImageDescription], failed: Mapping[str, TransportRetriesExhausted]) -> None:
+    def __init__(
+        self, completed: list[ImageDescription], failed: Mapping[str, TransportRetriesExhausted]
+    ) -> None:
         self.completed = completed
         self.failed = dict(failed)
         first = next(iter(self.failed.values()))
@@ -364,8 +380,12 @@ def _prepare(source: ImageSource, settings: DescriptionSettings) -> PreparedImag
     if isinstance(source, PreparedImage):
         return source
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return prepare_image(bytes(source), settings.png_max_pixels, png_compression_level=settings.png_compression_level)
-    return prepare_image(Path(source), settings.png_max_pixels, png_compression_level=settings.png_compression_level)
+        return prepare_image(
+            bytes(source), settings.png_max_pixels, png_compression_level=settings.png_compression_level
+        )
+    return prepare_image(
+        Path(source), settings.png_max_pixels, png_compression_level=settings.png_compression_level
+    )
 
 
 async def describe_images(
@@ -407,7 +427,9 @@ async def describe_images(
             progress(ProgressEvent(done, total, succeeded, done - succeeded, image_id, result.success))
         return result
 
-    tasks = [asyncio.create_task(one(image_id, source), name=f"describe:{image_id}") for image_id, source in images]
+    tasks = [
+        asyncio.create_task(one(image_id, source), name=f"describe:{image_id}") for image_id, source in images
+    ]
     results: dict[str, ImageDescription] = {}
     transport_failures: dict[str, TransportRetriesExhausted] = {}
     try:
@@ -455,4 +477,3 @@ def run_describe_images(
             return await describe_images(chat, settings, images, progress=progress)
 
     return asyncio.run(main())
-

@@ -147,7 +147,9 @@ class EmbeddingsClient:
     ) -> None:
         self.resolved: ResolvedEndpoint = resolve(endpoint, endpoint_urls=endpoint_urls, env=env)
         if self.resolved.embeddings_url is None:
-            raise ConfigurationError(f"endpoint {self.resolved.name!r} has no embeddings URL; give 'embeddings_url'")
+            raise ConfigurationError(
+                f"endpoint {self.resolved.name!r} has no embeddings URL; give 'embeddings_url'"
+            )
         self.model = model
         default_batch = MISTRAL_BATCH_SIZE if self.resolved.flavor == "mistral" else OPENAI_MAX_INPUTS
         self.batch_size = batch_size or default_batch
@@ -190,7 +192,9 @@ class EmbeddingsClient:
             else:
                 vectors[text] = cached
         batches = [missing[i : i + self.batch_size] for i in range(0, len(missing), self.batch_size)]
-        for batch, result in zip(batches, await asyncio.gather(*(self._request(b) for b in batches)), strict=True):
+        for batch, result in zip(
+            batches, await asyncio.gather(*(self._request(b) for b in batches)), strict=True
+        ):
             for text, vector in zip(batch, result, strict=True):
                 vectors[text] = vector
                 if self.cache is not None:
@@ -222,8 +226,10 @@ class EmbeddingsClient:
             if retryable is not None:
                 raise retryable
             if response.status_code != 200:
-                raise ResponseError(f"{service}: HTTP {response.status_code}: {redact(response.text[:300])}",
-                                    status=response.status_code)
+                raise ResponseError(
+                    f"{service}: HTTP {response.status_code}: {redact(response.text[:300])}",
+                    status=response.status_code,
+                )
             try:
                 payload = response.json()
             except (json.JSONDecodeError, UnicodeDecodeError):
@@ -234,7 +240,12 @@ class EmbeddingsClient:
             self.transport_retries += 1
 
         result, _ = await with_transport_retries(
-            send_once, self.retry, service=service, limits=self._get_limits(), sleep=self._sleep, on_retry=count_retry
+            send_once,
+            self.retry,
+            service=service,
+            limits=self._get_limits(),
+            sleep=self._sleep,
+            on_retry=count_retry,
         )
         return result
 
@@ -248,9 +259,13 @@ class EmbeddingsClient:
             index = item.get("index", position) if isinstance(item, Mapping) else None
             vector = item.get("embedding") if isinstance(item, Mapping) else None
             if not isinstance(index, int) or not 0 <= index < expected or rows[index] is not None:
-                raise ResponseError(f"{service}: field 'data[{position}].index' is missing, out of range or repeated")
+                raise ResponseError(
+                    f"{service}: field 'data[{position}].index' is missing, out of range or repeated"
+                )
             if not isinstance(vector, list) or not vector:
-                raise ResponseError(f"{service}: field 'data[{position}].embedding' must be a non-empty list of floats")
+                raise ResponseError(
+                    f"{service}: field 'data[{position}].embedding' must be a non-empty list of floats"
+                )
             rows[index] = np.asarray(vector, dtype=np.float64)
         usage = payload.get("usage") if isinstance(payload, Mapping) else None
         if isinstance(usage, Mapping) and isinstance(usage.get("prompt_tokens"), int):
@@ -311,8 +326,13 @@ class SentenceTransformerEmbeddings:
             else:
                 vectors[text] = cached
         if missing:
-            encoded = self._model.encode(missing, batch_size=self.batch_size, normalize_embeddings=True,
-                                         convert_to_numpy=True, show_progress_bar=False)
+            encoded = self._model.encode(
+                missing,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             for text, vector in zip(missing, np.asarray(encoded, dtype=np.float64), strict=True):
                 vectors[text] = vector
                 if self.cache is not None:

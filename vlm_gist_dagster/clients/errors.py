@@ -120,7 +120,9 @@ class TransportError(ClientError):
     """One retryable failure below the model: HTTP 429 (``retry_after_s`` from its header), 5xx, or a
     connection error. Not a failed attempt of the model (spec §1.6 counts model failures only)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
         self.status = status
         self.retry_after_s = retry_after_s
         super().__init__(message)

@@ -77,7 +77,11 @@ class PriceTable:
     def cost(self, model: str, usage: TokenUsage | None) -> Cost | None:
         """The cost of one request; None when the model has no price or the provider sent no usage."""
         price = self.prices.get(model)
-        if price is None or usage is None or (usage.prompt_tokens is None and usage.completion_tokens is None):
+        if (
+            price is None
+            or usage is None
+            or (usage.prompt_tokens is None and usage.completion_tokens is None)
+        ):
             return None
         prompt = usage.prompt_tokens or 0
         cached = min(usage.cached_prompt_tokens or 0, prompt)
@@ -93,12 +97,14 @@ class PriceTable:
             raise ConfigurationError(f"{source}: a price table is a JSON object with an object 'models'")
         prices: dict[str, ModelPrice] = {}
         for name, entry in data["models"].items():
-            where = f"{source}: field 'models.{name}'"
+            field = f"models.{name}"
             if not isinstance(entry, Mapping):
-                raise ConfigurationError(f"{where} must be an object with 'input' and 'output'")
+                raise ConfigurationError(
+                    f"{source}: field '{field}' must be an object with 'input' and 'output'"
+                )
             unknown = sorted(set(entry) - {"input", "output", "cached_input", "note"})
             if unknown:
-                raise ConfigurationError(f"{where} has unknown key(s) {unknown}")
+                raise ConfigurationError(f"{source}: field '{field}' has unknown key(s) {unknown}")
             values: dict[str, float | None] = {}
             for key in ("input", "output", "cached_input"):
                 value = entry.get(key)
@@ -106,10 +112,14 @@ class PriceTable:
                     values[key] = None
                     continue
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                    raise ConfigurationError(f"{where}.{key} must be a non-negative number (USD per 1M tokens)")
+                    raise ConfigurationError(
+                        f"{source}: field '{field}.{key}' must be a non-negative number (USD per 1M tokens)"
+                    )
                 values[key] = float(value)
             prices[str(name)] = ModelPrice(
-                input=values["input"], output=values["output"], cached_input=values["cached_input"]  # type: ignore[arg-type]
+                input=values["input"],
+                output=values["output"],
+                cached_input=values["cached_input"],  # type: ignore[arg-type]
             )
         return cls(prices)
 

@@ -68,7 +68,9 @@ def make_async_client(
     ``pool_timeout`` is None by default: waiting for a connection is bounded by our own semaphore, and a
     pool timeout would turn a long queue into spurious failures.
     """
-    timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=write_timeout, pool=pool_timeout)
+    timeout = httpx.Timeout(
+        connect=connect_timeout, read=read_timeout, write=write_timeout, pool=pool_timeout
+    )
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections or 20)
     return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
 
@@ -285,7 +287,9 @@ async def with_transport_retries(
                     last=exc,
                 ) from None
             wait = policy.delay(retries, exc.retry_after_s)
-            log.warning("%s; transport retry %d/%d in %.2f s", exc.message, retries + 1, policy.max_retries, wait)
+            log.warning(
+                "%s; transport retry %d/%d in %.2f s", exc.message, retries + 1, policy.max_retries, wait
+            )
             if on_retry is not None:
                 on_retry(exc, wait)
             await sleep(wait)

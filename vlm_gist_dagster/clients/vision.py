@@ -106,15 +106,21 @@ def vision_server_urls(
             raise ConfigurationError(f"{path}: expected an object 'servers' mapping model family → base URL")
         for family, url in servers.items():
             if family not in VISION_FAMILIES:
-                raise ConfigurationError(f"{path}: field 'servers.{family}': unknown model family (known: {list(VISION_FAMILIES)})")
+                raise ConfigurationError(
+                    f"{path}: field 'servers.{family}': unknown model family (known: {list(VISION_FAMILIES)})"
+                )
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ConfigurationError(f"{path}: field 'servers.{family}' must be an http(s) URL, got {url!r}")
+                raise ConfigurationError(
+                    f"{path}: field 'servers.{family}' must be an http(s) URL, got {url!r}"
+                )
             urls[family] = url
     for family in VISION_FAMILIES:
         override = env.get(vision_url_env_var(family))
         if override:
             if not override.startswith(("http://", "https://")):
-                raise ConfigurationError(f"${vision_url_env_var(family)} must be an http(s) URL, got {override!r}")
+                raise ConfigurationError(
+                    f"${vision_url_env_var(family)} must be an http(s) URL, got {override!r}"
+                )
             urls[family] = override
     return {family: url.rstrip("/") for family, url in urls.items()}
 
@@ -175,7 +181,9 @@ class VisionClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if family not in VISION_FAMILIES:
-            raise ConfigurationError(f"unknown vision model family {family!r} (known: {list(VISION_FAMILIES)})")
+            raise ConfigurationError(
+                f"unknown vision model family {family!r} (known: {list(VISION_FAMILIES)})"
+            )
         self.family = family
         self.env = os.environ if env is None else env
         self.base_url = (base_url or vision_server_urls(env=self.env)[family]).rstrip("/")
@@ -263,7 +271,9 @@ class VisionClient:
                 return response.json()
             except (json.JSONDecodeError, UnicodeDecodeError):
                 # A cut-off body of a 200: the connection broke mid-response. Retry like a transport error.
-                raise TransportError(f"{self.service}: {method} {path} → a 200 whose body is not valid JSON") from None
+                raise TransportError(
+                    f"{self.service}: {method} {path} → a 200 whose body is not valid JSON"
+                ) from None
 
         def count_retry(exc: TransportError, wait: float) -> None:
             self.transport_retries += 1
@@ -288,7 +298,9 @@ class VisionClient:
         loaded again before the next try, within the same bounded retry budget."""
         result = await self._request("POST", path, body, before_try=self._reload_if_lost)
         if not isinstance(result, dict):
-            raise ResponseError(f"{self.service}: POST {path} answered {type(result).__name__}, not a JSON object")
+            raise ResponseError(
+                f"{self.service}: POST {path} answered {type(result).__name__}, not a JSON object"
+            )
         return result
 
     # ---------------------------------------------------------------- routes
@@ -377,8 +389,13 @@ class VisionClient:
     ) -> list[GdinoDetection]:
         """MM-Grounding-DINO on one image (spec §4.2); ``image`` is a prepared image or plain base64."""
         await self.ensure_loaded(flavor)
-        body = gdino_request(_b64(image), prompts, min_confidence=min_confidence, nms_iou=nms_iou,
-                             overdetect_factor=overdetect_factor)
+        body = gdino_request(
+            _b64(image),
+            prompts,
+            min_confidence=min_confidence,
+            nms_iou=nms_iou,
+            overdetect_factor=overdetect_factor,
+        )
         return parse_gdino_response(await self.infer(body), prompts=prompts)
 
     async def segment(
@@ -405,7 +422,9 @@ class VisionClient:
     async def baseline(self, image: str | PreparedImage, settings: BaselineSettings) -> BaselineOutput:
         """Florence-2 / Kosmos-2 on one image with the paper's baseline settings (spec §6)."""
         if settings.model_name != self.family:
-            raise ConfigurationError(f"baseline settings are for {settings.model_name!r}, this client talks to {self.family!r}")
+            raise ConfigurationError(
+                f"baseline settings are for {settings.model_name!r}, this client talks to {self.family!r}"
+            )
         await self.ensure_loaded(settings.model_flavor)
         body = baseline_request(_b64(image), settings)
         return parse_baseline_response(await self.infer(body), model=settings.model_name)  # type: ignore[arg-type]

@@ -85,11 +85,15 @@ def completion_params(
     )
 
 
-def description_settings(params: CompletionParams, *, retry: int = 3, use_json_mode: bool = True) -> DescriptionSettings:
+def description_settings(
+    params: CompletionParams, *, retry: int = 3, use_json_mode: bool = True
+) -> DescriptionSettings:
     """The shipped simulated model's description settings (the benchmark's prompts and validation)
     with the request block replaced."""
     base = load_model_settings(SIM_MODEL_FILE).description
-    return base.model_copy(update={"vlm_structured_description": params, "retry": retry, "use_json_mode": use_json_mode})
+    return base.model_copy(
+        update={"vlm_structured_description": params, "retry": retry, "use_json_mode": use_json_mode}
+    )
 
 
 def clearing_sleep(sim, model: str, waits: list[float], *, server: str = "chat") -> Callable[[float], Any]:

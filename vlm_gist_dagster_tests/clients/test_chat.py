@@ -35,8 +35,8 @@ from .conftest import (
     clearing_sleep,
     completion_params,
     description_settings,
-    sim_env,
     settled_chat_requests,
+    sim_env,
     sim_urls,
 )
 
@@ -60,7 +60,7 @@ def one_attempt(sim, params, image_path, **client_kwargs):
     return outcome, request, chat
 
 
-# ---------------------------------------------------------------------------------------------- the wire
+# ----------------------------------------------------------------------------- the wire
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -79,7 +79,9 @@ def test_each_flavours_payload_as_the_server_received_it(sim, images, flavor, st
     assert body["response_format"] == {"type": "json_object"}
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
     image_part, text_part = body["messages"][1]["content"]
-    assert image_part["type"] == "image_url" and image_part["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert image_part["type"] == "image_url" and image_part["image_url"]["url"].startswith(
+        "data:image/jpeg;base64,"
+    )
     assert text_part["type"] == "text" and text_part["text"].startswith("Provide a list in JSON format")
     if flavor == "openai":
         assert body["max_completion_tokens"] == 10000 and "max_tokens" not in body
@@ -125,7 +127,9 @@ def test_headers_carry_the_key_and_the_papers_referer(sim, images):
         async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
             settings = description_settings(completion_params())
             request = build_request(prepare_image(images[0][1], settings.png_max_pixels), settings)
-            async with ChatClient(env=sim_env("k-123456"), endpoint_urls=sim_urls(sim), http_client=http) as chat:
+            async with ChatClient(
+                env=sim_env("k-123456"), endpoint_urls=sim_urls(sim), http_client=http
+            ) as chat:
                 return await chat.attempt(settings.vlm_structured_description, request.payload)
 
     assert asyncio.run(main()).ok
@@ -153,10 +157,10 @@ def test_streaming_and_json_give_the_same_completion(sim, images, flavor):
     assert lines[0].startswith(":")  # the keep-alive comment was received and ignored
     assert lines[-1] == "data: [DONE]"
     if flavor == "openai":  # include_usage: usage arrives in a last chunk with empty choices
-        assert json.loads(lines[-2][len("data: "):])["choices"] == []
+        assert json.loads(lines[-2][len("data: ") :])["choices"] == []
 
 
-# ---------------------------------------------------------------------------------------------- model-side faults
+# ----------------------------------------------------------------------------- model-side faults
 
 
 @pytest.mark.parametrize(
@@ -203,7 +207,9 @@ def test_timeout_completion_caps_a_slow_but_steady_stream(sim, images):
     """Chunks keep coming (every 0.05 s, below timeout_chunk_next) but the whole stream takes longer
     than timeout_completion: the cap fires."""
     sim.set_controls("chat", model="test/model", chunk_chars=4, chunk_interval_s=0.05)
-    outcome, _, _ = one_attempt(sim, completion_params(stream=True, first=5.0, next_=5.0, total=0.6), images[0][1])
+    outcome, _, _ = one_attempt(
+        sim, completion_params(stream=True, first=5.0, next_=5.0, total=0.6), images[0][1]
+    )
     assert not outcome.ok and outcome.error.reason == "timeout_completion"
     assert outcome.error.completion.text  # the partial text is kept
 
@@ -219,7 +225,7 @@ def test_a_status_the_model_is_blamed_for_is_a_failed_attempt(sim):
     assert len(chat_requests(sim)) == 1
 
 
-# ---------------------------------------------------------------------------------------------- transport faults
+# ----------------------------------------------------------------------------- transport faults
 
 
 @pytest.mark.parametrize(
@@ -251,7 +257,10 @@ def test_retry_after_is_honoured(sim, images):
     waits: list[float] = []
     sim.set_controls("chat", model="test/model", faults={"rate_limit": 1.0, "retry_after_s": 1})
     outcome, _, _ = one_attempt(
-        sim, completion_params(), images[0][1], sleep=clearing_sleep(sim, "test/model", waits),
+        sim,
+        completion_params(),
+        images[0][1],
+        sleep=clearing_sleep(sim, "test/model", waits),
         retry=RetryPolicy(max_retries=3, backoff_base_s=0.001, backoff_max_s=0.001),
     )
     assert outcome.ok
@@ -260,7 +269,7 @@ def test_retry_after_is_honoured(sim, images):
     assert second.time - first.time >= 1.0  # lower bound only: the retry did not start earlier
 
 
-# ---------------------------------------------------------------------------------------------- auth and configuration
+# ----------------------------------------------------------------------------- auth and configuration
 
 
 def test_401_stops_at_once_with_a_clear_error(sim_datasets, images):
@@ -283,14 +292,28 @@ def test_endpoint_resolution_errors():
     with pytest.raises(ConfigurationError, match="unknown endpoint name"):
         resolve("No Such Provider", env={})
     with pytest.raises(ConfigurationError, match="environment variable"):
-        resolve({"name": "x", "api_flavor": "vllm", "completions_url": "http://h/v1/chat/completions",
-                 "key_type": "plain", "key_value": "secret"}, env={})
+        resolve(
+            {
+                "name": "x",
+                "api_flavor": "vllm",
+                "completions_url": "http://h/v1/chat/completions",
+                "key_type": "plain",
+                "key_value": "secret",
+            },
+            env={},
+        )
     with pytest.raises(ConfigurationError, match="without a path"):
         resolve("vLLM", endpoint_urls={"vLLM": "http://gpu:8000/v1"}, env={"VLLM_API_KEY": "k"})
 
 
 def test_papers_named_endpoints_and_their_key_variables():
-    env = {"OPENAI_API_KEY": "a", "OPENROUTER_API_KEY": "b", "MISTRAL_API_KEY": "c", "VLLM_API_KEY": "d", "AIS_API_KEY": "e"}
+    env = {
+        "OPENAI_API_KEY": "a",
+        "OPENROUTER_API_KEY": "b",
+        "MISTRAL_API_KEY": "c",
+        "VLLM_API_KEY": "d",
+        "AIS_API_KEY": "e",
+    }
     got = {name: resolve(name, env=env) for name in ("OpenAI", "OpenRouter", "Mistral AI", "vLLM", "AIS")}
     assert {n: r.completions_url for n, r in got.items()} == {
         "OpenAI": "https://api.openai.com/v1/chat/completions",
@@ -299,7 +322,13 @@ def test_papers_named_endpoints_and_their_key_variables():
         "vLLM": "http://localhost:8000/v1/chat/completions",
         "AIS": "https://api-code.ais.uni-bonn.de/v1/chat/completions",
     }
-    assert {n: r.api_key for n, r in got.items()} == {"OpenAI": "a", "OpenRouter": "b", "Mistral AI": "c", "vLLM": "d", "AIS": "e"}
+    assert {n: r.api_key for n, r in got.items()} == {
+        "OpenAI": "a",
+        "OpenRouter": "b",
+        "Mistral AI": "c",
+        "vLLM": "d",
+        "AIS": "e",
+    }
     assert "api_key" not in repr(got["OpenAI"])
 
 
@@ -314,7 +343,7 @@ def test_url_override_from_the_environment_and_the_explicit_option_wins(sim, ima
     assert outcome.ok and len(chat_requests(sim)) == 2
 
 
-# ---------------------------------------------------------------------------------------------- small pure parts
+# ----------------------------------------------------------------------------- small pure parts
 
 
 def test_parse_retry_after():

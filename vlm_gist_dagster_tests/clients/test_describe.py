@@ -44,7 +44,11 @@ def describe(sim, settings, images, *, env=None, cache=None, concurrency=2, **kw
 
     async def main():
         async with ChatClient(
-            env=env or sim_env(), endpoint_urls=sim_urls(sim), concurrency=concurrency, retry=FAST, cache=cache,
+            env=env or sim_env(),
+            endpoint_urls=sim_urls(sim),
+            concurrency=concurrency,
+            retry=FAST,
+            cache=cache,
             **kwargs,
         ) as chat:
             return await describe_images(chat, settings, images), chat
@@ -59,7 +63,7 @@ def comparable(row: dict) -> dict:
     return row
 
 
-# ---------------------------------------------------------------------------------------------- Fail / Ret. / Time
+# ----------------------------------------------------------------------------- Fail / Ret. / Time
 
 
 @pytest.mark.parametrize(
@@ -105,7 +109,9 @@ def test_attempts_follow_the_servers_faults_and_time_is_the_successful_attempts(
     log = chat_requests(sim)
     mixed = 0
     for result in results:
-        served = sorted((r for r in log if r.image_key == f"vlm_gist/{result.image_id}"), key=lambda r: r.attempt)
+        served = sorted(
+            (r for r in log if r.image_key == f"vlm_gist/{result.image_id}"), key=lambda r: r.attempt
+        )
         assert [r.fault for r in served] == [("invalid_json" if a.error else None) for a in result.attempts]
         failures = sum(r.fault is not None for r in served)
         assert result.success is (served[-1].fault is None)
@@ -117,7 +123,9 @@ def test_attempts_follow_the_servers_faults_and_time_is_the_successful_attempts(
 
 
 def test_transport_faults_are_never_counted_as_attempts(sim, images):
-    sim.set_controls("chat", model="test/model", faults={"rate_limit": 0.3, "connection_drop": 0.2, "retry_after_s": 0})
+    sim.set_controls(
+        "chat", model="test/model", faults={"rate_limit": 0.3, "connection_drop": 0.2, "retry_after_s": 0}
+    )
     batch = images[:8]
     results, chat = describe(sim, description_settings(completion_params(stream=True)), batch)
     log = chat_requests(sim)
@@ -131,7 +139,13 @@ def test_transport_faults_are_never_counted_as_attempts(sim, images):
 def test_an_authentication_error_stops_the_batch(sim_datasets, images):
     with run_simulator(sim_datasets, ports=EPHEMERAL, servers=["chat"], chat_api_key="right") as sim:
         with pytest.raises(AuthenticationError):
-            describe(sim, description_settings(completion_params()), images[:12], env=sim_env("wrong"), concurrency=2)
+            describe(
+                sim,
+                description_settings(completion_params()),
+                images[:12],
+                env=sim_env("wrong"),
+                concurrency=2,
+            )
         assert 1 <= len(chat_requests(sim)) <= 2  # at most the requests already in flight, no retries
 
 
@@ -140,7 +154,7 @@ def test_duplicate_image_ids_are_refused(sim, images):
         describe(sim, description_settings(completion_params()), [images[0], images[0]])
 
 
-# ---------------------------------------------------------------------------------------------- limits
+# ----------------------------------------------------------------------------- limits
 
 
 def test_concurrency_limit_is_held(sim, images):
@@ -154,22 +168,25 @@ def test_concurrency_limit_is_held(sim, images):
 
 
 def test_requests_per_minute_limit_spaces_request_starts(sim, images):
-    results, _ = describe(sim, description_settings(completion_params()), images[:5], concurrency=5, requests_per_minute=300)
+    results, _ = describe(
+        sim, description_settings(completion_params()), images[:5], concurrency=5, requests_per_minute=300
+    )
     assert all(r.success for r in results)
     starts = sorted(r.time for r in chat_requests(sim))
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     # 300 per minute = one start every 60/300 = 0.2 s; lower bounds only (minus 0.05 s for the
     # difference between the client's send and the server's handler start).
     assert len(starts) == 5 and min(gaps) >= 0.15
     assert starts[-1] - starts[0] >= 4 * 0.2 - 0.05
 
 
-# ---------------------------------------------------------------------------------------------- response cache
+# ----------------------------------------------------------------------------- response cache
 
 
 def test_rerun_replays_from_the_cache_with_zero_calls_and_identical_results(sim, images, tmp_path):
     sim.set_controls(
-        "chat", model="test/model",
+        "chat",
+        model="test/model",
         faults={"invalid_json": 0.3, "finish_length": 0.2, "rate_limit": 0.2, "retry_after_s": 0},
     )
     settings = description_settings(completion_params(stream=True))
@@ -193,8 +210,13 @@ def test_rerun_replays_from_the_cache_with_zero_calls_and_identical_results(sim,
 def test_cache_files_are_keyed_by_attempt_and_hold_no_secret(sim, images, tmp_path):
     sim.set_controls("chat", model="test/model", faults={"invalid_json": 1.0})
     key = "secret-key-for-cache-test"
-    describe(sim, description_settings(completion_params(), retry=2), images[:1], env=sim_env(key),
-             cache=ResponseCache(tmp_path))
+    describe(
+        sim,
+        description_settings(completion_params(), retry=2),
+        images[:1],
+        env=sim_env(key),
+        cache=ResponseCache(tmp_path),
+    )
     files = sorted(tmp_path.rglob("*.json"))
     assert len(files) == 3  # one per attempt (retry 2 → 3 attempts)
     stored = [json.loads(f.read_text()) for f in files]
@@ -203,7 +225,7 @@ def test_cache_files_are_keyed_by_attempt_and_hold_no_secret(sim, images, tmp_pa
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporaries
 
 
-# ---------------------------------------------------------------------------------------------- shipped models, progress
+# ----------------------------------------------------------------------------- shipped models, progress
 
 
 @pytest.mark.parametrize("model_file", ["sim_strong", "sim_medium", "sim_weak"])
@@ -228,7 +250,7 @@ def test_progress_tracker_format():
     assert line == "37/64 images (57.8%), 4.1 img/s, ETA 7 s"
 
 
-# ---------------------------------------------------------------------------------------------- the canary
+# ----------------------------------------------------------------------------- the canary
 
 
 def test_a_canary_key_appears_in_no_file_log_or_exception(sim_datasets, images, tmp_path, caplog):
@@ -237,11 +259,20 @@ def test_a_canary_key_appears_in_no_file_log_or_exception(sim_datasets, images, 
     leaks: list[str] = []
     with run_simulator(sim_datasets, ports=EPHEMERAL, servers=["chat"], chat_api_key=canary) as sim:
         sim.set_controls(
-            "chat", model="test/model",
-            faults={"rate_limit": 0.4, "server_error": 0.2, "invalid_json": 0.2, "finish_length": 0.1, "retry_after_s": 0},
+            "chat",
+            model="test/model",
+            faults={
+                "rate_limit": 0.4,
+                "server_error": 0.2,
+                "invalid_json": 0.2,
+                "finish_length": 0.1,
+                "retry_after_s": 0,
+            },
         )
         settings = description_settings(completion_params(stream=True))
-        results, _ = describe(sim, settings, images[:8], env=sim_env(canary), cache=ResponseCache(tmp_path / "cache"))
+        results, _ = describe(
+            sim, settings, images[:8], env=sim_env(canary), cache=ResponseCache(tmp_path / "cache")
+        )
         leaks += [json.dumps(r.as_row()) for r in results] + [repr(r) for r in results]
     with run_simulator(sim_datasets, ports=EPHEMERAL, servers=["chat"], chat_api_key="another-key") as sim:
         with pytest.raises(AuthenticationError) as info:

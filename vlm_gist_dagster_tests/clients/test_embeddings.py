@@ -83,7 +83,9 @@ def test_rate_limit_is_retried(sim):
 
 def test_mistral_batches_of_100():
     client = EmbeddingsClient("Mistral AI", model="mistral-embed", env={"MISTRAL_API_KEY": "k"})
-    assert client.batch_size == 100 and client.resolved.embeddings_url == "https://api.mistral.ai/v1/embeddings"
+    assert (
+        client.batch_size == 100 and client.resolved.embeddings_url == "https://api.mistral.ai/v1/embeddings"
+    )
     asyncio.run(client.aclose())
     openai = EmbeddingsClient("OpenAI", env={"OPENAI_API_KEY": "k"})
     assert openai.batch_size == 2048 and openai.model == "text-embedding-3-large"
@@ -108,7 +110,11 @@ def test_rows_are_placed_by_their_index_not_their_position():
     assert asyncio.run(main(handler)).tolist() == [[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]]
 
     def repeated(request: httpx.Request) -> httpx.Response:
-        rows = [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}, {"index": 1, "embedding": [3.0]}]
+        rows = [
+            {"index": 0, "embedding": [1.0]},
+            {"index": 0, "embedding": [2.0]},
+            {"index": 1, "embedding": [3.0]},
+        ]
         return httpx.Response(200, json={"data": rows})
 
     with pytest.raises(ResponseError, match="index"):

@@ -45,8 +45,12 @@ def small_image(vlm_gist_dataset):
 
 def test_load_once_per_run_then_infer_per_call(sim, images):
     async def main():
-        async with VisionClient("mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=TOKEN, retry=FAST) as gdino:
-            found = [await gdino.detect(vision_image(path), ["a person", "a chair"]) for _, path in images[:3]]
+        async with VisionClient(
+            "mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=TOKEN, retry=FAST
+        ) as gdino:
+            found = [
+                await gdino.detect(vision_image(path), ["a person", "a chair"]) for _, path in images[:3]
+            ]
             changed = await gdino.ensure_loaded("base")  # another flavour: status + load again
             again = await gdino.ensure_loaded("base")
             return found, changed, again, gdino.loads
@@ -71,7 +75,9 @@ def test_sam2_update_and_track_with_one_load(sim, images):
     we load once per client."""
 
     async def main():
-        async with VisionClient("sam2_realtime", sim.vision_urls["sam2_realtime"], env=TOKEN, retry=FAST) as sam2:
+        async with VisionClient(
+            "sam2_realtime", sim.vision_urls["sam2_realtime"], env=TOKEN, retry=FAST
+        ) as sam2:
             out = []
             for _, path in images[:2]:
                 image = vision_image(path)
@@ -80,7 +86,12 @@ def test_sam2_update_and_track_with_one_load(sim, images):
             return out, reset
 
     out, reset = run(main)
-    assert [len(log_of(sim, "sam2_realtime", p)) for p in ("/status", "/load", "/update", "/infer")] == [1, 1, 2, 2]
+    assert [len(log_of(sim, "sam2_realtime", p)) for p in ("/status", "/load", "/update", "/infer")] == [
+        1,
+        1,
+        2,
+        2,
+    ]
     assert reset == {"reset": True}
     for updated, tracked in out:
         assert sorted(t.track_id for t in updated) == [0, 1] and sorted(t.track_id for t in tracked) == [0, 1]
@@ -127,7 +138,9 @@ def _variants(path: str) -> dict[str, bytes]:
         buffer = io.BytesIO()
         image.save(buffer, fmt)
         out[name] = buffer.getvalue()
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+    ok, encoded = cv2.imencode(
+        ".png", cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR).astype(np.uint16) * 257
+    )
     assert ok
     out["rgb16_png"] = encoded.tobytes()
     return out
@@ -136,10 +149,14 @@ def _variants(path: str) -> dict[str, bytes]:
 def test_awkward_inputs_reach_the_server_as_3_channel_8_bit(sim, small_image):
     variants = _variants(small_image)
     assert Image.open(io.BytesIO(variants["gray16_png"])).mode == "I;16"
-    assert cv2.imdecode(np.frombuffer(variants["rgb16_png"], np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert (
+        cv2.imdecode(np.frombuffer(variants["rgb16_png"], np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    )
 
     async def main():
-        async with VisionClient("mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=TOKEN, retry=FAST) as gdino:
+        async with VisionClient(
+            "mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=TOKEN, retry=FAST
+        ) as gdino:
             for data in variants.values():
                 await gdino.detect(vision_image(data), ["a thing"])
 
@@ -157,7 +174,9 @@ def test_retries_on_503_are_bounded(sim, images):
     sim.set_controls("mmgroundingdino", model="large", faults={"unavailable": 1.0})
 
     async def main():
-        async with VisionClient("mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=TOKEN, retry=FAST) as gdino:
+        async with VisionClient(
+            "mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=TOKEN, retry=FAST
+        ) as gdino:
             await gdino.detect(vision_image(images[0][1]), ["a person"])
 
     with pytest.raises(TransportRetriesExhausted) as info:
@@ -169,10 +188,14 @@ def test_retries_on_503_are_bounded(sim, images):
 
 def test_a_server_that_lost_its_model_is_reloaded(sim, images):
     async def main():
-        async with VisionClient("mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=TOKEN, retry=FAST) as gdino:
+        async with VisionClient(
+            "mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=TOKEN, retry=FAST
+        ) as gdino:
             await gdino.detect(vision_image(images[0][1]), ["a person"])
             async with httpx.AsyncClient() as raw:  # e.g. the server restarted
-                await raw.post(sim.vision_urls["mmgroundingdino"] + "/unload", headers={"Authorization": "Bearer x"})
+                await raw.post(
+                    sim.vision_urls["mmgroundingdino"] + "/unload", headers={"Authorization": "Bearer x"}
+                )
             await gdino.detect(vision_image(images[1][1]), ["a person"])
 
     run(main)
@@ -182,10 +205,14 @@ def test_a_server_that_lost_its_model_is_reloaded(sim, images):
 
 
 def test_wrong_token_is_fatal_and_missing_token_is_a_configuration_error(sim_datasets, images):
-    with run_simulator(sim_datasets, ports=EPHEMERAL, servers=["mmgroundingdino"], vision_token="right") as sim:
+    with run_simulator(
+        sim_datasets, ports=EPHEMERAL, servers=["mmgroundingdino"], vision_token="right"
+    ) as sim:
 
         async def main(env):
-            async with VisionClient("mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=env, retry=FAST) as gdino:
+            async with VisionClient(
+                "mmgroundingdino", sim.vision_urls["mmgroundingdino"], env=env, retry=FAST
+            ) as gdino:
                 health = await gdino.health()  # the one route without a token
                 await gdino.detect(vision_image(images[0][1]), ["a person"])
                 return health
@@ -206,9 +233,14 @@ def test_server_urls_defaults_settings_file_and_environment(tmp_path):
         "florence2": "http://localhost:9003",
         "kosmos2": "http://localhost:9004",
     }
-    moved = vision_server_urls(REPO / "settings" / "vision_servers.json",
-                               env={"VLM_GIST_VISION_URL_SAM2_REALTIME": "http://gpu-box:9101/"})
-    assert moved["sam2_realtime"] == "http://gpu-box:9101" and moved["mmgroundingdino"] == "http://localhost:9000"
+    moved = vision_server_urls(
+        REPO / "settings" / "vision_servers.json",
+        env={"VLM_GIST_VISION_URL_SAM2_REALTIME": "http://gpu-box:9101/"},
+    )
+    assert (
+        moved["sam2_realtime"] == "http://gpu-box:9101"
+        and moved["mmgroundingdino"] == "http://localhost:9000"
+    )
     bad = tmp_path / "vision_servers.json"
     bad.write_text(json.dumps({"servers": {"dam": "http://localhost:9002"}}))
     with pytest.raises(ConfigurationError, match="servers.dam"):
