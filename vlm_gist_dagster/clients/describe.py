@@ -427,17 +427,26 @@ async def describe_images(
             progress(ProgressEvent(done, total, succeeded, done - succeeded, image_id, result.success))
         return result
 
-    tasks = [
-        asyncio.create_task(one(image_id, source), name=f"describe:{image_id}") for image_id, source in images
-    ]
+    tasks = {
+        asyncio.create_task(one(image_id, source), name=f"describe:{image_id}"): image_id
+        for image_id, source in images
+    }
     results: dict[str, ImageDescription] = {}
     transport_failures: dict[str, TransportRetriesExhausted] = {}
+    pending = set(tasks)
     try:
-        for image_id, task in zip(ids, tasks, strict=True):
-            try:
-                results[image_id] = await task
-            except TransportRetriesExhausted as exc:
-                transport_failures[image_id] = exc
+        while pending:
+            # React to the first fatal error at once, whichever image it comes from (a bad key must not
+            # wait for slow images ahead of it in the list).
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for task in finished:
+                error = task.exception()
+                if error is None:
+                    results[tasks[task]] = task.result()
+                elif isinstance(error, TransportRetriesExhausted):
+                    transport_failures[tasks[task]] = error
+                else:
+                    raise error
     except BaseException:
         for task in tasks:
             task.cancel()

@@ -13,12 +13,13 @@ import pytest
 from vlm_gist_dagster.clients.cache import ResponseCache
 from vlm_gist_dagster.clients.chat import ChatClient
 from vlm_gist_dagster.clients.describe import (
+    BatchIncomplete,
     ProgressEvent,
     ProgressTracker,
     describe_images,
     run_describe_images,
 )
-from vlm_gist_dagster.clients.errors import AuthenticationError
+from vlm_gist_dagster.clients.errors import AuthenticationError, TransportRetriesExhausted
 from vlm_gist_dagster.clients.transport import RetryPolicy
 from vlm_gist_dagster.protocol.settings import load_model_settings
 from vlm_gist_dagster.sim import run_simulator
@@ -39,7 +40,7 @@ from .conftest import (
 FAST = RetryPolicy(max_retries=10, backoff_base_s=0.001, backoff_max_s=0.001)
 
 
-def describe(sim, settings, images, *, env=None, cache=None, concurrency=2, **kwargs):
+def describe(sim, settings, images, *, env=None, cache=None, concurrency=2, retry=FAST, **kwargs):
     """describe_images in a fresh client; returns (results, client)."""
 
     async def main():
@@ -47,7 +48,7 @@ def describe(sim, settings, images, *, env=None, cache=None, concurrency=2, **kw
             env=env or sim_env(),
             endpoint_urls=sim_urls(sim),
             concurrency=concurrency,
-            retry=FAST,
+            retry=retry,
             cache=cache,
             **kwargs,
         ) as chat:
@@ -134,6 +135,17 @@ def test_transport_faults_are_never_counted_as_attempts(sim, images):
     assert all(r.success and len(r.attempts) == 1 and r.failed_attempts == 0 for r in results)
     assert sum(r.http_retries for r in results) == faulted == chat.transport_retries
     assert len(log) == len(batch) + faulted
+
+
+def test_exhausted_transport_retries_end_the_batch_after_the_other_images(sim, images):
+    sim.set_controls("chat", model="test/model", faults={"unavailable": 1.0, "retry_after_s": 0})
+    settings = description_settings(completion_params())
+    retry = RetryPolicy(max_retries=1, backoff_base_s=0.001, backoff_max_s=0.001)
+    with pytest.raises(BatchIncomplete) as info:
+        describe(sim, settings, images[:3], retry=retry)
+    assert info.value.completed == [] and sorted(info.value.failed) == sorted(i for i, _ in images[:3])
+    assert len(chat_requests(sim)) == 3 * 2  # each image: 1 + max_retries tries, no attempt recorded
+    assert isinstance(info.value, TransportRetriesExhausted)
 
 
 def test_an_authentication_error_stops_the_batch(sim_datasets, images):
