@@ -153,8 +153,13 @@ def vision_image(source: str | os.PathLike[str] | bytes | np.ndarray | PreparedI
     return prepared
 
 
-def _b64(image: str | PreparedImage) -> str:
-    return image.base64 if isinstance(image, PreparedImage) else image
+VisionImage = str | os.PathLike[str] | bytes | np.ndarray | PreparedImage
+"""An image for the convenience methods: a file path (as the paper's client takes it), the file's bytes,
+a BGR array, or a prepared image. Always sent through :func:`vision_image` (3-channel, 8-bit)."""
+
+
+def _vision_b64(image: VisionImage) -> str:
+    return vision_image(image).base64
 
 
 class VisionClient:
@@ -379,7 +384,7 @@ class VisionClient:
     # ---------------------------------------------------------------- conveniences (protocol bodies)
     async def detect(
         self,
-        image: str | PreparedImage,
+        image: VisionImage,
         prompts: Sequence[str],
         *,
         flavor: str = "large",
@@ -387,10 +392,10 @@ class VisionClient:
         nms_iou: float | None = None,
         overdetect_factor: float | None = 1.0,
     ) -> list[GdinoDetection]:
-        """MM-Grounding-DINO on one image (spec §4.2); ``image`` is a prepared image or plain base64."""
+        """MM-Grounding-DINO on one image (spec §4.2)."""
         await self.ensure_loaded(flavor)
         body = gdino_request(
-            _b64(image),
+            _vision_b64(image),
             prompts,
             min_confidence=min_confidence,
             nms_iou=nms_iou,
@@ -400,7 +405,7 @@ class VisionClient:
 
     async def segment(
         self,
-        image: str | PreparedImage,
+        image: VisionImage,
         boxes_xyxy: Sequence[Sequence[int]],
         *,
         flavor: str = "large",
@@ -412,19 +417,19 @@ class VisionClient:
         self._require_sam2("update")
         if self._sam2_lock is None:
             self._sam2_lock = asyncio.Lock()
-        b64 = _b64(image)
+        b64 = _vision_b64(image)
         async with self._sam2_lock:
             await self.ensure_loaded(flavor)
             updated = parse_sam2_response(await self.update(sam2_update_request(b64, boxes_xyxy)))
             tracked = parse_sam2_response(await self.infer(sam2_track_request(b64))) if track else None
         return updated, tracked
 
-    async def baseline(self, image: str | PreparedImage, settings: BaselineSettings) -> BaselineOutput:
+    async def baseline(self, image: VisionImage, settings: BaselineSettings) -> BaselineOutput:
         """Florence-2 / Kosmos-2 on one image with the paper's baseline settings (spec §6)."""
         if settings.model_name != self.family:
             raise ConfigurationError(
                 f"baseline settings are for {settings.model_name!r}, this client talks to {self.family!r}"
             )
         await self.ensure_loaded(settings.model_flavor)
-        body = baseline_request(_b64(image), settings)
+        body = baseline_request(_vision_b64(image), settings)
         return parse_baseline_response(await self.infer(body), model=settings.model_name)  # type: ignore[arg-type]
