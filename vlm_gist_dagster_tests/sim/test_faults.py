@@ -144,12 +144,12 @@ def test_streaming_truncation_and_finish_reasons(simulator):
 
 @pytest.mark.parametrize("fault", ["stall_first_chunk", "stall_mid_stream"])
 def test_stall_rate_streaming(simulator, fault):
-    """Stalls of 8 s against a client read timeout of 1.5 s (wide margins both ways, so a loaded
+    """Stalls of 12 s against a client read timeout of 3 s (wide margins both ways, so a loaded
     machine cannot blur the two), 60 concurrent requests at rate 0.3 → mean 18,
     sd sqrt(60 · 0.3 · 0.7) ≈ 3.55, accept [4, 32]. Concurrency changes which request gets which
     attempt number, not the set of attempts 0..59, so the count stays reproducible."""
-    _set_fault(simulator, fault, RATE, stall_seconds=8.0)
-    timeout = httpx.Timeout(30.0, read=1.5)
+    _set_fault(simulator, fault, RATE, stall_seconds=12.0)
+    timeout = httpx.Timeout(30.0, read=3.0)
 
     async def one(client: httpx.AsyncClient, semaphore: asyncio.Semaphore) -> str:
         saw_data = done = False
