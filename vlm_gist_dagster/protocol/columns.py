@@ -45,7 +45,13 @@ __all__ = [
     "metadata_columns",
 ]
 
-DESCRIPTION_COLUMNS: tuple[str, ...] = ("image_id", "success", "num_described", "failed_attempts", "duration_s")
+DESCRIPTION_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "success",
+    "num_described",
+    "failed_attempts",
+    "duration_s",
+)
 DESCRIPTION_OPTIONAL_COLUMNS: tuple[str, ...] = ("tokens_in", "tokens_out", "cost_usd")
 DETECTION_COLUMNS: tuple[str, ...] = ("image_id", "num_prompts", "num_detections")
 LABEL_MATCH_COLUMNS: tuple[str, ...] = ("image_id", "accepted", "rejected")
@@ -151,7 +157,7 @@ def _nansum(values: np.ndarray, as_int: bool) -> float:
     if values.size == 0 or np.isnan(values).all():
         return math.nan
     total = float(np.nansum(values))
-    return float(int(round(total))) if as_int else total
+    return float(round(total)) if as_int else total
 
 
 def metadata_columns(
@@ -198,7 +204,9 @@ def metadata_columns(
         _require(detections, DETECTION_COLUMNS, "detections")
         prompts = _numeric(detections, "num_prompts", "detections")
         # detections.json has an entry only for images with >= 1 prompt (spec §2.7, gotcha 14).
-        detected_stats = add("detected_instances", _numeric(detections, "num_detections", "detections")[prompts >= 1])
+        detected_stats = add(
+            "detected_instances", _numeric(detections, "num_detections", "detections")[prompts >= 1]
+        )
 
     accept_stats = None
     if label_matches is not None:
@@ -209,8 +217,16 @@ def metadata_columns(
     time_stats = add("time_description", duration)
 
     tokens = {}
-    for column, key in (("tokens_in", "tokens_in_description"), ("tokens_out", "tokens_out_description"), ("cost_usd", "dollars_description")):
-        values = _numeric(descriptions, column, "descriptions") if column in descriptions.columns else np.full(len(descriptions), np.nan)
+    for column, key in (
+        ("tokens_in", "tokens_in_description"),
+        ("tokens_out", "tokens_out_description"),
+        ("cost_usd", "dollars_description"),
+    ):
+        values = (
+            _numeric(descriptions, column, "descriptions")
+            if column in descriptions.columns
+            else np.full(len(descriptions), np.nan)
+        )
         if not np.isnan(values).all():
             add(key, values)
         tokens[column] = _nansum(values, as_int=column != "cost_usd")

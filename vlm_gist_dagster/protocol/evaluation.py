@@ -92,12 +92,18 @@ class EvaluationResult(Mapping[str, Any]):
     confidence: the paper then stores mAP = None, spec §2.3 / gotcha 13).
 
     ``per_class`` is sklearn's ``classification_report(output_dict=True, zero_division=0)`` over the
-    observed classes, always with a ``"micro avg"`` entry (sklearn writes ``"accuracy"`` instead when
-    no object is unmatched). ``class_ap`` maps every class with ground truth to its AP.
+    observed classes, with sklearn's ``"micro avg"`` entry - or, as sklearn does when no object is
+    unmatched, ``"accuracy": 1.0`` instead. ``class_ap`` maps every class with ground truth to its AP.
     ``per_image`` has one row per image id seen in either table: ``image_id, tp, fp, fn`` (FiftyOne's
-    ``eval_tp / eval_fp / eval_fn`` sample fields). ``prediction_matches`` / ``ground_truth_matches``
-    hold the object-level outcome at ``iou`` (FiftyOne's ``eval``, ``eval_id``, ``eval_iou`` fields),
-    indexed like the input frames.
+    ``eval_tp / eval_fp / eval_fn`` sample fields). ``prediction_matches`` (``status`` tp/fp,
+    ``gt_row``, ``iou``, ``rank`` in its image and class) and ``ground_truth_matches`` (``status`` tp/fn,
+    ``pred_row`` of the first match) hold the object-level outcome at ``iou`` (FiftyOne's ``eval``,
+    ``eval_id``, ``eval_iou`` fields); they are indexed like the input frames, and ``gt_row`` /
+    ``pred_row`` are *positions* in the other frame (-1: unmatched).
+
+    Not mirrored: a class literally named ``"(none)"`` (FiftyOne's missing-label marker, excluded from
+    its metrics) is an ordinary class here; with no ground truth at all FiftyOne's ``mAP()`` returns
+    -1, here mAP is NaN with a reason.
 
     Extra columns (not in the paper): ``coco_bbox_AP / AP50 / AP75`` and ``coco_segm_AP / AP50 /
     AP75`` from pycocotools' ``COCOeval`` (NaN with a reason in ``coco_unavailable`` when not
@@ -166,7 +172,14 @@ class EvaluationResult(Mapping[str, Any]):
 
     def scalars(self) -> dict[str, Any]:
         """All scalar fields (for a metrics row / Dagster metadata)."""
-        skip = {"per_class", "class_ap", "per_image", "prediction_matches", "ground_truth_matches", "coco_unavailable"}
+        skip = {
+            "per_class",
+            "class_ap",
+            "per_image",
+            "prediction_matches",
+            "ground_truth_matches",
+            "coco_unavailable",
+        }
         return {k: getattr(self, k) for k in self._keys() if k not in skip}
 
 
@@ -190,7 +203,9 @@ def _check_frame(df: pd.DataFrame, required: tuple[str, ...], what: str) -> None
         bad = labels.isna().to_numpy() | ~labels.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{what}: row {df.index[i]!r} (image {df['image_id'].iloc[i]!r}), field 'label': expected a string, got {labels.iloc[i]!r}")
+        raise ValueError(
+            f"{what}: row {df.index[i]!r} (image {df['image_id'].iloc[i]!r}), field 'label': expected a string, got {labels.iloc[i]!r}"
+        )
     if df["image_id"].isna().any():
         i = int(np.flatnonzero(df["image_id"].isna().to_numpy())[0])
         raise ValueError(f"{what}: row {df.index[i]!r}, field 'image_id' is missing")
@@ -198,7 +213,9 @@ def _check_frame(df: pd.DataFrame, required: tuple[str, ...], what: str) -> None
     finite = np.isfinite(box).all(axis=1)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
-        raise ValueError(f"{what}: row {df.index[i]!r} (image {df['image_id'].iloc[i]!r}), fields 'x, y, w, h': non-finite box {box[i].tolist()}")
+        raise ValueError(
+            f"{what}: row {df.index[i]!r} (image {df['image_id'].iloc[i]!r}), fields 'x, y, w, h': non-finite box {box[i].tolist()}"
+        )
     # spec §2.2: the paper asserts w > 0 and h > 0 for every box and aborts the evaluation otherwise.
     positive = (box[:, 2] > 0) & (box[:, 3] > 0)
     if not positive.all():
@@ -218,7 +235,9 @@ def _confidences(pred: pd.DataFrame) -> np.ndarray:
     coerced = np.isnan(conf) & ~raw_missing
     if coerced.any():
         i = int(np.flatnonzero(coerced)[0])
-        raise ValueError(f"predictions: row {pred.index[i]!r}, field 'confidence': not a number: {pred['confidence'].iloc[i]!r}")
+        raise ValueError(
+            f"predictions: row {pred.index[i]!r}, field 'confidence': not a number: {pred['confidence'].iloc[i]!r}"
+        )
     return conf
 
 
@@ -351,7 +370,12 @@ def _match(
         keep = iou >= thresholds.min()
         pair_p, pair_g, pair_crowd, iou = pair_p[keep], pair_g[keep], pair_crowd[keep], iou[keep]
         step_order = np.argsort(rank_sorted[pair_p], kind="stable")
-        pair_p, pair_g, pair_crowd, iou = pair_p[step_order], pair_g[step_order], pair_crowd[step_order], iou[step_order]
+        pair_p, pair_g, pair_crowd, iou = (
+            pair_p[step_order],
+            pair_g[step_order],
+            pair_crowd[step_order],
+            iou[step_order],
+        )
         pair_rank = rank_sorted[pair_p]
         bounds = np.flatnonzero(np.diff(pair_rank)) + 1
         step_starts = np.concatenate(([0], bounds)) if len(pair_p) else np.array([], dtype=np.int64)
@@ -425,7 +449,9 @@ def _match_group_rtree(
         if not cands:
             continue
         crowd = gt_crowd[gt_rows[cands]]
-        ious = box_iou(np.broadcast_to(pred_box[prow], (len(cands), 4)), gt_box[gt_rows[cands]], crowd).tolist()
+        ious = box_iou(
+            np.broadcast_to(pred_box[prow], (len(cands), 4)), gt_box[gt_rows[cands]], crowd
+        ).tolist()
         for k in range(K):
             if not include[pos, k]:
                 continue
@@ -557,7 +583,7 @@ def evaluate(
     _check_frame(ground_truth, _GT_REQUIRED, "ground_truth")
     _check_frame(predictions, _PRED_REQUIRED, "predictions")
     gt, pred = ground_truth, predictions
-    n_gt, n_pred = len(gt), len(pred)
+    n_gt = len(gt)
 
     gt_box = gt[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
     pred_box = pred[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
@@ -568,10 +594,16 @@ def evaluate(
     sort_key = np.where(conf_missing | (conf == 0), -1.0, conf)
 
     # Codes: images and labels over both tables; a group is one (image, label).
-    image_codes, image_uniques = pd.factorize(pd.concat([gt["image_id"], pred["image_id"]], ignore_index=True), sort=False)
-    label_codes, label_uniques = pd.factorize(pd.concat([gt["label"], pred["label"]], ignore_index=True), sort=True)
+    image_codes, image_uniques = pd.factorize(
+        pd.concat([gt["image_id"], pred["image_id"]], ignore_index=True), sort=False
+    )
+    label_codes, label_uniques = pd.factorize(
+        pd.concat([gt["label"], pred["label"]], ignore_index=True), sort=True
+    )
     n_labels = max(len(label_uniques), 1)
-    group_codes, group_uniques = pd.factorize(image_codes.astype(np.int64) * n_labels + label_codes, sort=False)
+    group_codes, group_uniques = pd.factorize(
+        image_codes.astype(np.int64) * n_labels + label_codes, sort=False
+    )
     gt_group, pred_group = group_codes[:n_gt], group_codes[n_gt:]
     gt_label, pred_label = label_codes[:n_gt], label_codes[n_gt:]
     gt_image, pred_image = image_codes[:n_gt], image_codes[n_gt:]
@@ -583,7 +615,9 @@ def evaluate(
     else:
         thresholds = np.array([main_thresh])
         max_preds = np.array([np.iinfo(np.int64).max])
-    m = _match(pred_box, sort_key, pred_group, gt_box, gt_crowd, gt_group, len(group_uniques), thresholds, max_preds)
+    m = _match(
+        pred_box, sort_key, pred_group, gt_box, gt_crowd, gt_group, len(group_uniques), thresholds, max_preds
+    )
 
     # ---- P / R / F1 at the main threshold (spec §2.5) -------------------------------------------
     pred_tp = m.pred_match[:, 0] >= 0
@@ -609,7 +643,6 @@ def evaluate(
             "fn": np.bincount(gt_image[gt_fn], minlength=n_img),
         }
     )
-    gt_pos = np.full(n_gt, -1, dtype=np.int64)
     pred_matches = pd.DataFrame(
         {
             "status": np.where(pred_tp, "tp", "fp"),
@@ -619,8 +652,13 @@ def evaluate(
         },
         index=pred.index,
     )
-    gt_pos = m.gt_matched_by[:, 0]
-    gt_matches = pd.DataFrame({"status": np.where(gt_fn, "fn", "tp"), "pred_row": gt_pos}, index=gt.index)
+    gt_matches = pd.DataFrame(
+        {
+            "status": np.where(gt_fn, "fn", "tp"),
+            "pred_row": m.gt_matched_by[:, 0],  # position in predictions, -1 if none
+        },
+        index=gt.index,
+    )
 
     # ---- mAP / mAR (spec §2.6) ------------------------------------------------------------------
     mAP = mAR = math.nan
@@ -650,15 +688,16 @@ def evaluate(
             ar = np.mean(rec_sweep, axis=0)
             mAP, mAR = float(np.mean(ap)), float(np.mean(ar))
             available, reason = True, None
-            class_ap = {str(label_uniques[c]): float(a) for c, a in zip(classes_with_gt.tolist(), ap.tolist())}
+            names = label_uniques.tolist()
+            class_ap = {str(names[c]): float(a) for c, a in zip(classes_with_gt.tolist(), ap.tolist())}
 
-    result = dict(
-        precision=float(precision), recall=float(recall), fscore=float(fscore), accuracy=float(accuracy),
-        support=tp + fn, tp=tp, fp=fp, fn=fn, mAP=mAP, mAR=mAR, mAP_available=available,
-        mAP_unavailable_reason=reason, iou=float(iou), num_classes_with_ground_truth=int(len(classes_with_gt)),
-        per_class=per_class, class_ap=class_ap, per_image=per_image, prediction_matches=pred_matches,
-        ground_truth_matches=gt_matches,
-    )  # fmt: skip
+    result = {
+        "precision": float(precision), "recall": float(recall), "fscore": float(fscore), "accuracy": float(accuracy),
+        "support": tp + fn, "tp": tp, "fp": fp, "fn": fn, "mAP": mAP, "mAR": mAR, "mAP_available": available,
+        "mAP_unavailable_reason": reason, "iou": float(iou), "num_classes_with_ground_truth": len(classes_with_gt),
+        "per_class": per_class, "class_ap": class_ap, "per_image": per_image, "prediction_matches": pred_matches,
+        "ground_truth_matches": gt_matches,
+    }  # fmt: skip
     if coco_standard:
         unavailable: dict[str, str] = {}
         for iou_type in ("bbox", "segm"):
@@ -669,7 +708,10 @@ def evaluate(
                 result[f"coco_{iou_type}_{key}"] = stats[key]
         result["coco_unavailable"] = unavailable
     else:
-        result["coco_unavailable"] = {"bbox": "not computed (coco_standard=False)", "segm": "not computed (coco_standard=False)"}
+        result["coco_unavailable"] = {
+            "bbox": "not computed (coco_standard=False)",
+            "segm": "not computed (coco_standard=False)",
+        }
     return EvaluationResult(**result)
 
 
@@ -678,16 +720,22 @@ def _pixel_scale(df: pd.DataFrame, image_sizes: pd.DataFrame, what: str) -> np.n
     missing_cols = [c for c in ("image_id", "width", "height") if c not in image_sizes.columns]
     if missing_cols:
         raise ValueError(f"image_sizes: missing column(s) {missing_cols}")
-    sizes = image_sizes.drop_duplicates("image_id").set_index("image_id")[["width", "height"]].astype(np.float64)
+    sizes = (
+        image_sizes.drop_duplicates("image_id").set_index("image_id")[["width", "height"]].astype(np.float64)
+    )
     wh = sizes.reindex(df["image_id"]).to_numpy()
     unknown = np.isnan(wh).any(axis=1)
     if unknown.any():
         i = int(np.flatnonzero(unknown)[0])
-        raise ValueError(f"{what}: row {df.index[i]!r}: image {df['image_id'].iloc[i]!r} is not in image_sizes")
+        raise ValueError(
+            f"{what}: row {df.index[i]!r}: image {df['image_id'].iloc[i]!r} is not in image_sizes"
+        )
     return np.concatenate([wh, wh], axis=1)
 
 
-def _classification_report(labels: pd.Index, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, Any]:
+def _classification_report(
+    labels: pd.Index, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray
+) -> dict[str, Any]:
     """sklearn's ``classification_report(output_dict=True, zero_division=0)`` from per-class counts,
     with sklearn's formulas (f1 = 2 tp / (true + pred))."""
     true = tp + fn
@@ -700,11 +748,21 @@ def _classification_report(labels: pd.Index, tp: np.ndarray, fp: np.ndarray, fn:
     p, r, f = div(tp, pred), div(tp, true), div(2.0 * tp, true + pred)
     report: dict[str, Any] = {}
     for i, label in enumerate(labels.tolist()):
-        report[str(label)] = {"precision": float(p[i]), "recall": float(r[i]), "f1-score": float(f[i]), "support": int(true[i])}
+        report[str(label)] = {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1-score": float(f[i]),
+            "support": int(true[i]),
+        }
     T, P, S = int(tp.sum()), int(pred.sum()), int(true.sum())
-    report["micro avg"] = {
-        "precision": float(div(T, P)), "recall": float(div(T, S)), "f1-score": float(div(2.0 * T, S + P)), "support": S,
-    }  # fmt: skip
+    if T > 0 and T == P == S:
+        # Every object matched: no "(none)" label occurs, so sklearn's labels cover all observed ones and
+        # it reports "accuracy" (of all pairs: 1.0) instead of "micro avg".
+        report["accuracy"] = 1.0
+    else:
+        report["micro avg"] = {
+            "precision": float(div(T, P)), "recall": float(div(T, S)), "f1-score": float(div(2.0 * T, S + P)), "support": S,
+        }  # fmt: skip
     n = len(labels)
     report["macro avg"] = {
         "precision": float(np.mean(p)) if n else 0.0, "recall": float(np.mean(r)) if n else 0.0,
@@ -779,8 +837,16 @@ def coco_standard_ap(
     pred_masks = pred["mask"].tolist() if iou_type == "segm" else [None] * len(pred)
 
     annotations = []
-    for i, (img, label, box, is_crowd, mask) in enumerate(zip(gt_img.tolist(), gt["label"].tolist(), gt_box.tolist(), crowd.tolist(), gt_masks)):
-        ann = {"id": i + 1, "image_id": img, "category_id": cat_of[label], "bbox": box, "iscrowd": int(is_crowd)}
+    for i, (img, label, box, is_crowd, mask) in enumerate(
+        zip(gt_img.tolist(), gt["label"].tolist(), gt_box.tolist(), crowd.tolist(), gt_masks)
+    ):
+        ann = {
+            "id": i + 1,
+            "image_id": img,
+            "category_id": cat_of[label],
+            "bbox": box,
+            "iscrowd": int(is_crowd),
+        }
         if iou_type == "segm":
             ann["segmentation"] = compress_rle(mask)
             ann["area"] = float(rle_area(mask))
@@ -807,7 +873,9 @@ def coco_standard_ap(
         "annotations": annotations,
     }
     results = []
-    for img, label, box, score, mask in zip(pred_img.tolist(), pred["label"].tolist(), pred_box.tolist(), conf.tolist(), pred_masks):
+    for img, label, box, score, mask in zip(
+        pred_img.tolist(), pred["label"].tolist(), pred_box.tolist(), conf.tolist(), pred_masks
+    ):
         det = {"image_id": img, "category_id": cat_of[label], "score": score}
         if iou_type == "segm":
             det["segmentation"] = compress_rle(mask)
@@ -820,7 +888,11 @@ def coco_standard_ap(
         coco_gt.dataset = dataset
         coco_gt.createIndex()
         if not results:
-            return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "reason": None} if (~crowd).any() else {**nan, "reason": "no ground truth"}
+            return (
+                {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "reason": None}
+                if (~crowd).any()
+                else {**nan, "reason": "no ground truth"}
+            )
         coco_dt = coco_gt.loadRes(results)
         ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         # Only area "all" and maxDets 100 are reported: evaluating one area range instead of four

@@ -51,10 +51,19 @@ _HEADER_TAIL = " |  F1   |  Rec. | Prec. |  mAP  || Ins. | Mat. |  Time  || Fail
 
 # Console highlighting as in the notebook: best bold blue, worst bold red; Mat. never.
 _BOLD, _BLUE, _RED, _END = "\x1b[1m", "\x1b[94m", "\x1b[91m", "\x1b[0m"
-_BEST_IS_MAX = {"f1": True, "rec": True, "prec": True, "map": True, "ins": True, "time": False, "fail": False, "ret": False}
+_BEST_IS_MAX = {
+    "f1": True,
+    "rec": True,
+    "prec": True,
+    "map": True,
+    "ins": True,
+    "time": False,
+    "fail": False,
+    "ret": False,
+}
 
 
-def format_number(x: float | int, integers: int, decimals: int) -> str:
+def format_number(x: float, integers: int, decimals: int) -> str:
     """nimbro_utils ``format_number(x, integers, decimals, signed=False)`` (spec §4, gotcha 18).
 
     Rounds half-up on the *shortest repr* (``Decimal(str(x))``), not on the binary value, and
@@ -221,13 +230,15 @@ def weighted(
     """
     if isinstance(rows_by_dataset, Mapping):
         if not isinstance(weights, Mapping) or set(weights) != set(rows_by_dataset):
-            raise ValueError(f"weights must be a mapping with the same datasets as rows_by_dataset ({list(rows_by_dataset)})")
+            raise ValueError(
+                f"weights must be a mapping with the same datasets as rows_by_dataset ({list(rows_by_dataset)})"
+            )
         datasets = list(rows_by_dataset)
         tables = [rows_by_dataset[d] for d in datasets]
         w = [float(weights[d]) for d in datasets]
     else:
         if isinstance(weights, Mapping):
-            raise ValueError("weights must be a sequence when rows_by_dataset is a sequence")
+            raise TypeError("weights must be a sequence when rows_by_dataset is a sequence")
         tables, w = list(rows_by_dataset), [float(x) for x in weights]
     if not tables:
         raise ValueError("no datasets given")
@@ -298,7 +309,7 @@ def render_png(text: str, path: str | os.PathLike[str]) -> Path:
 
     plain = re.sub(r"\x1B(?:[@-Z\\-_]|\[[0-?]*[ -/]*[@-~])", "", text)
     lines = text.splitlines()
-    height = int(round(len(lines) * 24.8))
+    height = round(len(lines) * 24.8)
     image = Image.new("RGB", (1315, max(height, 1)), (0, 0, 0))
     draw = ImageDraw.Draw(image)
     # 22 pt LiberationMono fits 99 characters into 1315 px; a wider fallback font is shrunk until the

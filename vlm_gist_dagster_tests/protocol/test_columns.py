@@ -15,7 +15,16 @@ NAN = float("nan")
 
 def descriptions(*rows):
     """rows: (image_id, success, num_described, failed_attempts, duration_s[, tokens_in, tokens_out, cost])"""
-    cols = ["image_id", "success", "num_described", "failed_attempts", "duration_s", "tokens_in", "tokens_out", "cost_usd"]
+    cols = [
+        "image_id",
+        "success",
+        "num_described",
+        "failed_attempts",
+        "duration_s",
+        "tokens_in",
+        "tokens_out",
+        "cost_usd",
+    ]
     return pd.DataFrame([list(r) + [NAN] * (8 - len(r)) for r in rows], columns=cols)
 
 
@@ -79,7 +88,11 @@ def test_images_block_uses_the_paper_keys():
     # described_instances = [5, 3, 0, NaN]: NaN fraction 1/4, nan-mean 8/3, median 3, max 5, min 0
     assert im["described_instances_NaN"] == 0.25
     assert im["described_instances_mean"] == pytest.approx(8 / 3)
-    assert (im["described_instances_median"], im["described_instances_max"], im["described_instances_min"]) == (3.0, 5.0, 0.0)
+    assert (
+        im["described_instances_median"],
+        im["described_instances_max"],
+        im["described_instances_min"],
+    ) == (3.0, 5.0, 0.0)
     assert im["failures_structured_description_mean"] == 1.0
     assert im["detected_instances_mean"] == 4.0
     assert im["label_matching_accept_mean"] == 2.5 and im["label_matching_reject_mean"] == 1.5
@@ -105,7 +118,9 @@ def test_every_image_failed_shows_fail_zero_as_in_the_paper():
     assert c.fail == 0.0
     assert c.ret == 3.0  # (3 + 3) / 2
     assert math.isnan(c.time) and math.isnan(c.ins) and math.isnan(c.mat)
-    assert {"described_instances", "time_description", "detected_instances", "label_matching_accept"} <= set(c.skipped)
+    assert {"described_instances", "time_description", "detected_instances", "label_matching_accept"} <= set(
+        c.skipped
+    )
 
 
 def test_inf_retries_forces_fail_and_ret_to_nan():

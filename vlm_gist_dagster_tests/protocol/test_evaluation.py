@@ -17,7 +17,18 @@ from vlm_gist_dagster.protocol.evaluation import IOU_THRESHOLDS, box_iou, evalua
 def gt_frame(*rows):
     """rows: (image_id, label, x, y, w, h[, iscrowd])"""
     return pd.DataFrame(
-        [dict(image_id=r[0], label=r[1], x=r[2], y=r[3], w=r[4], h=r[5], iscrowd=r[6] if len(r) > 6 else 0) for r in rows],
+        [
+            {
+                "image_id": r[0],
+                "label": r[1],
+                "x": r[2],
+                "y": r[3],
+                "w": r[4],
+                "h": r[5],
+                "iscrowd": r[6] if len(r) > 6 else 0,
+            }
+            for r in rows
+        ],
         columns=["image_id", "label", "x", "y", "w", "h", "iscrowd"],
     )
 
@@ -25,7 +36,10 @@ def gt_frame(*rows):
 def pred_frame(*rows):
     """rows: (image_id, label, x, y, w, h, confidence)"""
     return pd.DataFrame(
-        [dict(image_id=r[0], label=r[1], x=r[2], y=r[3], w=r[4], h=r[5], confidence=r[6]) for r in rows],
+        [
+            {"image_id": r[0], "label": r[1], "x": r[2], "y": r[3], "w": r[4], "h": r[5], "confidence": r[6]}
+            for r in rows
+        ],
         columns=["image_id", "label", "x", "y", "w", "h", "confidence"],
     )
 
@@ -333,6 +347,9 @@ def test_mapping_interface_and_scalars():
     assert dict(r)["fscore"] == 1.0
     assert "per_image" not in r.scalars() and r.scalars()["tp"] == 1
     assert r["coco_unavailable"]["bbox"].startswith("not computed")
+    # Nothing unmatched: sklearn's report (and so FiftyOne's) has "accuracy" instead of "micro avg".
+    assert r["per_class"]["accuracy"] == 1.0 and "micro avg" not in r["per_class"]
+    assert r["per_class"]["cup"] == {"precision": 1.0, "recall": 1.0, "f1-score": 1.0, "support": 1}
 
 
 # ---- input validation ------------------------------------------------------------------------------

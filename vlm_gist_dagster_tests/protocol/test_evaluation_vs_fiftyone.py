@@ -32,7 +32,9 @@ from vlm_gist_dagster.protocol.masks import encode_rle
 METRICS = ("precision", "recall", "fscore", "accuracy", "support")
 
 
-def random_predictions(gt: pd.DataFrame, seed: int, *, missing_confidence: float = 0.0, coarse_confidence: bool = False) -> pd.DataFrame:
+def random_predictions(
+    gt: pd.DataFrame, seed: int, *, missing_confidence: float = 0.0, coarse_confidence: bool = False
+) -> pd.DataFrame:
     """A seeded prediction set made from the ground truth: 75% of the GT objects are predicted once
     (15% of those twice: duplicates), boxes jittered by N(0, 0.15) of their size (some kept exact),
     15% with a wrong label from the same dataset; plus 20% random false boxes. Confidences: half
@@ -52,29 +54,31 @@ def random_predictions(gt: pd.DataFrame, seed: int, *, missing_confidence: float
                 conf = float(np.round(rng.random(), 1)) if rng.random() < 0.5 else float(rng.random())
                 conf = 0.0 if rng.random() < 0.05 else conf
             rows.append(
-                dict(
-                    image_id=r.image_id,
-                    label=r.label if rng.random() > 0.15 else labels[rng.integers(len(labels))],
-                    x=r.x + jitter[0], y=r.y + jitter[1],
-                    w=max(r.w + jitter[2], 1e-3), h=max(r.h + jitter[3], 1e-3),
-                    confidence=None if rng.random() < missing_confidence else conf,
-                )
+                {
+                    "image_id": r.image_id,
+                    "label": r.label if rng.random() > 0.15 else labels[rng.integers(len(labels))],
+                    "x": r.x + jitter[0], "y": r.y + jitter[1],
+                    "w": max(r.w + jitter[2], 1e-3), "h": max(r.h + jitter[3], 1e-3),
+                    "confidence": None if rng.random() < missing_confidence else conf,
+                }
             )  # fmt: skip
     images = gt["image_id"].unique()
     for _ in range(len(gt) // 5):
         rows.append(
-            dict(
-                image_id=images[rng.integers(len(images))], label=labels[rng.integers(len(labels))],
-                x=rng.random() * 0.8, y=rng.random() * 0.8, w=rng.random() * 0.3 + 0.01, h=rng.random() * 0.3 + 0.01,
-                confidence=float(rng.random()),
-            )
+            {
+                "image_id": images[rng.integers(len(images))], "label": labels[rng.integers(len(labels))],
+                "x": rng.random() * 0.8, "y": rng.random() * 0.8, "w": rng.random() * 0.3 + 0.01, "h": rng.random() * 0.3 + 0.01,
+                "confidence": float(rng.random()),
+            }
         )  # fmt: skip
     df = pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)
     df["confidence"] = df["confidence"].astype(object).where(df["confidence"].notna(), None)
     return df
 
 
-def fiftyone_reference(images: pd.DataFrame, gt: pd.DataFrame, prediction_sets: list[pd.DataFrame]) -> list[dict]:
+def fiftyone_reference(
+    images: pd.DataFrame, gt: pd.DataFrame, prediction_sets: list[pd.DataFrame]
+) -> list[dict]:
     """Build one FiftyOne dataset (GT + one field per prediction set) and evaluate every set as the
     paper's node does: ``compute_mAP=True``, falling back to ``compute_mAP=False`` (mAP None) when
     the PR sweep raises (spec §2.3)."""
@@ -111,16 +115,21 @@ def fiftyone_reference(images: pd.DataFrame, gt: pd.DataFrame, prediction_sets: 
     for i in range(len(prediction_sets)):
         key = f"eval{i}"
         try:
-            results = dataset.evaluate_detections(f"pred{i}", gt_field="ground_truth", eval_key=key, compute_mAP=True)
+            results = dataset.evaluate_detections(
+                f"pred{i}", gt_field="ground_truth", eval_key=key, compute_mAP=True
+            )
             mAP, mAR = results.mAP(), results.mAR()
         except ValueError:
             dataset.delete_evaluation(key)
-            results = dataset.evaluate_detections(f"pred{i}", gt_field="ground_truth", eval_key=key, compute_mAP=False)
+            results = dataset.evaluate_detections(
+                f"pred{i}", gt_field="ground_truth", eval_key=key, compute_mAP=False
+            )
             mAP = mAR = None
         ref = dict(results.metrics(), mAP=mAP, mAR=mAR, report=results.report())
         ref["tp"], ref["fp"], ref["fn"] = (dataset.sum(f"{key}_{t}") for t in ("tp", "fp", "fn"))
         ref["per_image"] = {
-            s.filepath: (s[f"{key}_tp"], s[f"{key}_fp"], s[f"{key}_fn"]) for s in dataset.select_fields([f"{key}_tp", f"{key}_fp", f"{key}_fn"])
+            s.filepath: (s[f"{key}_tp"], s[f"{key}_fp"], s[f"{key}_fn"])
+            for s in dataset.select_fields([f"{key}_tp", f"{key}_fp", f"{key}_fn"])
         }
         pred_status, gt_status = {}, {}
         for s in dataset.select_fields(["ground_truth", f"pred{i}"]):
@@ -149,6 +158,9 @@ def assert_same_as_fiftyone(ours, ref, images: pd.DataFrame) -> None:
     # Per-class report (sklearn's classification_report inside FiftyOne).
     assert set(ours["per_class"]) == set(ref["report"])
     for cls, entry in ref["report"].items():
+        if not isinstance(entry, dict):  # sklearn's scalar "accuracy" when nothing is unmatched
+            assert ours["per_class"][cls] == pytest.approx(entry, abs=1e-9)
+            continue
         for k, v in entry.items():
             assert ours["per_class"][cls][k] == pytest.approx(v, abs=1e-9), (cls, k)
     # Per sample and per object.
@@ -165,9 +177,9 @@ def assert_same_as_fiftyone(ours, ref, images: pd.DataFrame) -> None:
 # ---- VLM-GIST ------------------------------------------------------------------------------------
 
 VLM_GIST_SETS = [
-    dict(seed=11),
-    dict(seed=12, coarse_confidence=True),
-    dict(seed=13, missing_confidence=0.02),
+    {"seed": 11},
+    {"seed": 12, "coarse_confidence": True},
+    {"seed": 13, "missing_confidence": 0.02},
 ]
 
 
@@ -186,20 +198,21 @@ def test_vlm_gist_matches_fiftyone(vlm_gist_case, i):
 
 
 def test_vlm_gist_sets_exercise_the_edge_cases(vlm_gist_case):
-    images, gt, sets, refs = vlm_gist_case
+    _, _, sets, refs = vlm_gist_case
     assert refs[2]["mAP"] is None  # missing confidences -> the paper's mAP = None fallback
     conf = pd.to_numeric(sets[1]["confidence"])
-    assert conf.duplicated().sum() > 900 and (conf == 0).sum() > 100  # heavy ties and zeros (the false boxes keep random confidences)
+    # Heavy ties and zeros (only the random false boxes keep random confidences).
+    assert conf.duplicated().sum() > 900 and (conf == 0).sum() > 100
     assert sets[0].duplicated(["image_id", "label"]).sum() > 50  # duplicates / wrong labels
 
 
 # ---- COCO sample, crowd regions kept ---------------------------------------------------------------
 
 COCO_SETS = [
-    dict(seed=21),
-    dict(seed=22, coarse_confidence=True),
-    dict(seed=23, missing_confidence=0.03),
-    dict(seed=24),
+    {"seed": 21},
+    {"seed": 22, "coarse_confidence": True},
+    {"seed": 23, "missing_confidence": 0.03},
+    {"seed": 24},
 ]
 
 
@@ -219,7 +232,7 @@ def test_coco_matches_fiftyone(coco_case, i):
 
 
 def test_coco_sets_match_crowd_regions(coco_case):
-    images, gt, sets, refs = coco_case
+    _, gt, _, refs = coco_case
     crowd_rows = set(np.flatnonzero(gt["iscrowd"].to_numpy()).tolist())
     # Per FiftyOne itself, some predictions were matched to crowd GT (so that path is compared).
     assert any(g in crowd_rows for ref in refs for (_, g) in ref["pred_status"].values())
@@ -240,11 +253,36 @@ def big_group_case():
             box = (0.1 + rng.uniform(-0.03, 0.03), 0.1 + rng.uniform(-0.03, 0.03), 0.3, 0.3)
         else:
             box = (0.1, 0.1, 0.3, 0.3)
-        gts.append(dict(image_id="big", label="person", x=box[0], y=box[1], w=box[2], h=box[3], iscrowd=int(i >= 120)))
-    gts.append(dict(image_id="small", label="person", x=0.0, y=0.0, w=0.1, h=0.1, iscrowd=0))
-    preds = [dict(image_id="big", label="person", x=0.1, y=0.1, w=0.3, h=0.3, confidence=float(np.round(rng.random(), 1))) for _ in range(90)]
-    preds.append(dict(image_id="small", label="person", x=0.0, y=0.0, w=0.1, h=0.1, confidence=0.5))
-    images = pd.DataFrame({"image_id": ["big", "small"], "path": ["/nonexistent/big.jpg", "/nonexistent/small.jpg"]})
+        gts.append(
+            {
+                "image_id": "big",
+                "label": "person",
+                "x": box[0],
+                "y": box[1],
+                "w": box[2],
+                "h": box[3],
+                "iscrowd": int(i >= 120),
+            }
+        )
+    gts.append({"image_id": "small", "label": "person", "x": 0.0, "y": 0.0, "w": 0.1, "h": 0.1, "iscrowd": 0})
+    preds = [
+        {
+            "image_id": "big",
+            "label": "person",
+            "x": 0.1,
+            "y": 0.1,
+            "w": 0.3,
+            "h": 0.3,
+            "confidence": float(np.round(rng.random(), 1)),
+        }
+        for _ in range(90)
+    ]
+    preds.append(
+        {"image_id": "small", "label": "person", "x": 0.0, "y": 0.0, "w": 0.1, "h": 0.1, "confidence": 0.5}
+    )
+    images = pd.DataFrame(
+        {"image_id": ["big", "small"], "path": ["/nonexistent/big.jpg", "/nonexistent/small.jpg"]}
+    )
     return images, pd.DataFrame(gts), pd.DataFrame(preds)
 
 
@@ -253,6 +291,32 @@ def test_groups_beyond_one_rtree_leaf_match_fiftyone():
     (ref,) = fiftyone_reference(images, gt, [pred])
     assert ref["fn"] == 73
     assert_same_as_fiftyone(evaluate(gt, pred, coco_standard=False), ref, images)
+
+
+def test_when_a_missing_confidence_disables_map_matches_fiftyone():
+    """FiftyOne raises only for a prediction without confidence that enters the PR sweep of a class
+    with ground truth: not for one in a class without GT, nor for one beyond the top 100 of its
+    (image, class), nor for one matched to a crowd region (crowd matches are skipped)."""
+
+    def box(x, label="cat", conf=0.5, crowd=None):
+        d = {"image_id": "i", "label": label, "x": x, "y": 0.0, "w": 0.05, "h": 0.05}
+        return {**d, "iscrowd": crowd} if crowd is not None else {**d, "confidence": conf}
+
+    gt = pd.DataFrame([box(0.0, crowd=0), box(0.5, crowd=1)])
+    cases = [
+        [box(0.0, conf=0.9), box(0.2, label="ghost", conf=None)],  # class without GT: mAP kept
+        [box(0.0, conf=0.9), *[box(0.3, conf=0.4)] * 99, box(0.0, conf=None)],  # 101st of its group
+        [box(0.0, conf=0.9), box(0.5, conf=None)],  # matched to the crowd region
+        [box(0.0, conf=0.9), box(0.3, conf=None)],  # an ordinary FP of "cat": mAP = None
+    ]
+    preds = [pd.DataFrame(c) for c in cases]
+    for p in preds:
+        p["confidence"] = p["confidence"].astype(object).where(p["confidence"].notna(), None)
+    images = pd.DataFrame({"image_id": ["i"], "path": ["/nonexistent/i.jpg"]})
+    refs = fiftyone_reference(images, gt, preds)
+    assert [ref["mAP"] is None for ref in refs] == [False, False, False, True]
+    for pred, ref in zip(preds, refs):
+        assert_same_as_fiftyone(evaluate(gt, pred, coco_standard=False), ref, images)
 
 
 # ---- COCO-standard AP columns vs pycocotools ------------------------------------------------------
@@ -276,12 +340,14 @@ def rectangle_mask_predictions(gt: pd.DataFrame, images: pd.DataFrame, seed: int
         mask = np.zeros((H, W), dtype=bool)
         mask[y0:y1, x0:x1] = True
         label = r.label if rng.random() > 0.1 else labels[rng.integers(len(labels))]
-        rows.append(dict(image_id=r.image_id, label=label, x=x0 / W, y=y0 / H, w=(x1 - x0) / W, h=(y1 - y0) / H,
-                         confidence=float(np.round(rng.random(), 2)), mask=encode_rle(mask)))  # fmt: skip
+        rows.append({"image_id": r.image_id, "label": label, "x": x0 / W, "y": y0 / H, "w": (x1 - x0) / W, "h": (y1 - y0) / H,
+                         "confidence": float(np.round(rng.random(), 2)), "mask": encode_rle(mask)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def pycocotools_stats(gt: pd.DataFrame, pred: pd.DataFrame, images: pd.DataFrame, iou_type: str) -> np.ndarray:
+def pycocotools_stats(
+    gt: pd.DataFrame, pred: pd.DataFrame, images: pd.DataFrame, iou_type: str
+) -> np.ndarray:
     """Standard COCOeval (all area ranges, maxDets 1/10/100) in pixel coordinates -> ``stats``."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -298,26 +364,35 @@ def pycocotools_stats(gt: pd.DataFrame, pred: pd.DataFrame, images: pd.DataFrame
 
     anns = []
     for i, r in enumerate(gt.itertuples()):
-        ann = dict(id=i + 1, image_id=image_ids[r.image_id], category_id=categories[r.label], bbox=pixel_box(r), iscrowd=int(r.iscrowd))
+        ann = {
+            "id": i + 1,
+            "image_id": image_ids[r.image_id],
+            "category_id": categories[r.label],
+            "bbox": pixel_box(r),
+            "iscrowd": int(r.iscrowd),
+        }
         ann["area"] = ann["bbox"][2] * ann["bbox"][3]
         if iou_type == "segm":
-            ann["segmentation"] = dict(size=r.mask["size"], counts=r.mask["counts"])
+            ann["segmentation"] = {"size": r.mask["size"], "counts": r.mask["counts"]}
         anns.append(ann)
     dts = []
     for r in pred.itertuples():
-        dt = dict(image_id=image_ids[r.image_id], category_id=categories[r.label], score=r.confidence)
+        dt = {"image_id": image_ids[r.image_id], "category_id": categories[r.label], "score": r.confidence}
         if iou_type == "segm":
-            dt["segmentation"] = dict(size=r.mask["size"], counts=r.mask["counts"])
+            dt["segmentation"] = {"size": r.mask["size"], "counts": r.mask["counts"]}
         else:
             dt["bbox"] = pixel_box(r)
         dts.append(dt)
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
-        coco.dataset = dict(
-            images=[dict(id=i, width=int(size.loc[k, "width"]), height=int(size.loc[k, "height"])) for k, i in image_ids.items()],
-            categories=[dict(id=i, name=c) for c, i in categories.items()],
-            annotations=anns,
-        )
+        coco.dataset = {
+            "images": [
+                {"id": i, "width": int(size.loc[k, "width"]), "height": int(size.loc[k, "height"])}
+                for k, i in image_ids.items()
+            ],
+            "categories": [{"id": i, "name": c} for c, i in categories.items()],
+            "annotations": anns,
+        }
         coco.createIndex()
         ev = COCOeval(coco, coco.loadRes(dts), iouType=iou_type)
         ev.evaluate()

@@ -32,12 +32,28 @@ def parse_table(text: str) -> list[dict]:
     rows = []
     for line in lines[2:]:
         cells = [c.strip() for c in line[name_width:].replace("||", "|").split("|")[1:]]
-        rows.append({"name": line[:name_width].rstrip(), **{k: float(c.removesuffix("s")) for k, c in zip(COLUMNS, cells)}})
+        rows.append(
+            {
+                "name": line[:name_width].rstrip(),
+                **{k: float(c.removesuffix("s")) for k, c in zip(COLUMNS, cells)},
+            }
+        )
     return rows
 
 
 def row(name, f1=0.5, **kw):
-    base = dict(name=name, f1=f1, rec=0.5, prec=0.5, map=0.3, ins=10.0, mat=0.5, time=5.0, fail=0.0, ret=0.1)
+    base = {
+        "name": name,
+        "f1": f1,
+        "rec": 0.5,
+        "prec": 0.5,
+        "map": 0.3,
+        "ins": 10.0,
+        "mat": 0.5,
+        "time": 5.0,
+        "fail": 0.0,
+        "ret": 0.1,
+    }
     base.update(kw)
     return base
 
@@ -69,7 +85,10 @@ def test_format_number(x, integers, decimals, expected):
     assert format_number(x, integers, decimals) == expected
 
 
-@pytest.mark.parametrize("x, integers, decimals", [(-0.001, 1, 3), (9.9996, 1, 3), (99.95, 2, 1), (1000.0, 3, 1), (float("-inf"), 1, 2)])
+@pytest.mark.parametrize(
+    "x, integers, decimals",
+    [(-0.001, 1, 3), (9.9996, 1, 3), (99.95, 2, 1), (1000.0, 3, 1), (float("-inf"), 1, 2)],
+)
 def test_format_number_rejects_negative_and_overflow(x, integers, decimals):
     # 9.9996 -> 10.000 and 99.95 -> 100.0 after rounding: more integer digits than allowed.
     with pytest.raises(ValueError):
@@ -97,9 +116,15 @@ def test_published_tables_are_reproduced_byte_for_byte(name):
 def test_header_rule_and_row_layout():
     text = format_table([row("Gemini 2.5 Flash Lite (high)", time=NAN, fail=NAN, ret=NAN)])  # 28 characters
     header, rule, line = text.split("\n")
-    assert header == "Model" + " " * 23 + " |  F1   |  Rec. | Prec. |  mAP  || Ins. | Mat. |  Time  || Fail | Ret."
+    assert (
+        header
+        == "Model" + " " * 23 + " |  F1   |  Rec. | Prec. |  mAP  || Ins. | Mat. |  Time  || Fail | Ret."
+    )
     assert len(header) == 99 and rule == "-" * 99
-    assert line == "Gemini 2.5 Flash Lite (high) | 0.500 | 0.500 | 0.500 | 0.300 || 10.0 | 0.50 |   nans ||  nan |  nan"
+    assert (
+        line
+        == "Gemini 2.5 Flash Lite (high) | 0.500 | 0.500 | 0.500 | 0.300 || 10.0 | 0.50 |   nans ||  nan |  nan"
+    )
     assert len(line) == 99
 
 
@@ -132,7 +157,11 @@ def test_table_rejects_bad_rows():
 
 
 def test_console_highlighting():
-    rows = [row("A", f1=0.6, time=3.0, mat=0.9), row("B", f1=0.4, time=9.0, mat=0.1), row("C", f1=0.5, time=5.0, mat=0.5)]
+    rows = [
+        row("A", f1=0.6, time=3.0, mat=0.9),
+        row("B", f1=0.4, time=9.0, mat=0.1),
+        row("C", f1=0.5, time=5.0, mat=0.5),
+    ]
     plain = format_table(rows)
     colored = format_table(rows, highlight=True)
     assert "\x1b" not in plain
@@ -226,7 +255,17 @@ def test_weighted_table_from_the_published_per_dataset_tables():
     published = {r["name"]: r for r in parse_table((PUBLISHED / "weighted.txt").read_text())}
     ours = weighted([coco, custom], [0.5, 0.5])
     assert {r["name"] for r in ours} == set(published) and len(ours) == 53
-    unit = {"f1": 1e-3, "rec": 1e-3, "prec": 1e-3, "map": 1e-3, "ins": 0.1, "mat": 0.01, "time": 0.1, "fail": 0.01, "ret": 0.01}
+    unit = {
+        "f1": 1e-3,
+        "rec": 1e-3,
+        "prec": 1e-3,
+        "map": 1e-3,
+        "ins": 0.1,
+        "mat": 0.01,
+        "time": 0.1,
+        "fail": 0.01,
+        "ret": 0.01,
+    }
     for r in ours:
         ref = published[r["name"]]
         for k in COLUMNS:
@@ -241,4 +280,7 @@ def test_make_row():
     columns = {"ins": 3.0, "mat": 1.0, "time": 2.5, "fail": 0.0, "ret": 0.25}
     r = make_row("M", metrics, columns)
     assert r["name"] == "M" and r["f1"] == 0.5 and math.isnan(r["map"]) and r["ret"] == 0.25
-    assert format_table([r]).split("\n")[2] == "M | 0.500 | 0.400 | 0.600 |   nan ||  3.0 | 1.00 |   2.5s || 0.00 | 0.25"
+    assert (
+        format_table([r]).split("\n")[2]
+        == "M | 0.500 | 0.400 | 0.600 |   nan ||  3.0 | 1.00 |   2.5s || 0.00 | 0.25"
+    )
