@@ -162,8 +162,14 @@ def _encode(image: np.ndarray, suffix: str, png_compression_level: int) -> tuple
     return buffer.tobytes(), encoding
 
 
-def _is_plain_rgb(pil: Image.Image) -> bool:
-    return pil.format in ("JPEG", "PNG") and pil.mode == "RGB"
+def _is_plain_rgb(pil: Image.Image, data: bytes) -> bool:
+    """An 8-bit, 3-channel JPEG or PNG. Pillow reports 16-bit RGB PNGs as mode "RGB" too, so the PNG
+    bit depth is read from the IHDR chunk (byte 24 of the file)."""
+    if pil.mode != "RGB":
+        return False
+    if pil.format == "JPEG":
+        return True
+    return pil.format == "PNG" and len(data) > 24 and data[24] == 8
 
 
 def prepare_image(
@@ -204,7 +210,7 @@ def prepare_image(
     try:
         with Image.open(io.BytesIO(original)) as pil:
             width, height = pil.size  # H·W does not depend on the EXIF orientation
-            plain = _is_plain_rgb(pil)
+            plain = _is_plain_rgb(pil, original)
             pil_format = pil.format
     except Exception:  # noqa: BLE001 - fall back to cv2 for anything Pillow cannot identify
         decoded = _decode(original, what)

@@ -546,9 +546,17 @@ class DescriptionAttempts:
         return not self.finished
 
     @property
-    def failed_attempts(self) -> int:
-        """The README "Ret." count for this image: failed attempts (0 … max_attempts)."""
+    def failed_attempts_total(self) -> int:
+        """Every failed attempt, the last one of a failed image included (0 … max_attempts)."""
         return sum(not a.ok for a in self.attempts)
+
+    @property
+    def failed_attempts(self) -> int:
+        """The README "Ret." count for this image: the paper's ``failed_structured_description_completions``
+        gets an entry only when a failure is followed by a retry (the final failure goes to the error
+        branch instead), so it is 0–3 with ``retry: 3`` and 3 for an image that failed completely
+        (spec/evaluation.md §2.10)."""
+        return min(self.failed_attempts_total, self.max_attempts - 1)
 
     @property
     def duration_s(self) -> float | None:

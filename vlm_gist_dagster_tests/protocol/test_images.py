@@ -171,3 +171,20 @@ def test_to_image_url_rules() -> None:
         to_image_url("data:image/png;base64,AAAA")
     with pytest.raises(ImageError):
         to_image_url("/some/local/path.jpg")
+
+
+def test_ensure_rgb_reencodes_16_bit_rgb_png():
+    """Pillow reports a 16-bit RGB PNG as mode "RGB"; it must still be re-encoded to 8 bits."""
+    import cv2
+    import numpy as np
+
+    from vlm_gist_dagster.protocol.images import prepare_image
+
+    ok, png = cv2.imencode(".png", np.full((4, 4, 3), 40000, np.uint16))
+    assert ok
+    prepared = prepare_image(png.tobytes(), None, ensure_rgb=True, name="x.png")
+    assert prepared.encoding != "original"
+    decoded = cv2.imdecode(np.frombuffer(prepared.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded.dtype == np.uint8 and decoded.shape == (4, 4, 3)
+    # 40000 / 65535 * 255 = 155.6 → 155 or 156 depending on the converter's rounding
+    assert int(decoded[0, 0, 0]) in (155, 156)

@@ -429,7 +429,9 @@ def test_retry_3_means_4_attempts(bench: DescriptionSettings) -> None:
         assert book.can_retry
         book.record(Attempt(duration, error="invalid_json"))
     assert book.finished and not book.success and not book.can_retry
-    assert (book.failed_attempts, book.duration_s, book.last_error) == (4, None, "invalid_json")
+    # 4 failures, but only the 3 followed by a retry count as Ret. (evaluation.md §2.10: "an image
+    # that failed completely contributes 3")
+    assert (book.failed_attempts, book.failed_attempts_total, book.duration_s, book.last_error) == (3, 4, None, "invalid_json")
     with pytest.raises(RuntimeError):
         book.record(Attempt(1.0))
 
