@@ -973,6 +973,11 @@ class ModelHeader(_Frozen):
     display_name: StrictStr | None = None
     #: True for models answered by the simulator (their rows are labelled as simulated).
     simulated: StrictBool = False
+    #: Run the optional validation stage (spec §5) for this model; off by default, as in the paper.
+    validation: StrictBool = False
+    #: Quality and fault controls of a simulated model (``vlm_gist_dagster.sim.ModelControls`` fields);
+    #: validated by the simulator, ignored otherwise.
+    simulator: dict[str, Any] | None = None
 
 
 class ModelSettings(_Frozen):
@@ -987,6 +992,7 @@ class ModelSettings(_Frozen):
     kind: Literal["vlm", "baseline"]
     display_name: StrictStr
     simulated: StrictBool = False
+    validation: StrictBool = False
     settings: DescriptionSettings | BaselineSettings
 
     @property
@@ -1032,6 +1038,7 @@ def parse_model_settings(
         kind=kind,
         display_name=header.display_name or display_name_from_stem(name),
         simulated=header.simulated,
+        validation=header.validation,
         settings=settings,
     )
 
