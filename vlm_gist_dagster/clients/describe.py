@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol.completions import TokenUsage
-from ..protocol.images import PreparedImage, prepare_image
+from ..protocol.images import ImageError, PreparedImage, prepare_image
 from ..protocol.settings import DescriptionSettings
 from ..protocol.structured_description import (
     Attempt,
@@ -144,6 +144,9 @@ class ImageDescription:
     retry: int
     #: §1.5 warnings of the successful attempt (the paper's ``report_structured_description``).
     report: tuple[str, ...] = ()
+    #: Set when the image itself could not be read or encoded (no request was made): the image fails
+    #: with this message and the rest of the batch goes on.
+    input_error: str | None = None
 
     @property
     def failed_attempts_total(self) -> int:
@@ -170,11 +173,16 @@ class ImageDescription:
 
     @property
     def error(self) -> str | None:
-        """The last attempt's failure reason when the image failed (the paper's ``report_error``)."""
+        """The last attempt's failure reason when the image failed (the paper's ``report_error``);
+        ``"image_unreadable"`` when the image could not be read."""
+        if self.input_error is not None:
+            return "image_unreadable"
         return None if self.success or not self.attempts else self.attempts[-1].error
 
     @property
     def error_message(self) -> str | None:
+        if self.input_error is not None:
+            return self.input_error
         return None if self.success or not self.attempts else self.attempts[-1].attempt.error_message
 
     @property
@@ -419,8 +427,16 @@ async def describe_images(
     async def one(image_id: str, source: ImageSource) -> ImageDescription:
         nonlocal done, succeeded
         async with admission:
-            prepared = await asyncio.to_thread(_prepare, source, settings)
-            result = await describe_image(chat, settings, prepared, image_id=image_id)
+            try:
+                prepared = await asyncio.to_thread(_prepare, source, settings)
+            except ImageError as exc:
+                # A truncated, empty or missing image fails alone; the batch goes on (no request made).
+                result = ImageDescription(
+                    image_id=image_id, image_sha256="", success=False, objects=None, attempts=(),
+                    max_attempts=settings.max_attempts, retry=settings.retry, input_error=redact(str(exc)),
+                )
+            else:
+                result = await describe_image(chat, settings, prepared, image_id=image_id)
         done += 1
         succeeded += int(result.success)
         if progress is not None:
