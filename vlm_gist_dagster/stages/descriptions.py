@@ -1,0 +1,113 @@
+"""Stage A, structured descriptions, for one (model, dataset) pair: one row per image.
+
+VLM models run the paper's content-retry loop per image (``clients.describe``), keeping the endpoint's
+concurrency limit of requests in flight across images. Baselines have no description stage (spec §6):
+their rows say so (success, no objects, no time), so that Fail/Ret. are 0 and Time is NaN for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from ..clients.describe import ImageDescription, describe_images
+from ..protocol.settings import ModelSettings
+from .services import Services, progress_logger
+
+DESCRIPTION_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "kind",
+    "success",
+    "objects",
+    "num_described",
+    "attempts",
+    "failed_attempts",
+    "failed_attempts_total",
+    "duration_s",
+    "tokens_in",
+    "tokens_in_cached",
+    "tokens_out",
+    "cost_usd",
+    "http_retries",
+    "from_cache",
+    "error",
+    "error_message",
+    "image_sha256",
+    "attempt_log_json",
+)
+
+
+def _row(result: ImageDescription) -> dict[str, Any]:
+    row = result.as_row()
+    # Each attempt's raw completion text, reasoning, reason and timing: nested and heterogeneous, so
+    # stored as JSON text rather than as a Parquet struct.
+    row["attempt_log_json"] = json.dumps(row.pop("attempt_log"), default=str)
+    row.pop("report", None)
+    row["from_cache"] = result.from_cache
+    row["kind"] = "vlm"
+    return row
+
+
+def description_table(results: list[ImageDescription]) -> pd.DataFrame:
+    rows = [_row(r) for r in results]
+    df = pd.DataFrame(rows, columns=list(DESCRIPTION_COLUMNS))
+    for column in ("duration_s", "cost_usd"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype("float64")
+    for column in ("num_described", "tokens_in", "tokens_in_cached", "tokens_out"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    df["objects"] = df["objects"].astype(object)
+    return df
+
+
+def baseline_description_table(images: pd.DataFrame) -> pd.DataFrame:
+    """Baselines replace stages A and B: every image "succeeds" with no description and no time."""
+    rows = [
+        {
+            "image_id": image_id,
+            "kind": "baseline",
+            "success": True,
+            "objects": None,
+            "num_described": None,
+            "attempts": 0,
+            "failed_attempts": 0,
+            "failed_attempts_total": 0,
+            "duration_s": math.nan,
+            "http_retries": 0,
+            "from_cache": False,
+            "attempt_log_json": "[]",
+        }
+        for image_id in images["image_id"]
+    ]
+    df = pd.DataFrame(rows, columns=list(DESCRIPTION_COLUMNS))
+    df["objects"] = df["objects"].astype(object)
+    for column in ("num_described", "tokens_in", "tokens_in_cached", "tokens_out"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    for column in ("duration_s", "cost_usd"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype("float64")
+    return df
+
+
+def run_descriptions(
+    images: pd.DataFrame,
+    model: ModelSettings,
+    services: Services,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Describe every image of ``images`` (the ``dataset_images`` table) with ``model``."""
+    if model.kind == "baseline":
+        return baseline_description_table(images)
+    settings = model.description
+    inputs = list(zip(images["image_id"], images["path"]))
+    progress = progress_logger(len(inputs), f"descriptions[{model.name}]", log)
+
+    async def main() -> list[ImageDescription]:
+        async with services.chat_client() as chat:
+            return await describe_images(chat, settings, inputs, progress=progress)
+
+    return description_table(asyncio.run(main()))

@@ -1,0 +1,438 @@
+"""Stage B for one (model, dataset) pair: MM-Grounding-DINO boxes (``run_detections``) and SAM2 masks
+(``run_masks``); for baselines, Florence-2 / Kosmos-2 boxes and their SAM2 masks (spec §4, §6).
+
+Vision responses go through the same on-disk response cache as chat completions, keyed by the request
+body (image included), so a re-run or a resumed partition makes no vision call it already made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from ..clients.cache import CacheKey, ResponseCache
+from ..clients.describe import ProgressEvent
+from ..clients.errors import AuthenticationError, ConfigurationError, TransportError
+from ..clients.vision import VisionClient, vision_image
+from ..protocol.baselines import (
+    BaselineDetection,
+    assemble_baseline_detections,
+    baseline_request,
+    parse_baseline_response,
+)
+from ..protocol.detection import (
+    GdinoDetection,
+    assemble_detections_with_settings,
+    gdino_request_with_settings,
+    instance_for_description,
+    missing_and_over_detections,
+    over_detection_flags,
+    parse_gdino_response,
+)
+from ..protocol.segmentation import parse_sam2_response, sam2_track_request, sam2_update_request
+from ..protocol.settings import BaselineSettings, DetectionSettings, ModelSettings
+from .services import Services, progress_logger
+
+DETECTION_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "detection_index",
+    "prompt",
+    "object_name",
+    "description",
+    "instance_index",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "confidence",
+    "is_over_detection",
+)
+DETECTION_IMAGE_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "num_prompts",
+    "num_detections",
+    "prompts",
+    "missing_prompts",
+    "over_detections",
+    "duration_s",
+    "error",
+)
+MASK_COLUMNS: tuple[str, ...] = DETECTION_COLUMNS + (
+    "mask",
+    "mask_x1",
+    "mask_y1",
+    "mask_x2",
+    "mask_y2",
+    "track_id",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
+    "x",
+    "y",
+    "w",
+    "h",
+    "segmentation_error",
+)
+
+#: Errors that no image would survive: stop the stage at once.
+FATAL = (AuthenticationError, ConfigurationError)
+
+
+class CachedVision:
+    """A vision client whose ``/infer`` (and SAM2 ``/update`` + ``/infer``) responses are cached; the
+    model is loaded on the first cache miss only."""
+
+    def __init__(self, client: VisionClient, flavor: str, cache: ResponseCache) -> None:
+        self.client, self.flavor, self.cache = client, flavor, cache
+        self.calls = 0
+        self._lock = asyncio.Lock()
+
+    def _key(self, route: str, body: Mapping[str, Any]) -> CacheKey:
+        return CacheKey.for_request(self.client.family, self.client.base_url + route, self.flavor, dict(body))
+
+    async def _cached(self, route: str, body: Mapping[str, Any], call: Callable[[], Awaitable[dict]]) -> dict:
+        key = self._key(route, body)
+        stored = self.cache.get(key)
+        if stored is not None:
+            return stored["response"]
+        await self.client.ensure_loaded(self.flavor)
+        self.calls += 1
+        response = await call()
+        self.cache.put(key, {"kind": "vision", "response": response})
+        return response
+
+    async def infer(self, body: Mapping[str, Any]) -> dict:
+        return await self._cached("/infer", body, lambda: self.client.infer(body))
+
+    async def segment(self, update_body: Mapping[str, Any], track_body: Mapping[str, Any] | None) -> dict:
+        """SAM2 is stateful (``/update`` then ``/infer`` on the same image): the pair runs under a lock
+        and is cached as one entry."""
+        body = {"update": dict(update_body), "track": dict(track_body) if track_body else None}
+
+        async def call() -> dict:
+            async with self._lock:
+                updated = await self.client.update(update_body)
+                tracked = await self.client.infer(track_body) if track_body else None
+            return {"update": updated, "track": tracked}
+
+        return await self._cached("/update+/infer", body, call)
+
+
+async def _run_images(
+    image_ids: Sequence[str],
+    work: Callable[[str], Awaitable[Any]],
+    what: str,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """Run ``work`` for every image concurrently (the clients bound requests in flight); per-image
+    exceptions are returned as values, fatal ones cancel everything."""
+    progress = progress_logger(len(image_ids), what, log)
+    done = 0
+    results: dict[str, Any] = {}
+
+    async def one(image_id: str) -> None:
+        nonlocal done
+        try:
+            results[image_id] = await work(image_id)
+            ok = True
+        except FATAL:
+            raise
+        except TransportError:
+            raise  # retries exhausted: the partition is retried later; cached results are kept
+        except Exception as exc:  # noqa: BLE001 - a bad image or response fails alone
+            results[image_id] = exc
+            ok = False
+        done += 1
+        if progress is not None:
+            progress(ProgressEvent(done, len(image_ids), 0, 0, image_id, ok))
+
+    tasks = [asyncio.create_task(one(i)) for i in image_ids]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return results
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ----------------------------------------------------------------------------------------- detections
+
+
+def prompts_of(objects: Any) -> list[str]:
+    """Detector prompts = the description strings, in description order, duplicates kept, empty
+    strings dropped (spec §4.2; the reference rejects empty prompts)."""
+    if objects is None or (isinstance(objects, float) and math.isnan(objects)):
+        return []
+    return [str(o["description"]) for o in objects if o.get("description")]
+
+
+def _detection_rows(
+    image_id: str,
+    prompts: list[str],
+    objects: list[dict],
+    found: list[GdinoDetection],
+    settings: DetectionSettings,
+) -> list[dict]:
+    labels = [d.prompt for d in found]
+    flags = over_detection_flags(
+        prompts,
+        labels,
+        [d.confidence for d in found],
+        over_detect=settings.over_detect,
+        conf_threshold=settings.conf_threshold,
+    )
+    rows = []
+    for j, det in enumerate(found):
+        instance = instance_for_description(objects, det.prompt)
+        index = next(i for i, o in enumerate(objects) if o is instance)
+        x1, y1, x2, y2 = det.box_xyxy
+        rows.append(
+            {
+                "image_id": image_id,
+                "detection_index": j,
+                "prompt": det.prompt,
+                "object_name": instance.get("object_name"),
+                "description": instance.get("description"),
+                "instance_index": index,
+                "x1": x1,
+                "y1": y1,
+                "x2": x2,
+                "y2": y2,
+                "confidence": float(det.confidence),
+                "is_over_detection": bool(flags[j]),
+            }
+        )
+    return rows
+
+
+def _baseline_rows(image_id: str, found: Sequence[BaselineDetection]) -> list[dict]:
+    return [
+        {
+            "image_id": image_id,
+            "detection_index": j,
+            "prompt": None,
+            "object_name": det.label,
+            "description": None,
+            "instance_index": None,
+            "x1": det.box_xyxy[0],
+            "y1": det.box_xyxy[1],
+            "x2": det.box_xyxy[2],
+            "y2": det.box_xyxy[3],
+            "confidence": math.nan,
+            "is_over_detection": None,
+        }
+        for j, det in enumerate(found)
+    ]
+
+
+def _objects_by_image(descriptions: pd.DataFrame) -> dict[str, list[dict] | None]:
+    out: dict[str, list[dict] | None] = {}
+    for image_id, success, objects in zip(
+        descriptions["image_id"], descriptions["success"], descriptions["objects"]
+    ):
+        out[image_id] = (
+            list(objects)
+            if (bool(success) and objects is not None and not isinstance(objects, float))
+            else None
+        )
+    return out
+
+
+def run_detections(
+    images: pd.DataFrame,
+    descriptions: pd.DataFrame,
+    model: ModelSettings,
+    detection: DetectionSettings,
+    services: Services,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(detections, detection_images)``: one row per detector output, one row per image."""
+    paths = dict(zip(images["image_id"], images["path"]))
+    objects = _objects_by_image(descriptions)
+    cache = services.response_cache()
+    baseline = model.baseline if model.kind == "baseline" else None
+    family = baseline.model_name if baseline else detection.detector_name
+    flavor = baseline.model_flavor if baseline else detection.detector_flavor
+
+    async def main() -> tuple[dict[str, Any], dict[str, list[str]], dict[str, float]]:
+        prompts: dict[str, list[str]] = {}
+        durations: dict[str, float] = {}
+        async with services.vision_client(family) as client:
+            vision = CachedVision(client, flavor, cache)
+
+            async def work(image_id: str) -> Any:
+                start = time.perf_counter()
+                try:
+                    if baseline is not None:
+                        body = baseline_request(vision_image(paths[image_id]).base64, baseline)
+                        return parse_baseline_response(
+                            await vision.infer(body), model=baseline.model_name
+                        ).detections
+                    p = prompts[image_id]
+                    body = gdino_request_with_settings(vision_image(paths[image_id]).base64, p, detection)
+                    return parse_gdino_response(await vision.infer(body), prompts=p)
+                finally:
+                    durations[image_id] = time.perf_counter() - start
+
+            todo = []
+            for image_id in images["image_id"]:
+                if baseline is not None:
+                    todo.append(image_id)
+                    continue
+                prompts[image_id] = prompts_of(objects.get(image_id))
+                if prompts[image_id]:  # an image without prompts is not sent (spec §4.2)
+                    todo.append(image_id)
+            results = await _run_images(todo, work, f"detections[{model.name}]", log)
+            return results, prompts, durations
+
+    results, prompts, durations = asyncio.run(main())
+    det_rows: list[dict] = []
+    image_rows: list[dict] = []
+    for image_id in images["image_id"]:
+        p = prompts.get(image_id, [])
+        result = results.get(image_id)
+        error = _error_text(result) if isinstance(result, BaseException) else None
+        found = [] if (result is None or error) else list(result)
+        if baseline is not None:
+            rows = _baseline_rows(image_id, found)
+            missing, over = [], []
+        else:
+            rows = _detection_rows(image_id, p, objects[image_id] or [], found, detection) if found else []
+            missing, over = missing_and_over_detections(p, [r["prompt"] for r in rows]) if p else ([], [])
+        det_rows.extend(rows)
+        image_rows.append(
+            {
+                "image_id": image_id,
+                # baselines have no prompts; for the Ins. column every baseline image counts (spec §6)
+                "num_prompts": len(p) if baseline is None else (1 if error is None else 0),
+                "num_detections": len(rows),
+                "prompts": p,
+                "missing_prompts": missing,
+                "over_detections": over,
+                "duration_s": durations.get(image_id, math.nan),
+                "error": error,
+            }
+        )
+    detections = pd.DataFrame(det_rows, columns=list(DETECTION_COLUMNS))
+    detections = detections.astype({"detection_index": "int64", "confidence": "float64"})
+    for column in ("x1", "y1", "x2", "y2"):
+        detections[column] = detections[column].astype("int64")
+    detections["instance_index"] = pd.to_numeric(detections["instance_index"]).astype("Int64")
+    return detections, pd.DataFrame(image_rows, columns=list(DETECTION_IMAGE_COLUMNS))
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def run_masks(
+    images: pd.DataFrame,
+    detections: pd.DataFrame,
+    detection_images: pd.DataFrame,
+    model: ModelSettings,
+    detection: DetectionSettings,
+    services: Services,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """One row per detection: its SAM2 mask (full-image COCO RLE), mask box, track id and the preferred
+    box, as pixel xyxy and as FiftyOne's relative xywh (spec §4.4–4.5)."""
+    baseline: BaselineSettings | None = model.baseline if model.kind == "baseline" else None
+    seg = baseline if baseline is not None else detection
+    info = images.set_index("image_id")
+    prompts = dict(zip(detection_images["image_id"], detection_images["prompts"]))
+    by_image = {k: g.sort_values("detection_index") for k, g in detections.groupby("image_id", sort=False)}
+    cache = services.response_cache()
+
+    async def main() -> dict[str, Any]:
+        if not by_image or seg.segmentation_name is None:
+            return {}
+        async with services.vision_client(seg.segmentation_name) as client:
+            vision = CachedVision(client, seg.segmentation_flavor, cache)
+
+            async def work(image_id: str) -> Any:
+                group = by_image[image_id]
+                b64 = vision_image(info.at[image_id, "path"]).base64
+                boxes = group[["x1", "y1", "x2", "y2"]].to_numpy().tolist()
+                track_body = sam2_track_request(b64) if seg.segmentation_track else None
+                response = await vision.segment(sam2_update_request(b64, boxes), track_body)
+                updated = parse_sam2_response(response["update"])
+                tracked = parse_sam2_response(response["track"]) if response["track"] is not None else None
+                return updated, tracked
+
+            return await _run_images(list(by_image), work, f"masks[{model.name}]", log)
+
+    results = asyncio.run(main())
+    rows: list[dict] = []
+    for image_id, group in by_image.items():
+        width, height = int(info.at[image_id, "width"]), int(info.at[image_id, "height"])
+        result = results.get(image_id)
+        error = _error_text(result) if isinstance(result, BaseException) else None
+        updated, tracked = (None, None) if (result is None or error) else result
+        if baseline is not None:
+            found = [BaselineDetection(r.object_name, (r.x1, r.y1, r.x2, r.y2)) for r in group.itertuples()]
+            assembled = assemble_baseline_detections(
+                found,
+                image_width=width,
+                image_height=height,
+                segmentation=(tracked if baseline.segmentation_track else updated) if error is None else None,
+                segmentation_use_bbox=baseline.segmentation_use_bbox,
+            )
+        else:
+            found = [
+                GdinoDetection(r.prompt, (r.x1, r.y1, r.x2, r.y2), r.confidence) for r in group.itertuples()
+            ]
+            assembled = assemble_detections_with_settings(
+                list(prompts.get(image_id) or []),
+                found,
+                detection,
+                image_width=width,
+                image_height=height,
+                update_tracks=updated,
+                track_tracks=tracked if detection.segmentation_track else None,
+            )
+        for record, source in zip(assembled.detections, group.to_dict("records")):
+            x, y, w, h = record.relative_xywh(width, height)
+            mask_box = record.box_mask or (None, None, None, None)
+            rows.append(
+                {
+                    **source,
+                    "mask": record.mask_rle,
+                    "mask_x1": mask_box[0],
+                    "mask_y1": mask_box[1],
+                    "mask_x2": mask_box[2],
+                    "mask_y2": mask_box[3],
+                    "track_id": record.track_id,
+                    "box_x1": record.box[0],
+                    "box_y1": record.box[1],
+                    "box_x2": record.box[2],
+                    "box_y2": record.box[3],
+                    "x": x,
+                    "y": y,
+                    "w": w,
+                    "h": h,
+                    "segmentation_error": error,
+                }
+            )
+    masks = pd.DataFrame(rows, columns=list(MASK_COLUMNS))
+    masks["mask"] = masks["mask"].astype(object)
+    for column in ("mask_x1", "mask_y1", "mask_x2", "mask_y2", "track_id"):
+        masks[column] = pd.to_numeric(masks[column]).astype("Int64")
+    for column in ("x", "y", "w", "h", "confidence"):
+        masks[column] = masks[column].astype("float64")
+    for column in ("detection_index", "x1", "y1", "x2", "y2", "box_x1", "box_y1", "box_x2", "box_y2"):
+        masks[column] = masks[column].astype("int64")
+    masks["instance_index"] = pd.to_numeric(masks["instance_index"]).astype("Int64")
+    return masks

@@ -1,0 +1,228 @@
+"""Stage D, label matching, for one (model, dataset) pair (spec/evaluation.md §1).
+
+The definitions LLM writes a definition for every text missing from the shared definitions cache
+(``data/cache/definitions.json``, the paper's flat key → text format); the embeddings endpoint (or a local
+model) embeds the batch; ``protocol.label_matching`` scores and matches. Every detection keeps a row; the
+ones whose match is not a dataset target have ``dataset_match = None`` and are dropped before evaluation
+(not counted as false positives, gotcha 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from ..clients.chat import CacheTag, ChatClient
+from ..clients.errors import ResponseError
+from ..protocol import label_matching as lm
+from ..protocol.completions import build_payload
+from ..protocol.settings import LabelMatchingSettings
+from .services import Services
+
+LABEL_MATCH_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "detection_index",
+    "label",
+    "description",
+    "label_norm",
+    "best_target",
+    "score",
+    "match",
+    "mapping_rule_applied",
+    "dataset_match",
+    "levenshtein_match",
+    "skipped",
+    "confidence",
+    "x",
+    "y",
+    "w",
+    "h",
+    "mask",
+)
+
+#: Attempts per definition. The paper retries a failed definition without limit (§1.5); we stop here
+#: and fail the partition (a later run resumes from the caches).
+MAX_DEFINITION_ATTEMPTS = 4
+
+
+class DefinitionError(ResponseError):
+    """A definition could not be obtained after all attempts."""
+
+
+async def _define(chat: ChatClient, request: lm.DefinitionRequest) -> str:
+    params = request.llm
+    payload = build_payload(params, request.messages, "text")
+    last = "no attempt"
+    for attempt in range(MAX_DEFINITION_ATTEMPTS):
+        outcome = await chat.attempt(params, payload, cache_tag=CacheTag(request.item.cache_key, attempt))
+        if outcome.error is None and outcome.completion is not None and outcome.completion.text.strip():
+            return outcome.completion.text  # stored verbatim, as the paper does
+        last = outcome.error.reason if outcome.error is not None else "empty_text"
+    raise DefinitionError(
+        f"no definition for {request.item.text[:60]!r} after {MAX_DEFINITION_ATTEMPTS} attempts ({last})"
+    )
+
+
+def label_sets(
+    validations: pd.DataFrame,
+    descriptions: pd.DataFrame,
+    ground_truth: pd.DataFrame,
+    image_ids: list[str],
+    per_image_targets: bool,
+) -> tuple[list[lm.LabelSet], dict[str, pd.DataFrame]]:
+    """One label set per image (every image of the dataset, in dataset order; images without kept
+    detections are skipped by the protocol). A detection validated to another object_name takes that
+    instance's description (spec §5.5 step 6)."""
+    kept = validations[validations["kept"].astype(bool)] if len(validations) else validations
+    groups = {k: g.sort_values("detection_index") for k, g in kept.groupby("image_id", sort=False)}
+    objects = {
+        i: {o["object_name"]: o.get("description") for o in objs}
+        for i, objs, ok in zip(descriptions["image_id"], descriptions["objects"], descriptions["success"])
+        if ok and objs is not None and not isinstance(objs, float)
+    }
+    gt_labels = ground_truth.groupby("image_id", sort=False)["label"].apply(list).to_dict()
+    sets = []
+    for image_id in image_ids:
+        group = groups.get(image_id)
+        if group is None:
+            sets.append(
+                lm.LabelSet(image_id, [], None, gt_labels.get(image_id) if per_image_targets else None)
+            )
+            continue
+        labels = [str(v) for v in group["validated_object_name"]]
+        own = objects.get(image_id, {})
+        descs = [
+            own.get(label, d) if label != o else d
+            for label, o, d in zip(labels, group["object_name"], group["description"])
+        ]
+        descs = [None if (d is None or (isinstance(d, float))) else str(d) for d in descs]
+        has_descriptions = any(d is not None for d in descs)
+        sets.append(
+            lm.LabelSet(
+                image_id,
+                labels,
+                descs if has_descriptions else None,
+                gt_labels.get(image_id) if per_image_targets else None,
+            )
+        )
+    return sets, groups
+
+
+def run_label_matches(
+    validations: pd.DataFrame,
+    descriptions: pd.DataFrame,
+    ground_truth: pd.DataFrame,
+    image_ids: list[str],
+    settings: LabelMatchingSettings,
+    services: Services,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``(label_matches, summary)``: one row per kept detection, plus counts for metadata."""
+    options = lm.as_options(settings)
+    sets, groups = label_sets(validations, descriptions, ground_truth, image_ids, options.use_per_set_targets)
+    active, skipped = lm.partition_label_sets(sets, options)
+    cache = lm.DefinitionsCache.read(services.definitions_file)
+    missing = cache.missing(lm.definition_items(active, options))
+    requests = lm.definition_requests(missing, options)
+    if log:
+        log(
+            f"label matching: {len(active)} images, {len(cache)} cached definitions, {len(requests)} to generate"
+        )
+
+    async def main() -> tuple[dict[str, str], lm.EmbeddingTable | None]:
+        new: dict[str, str] = {}
+        if requests:
+            async with services.chat_client() as chat:
+                texts = await asyncio.gather(*(_define(chat, r) for r in requests))
+            new = {r.item.cache_key: t for r, t in zip(requests, texts)}
+        definitions = cache.updated(new) if new else cache
+        if not active:
+            return new, None
+        batch = lm.embedding_batch(active, definitions, options)
+        client = services.embeddings_client()
+        try:
+            vectors = await client.embed(batch)
+        finally:
+            close = getattr(client, "aclose", None)
+            if close is not None:
+                await close()
+        return new, lm.EmbeddingTable(batch, vectors)
+
+    new, table = asyncio.run(main())
+    definitions = cache.updated(new) if new else cache
+    if new and options.definitions_write:
+        # Re-read before writing: another partition may have added definitions meanwhile.
+        latest = lm.DefinitionsCache.read(services.definitions_file)
+        latest.updated(new).write(services.definitions_file)
+    result = (
+        lm.match_label_sets(active, definitions, table, options)
+        if active
+        else lm.LabelMatchingResult((), tuple(skipped))
+    )
+
+    rows: list[dict[str, Any]] = []
+    for label_set in result.sets:
+        group = groups[label_set.identifier]
+        for match, source in zip(label_set.detections, group.to_dict("records"), strict=True):
+            rows.append(
+                {
+                    "image_id": label_set.identifier,
+                    "detection_index": source["detection_index"],
+                    "label": match.label,
+                    "description": match.description,
+                    "label_norm": match.label_norm,
+                    "best_target": match.best_target,
+                    "score": match.score,
+                    "match": match.match,
+                    "mapping_rule_applied": match.mapping_rule_applied,
+                    "dataset_match": match.dataset_match,
+                    "levenshtein_match": match.levenshtein_match,
+                    "skipped": False,
+                    **{k: source[k] for k in ("confidence", "x", "y", "w", "h", "mask")},
+                }
+            )
+    for skip in result.skipped:
+        # Skipped images keep their predictions unmatched (gotcha 23); only images without kept
+        # detections are skipped here, so there is nothing to keep, except per-image sets without GT.
+        group = groups.get(skip.identifier)
+        if group is None:
+            continue
+        for source in group.to_dict("records"):
+            rows.append(
+                {
+                    "image_id": skip.identifier,
+                    "detection_index": source["detection_index"],
+                    "label": source["validated_object_name"],
+                    "description": source["description"],
+                    "dataset_match": source["validated_object_name"],
+                    "skipped": True,
+                    **{k: source[k] for k in ("confidence", "x", "y", "w", "h", "mask")},
+                }
+            )
+    out = pd.DataFrame(rows, columns=list(LABEL_MATCH_COLUMNS))
+    out["mask"] = out["mask"].astype(object)
+    out = out.astype(
+        {
+            "score": "float64",
+            "confidence": "float64",
+            "x": "float64",
+            "y": "float64",
+            "w": "float64",
+            "h": "float64",
+        }
+    )
+    summary = {
+        "images_matched": len(result.sets),
+        "images_skipped": len(result.skipped),
+        "definitions_generated": len(new),
+        "definitions_cached": len(definitions) - len(new),
+        "accepted": int(out["dataset_match"].notna().sum()),
+        "rejected": int(out["dataset_match"].isna().sum()),
+        "mapping_rules_applied": int(out["mapping_rule_applied"].fillna(False).astype(bool).sum()),
+        "per_image": {s.identifier: (s.accepted, s.rejected) for s in result.sets},
+    }
+    return out, summary

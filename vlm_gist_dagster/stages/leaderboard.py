@@ -1,0 +1,163 @@
+"""The leaderboard: the paper's per-dataset and weighted tables from the ``metrics`` rows of every
+(dataset, model) pair, written in the paper's text format, as Markdown, as PNG renderings and with plots
+(spec/evaluation.md §3, §4)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..protocol.leaderboard import COLUMNS, format_markdown, format_table, render_png, sort_rows, weighted
+
+#: The weights of the paper's weighted table (COCO and VLM-GIST, 0.5 each).
+DEFAULT_WEIGHTS: Mapping[str, float] = {"coco": 0.5, "vlm_gist": 0.5}
+#: Table names per dataset, in the paper's order.
+DATASET_TITLES: Mapping[str, str] = {"coco": "COCO minival (subset)", "vlm_gist": "VLM-GIST"}
+
+
+@dataclass
+class Leaderboard:
+    rows: pd.DataFrame  # one row per (table, model): table, name + the nine columns + extras
+    texts: dict[str, str] = field(default_factory=dict)  # table → paper-format text
+    markdown: str = ""
+    missing: list[str] = field(default_factory=list)  # "dataset|model" pairs without metrics
+
+
+def row_name(metrics_row: Mapping) -> str:
+    """The display name; simulated models are always labelled as such."""
+    name = str(metrics_row.get("display_name") or metrics_row["model"])
+    if metrics_row.get("simulated") and "simulat" not in name.lower():
+        name += " (simulated)"
+    return name
+
+
+def build_leaderboard(
+    metrics: Sequence[pd.DataFrame] | pd.DataFrame,
+    *,
+    expected_pairs: Sequence[str] = (),
+    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+) -> Leaderboard:
+    frame = (
+        metrics
+        if isinstance(metrics, pd.DataFrame)
+        else (pd.concat(list(metrics), ignore_index=True) if len(metrics) else pd.DataFrame())
+    )
+    have = {f"{d}|{m}" for d, m in zip(frame.get("dataset", []), frame.get("model", []))}
+    missing = sorted(set(expected_pairs) - have)
+    tables: dict[str, list[dict]] = {}
+    for dataset in [d for d in DATASET_TITLES if d in set(frame.get("dataset", []))] + sorted(
+        set(frame.get("dataset", [])) - set(DATASET_TITLES)
+    ):
+        sub = frame[frame["dataset"] == dataset]
+        tables[dataset] = [
+            {"name": row_name(r), "model": r["model"], **{k: float(r[k]) for k in COLUMNS}}
+            for r in sub.to_dict("records")
+        ]
+    if set(weights) <= set(tables) and tables:
+        tables["weighted"] = weighted({d: tables[d] for d in weights}, dict(weights))
+        by_name = {r["name"]: r["model"] for d in weights for r in tables[d]}
+        for r in tables["weighted"]:
+            r["model"] = by_name.get(r["name"])
+    texts = {name: format_table(rows) for name, rows in tables.items() if rows}
+    markdown = []
+    for name, rows in tables.items():
+        if rows:
+            title = DATASET_TITLES.get(
+                name, "Weighted (0.5 COCO + 0.5 VLM-GIST)" if name == "weighted" else name
+            )
+            markdown.append(f"### {title}\n\n{format_markdown(rows)}\n")
+    if missing:
+        markdown.append("Missing (no metrics yet, or failed): " + ", ".join(f"`{p}`" for p in missing) + "\n")
+    records = [
+        {"table": name, "rank": i + 1, **row}
+        for name, rows in tables.items()
+        for i, row in enumerate(sort_rows(rows))
+    ]
+    out = pd.DataFrame(records, columns=["table", "rank", "name", "model", *COLUMNS])
+    return Leaderboard(rows=out, texts=texts, markdown="\n".join(markdown), missing=missing)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def plot_files(board: Leaderboard, directory: Path) -> dict[str, Path]:
+    """F1 per model, precision vs recall, F1 vs median time (one PNG each, all tables)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, Path] = {}
+    rows = board.rows
+    if rows.empty:
+        return out
+    tables = [t for t in rows["table"].unique()]
+
+    fig, axes = plt.subplots(
+        1,
+        len(tables),
+        figsize=(5 * len(tables), 0.4 * rows.groupby("table").size().max() + 1.5),
+        squeeze=False,
+    )
+    for ax, table in zip(axes[0], tables):
+        sub = rows[rows["table"] == table].sort_values("f1")
+        ax.barh(sub["name"], sub["f1"].fillna(0), color="#4c72b0")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"F1 — {table}")
+    fig.tight_layout()
+    out["f1"] = directory / "f1_per_model.png"
+    fig.savefig(out["f1"], dpi=100)
+    plt.close(fig)
+
+    for key, (xcol, ycol, xlabel, ylabel) in {
+        "precision_recall": ("rec", "prec", "recall", "precision"),
+        "f1_time": ("time", "f1", "median description time (s)", "F1"),
+    }.items():
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for table, marker in zip(tables, "os^D"):
+            sub = rows[rows["table"] == table]
+            ax.scatter(sub[xcol], sub[ycol], label=table, marker=marker)
+            for r in sub.itertuples():
+                x, y = getattr(r, xcol), getattr(r, ycol)
+                if not (math.isnan(x) or math.isnan(y)):
+                    ax.annotate(r.name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if key == "precision_recall":
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+        ax.legend()
+        fig.tight_layout()
+        out[key] = directory / f"{key}.png"
+        fig.savefig(out[key], dpi=100)
+        plt.close(fig)
+    return out
+
+
+def write_leaderboard(board: Leaderboard, directory: Path) -> dict[str, Path]:
+    """``<table>.txt`` in the paper's format (no trailing newline, like the published files), PNG
+    renderings of them, ``leaderboard.md``, ``leaderboard.csv`` and the plots."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, text in board.texts.items():
+        path = directory / f"{name}.txt"
+        _atomic_text(path, text)
+        written[f"{name}.txt"] = path
+        written[f"{name}.png"] = render_png(text, directory / f"{name}.png")
+    md = directory / "leaderboard.md"
+    _atomic_text(md, "# Leaderboard\n\n" + board.markdown)
+    written["leaderboard.md"] = md
+    csv = directory / "leaderboard.csv"
+    board.rows.to_csv(csv, index=False)
+    written["leaderboard.csv"] = csv
+    for key, path in plot_files(board, directory).items():
+        written[key] = path
+    return written

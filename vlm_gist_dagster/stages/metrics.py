@@ -1,0 +1,137 @@
+"""Stage E, evaluation, for one (model, dataset) pair: the paper's nine table columns plus TP/FP/FN, mAR,
+COCO-standard bbox and mask AP (pycocotools), tokens and cost (spec/evaluation.md §2)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from ..protocol.columns import metadata_columns
+from ..protocol.evaluation import evaluate
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "model",
+    "display_name",
+    "kind",
+    "simulated",
+    "f1",
+    "rec",
+    "prec",
+    "map",
+    "ins",
+    "mat",
+    "time",
+    "fail",
+    "ret",
+    "tp",
+    "fp",
+    "fn",
+    "mar",
+    "accuracy",
+    "support",
+    "num_images",
+    "num_predictions",
+    "coco_bbox_ap",
+    "coco_bbox_ap50",
+    "coco_segm_ap",
+    "tokens_in",
+    "tokens_out",
+    "cost_usd",
+    "map_unavailable_reason",
+)
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def predictions_from_label_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
+    """The evaluated predictions: label-matched detections with their dataset target as label; unmatched
+    ones are dropped, not counted as false positives (gotcha 1)."""
+    kept = label_matches[label_matches["dataset_match"].notna()]
+    return pd.DataFrame(
+        {
+            "image_id": kept["image_id"].to_numpy(),
+            "label": kept["dataset_match"].astype(str).to_numpy(),
+            "x": kept["x"].to_numpy(dtype=float),
+            "y": kept["y"].to_numpy(dtype=float),
+            "w": kept["w"].to_numpy(dtype=float),
+            "h": kept["h"].to_numpy(dtype=float),
+            "confidence": kept["confidence"].to_numpy(dtype=float),
+            "mask": kept["mask"].to_numpy(dtype=object),
+        }
+    )
+
+
+def per_image_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
+    """Accepted / rejected labels per label-matched image (the ``label_matches.json`` entries)."""
+    matched = label_matches[~label_matches["skipped"].fillna(False).astype(bool)]
+    grouped = matched.groupby("image_id", sort=False)["dataset_match"]
+    accepted = grouped.apply(lambda s: int(s.notna().sum()))
+    total = grouped.size()
+    return pd.DataFrame(
+        {"image_id": total.index, "accepted": accepted.to_numpy(), "rejected": (total - accepted).to_numpy()}
+    )
+
+
+def compute_metrics(
+    *,
+    dataset: str,
+    model: str,
+    display_name: str,
+    kind: str,
+    simulated: bool,
+    images: pd.DataFrame,
+    ground_truth: pd.DataFrame,
+    descriptions: pd.DataFrame,
+    detection_images: pd.DataFrame,
+    label_matches: pd.DataFrame,
+    coco_standard: bool = True,
+) -> tuple[pd.DataFrame, Any]:
+    """One metrics row and the full evaluation result (per-class report etc.)."""
+    predictions = predictions_from_label_matches(label_matches)
+    if not ground_truth["mask"].notna().all() or not predictions["mask"].notna().all():
+        # pycocotools' segm AP needs masks on both sides; boxes only otherwise.
+        predictions = predictions.drop(columns="mask")
+    result = evaluate(
+        ground_truth,
+        predictions,
+        coco_standard=coco_standard,
+        image_sizes=images[["image_id", "width", "height"]],
+    )
+    columns = metadata_columns(descriptions, detection_images, per_image_matches(label_matches))
+    row = {
+        "dataset": dataset,
+        "model": model,
+        "display_name": display_name,
+        "kind": kind,
+        "simulated": bool(simulated),
+        "f1": _num(result["fscore"]),
+        "rec": _num(result["recall"]),
+        "prec": _num(result["precision"]),
+        "map": _num(result["mAP"]) if result["mAP_available"] else math.nan,
+        "ins": columns.ins,
+        "mat": columns.mat,
+        "time": columns.time,
+        "fail": columns.fail,
+        "ret": columns.ret,
+        "tp": int(result["tp"]),
+        "fp": int(result["fp"]),
+        "fn": int(result["fn"]),
+        "mar": _num(result["mAR"]) if result["mAP_available"] else math.nan,
+        "accuracy": _num(result["accuracy"]),
+        "support": int(result["support"]),
+        "num_images": int(len(images)),
+        "num_predictions": int(len(predictions)),
+        "coco_bbox_ap": _num(result.get("coco_bbox_AP")),
+        "coco_bbox_ap50": _num(result.get("coco_bbox_AP50")),
+        "coco_segm_ap": _num(result.get("coco_segm_AP")),
+        "tokens_in": columns.tokens_in,
+        "tokens_out": columns.tokens_out,
+        "cost_usd": columns.cost_usd,
+        "map_unavailable_reason": result.get("mAP_unavailable_reason"),
+    }
+    return pd.DataFrame([row], columns=list(METRIC_COLUMNS)), result

@@ -1,0 +1,141 @@
+"""Stage C, the optional VLM validation of each detection's crop (spec §5), for one pair.
+
+Off by default, as in the paper's published runs: then every detection passes through unchanged with
+``validation_action = "off"``. On (``"validation": true`` in a model file's header), each crop is shown
+to the validation VLM of ``settings/validation/validation.json`` and the paper's keep / update / reject
+algorithm decides; rejected and errored detections stay in the table with ``kept = False``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from ..clients.chat import CacheTag, ChatClient
+from ..protocol.completions import CompletionError, build_payload, postprocess
+from ..protocol.images import data_uri, prepare_image
+from ..protocol.settings import ValidationSettings
+from ..protocol.validation import (
+    assign_actions,
+    encode_crop_png,
+    parse_validation_response,
+    validation_crop_with_settings,
+    validation_messages_with_settings,
+)
+from .grounding import _run_images
+from .services import Services
+
+VALIDATION_COLUMNS = ("validation_action", "validated_object_name", "validation_answer", "kept")
+
+#: Attempts per crop. The paper re-queues a failed validation completion without limit (§5.3); we stop
+#: after this many and record the detection as an error (dropped, like the paper's errors).
+MAX_VALIDATION_ATTEMPTS = 4
+
+
+def passthrough(masks: pd.DataFrame) -> pd.DataFrame:
+    out = masks.copy()
+    out["validation_action"] = "off"
+    out["validated_object_name"] = out["object_name"]
+    out["validation_answer"] = None
+    out["kept"] = True
+    return out
+
+
+async def _ask(chat: ChatClient, settings: ValidationSettings, messages: list[dict], sha: str) -> str | None:
+    params = settings.vlm
+    payload = build_payload(params, messages, "text")
+    for attempt in range(MAX_VALIDATION_ATTEMPTS):
+        outcome = await chat.attempt(params, payload, cache_tag=CacheTag(sha, attempt))
+        if outcome.error is None and outcome.completion is not None:
+            try:
+                return str(postprocess(outcome.completion, "text", params).value)
+            except CompletionError:
+                continue
+    return None
+
+
+def run_validations(
+    images: pd.DataFrame,
+    descriptions: pd.DataFrame,
+    masks: pd.DataFrame,
+    settings: ValidationSettings | None,
+    services: Services,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """``masks`` plus the validation columns. ``settings`` None: validation off (pass-through)."""
+    if settings is None or masks.empty:
+        return passthrough(masks)
+    paths = dict(zip(images["image_id"], images["path"]))
+    objects = {
+        i: list(o)
+        for i, o, ok in zip(descriptions["image_id"], descriptions["objects"], descriptions["success"])
+        if ok and o is not None
+    }
+    groups = {k: g.sort_values("detection_index") for k, g in masks.groupby("image_id", sort=False)}
+
+    async def main() -> dict[str, Any]:
+        async with services.chat_client() as chat:
+
+            async def work(image_id: str) -> tuple[list[str | None], list[str | None]]:
+                group = groups[image_id]
+                sd = objects.get(image_id, [])
+                full = prepare_image(paths[image_id], None)
+                image = cv2.imdecode(np.frombuffer(full.data, np.uint8), cv2.IMREAD_COLOR)
+                names = [o["object_name"] for o in sd]
+
+                async def one(row: dict) -> str | None:
+                    box = (row["box_x1"], row["box_y1"], row["box_x2"], row["box_y2"])
+                    crop = encode_crop_png(
+                        validation_crop_with_settings(image, box, settings, mask=row["mask"])
+                    )
+                    messages = validation_messages_with_settings(full.data_uri, data_uri(crop), sd, settings)
+                    text = await _ask(
+                        chat, settings, messages, full.sha256 + ":" + str(row["detection_index"])
+                    )
+                    return text
+
+                texts = await asyncio.gather(*(one(r) for r in group.to_dict("records")))
+                answers = [
+                    parse_validation_response(
+                        t,
+                        names,
+                        invalid=settings.invalid,
+                        levenshtein_threshold=settings.levenshtein_threshold,
+                    ).validation
+                    for t in texts
+                ]
+                actions = assign_actions(
+                    answers,
+                    list(group["object_name"]),
+                    names,
+                    list(group["confidence"]),
+                    invalid=settings.invalid,
+                )
+                return answers, actions.labels_validated(list(group["object_name"])), list(actions.actions)
+
+            return await _run_images(list(groups), work, "validations", log)
+
+    results = asyncio.run(main())
+    frames = []
+    for image_id, group in groups.items():
+        group = group.copy()
+        result = results.get(image_id)
+        if isinstance(result, BaseException):
+            group["validation_action"] = f"error: {type(result).__name__}: {result}"
+            group["validated_object_name"] = None
+            group["validation_answer"] = None
+            group["kept"] = False
+        else:
+            answers, validated, actions = result
+            group["validation_action"] = actions
+            group["validated_object_name"] = validated
+            group["validation_answer"] = answers
+            group["kept"] = [v is not None for v in validated]
+        frames.append(group)
+    return pd.concat(frames, ignore_index=True) if frames else passthrough(masks)
