@@ -19,7 +19,7 @@ test: $(VENV)/.installed-dev
 # `dagster dev` on the same instance as `make run`, to browse lineage, runs and the leaderboard.
 dev: $(VENV)/.installed
 	@mkdir -p "$(DAGSTER_HOME)"
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/vlm-gist dev
 
 check: $(VENV)/.installed-dev
 	$(BIN)/dg check defs

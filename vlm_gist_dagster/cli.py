@@ -15,34 +15,51 @@ from pathlib import Path
 from . import paths
 
 
-def _instance():
-    import dagster as dg
-
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        home = str(paths.data_dir() / "dagster_home")
-        os.environ["DAGSTER_HOME"] = home
-    os.makedirs(home, exist_ok=True)
-    return dg.DagsterInstance.get()
-
-
 def run(args: argparse.Namespace) -> int:
-    from .definitions import defs
-    from .defs.partitions import DATASETS
+    from .runner import default_instance, run_benchmark
 
-    instance = _instance()
-    datasets = args.datasets or list(DATASETS)
-    job = defs.resolve_job_def("datasets_job")
-    failed = []
-    for index, dataset in enumerate(datasets, start=1):
-        print(f"[{index}/{len(datasets)}] materialising dataset assets for {dataset!r}", flush=True)
-        result = job.execute_in_process(partition_key=dataset, instance=instance, raise_on_error=False)
-        if not result.success:
-            failed.append(dataset)
-            print(f"  failed: see the run {result.run_id} in `make dev` (Dagster UI)", file=sys.stderr)
-    print(f"\nDagster instance: {os.environ['DAGSTER_HOME']}  (browse it with `make dev`)")
+    instance = default_instance()
+    report = run_benchmark(
+        instance=instance,
+        datasets=args.datasets,
+        models=args.models,
+        use_simulator=not args.no_simulator,
+        seed=args.seed,
+    )
+    for name, text in report.texts.items():
+        print(f"\n{name}\n{text}")
+    print(
+        f"\n{len(report.pairs) - len(report.failed)}/{len(report.pairs)} (dataset, model) pairs done in {report.seconds:.0f} s"
+    )
+    if report.failed:
+        print(f"failed: {', '.join(report.failed)} (see their runs in the UI)", file=sys.stderr)
+    print(
+        f"Leaderboard:      {report.leaderboard_dir}  (coco.txt, vlm_gist.txt, weighted.txt, leaderboard.md, plots)"
+    )
     print(f"Parquet assets:   {paths.assets_dir()}")
-    return 1 if failed else 0
+    print(f"Dagster instance: {os.environ['DAGSTER_HOME']}  (open the UI with `make dev`)")
+    return 1 if report.failed else 0
+
+
+def dev(args: argparse.Namespace) -> int:
+    """`dagster dev` on the local instance, with the simulator running and the pipeline pointed at it."""
+    import subprocess
+
+    from .datasets import resolve_dataset_dir
+    from .defs.partitions import DATASETS
+    from .runner import default_instance, simulator
+
+    default_instance()
+    command = [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-w",
+        str(paths.project_dir() / "workspace.yaml"),
+    ]
+    if args.no_simulator:
+        return subprocess.call(command)
+    with simulator({d: resolve_dataset_dir(d, progress=print) for d in DATASETS}):
+        return subprocess.call(command)
 
 
 def sim(args: argparse.Namespace) -> int:
@@ -107,9 +124,19 @@ def sim(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlm-gist", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run the benchmark's main job into the local Dagster instance")
+    p_run = sub.add_parser("run", help="run the whole benchmark into the local Dagster instance")
     p_run.add_argument("--datasets", nargs="*", help="datasets to run (default: all)")
+    p_run.add_argument("--models", nargs="*", help="model keys to run (default: all for the chosen mode)")
+    p_run.add_argument(
+        "--no-simulator", action="store_true", help="run the real models against real servers (keys needed)"
+    )
+    p_run.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     p_run.set_defaults(func=run)
+    p_dev = sub.add_parser(
+        "dev", help="open the Dagster UI on the local instance, with the simulator running"
+    )
+    p_dev.add_argument("--no-simulator", action="store_true", help="do not start the simulator")
+    p_dev.set_defaults(func=dev)
     p_sim = sub.add_parser("sim", help="serve the offline simulator (chat + vision servers) on 127.0.0.1")
     p_sim.add_argument(
         "--datasets", nargs="*", help="datasets to serve (default: all in settings/datasets.json)"

@@ -3,7 +3,6 @@
 Both come from one load of the dataset directory (a ``multi_asset``), so masks are decoded once.
 """
 
-
 from collections.abc import Iterator
 
 import dagster as dg
@@ -49,7 +48,9 @@ def dataset_tables(context: dg.AssetExecutionContext, datasets: DatasetsResource
     for warning in dataset.warnings:
         context.log.warning(warning)
     images, gt = dataset.images, dataset.ground_truth
-    context.log.info(f"{name}: {len(images)} images, {len(gt)} instances from {dataset.root} ({dataset.format})")
+    context.log.info(
+        f"{name}: {len(images)} images, {len(gt)} instances from {dataset.root} ({dataset.format})"
+    )
 
     sizes = images.groupby(["width", "height"]).size().sort_values(ascending=False)
     per_image = gt.groupby("image_id").size().reindex(images["image_id"], fill_value=0)
@@ -61,7 +62,9 @@ def dataset_tables(context: dg.AssetExecutionContext, datasets: DatasetsResource
             "dagster/column_schema": column_schema(images, IMAGE_COLUMN_DOCS),
             "source": dg.MetadataValue.path(str(dataset.root)),
             "format": dataset.format,
-            "images_per_size": counts_table({f"{w}×{h}": int(n) for (w, h), n in sizes.items()}, "size", "images"),
+            "images_per_size": counts_table(
+                {f"{w}×{h}": int(n) for (w, h), n in sizes.items()}, "size", "images"
+            ),
             "preview": preview(images, drop=["path"]),
         },
     )
@@ -82,16 +85,3 @@ def dataset_tables(context: dg.AssetExecutionContext, datasets: DatasetsResource
             "preview": preview(gt),
         },
     )
-
-
-def dataset_asset_selection() -> dg.AssetSelection:
-    return dg.AssetSelection.assets("dataset_images", "ground_truth")
-
-
-datasets_job = dg.define_asset_job(
-    "datasets_job",
-    selection=dataset_asset_selection(),
-    description="Load (downloading once if needed) the benchmark datasets into the dataset assets.",
-)
-
-__all__ = ["dataset_tables", "datasets_job"]

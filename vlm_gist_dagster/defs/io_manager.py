@@ -58,7 +58,11 @@ def read_parquet(path: UPath | Path | str) -> pd.DataFrame:
             table = pq.read_table(f)
     df = table.to_pandas()
     for name, column in zip(table.column_names, table.columns):
-        if pa.types.is_struct(column.type) or pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        if (
+            pa.types.is_struct(column.type)
+            or pa.types.is_list(column.type)
+            or pa.types.is_large_list(column.type)
+        ):
             df[name] = pd.Series(column.to_pylist(), index=df.index, dtype=object)
     return df
 
@@ -71,7 +75,9 @@ class ParquetIOManager(dg.UPathIOManager):
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         if not isinstance(obj, pd.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: the Parquet IO manager stores DataFrames, got {type(obj).__name__}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: the Parquet IO manager stores DataFrames, got {type(obj).__name__}"
+            )
         write_parquet(obj, path)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:

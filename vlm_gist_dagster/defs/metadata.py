@@ -33,7 +33,10 @@ def _short(value: Any, limit: int = 60) -> str:
 def column_schema(df: pd.DataFrame, descriptions: Mapping[str, str] | None = None) -> dg.TableSchema:
     descriptions = descriptions or {}
     return dg.TableSchema(
-        columns=[dg.TableColumn(name=str(c), type=str(df[c].dtype), description=descriptions.get(str(c))) for c in df.columns]
+        columns=[
+            dg.TableColumn(name=str(c), type=str(df[c].dtype), description=descriptions.get(str(c)))
+            for c in df.columns
+        ]
     )
 
 

@@ -15,7 +15,9 @@ DATASETS: tuple[str, ...] = ("vlm_gist", "coco")
 
 dataset_partitions = dg.StaticPartitionsDefinition(list(DATASETS))
 model_partitions = dg.DynamicPartitionsDefinition(name="models")
-model_dataset_partitions = dg.MultiPartitionsDefinition({"dataset": dataset_partitions, "model": model_partitions})
+model_dataset_partitions = dg.MultiPartitionsDefinition(
+    {"dataset": dataset_partitions, "model": model_partitions}
+)
 
 #: Model keys become path segments and partition keys: lower-case slugs only ("|", "," and "/" break
 #: Dagster's multi-partition keys, UI backfills and file paths).

@@ -23,5 +23,70 @@ class DatasetsResource(dg.ConfigurableResource):
 
     def load(self, name: str, progress: Callable[[str], None] | None = None) -> Dataset:
         settings_file = Path(self.settings_file) if self.settings_file else None
-        root = resolve_dataset_dir(name, settings_file=settings_file, download=self.allow_download, progress=progress)
+        root = resolve_dataset_dir(
+            name, settings_file=settings_file, download=self.allow_download, progress=progress
+        )
         return load_dataset(root, name=name, **dataset_options(name, settings_file))
+
+
+class ModelsResource(dg.ConfigurableResource):
+    """The model settings files (``settings/models/`` or ``$VLM_GIST_MODELS_DIR``)."""
+
+    models_dir: str | None = None
+
+    def load(self, key: str):
+        """``(ModelFile, ModelSettings)`` of model partition ``key``; a Failure that no retry can fix
+        when the file is gone or invalid."""
+        from ..model_registry import ModelRegistryError, find_model
+        from ..protocol.settings import SettingsError, load_model_settings
+
+        try:
+            found = find_model(key, Path(self.models_dir) if self.models_dir else None)
+            return found, load_model_settings(found.path)
+        except (ModelRegistryError, SettingsError) as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+class ServicesResource(dg.ConfigurableResource):
+    """Where the stages send requests (see ``stages.services.Services``). Every field has a default that
+    reads the environment, so ``make run`` / ``make dev`` configure it by environment variables:
+    ``VLM_GIST_ENDPOINT_URL_<NAME>``, ``VLM_GIST_VISION_URL_<FAMILY>``, API key variables,
+    ``VLM_GIST_CACHE_MODE`` (use | refresh | bypass), ``VLM_GIST_CONCURRENCY``,
+    ``VLM_GIST_EMBEDDINGS`` (endpoint | local)."""
+
+    endpoint_urls: dict[str, str] = {}
+    vision_urls: dict[str, str] = {}
+    cache_mode: str | None = None
+    concurrency: int | None = None
+    requests_per_minute: float | None = None
+    vision_concurrency: int = 1
+    embeddings: str | None = None
+    embeddings_endpoint: str = "OpenAI"
+    embeddings_model: str = "text-embedding-3-large"
+    data_dir: str | None = None
+
+    def services(self):
+        import os
+
+        from ..stages.services import Services
+
+        mode = self.cache_mode or os.environ.get("VLM_GIST_CACHE_MODE", "use")
+        if mode not in ("use", "refresh", "bypass"):
+            raise dg.Failure(
+                description=f"cache mode must be use, refresh or bypass, got {mode!r}", allow_retries=False
+            )
+        concurrency = self.concurrency or (
+            int(os.environ["VLM_GIST_CONCURRENCY"]) if os.environ.get("VLM_GIST_CONCURRENCY") else None
+        )
+        return Services(
+            endpoint_urls=dict(self.endpoint_urls),
+            vision_urls=dict(self.vision_urls) or None,
+            data_dir=Path(self.data_dir) if self.data_dir else None,
+            cache_mode=mode,  # type: ignore[arg-type]
+            concurrency=concurrency,
+            requests_per_minute=self.requests_per_minute,
+            vision_concurrency=self.vision_concurrency,
+            embeddings=(self.embeddings or os.environ.get("VLM_GIST_EMBEDDINGS", "endpoint")),  # type: ignore[arg-type]
+            embeddings_endpoint=self.embeddings_endpoint,
+            embeddings_model=self.embeddings_model,
+        )

@@ -1,0 +1,148 @@
+"""Stage B assets: ``detections`` + ``detection_images`` (MM-Grounding-DINO, or a baseline detector) and
+``masks`` (SAM2), per (dataset, model)."""
+
+import dagster as dg
+import pandas as pd
+
+from ..protocol.settings import DetectionSettings
+from ..stages.grounding import run_detections, run_masks
+from .automation import STAGE_CONDITION
+from .common import API_RETRY, VISION_POOL, api_errors, check_model_mode, md_table, pair
+from .partitions import model_dataset_partitions
+from .resources import ModelsResource, ServicesResource
+from .settings_assets import settings_from_table
+
+
+@dg.multi_asset(
+    outs={
+        "detections": dg.AssetOut(
+            description="Stage B: one row per detector output (prompt = description string, int xyxy box, "
+            "confidence, direct/over-detection flag, the instance it belongs to).",
+            kinds={"parquet", "vision"},
+            group_name="benchmark",
+            automation_condition=STAGE_CONDITION,
+            code_version="1",
+        ),
+        "detection_images": dg.AssetOut(
+            description="Stage B per image: prompts, detection count, missing prompts, over-detections, time.",
+            kinds={"parquet"},
+            group_name="benchmark",
+            automation_condition=STAGE_CONDITION,
+            code_version="1",
+        ),
+    },
+    partitions_def=model_dataset_partitions,
+    pool=VISION_POOL,
+    retry_policy=API_RETRY,
+    can_subset=False,
+    check_specs=[dg.AssetCheckSpec("boxes_inside_image", asset="detections")],
+)
+def detections(
+    context: dg.AssetExecutionContext,
+    dataset_images: pd.DataFrame,
+    descriptions: pd.DataFrame,
+    detection_settings: pd.DataFrame,
+    models: ModelsResource,
+    services: ServicesResource,
+):
+    dataset, key = pair(context)
+    _, model = models.load(key)
+    check_model_mode(model)
+    settings = settings_from_table(detection_settings, DetectionSettings)
+    with api_errors():
+        table, per_image = run_detections(
+            dataset_images, descriptions, model, settings, services.services(), log=context.log.info
+        )
+    errors = per_image["error"].dropna()
+    for image_id, error in zip(per_image.loc[errors.index, "image_id"], errors):
+        context.log.warning(f"detection failed for image {image_id}: {error}")
+    yield dg.Output(
+        table,
+        output_name="detections",
+        metadata={
+            "dagster/row_count": len(table),
+            "detections": len(table),
+            "over_detections": int(table["is_over_detection"].fillna(False).astype(bool).sum()),
+            "images_with_prompts": int((per_image["num_prompts"] > 0).sum()),
+            "image_errors": len(errors),
+            "preview": md_table(table),
+        },
+    )
+    yield dg.Output(
+        per_image,
+        output_name="detection_images",
+        metadata={
+            "dagster/row_count": len(per_image),
+            "detections_per_image_mean": float(
+                per_image.loc[per_image["num_prompts"] > 0, "num_detections"].mean()
+            )
+            if (per_image["num_prompts"] > 0).any()
+            else 0.0,
+            "missing_prompts": int(per_image["missing_prompts"].map(len).sum()),
+            "median_time_s": float(per_image["duration_s"].median()) if len(per_image) else 0.0,
+            "preview": md_table(per_image),
+        },
+    )
+    sizes = dataset_images.set_index("image_id")[["width", "height"]]
+    joined = table.join(sizes, on="image_id")
+    outside = joined[
+        (joined["x1"] < 0)
+        | (joined["y1"] < 0)
+        | (joined["x2"] > joined["width"])
+        | (joined["y2"] > joined["height"])
+        | (joined["x2"] <= joined["x1"])
+        | (joined["y2"] <= joined["y1"])
+    ]
+    yield dg.AssetCheckResult(
+        check_name="boxes_inside_image",
+        asset_key="detections",
+        passed=outside.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"boxes_outside_or_empty": len(outside), "checked": len(table)},
+    )
+
+
+@dg.asset(
+    partitions_def=model_dataset_partitions,
+    group_name="benchmark",
+    kinds={"parquet", "vision"},
+    pool=VISION_POOL,
+    retry_policy=API_RETRY,
+    automation_condition=STAGE_CONDITION,
+    code_version="1",
+    description="Stage B, SAM2: one row per detection with its mask (full-image COCO RLE), mask box, track id "
+    "and the preferred box (mask box when segmentation_use_bbox) as pixel xyxy and relative xywh.",
+)
+def masks(
+    context: dg.AssetExecutionContext,
+    dataset_images: pd.DataFrame,
+    detections: pd.DataFrame,
+    detection_images: pd.DataFrame,
+    detection_settings: pd.DataFrame,
+    models: ModelsResource,
+    services: ServicesResource,
+) -> dg.Output[pd.DataFrame]:
+    dataset, key = pair(context)
+    _, model = models.load(key)
+    check_model_mode(model)
+    settings = settings_from_table(detection_settings, DetectionSettings)
+    with api_errors():
+        table = run_masks(
+            dataset_images,
+            detections,
+            detection_images,
+            model,
+            settings,
+            services.services(),
+            log=context.log.info,
+        )
+    return dg.Output(
+        table,
+        metadata={
+            "dagster/row_count": len(table),
+            "with_mask": int(table["mask"].notna().sum()),
+            "without_mask": int(table["mask"].isna().sum()),
+            "segmentation_errors": int(table["segmentation_error"].notna().sum()),
+            "preview": md_table(table),
+        },
+    )

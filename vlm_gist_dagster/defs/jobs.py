@@ -1,0 +1,34 @@
+"""Jobs: what `vlm-gist run`, backfills and the UI launch.
+
+* ``datasets_job`` (per dataset): the dataset tables and that dataset's label-matching settings.
+* ``settings_job``: the detection settings.
+* ``benchmark_pair_job`` (per (dataset, model)): stages A–E for one pair. Backfill by model partition
+  from the UI (select the model's partitions) or the CLI, one run per partition.
+* ``leaderboard_job``: the tables from every pair's metrics.
+"""
+
+import dagster as dg
+
+from .sensors import PAIR_ASSETS
+
+datasets_job = dg.define_asset_job(
+    "datasets_job",
+    selection=dg.AssetSelection.assets("dataset_images", "ground_truth", "label_matching_settings"),
+    description="Load (downloading once if needed) a benchmark dataset and its label-matching settings.",
+)
+settings_job = dg.define_asset_job(
+    "settings_job",
+    selection=dg.AssetSelection.assets("detection_settings"),
+    description="Read the detection settings.",
+)
+benchmark_pair_job = dg.define_asset_job(
+    "benchmark_pair_job",
+    selection=dg.AssetSelection.assets(*PAIR_ASSETS),
+    description="Stages A–E (descriptions → … → metrics) for one (dataset, model) partition.",
+    tags={"vlm_gist/job": "pair"},
+)
+leaderboard_job = dg.define_asset_job(
+    "leaderboard_job",
+    selection=dg.AssetSelection.assets("leaderboard"),
+    description="Rebuild the leaderboard.",
+)

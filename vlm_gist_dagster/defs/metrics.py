@@ -1,0 +1,135 @@
+"""Stage E assets: ``metrics`` per (dataset, model) and the unpartitioned ``leaderboard``."""
+
+import base64
+
+import dagster as dg
+import pandas as pd
+
+from .. import paths
+from ..protocol.leaderboard import COLUMNS
+from ..stages.leaderboard import build_leaderboard, write_leaderboard
+from ..stages.metrics import compute_metrics
+from .automation import LEADERBOARD_CONDITION, STAGE_CONDITION
+from .common import finite, pair
+from .partitions import model_dataset_partitions
+from .resources import ModelsResource
+
+
+@dg.asset(
+    partitions_def=model_dataset_partitions,
+    group_name="benchmark",
+    kinds={"parquet"},
+    automation_condition=STAGE_CONDITION,
+    code_version="1",
+    check_specs=[dg.AssetCheckSpec("metrics_in_range", asset="metrics")],
+    description="Stage E: the paper's nine columns (F1, Rec., Prec., mAP, Ins., Mat., Time, Fail, Ret.) plus "
+    "TP/FP/FN, mAR, COCO-standard bbox and mask AP (pycocotools), tokens and cost.",
+)
+def metrics(
+    context: dg.AssetExecutionContext,
+    dataset_images: pd.DataFrame,
+    ground_truth: pd.DataFrame,
+    descriptions: pd.DataFrame,
+    detection_images: pd.DataFrame,
+    label_matches: pd.DataFrame,
+    models: ModelsResource,
+):
+    dataset, key = pair(context)
+    _, model = models.load(key)
+    row, result = compute_metrics(
+        dataset=dataset,
+        model=key,
+        display_name=model.display_name,
+        kind=model.kind,
+        simulated=model.simulated,
+        images=dataset_images,
+        ground_truth=ground_truth,
+        descriptions=descriptions,
+        detection_images=detection_images,
+        label_matches=label_matches,
+    )
+    values = row.iloc[0]
+    table = (
+        "| "
+        + " | ".join(c for c in COLUMNS)
+        + " |\n|"
+        + "--:|" * len(COLUMNS)
+        + "\n| "
+        + " | ".join("nan" if finite(values[c]) is None else f"{values[c]:.3f}" for c in COLUMNS)
+        + " |"
+    )
+    yield dg.Output(
+        row,
+        metadata={
+            **{c: finite(values[c]) for c in COLUMNS},
+            "tp": int(values["tp"]),
+            "fp": int(values["fp"]),
+            "fn": int(values["fn"]),
+            "coco_bbox_ap": finite(values["coco_bbox_ap"]),
+            "coco_segm_ap": finite(values["coco_segm_ap"]),
+            "tokens_in": finite(values["tokens_in"]),
+            "cost_usd": finite(values["cost_usd"]),
+            "table": dg.MetadataValue.md(table),
+        },
+    )
+    bad = [
+        c
+        for c in ("f1", "rec", "prec", "map", "mat", "fail")
+        if finite(values[c]) is not None and not 0 <= values[c] <= 1
+    ]
+    yield dg.AssetCheckResult(
+        check_name="metrics_in_range",
+        passed=not bad,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"out_of_range": dg.MetadataValue.json(bad)},
+    )
+
+
+def leaderboard_dir():
+    return paths.data_dir() / "leaderboard"
+
+
+def _png_md(path) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"![{path.stem}](data:image/png;base64,{encoded})"
+
+
+@dg.asset(
+    ins={
+        "metrics": dg.AssetIn(
+            partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True}
+        )
+    },
+    group_name="benchmark",
+    kinds={"parquet", "markdown"},
+    automation_condition=LEADERBOARD_CONDITION,
+    code_version="1",
+    description="The paper's three tables (COCO, VLM-GIST, weighted) from every pair's metrics, in the paper's "
+    "text format, Markdown, PNG and plots; written to data/leaderboard/. Missing pairs are listed, not fatal.",
+)
+def leaderboard(
+    context: dg.AssetExecutionContext, metrics: dict[str, pd.DataFrame]
+) -> dg.Output[pd.DataFrame]:
+    expected = [
+        str(k) for k in model_dataset_partitions.get_partition_keys(dynamic_partitions_store=context.instance)
+    ]
+    board = build_leaderboard(list(metrics.values()), expected_pairs=expected)
+    if board.missing:
+        context.log.warning(f"{len(board.missing)} pairs have no metrics: {', '.join(board.missing)}")
+    written = write_leaderboard(board, leaderboard_dir())
+    metadata: dict = {
+        "dagster/row_count": len(board.rows),
+        "directory": dg.MetadataValue.path(str(leaderboard_dir())),
+        "pairs": len(metrics),
+        "missing_pairs": dg.MetadataValue.json(board.missing),
+        "tables": dg.MetadataValue.md(board.markdown or "_(no metrics yet)_"),
+    }
+    for name, text in board.texts.items():
+        metadata[f"{name}_text"] = dg.MetadataValue.md(f"```\n{text}\n```")
+    for key in ("f1", "precision_recall", "f1_time"):
+        if key in written:
+            metadata[f"plot_{key}"] = dg.MetadataValue.md(_png_md(written[key]))
+    return dg.Output(board.rows, metadata=metadata)
+
+
+__all__ = ["leaderboard", "metrics"]

@@ -1,0 +1,115 @@
+"""Sensors: the benchmark reacts to files.
+
+``model_settings_sensor`` watches ``settings/models/``: a new file adds a ``models`` partition (and
+declarative automation computes exactly the new pairs and then the leaderboard); an edited file requests
+a refresh of that model's pairs. ``settings_sensor`` watches the stage settings files and re-materialises
+the settings assets when their content changes, which makes the stages below them recompute.
+
+Both keep a cursor of content hashes, so each change is acted on once, and both stay cheap (no model
+calls; they hash a few small files), well inside Dagster's 60 s sensor budget.
+"""
+
+import json
+
+import dagster as dg
+
+from ..model_registry import discover_models, models_dir
+
+from .partitions import DATASETS, model_partitions, pair_key
+from .settings_assets import detection_settings_file, file_sha256, label_matching_settings_file
+
+#: Per-pair assets refreshed when a model's settings file changes.
+PAIR_ASSETS = (
+    "descriptions",
+    "detections",
+    "detection_images",
+    "masks",
+    "validations",
+    "label_matches",
+    "metrics",
+)
+
+
+def _load_cursor(cursor: str | None) -> dict[str, str]:
+    try:
+        value = json.loads(cursor) if cursor else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dg.sensor(
+    name="model_settings_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=dg.AssetSelection.assets(*PAIR_ASSETS),
+    description="Adds a models partition for every new settings/models/*.json and refreshes edited models.",
+)
+def model_settings_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    seen = _load_cursor(context.cursor)
+    models, problems = discover_models(models_dir())
+    for problem in problems:
+        context.log.warning(problem)
+
+    existing = set(context.instance.get_dynamic_partitions(model_partitions.name))
+    new_keys = [m.key for m in models if m.key not in existing]
+    changed = [m for m in models if m.key in existing and m.key in seen and seen[m.key] != m.sha256]
+    run_requests = [
+        dg.RunRequest(
+            run_key=f"{m.key}:{m.sha256[:16]}:{dataset}",
+            partition_key=pair_key(dataset, m.key),
+            asset_selection=[dg.AssetKey(a) for a in PAIR_ASSETS],
+            tags={"vlm_gist/trigger": "model_settings_changed", "vlm_gist/model": m.key},
+        )
+        for m in changed
+        for dataset in DATASETS
+    ]
+    cursor = json.dumps({m.key: m.sha256 for m in models}, sort_keys=True)
+    if not new_keys and not run_requests:
+        return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(f"{len(models)} models, no change"))
+    if new_keys:
+        context.log.info(f"New model partitions: {', '.join(new_keys)}")
+    return dg.SensorResult(
+        dynamic_partitions_requests=[model_partitions.build_add_request(new_keys)] if new_keys else [],
+        run_requests=run_requests,
+        cursor=cursor,
+    )
+
+
+@dg.sensor(
+    name="settings_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=dg.AssetSelection.assets("detection_settings", "label_matching_settings"),
+    description="Re-materialises the detection / label-matching settings assets when their files change.",
+)
+def settings_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    seen = _load_cursor(context.cursor)
+    current: dict[str, str] = {}
+    run_requests: list[dg.RunRequest] = []
+    files = {"detection": detection_settings_file()}
+    files.update({f"label_matching:{d}": label_matching_settings_file(d) for d in DATASETS})
+    for name, path in files.items():
+        if not path.is_file():
+            context.log.warning(f"{path}: settings file is missing")
+            continue
+        digest = file_sha256(path)
+        current[name] = digest
+        if seen.get(name) == digest:
+            continue
+        if name == "detection":
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=f"detection:{digest[:16]}", asset_selection=[dg.AssetKey("detection_settings")]
+                )
+            )
+        else:
+            dataset = name.split(":", 1)[1]
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=f"{name}:{digest[:16]}",
+                    partition_key=dataset,
+                    asset_selection=[dg.AssetKey("label_matching_settings")],
+                )
+            )
+    return dg.SensorResult(run_requests=run_requests, cursor=json.dumps(current, sort_keys=True))

@@ -1,0 +1,62 @@
+"""Stage C asset: ``validations`` (optional VLM crop validation, off unless a model file enables it)."""
+
+import dagster as dg
+import pandas as pd
+
+from .. import paths
+from ..protocol.settings import ValidationSettings, load_validation_settings
+from ..stages.validation import run_validations
+from .automation import STAGE_CONDITION
+from .common import API_RETRY, VLM_POOL, api_errors, md_table, pair
+from .partitions import model_dataset_partitions
+from .resources import ModelsResource, ServicesResource
+
+
+def validation_settings_file():
+    return paths.settings_dir() / "validation" / "validation.json"
+
+
+@dg.asset(
+    partitions_def=model_dataset_partitions,
+    group_name="benchmark",
+    kinds={"parquet", "vlm"},
+    pool=VLM_POOL,
+    retry_policy=API_RETRY,
+    automation_condition=STAGE_CONDITION,
+    code_version="1",
+    description="Stage C (optional, off by default as in the paper): the validation VLM keeps, relabels or "
+    "rejects each detection from its crop. When off, detections pass through unchanged.",
+)
+def validations(
+    context: dg.AssetExecutionContext,
+    dataset_images: pd.DataFrame,
+    descriptions: pd.DataFrame,
+    masks: pd.DataFrame,
+    models: ModelsResource,
+    services: ServicesResource,
+) -> dg.Output[pd.DataFrame]:
+    _, key = pair(context)
+    _, model = models.load(key)
+    settings: ValidationSettings | None = None
+    if model.validation and model.kind == "vlm":
+        settings = load_validation_settings(validation_settings_file())
+    else:
+        context.log.info("validation is off for this model: detections pass through unchanged")
+    with api_errors():
+        table = run_validations(
+            dataset_images, descriptions, masks, settings, services.services(), log=context.log.info
+        )
+    counts = (
+        table["validation_action"].map(lambda a: str(a).split(":")[0].split(" ")[0]).value_counts().to_dict()
+    )
+    return dg.Output(
+        table,
+        metadata={
+            "dagster/row_count": len(table),
+            "validation": "on" if settings is not None else "off (pass-through)",
+            "kept": int(table["kept"].astype(bool).sum()),
+            "dropped": int((~table["kept"].astype(bool)).sum()),
+            "actions": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
+            "preview": md_table(table),
+        },
+    )

@@ -1,0 +1,199 @@
+"""Running the whole benchmark from the command line (``vlm-gist run``, ``make run``).
+
+The runs are executed in this process against the local Dagster instance, so the UI (``make dev``) shows
+them afterwards with their lineage and metadata. By default the built-in simulator answers (no keys, no
+GPU, no internet): it is started on 127.0.0.1, the simulated models are run, and every server the
+pipeline talks to (chat, label-matching LLM and embeddings, vision servers) is pointed at it for this
+process only. ``--no-simulator`` runs the real models against the configured real servers instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import paths
+
+#: Environment the pipeline reads when the simulator answers (see ``defs.common.SIMULATOR_ENV``).
+SIMULATED_KEY = "sim-local-key"
+
+
+@dataclass
+class RunReport:
+    pairs: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped_models: list[str] = field(default_factory=list)
+    leaderboard_dir: Path | None = None
+    texts: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@contextlib.contextmanager
+def patched_environ(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def simulator_environment(handle) -> dict[str, str]:
+    """Point every service at a running simulator (chat models, label-matching LLM and embeddings via the
+    "OpenAI" endpoint, vision servers), with placeholder keys."""
+    from .clients.chat import endpoint_env_var
+    from .clients.vision import vision_url_env_var
+    from .defs.common import SIMULATOR_ENV
+
+    base = handle.chat_base_url
+    env = {
+        SIMULATOR_ENV: "1",
+        endpoint_env_var("VLM-GIST simulator"): base,
+        endpoint_env_var("OpenAI"): base,
+        "VLM_GIST_SIM_API_KEY": SIMULATED_KEY,
+        "OPENAI_API_KEY": SIMULATED_KEY,
+        "NIMBRO_VISION_API_KEY": SIMULATED_KEY,
+    }
+    env.update({vision_url_env_var(family): url for family, url in handle.vision_urls.items()})
+    return env
+
+
+@contextlib.contextmanager
+def simulator(
+    datasets: dict[str, Path], *, seed: int = 0, log: Callable[[str], None] = print
+) -> Iterator[object]:
+    """Start the simulator on its default ports (any free ports when those are taken) with the model files'
+    simulator blocks, and point this process's environment at it."""
+    from .model_registry import models_dir
+    from .sim import DEFAULT_PORTS, controls_from_model_files, start_simulator
+
+    ports = {name: (port if _port_free(port) else 0) for name, port in DEFAULT_PORTS.items()}
+    files = sorted(models_dir().glob("*.json"))
+    handle = start_simulator(
+        datasets, ports=ports, seed=seed, model_controls=controls_from_model_files(files)
+    )
+    log(
+        f"simulator: chat {handle.chat_url}, vision "
+        + ", ".join(f"{k} {v}" for k, v in handle.vision_urls.items())
+    )
+    try:
+        with patched_environ(simulator_environment(handle)):
+            yield handle
+    finally:
+        handle.stop()
+
+
+def select_models(use_simulator: bool, wanted: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Model keys to run and keys skipped (real models under the simulator, simulated ones without)."""
+    from .model_registry import discover_models
+    from .protocol.settings import SettingsError, load_model_settings
+
+    models, problems = discover_models()
+    for problem in problems:
+        print(f"warning: {problem}")
+    run, skipped = [], []
+    for model in models:
+        if wanted and model.key not in wanted:
+            continue
+        try:
+            settings = load_model_settings(model.path)
+        except SettingsError as exc:
+            print(f"warning: {exc}")
+            skipped.append(model.key)
+            continue
+        (run if settings.simulated == use_simulator else skipped).append(model.key)
+    unknown = sorted(set(wanted or ()) - {m.key for m in models})
+    if unknown:
+        raise SystemExit(f"unknown model(s): {', '.join(unknown)} (files in settings/models/)")
+    return run, skipped
+
+
+def run_benchmark(
+    *,
+    instance,
+    datasets: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+    use_simulator: bool = True,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> RunReport:
+    from .datasets import resolve_dataset_dir
+    from .definitions import defs
+    from .defs.metrics import leaderboard_dir
+    from .defs.partitions import DATASETS, model_partitions, pair_key
+
+    started = time.monotonic()
+    report = RunReport()
+    datasets = list(datasets or DATASETS)
+    model_keys, report.skipped_models = select_models(use_simulator, models)
+    if report.skipped_models:
+        mode = "simulator" if use_simulator else "real servers"
+        log(
+            f"skipping {len(report.skipped_models)} model(s) not meant for the {mode}: {', '.join(report.skipped_models)}"
+        )
+    existing = set(instance.get_dynamic_partitions(model_partitions.name))
+    new = [k for k in model_keys if k not in existing]
+    if new:
+        instance.add_dynamic_partitions(model_partitions.name, new)
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+    def execute(job_name: str, partition_key: str | None, label: str) -> bool:
+        job = defs.resolve_job_def(job_name)
+        t0 = time.monotonic()
+        result = job.execute_in_process(
+            partition_key=partition_key, instance=instance, raise_on_error=False, run_config=run_config
+        )
+        status = "ok" if result.success else f"FAILED (run {result.run_id})"
+        log(f"{label}: {status} in {time.monotonic() - t0:.1f} s")
+        return result.success
+
+    context = (
+        simulator({d: resolve_dataset_dir(d, progress=log) for d in datasets}, seed=seed, log=log)
+        if use_simulator
+        else contextlib.nullcontext()
+    )
+    with context:
+        for dataset in datasets:
+            if not execute("datasets_job", dataset, f"dataset {dataset}"):
+                raise SystemExit(f"dataset {dataset!r} could not be loaded; see the log above")
+        execute("settings_job", None, "detection settings")
+        pairs = [str(pair_key(d, m)) for m in model_keys for d in datasets]
+        for i, key in enumerate(pairs, start=1):
+            report.pairs.append(key)
+            if not execute("benchmark_pair_job", key, f"[{i}/{len(pairs)}] {key}"):
+                report.failed.append(key)
+        execute("leaderboard_job", None, "leaderboard")
+    report.leaderboard_dir = leaderboard_dir()
+    for name in ("coco", "vlm_gist", "weighted"):
+        path = report.leaderboard_dir / f"{name}.txt"
+        if path.is_file():
+            report.texts[name] = path.read_text()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def default_instance():
+    import dagster as dg
+
+    home = os.environ.get("DAGSTER_HOME") or str(paths.data_dir() / "dagster_home")
+    os.environ["DAGSTER_HOME"] = home
+    os.makedirs(home, exist_ok=True)
+    return dg.DagsterInstance.get()
