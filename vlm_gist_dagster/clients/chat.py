@@ -594,9 +594,11 @@ class ChatClient:
             ended = "eof"
             while True:
                 deadline, reason, seconds = watchdog(got_chunk, last_chunk)
-                wait = None if deadline == _INF else max(0.0, deadline - loop.time())
                 try:
-                    line = await asyncio.wait_for(iterator.__anext__(), timeout=wait)
+                    # asyncio.timeout_at, not wait_for: wait_for wraps every line in a new task, which was a
+                    # tenth of the client's CPU per streamed response (benchmarks/description_throughput.py).
+                    async with asyncio.timeout_at(None if deadline == _INF else deadline):
+                        line = await iterator.__anext__()
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
