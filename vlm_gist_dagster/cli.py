@@ -25,11 +25,13 @@ def run(args: argparse.Namespace) -> int:
         models=args.models,
         use_simulator=not args.no_simulator,
         seed=args.seed,
+        only_missing=args.only_missing,
     )
     for name, text in report.texts.items():
         print(f"\n{name}\n{text}")
     print(
         f"\n{len(report.pairs) - len(report.failed)}/{len(report.pairs)} (dataset, model) pairs done in {report.seconds:.0f} s"
+        + (f" ({len(report.up_to_date)} already up to date)" if report.up_to_date else "")
     )
     if report.failed:
         print(f"failed: {', '.join(report.failed)} (see their runs in the UI)", file=sys.stderr)
@@ -131,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-simulator", action="store_true", help="run the real models against real servers (keys needed)"
     )
     p_run.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    p_run.add_argument(
+        "--only-missing",
+        action="store_true",
+        help="run only pairs without metrics (new models, failed pairs) or whose model settings file changed, "
+        "then the leaderboard; default: re-run every pair (cached calls are free)",
+    )
     p_run.set_defaults(func=run)
     p_dev = sub.add_parser(
         "dev", help="open the Dagster UI on the local instance, with the simulator running"

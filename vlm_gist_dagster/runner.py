@@ -31,6 +31,8 @@ class RunReport:
     leaderboard_dir: Path | None = None
     texts: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Pairs left as they are by ``only_missing`` (metrics present, model settings unchanged).
+    up_to_date: list[str] = field(default_factory=list)
 
 
 def _port_free(port: int) -> bool:
@@ -133,8 +135,21 @@ def run_benchmark(
     models: Sequence[str] | None = None,
     use_simulator: bool = True,
     seed: int = 0,
+    only_missing: bool = False,
     log: Callable[[str], None] = print,
 ) -> RunReport:
+    """Run the benchmark into ``instance``: dataset tables, settings, every selected (dataset, model)
+    pair, then the leaderboard.
+
+    By default every pair is re-materialised (the response cache makes repeated calls free, and
+    changed detection / label-matching settings take effect). ``only_missing`` runs only what the
+    nightly schedule would (``defs.schedules.pairs_to_refresh``): pairs without ``metrics`` (a new
+    model, a failed pair) and pairs whose model settings file changed since their descriptions; dataset
+    tables and settings only when they were never materialised; the leaderboard only when a pair ran or
+    it is missing. Adding one model to a large benchmark then costs its own pairs, not a re-run.
+    """
+    import dagster as dg
+
     from .datasets import resolve_dataset_dir
     from .definitions import defs
     from .defs.metrics import leaderboard_dir
@@ -170,17 +185,36 @@ def run_benchmark(
         if use_simulator
         else contextlib.nullcontext()
     )
+    pairs = [str(pair_key(d, m)) for m in model_keys for d in datasets]
+    run_datasets, run_settings, run_leaderboard = list(datasets), True, True
+    if only_missing:
+        from .defs.schedules import pairs_to_refresh
+
+        todo = {key for key, _ in pairs_to_refresh(instance)}
+        report.up_to_date = [key for key in pairs if key not in todo]
+        pairs = [key for key in pairs if key in todo]
+        materialized = instance.get_materialized_partitions(dg.AssetKey("dataset_images"))
+        run_datasets = [d for d in datasets if d not in materialized]
+        run_settings = not instance.has_asset_key(dg.AssetKey("detection_settings"))
+        run_leaderboard = bool(pairs) or not instance.has_asset_key(dg.AssetKey("leaderboard"))
+        log(
+            f"only missing: {len(pairs)} pair(s) to run, {len(report.up_to_date)} up to date"
+            + (f": {', '.join(pairs)}" if pairs else "")
+        )
+    if not (run_datasets or run_settings or pairs or run_leaderboard):
+        context = contextlib.nullcontext()  # nothing to do: no simulator either
     with context:
-        for dataset in datasets:
+        for dataset in run_datasets:
             if not execute("datasets_job", dataset, f"dataset {dataset}"):
                 raise SystemExit(f"dataset {dataset!r} could not be loaded; see the log above")
-        execute("settings_job", None, "detection settings")
-        pairs = [str(pair_key(d, m)) for m in model_keys for d in datasets]
+        if run_settings:
+            execute("settings_job", None, "detection settings")
         for i, key in enumerate(pairs, start=1):
             report.pairs.append(key)
             if not execute("benchmark_pair_job", key, f"[{i}/{len(pairs)}] {key}"):
                 report.failed.append(key)
-        execute("leaderboard_job", None, "leaderboard")
+        if run_leaderboard:
+            execute("leaderboard_job", None, "leaderboard")
     report.leaderboard_dir = leaderboard_dir()
     for name in ("coco", "vlm_gist", "weighted"):
         path = report.leaderboard_dir / f"{name}.txt"
