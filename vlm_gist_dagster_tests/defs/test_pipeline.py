@@ -1,0 +1,361 @@
+"""The whole benchmark graph through Dagster, on the simulator: two simulated VLMs (sim_strong,
+sim_medium) on both datasets, in-process on a temp instance, as ``vlm-gist run`` runs it.
+
+* The leaderboard's rows and text files equal the paper's evaluation run directly on the stored Parquet
+  files (``protocol.evaluation.evaluate`` + ``protocol.columns.metadata_columns``, with the glue written
+  here from spec/evaluation.md, not taken from ``stages.metrics``), and one pair's P/R/F1/TP/FP/FN/mAP
+  equal FiftyOne's ``evaluate_detections`` (the paper's evaluation) on the stored predictions.
+* The leaderboard's files (paper-format text, Markdown, CSV, PNG renderings, plots) are written.
+* A backfill over the two model partitions launched with the real CLI (``dagster job backfill``, no
+  daemon: the instance uses the synchronous run launcher) makes one run per (dataset, model) partition,
+  reproduces the tables and makes no model or vision call (everything comes from the response cache).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+from dagster._core.instance.ref import InstanceRef
+from PIL import Image
+
+from vlm_gist_dagster.protocol.columns import metadata_columns
+from vlm_gist_dagster.protocol.evaluation import evaluate
+
+from .conftest import DATASETS, PAIR_ASSETS, Bench, pair_keys, run_inputs, run_job
+
+MODELS = ("sim_strong", "sim_medium")
+DISPLAY = {"sim_strong": "Sim strong (simulated)", "sim_medium": "Sim medium (simulated)"}
+COLUMNS = ("f1", "rec", "prec", "map", "ins", "mat", "time", "fail", "ret")
+#: Per-pair columns that measure wall-clock time, so they differ between two runs of the same pair.
+TIMING = {"duration_s", "attempt_log_json", "from_cache"}
+#: Without a daemon: the default (not queued) run coordinator launches submitted runs at once, and the
+#: synchronous run launcher executes them in the submitting process (the CLI).
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+run_launcher:
+  module: dagster._core.launcher.sync_in_memory_run_launcher
+  class: SyncInMemoryRunLauncher
+"""
+#: The code location the CLI loads: the project's definitions with the in-process executor, so that each
+#: run executes its seven steps in one process (the default multiprocess executor starts a Python process
+#: per step, ~1.5 s each here, which is all this test would measure).
+CODE_LOCATION = """\
+import dagster as dg
+
+from vlm_gist_dagster.definitions import build_definitions
+
+defs = dg.Definitions.merge(build_definitions(), dg.Definitions(executor=dg.in_process_executor))
+"""
+
+
+@pytest.fixture(scope="module")
+def full_run(simulator, tmp_path_factory):
+    bench = Bench.create(tmp_path_factory.mktemp("full"), MODELS)
+    (bench.home / "dagster.yaml").write_text(DAGSTER_YAML)
+    with bench.activated():
+        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(bench.home)))
+        try:
+            defs = bench.definitions()
+            instance.add_dynamic_partitions("models", list(MODELS))
+            run_inputs(defs, instance)
+            for key in pair_keys(MODELS):
+                run_job(defs, instance, "benchmark_pair_job", key)
+            run_job(defs, instance, "leaderboard_job")
+            yield bench, instance
+        finally:
+            instance.dispose()
+
+
+def independent_metrics(bench: Bench, dataset: str, model: str) -> dict[str, float]:
+    """The nine columns (and TP/FP/FN) from the stored Parquet files, as spec/evaluation.md §2 defines
+    them: predictions = the label-matched detections, labelled with their dataset match (unmatched ones
+    are dropped, gotcha 1); Mat. counts accepted / rejected labels per label-matched image."""
+    gt = bench.read("ground_truth", dataset)
+    descriptions = bench.read("descriptions", dataset, model)
+    detection_images = bench.read("detection_images", dataset, model)
+    matches = bench.read("label_matches", dataset, model)
+    matched = matches[matches["dataset_match"].notna()]
+    predictions = pd.DataFrame(
+        {
+            "image_id": matched["image_id"],
+            "label": matched["dataset_match"],
+            "x": matched["x"],
+            "y": matched["y"],
+            "w": matched["w"],
+            "h": matched["h"],
+            "confidence": matched["confidence"],
+        }
+    ).reset_index(drop=True)
+    result = evaluate(gt, predictions, coco_standard=False)
+    considered = matches[~matches["skipped"].astype(bool)]
+    per_image = (
+        considered.assign(accepted=considered["dataset_match"].notna())
+        .groupby("image_id")["accepted"]
+        .agg(accepted="sum", total="size")
+        .reset_index()
+    )
+    per_image["rejected"] = per_image["total"] - per_image["accepted"]
+    per_image = per_image[["image_id", "accepted", "rejected"]]
+    columns = metadata_columns(descriptions, detection_images, per_image)
+    return {
+        "f1": result["fscore"],
+        "rec": result["recall"],
+        "prec": result["precision"],
+        "map": result["mAP"] if result["mAP_available"] else math.nan,
+        "ins": columns.ins,
+        "mat": columns.mat,
+        "time": columns.time,
+        "fail": columns.fail,
+        "ret": columns.ret,
+        "tp": result["tp"],
+        "fp": result["fp"],
+        "fn": result["fn"],
+    }
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-12)
+
+
+def half_up(x: float, decimals: int) -> str:
+    """The paper's rounding (nimbro_utils format_number): half-up on the shortest repr."""
+    if math.isnan(x):
+        return "nan"
+    return str(Decimal(str(x)).quantize(Decimal(10) ** -decimals, rounding=ROUND_HALF_UP))
+
+
+def parse_text_table(text: str) -> dict[str, list[str]]:
+    """``name -> [F1, Rec, Prec, mAP, Ins, Mat, Time, Fail, Ret]`` cells of a paper-format table."""
+    lines = text.splitlines()
+    assert lines[0].startswith("Model") and set(lines[1]) == {"-"}, text
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.replace("||", "|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_every_pair_and_the_leaderboard_were_materialised(full_run):
+    bench, instance = full_run
+    for asset in PAIR_ASSETS:
+        materialised = instance.get_materialized_partitions(dg.AssetKey(asset))
+        assert materialised == set(pair_keys(MODELS)), asset
+        for dataset in DATASETS:
+            for model in MODELS:
+                assert (bench.assets_dir / asset / dataset / f"{model}.parquet").is_file()
+    assert (bench.assets_dir / "leaderboard.parquet").is_file()
+    # every image of each dataset has one descriptions row and one detection_images row
+    for dataset in DATASETS:
+        images = set(bench.read("dataset_images", dataset)["image_id"])
+        for model in MODELS:
+            assert set(bench.read("descriptions", dataset, model)["image_id"]) == images
+            assert set(bench.read("detection_images", dataset, model)["image_id"]) == images
+
+
+def test_leaderboard_equals_the_evaluation_run_on_the_stored_parquet(full_run):
+    bench, _ = full_run
+    board = bench.read("leaderboard")
+    expected = {(d, m): independent_metrics(bench, d, m) for d in DATASETS for m in MODELS}
+    assert sorted(board["table"].unique()) == ["coco", "vlm_gist", "weighted"]
+    for dataset in DATASETS:
+        rows = board[board["table"] == dataset].set_index("model")
+        assert sorted(rows.index) == sorted(MODELS)
+        for model in MODELS:
+            assert rows.loc[model, "name"] == DISPLAY[model]
+            for column in COLUMNS:
+                value = expected[dataset, model][column]
+                assert same(rows.loc[model, column], value), (dataset, model, column)
+        # ranks follow F1, best first
+        ranked = rows.sort_values("rank")
+        assert list(ranked["rank"]) == [1, 2]
+        assert ranked["f1"].iloc[0] >= ranked["f1"].iloc[1]
+    # Weighted table: 0.5 * COCO + 0.5 * VLM-GIST of every unrounded column (spec §3)
+    weighted = board[board["table"] == "weighted"].set_index("model")
+    for model in MODELS:
+        for column in COLUMNS:
+            value = 0.5 * expected["coco", model][column] + 0.5 * expected["vlm_gist", model][column]
+            assert same(weighted.loc[model, column], value), (model, column)
+    # sanity of the simulated models: strong beats medium on both datasets (recall 0.92 vs 0.75)
+    for dataset in DATASETS:
+        assert expected[dataset, "sim_strong"]["f1"] > expected[dataset, "sim_medium"]["f1"]
+        assert 0 < expected[dataset, "sim_medium"]["f1"] < 1
+
+
+def test_metrics_rows_carry_tp_fp_fn_of_the_evaluation(full_run):
+    bench, _ = full_run
+    for dataset in DATASETS:
+        for model in MODELS:
+            row = bench.read("metrics", dataset, model).iloc[0]
+            expected = independent_metrics(bench, dataset, model)
+            assert (row["tp"], row["fp"], row["fn"]) == (expected["tp"], expected["fp"], expected["fn"])
+            assert row["num_images"] == len(bench.read("dataset_images", dataset))
+            assert row["dataset"] == dataset and row["model"] == model
+
+
+def test_leaderboard_text_files_show_the_recomputed_numbers(full_run):
+    bench, _ = full_run
+    expected = {(d, m): independent_metrics(bench, d, m) for d in DATASETS for m in MODELS}
+    formats = {"f1": 3, "rec": 3, "prec": 3, "map": 3, "ins": 1, "mat": 2, "time": 1, "fail": 2, "ret": 2}
+    for table in ("coco", "vlm_gist", "weighted"):
+        text = (bench.leaderboard_dir / f"{table}.txt").read_text()
+        rows = parse_text_table(text)
+        assert sorted(rows) == sorted(DISPLAY.values())
+        for model in MODELS:
+            if table == "weighted":
+                coco, vlm_gist = expected["coco", model], expected["vlm_gist", model]
+                values = {c: 0.5 * coco[c] + 0.5 * vlm_gist[c] for c in COLUMNS}
+            else:
+                values = expected[table, model]
+            cells = dict(zip(COLUMNS, rows[DISPLAY[model]]))
+            for column, decimals in formats.items():
+                shown = cells[column].removesuffix("s") if column == "time" else cells[column]
+                assert shown == half_up(values[column], decimals), (table, model, column, cells)
+        # rows in descending F1 order (spec §4: the table is sorted by F1)
+        f1s = [float(cells[0]) for cells in rows.values()]
+        assert f1s == sorted(f1s, reverse=True)
+
+
+def test_leaderboard_files_are_written(full_run):
+    bench, _ = full_run
+    directory = bench.leaderboard_dir
+    for name in ("coco.txt", "vlm_gist.txt", "weighted.txt", "leaderboard.md", "leaderboard.csv"):
+        assert (directory / name).stat().st_size > 0, name
+    markdown = (directory / "leaderboard.md").read_text()
+    for title in ("### COCO minival (subset)", "### VLM-GIST", "### Weighted"):
+        assert title in markdown
+    assert all(name in markdown for name in DISPLAY.values())
+    assert "Missing" not in markdown  # all four pairs have metrics
+    csv = pd.read_csv(directory / "leaderboard.csv")
+    assert len(csv) == 3 * len(MODELS)
+    pngs = ("coco", "vlm_gist", "weighted", "f1_per_model", "precision_recall", "f1_time")
+    for png in (f"{name}.png" for name in pngs):
+        with Image.open(directory / png) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 50, png
+
+
+def test_one_pair_agrees_with_fiftyone_evaluate_detections(full_run):
+    """P/R/F1, TP/FP/FN and mAP of coco|sim_medium (the weaker model: more FPs and FNs) from FiftyOne's
+    ``evaluate_detections(method="coco", compute_mAP=True)`` on the stored GT and matched predictions."""
+    import fiftyone as fo
+
+    bench, _ = full_run
+    dataset_name, model = "coco", "sim_medium"
+    images = bench.read("dataset_images", dataset_name)
+    gt = bench.read("ground_truth", dataset_name)
+    matches = bench.read("label_matches", dataset_name, model)
+    matched = matches[matches["dataset_match"].notna()]
+    row = bench.read("metrics", dataset_name, model).iloc[0]
+
+    fo.config.show_progress_bars = False
+    dataset = fo.Dataset()
+    try:
+        samples = []
+        for image in images.itertuples():
+            sample = fo.Sample(filepath=image.path)
+            sample["ground_truth"] = fo.Detections(
+                detections=[
+                    fo.Detection(label=r.label, bounding_box=[r.x, r.y, r.w, r.h], iscrowd=int(r.iscrowd))
+                    for r in gt[gt["image_id"] == image.image_id].itertuples()
+                ]
+            )
+            sample["predictions"] = fo.Detections(
+                detections=[
+                    fo.Detection(
+                        label=r.dataset_match, bounding_box=[r.x, r.y, r.w, r.h], confidence=r.confidence
+                    )
+                    for r in matched[matched["image_id"] == image.image_id].itertuples()
+                ]
+            )
+            samples.append(sample)
+        dataset.add_samples(samples)
+        results = dataset.evaluate_detections(
+            "predictions", gt_field="ground_truth", eval_key="eval", method="coco", compute_mAP=True
+        )
+        reference = results.metrics()
+        tp, fp, fn = (int(dataset.sum(f"eval_{k}")) for k in ("tp", "fp", "fn"))
+        reference_map = results.mAP()
+    finally:
+        dataset.delete()
+    assert (row["tp"], row["fp"], row["fn"]) == (tp, fp, fn)
+    assert fp > 0 and fn > 0  # the comparison is not vacuous
+    assert row["prec"] == pytest.approx(reference["precision"], abs=1e-12)
+    assert row["rec"] == pytest.approx(reference["recall"], abs=1e-12)
+    assert row["f1"] == pytest.approx(reference["fscore"], abs=1e-12)
+    assert row["map"] == pytest.approx(reference_map, abs=1e-12)
+
+
+def test_cli_backfill_over_two_model_partitions(full_run, simulator):
+    """A user backfills both models from the command line (one run per (dataset, model) partition):
+
+        dagster job backfill -m vlm_gist_dagster.definitions -j benchmark_pair_job \\
+            --partitions "vlm_gist|sim_strong,coco|sim_strong,vlm_gist|sim_medium,coco|sim_medium" --noprompt
+
+    With the default (not queued) run coordinator the CLI launches the runs itself (no daemon); this
+    instance's synchronous run launcher executes them inside the CLI process. The code location is the
+    project's definitions with the in-process executor (``CODE_LOCATION``). (``dg launch --job
+    benchmark_pair_job --partition "coco|sim_strong"`` runs one partition.) The runs re-use the response
+    cache of the first run: the simulator sees no chat, embeddings or vision inference request, and the
+    tables are equal."""
+    bench, instance = full_run
+    keys = pair_keys(MODELS)
+    before = {(a, k): _pair_table(bench, a, k) for a in PAIR_ASSETS for k in keys}
+    mtimes = {k: _descriptions_file(bench, k).stat().st_mtime_ns for k in keys}
+    log_start = len(simulator.request_log)
+    dagster_cli = Path(sys.executable).with_name("dagster")
+    location = bench.root / "code_location.py"
+    location.write_text(CODE_LOCATION)
+    completed = subprocess.run(
+        [
+            str(dagster_cli), "job", "backfill", "-f", str(location), "-j", "benchmark_pair_job",
+            "--partitions", ",".join(keys), "--noprompt",
+        ],
+        env={**os.environ, "DAGSTER_HOME": str(bench.home)},
+        cwd=bench.root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    assert "Launched backfill job" in completed.stdout
+
+    backfills = instance.get_backfills()
+    assert len(backfills) == 1
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfills[0].backfill_id}))
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(keys)
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [r.status for r in runs]
+    assert all(r.job_name == "benchmark_pair_job" for r in runs)
+
+    # the files were rewritten by the backfill and hold the same tables
+    for key in keys:
+        assert _descriptions_file(bench, key).stat().st_mtime_ns > mtimes[key]
+    for (asset, key), table in before.items():
+        pd.testing.assert_frame_equal(_pair_table(bench, asset, key), table, obj=f"{asset} {key}")
+    # no new model work: only the vision servers' /status probes (none at all when the cache answers)
+    new = Counter((r.server, r.path) for r in simulator.request_log.snapshot()[log_start:])
+    work = ("/v1/chat/completions", "/v1/embeddings", "/infer", "/update")
+    paid = {k: n for k, n in new.items() if k[1] in work}
+    assert paid == {}, new
+
+
+def _descriptions_file(bench: Bench, key: str) -> Path:
+    dataset, model = key.split("|")
+    return bench.assets_dir / "descriptions" / dataset / f"{model}.parquet"
+
+
+def _pair_table(bench: Bench, asset: str, key: str) -> pd.DataFrame:
+    dataset, model = key.split("|")
+    table = bench.read(asset, dataset, model)
+    return table.drop(columns=[c for c in table.columns if c in TIMING])
