@@ -1,8 +1,8 @@
 """Declarative automation: what recomputes when.
 
-* ``descriptions`` run ``on_missing``: a new model (or dataset) partition is described once; VLM calls
-  are never repeated just because an upstream asset was re-materialised (the nightly schedule and the
-  model sensor ask for refreshes explicitly).
+* ``descriptions`` (and the dataset tables) run once when missing (``MISSING_CONDITION``): a new model (or
+  dataset) partition is described once; VLM calls are never repeated just because an upstream asset was
+  re-materialised (the nightly schedule and the model sensor ask for refreshes explicitly).
 * every stage below runs ``eager``: when its inputs change (new descriptions, new detection or
   label-matching settings) it recomputes, partition by partition.
 * the ``leaderboard`` is eager *without* the "no missing dependencies" clause, and loads the metrics
@@ -11,7 +11,23 @@
 
 import dagster as dg
 
-DESCRIPTIONS_CONDITION = dg.AutomationCondition.on_missing()
+#: ``AutomationCondition.on_missing()`` without its reset on the *initial evaluation*. ``on_missing()`` only
+#: requests partitions that become missing after the automation sensor first evaluated the asset; the
+#: partitions that already exist and are missing then are never requested. Which partitions those are
+#: depends on whether ``model_settings_sensor`` or the automation sensor ticks first on a fresh instance
+#: (``vlm-gist dev``), and the dataset tables, which nothing else materialises, would always be among them.
+#: Here a partition missing at the first evaluation counts as newly missing: it is requested once, like a
+#: partition added later. It is still requested only once (not again while it stays missing, e.g. after a
+#: failed run): the trigger is "missing became true", remembered until the partition is requested or
+#: updated.
+MISSING_CONDITION = (
+    dg.AutomationCondition.missing()
+    .newly_true()
+    .since(dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated())
+    .with_label("missing_since_last_requested")
+    & ~dg.AutomationCondition.any_deps_missing()
+).with_label("missing (initial evaluation included)")
+DESCRIPTIONS_CONDITION = MISSING_CONDITION
 STAGE_CONDITION = dg.AutomationCondition.eager()
 LEADERBOARD_CONDITION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
+from .automation import MISSING_CONDITION
 from .metadata import column_schema, counts_table, preview
 from .partitions import dataset_partitions
 from .resources import DatasetsResource
@@ -32,11 +33,13 @@ GROUND_TRUTH_COLUMN_DOCS = {
             description="One row per image of the dataset: id, file, size, content hash.",
             kinds={"parquet", "pandas"},
             group_name="datasets",
+            automation_condition=MISSING_CONDITION,
         ),
         "ground_truth": dg.AssetOut(
             description="One row per ground-truth instance: label, relative xywh box, COCO RLE mask, iscrowd.",
             kinds={"parquet", "pandas"},
             group_name="datasets",
+            automation_condition=MISSING_CONDITION,
         ),
     },
     partitions_def=dataset_partitions,

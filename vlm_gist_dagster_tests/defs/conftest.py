@@ -201,3 +201,24 @@ def run_inputs(
 
 def pair_keys(models: Sequence[str], datasets: Sequence[str] = DATASETS) -> list[str]:
     return [str(pair_key(d, m)) for m in models for d in datasets]
+
+
+def tick_model_sensor(
+    bench: Bench, instance: dg.DagsterInstance, cursor: str | None = None
+) -> dg.SensorResult:
+    """One tick of ``model_settings_sensor`` on ``bench``'s models folder (its ``models`` resource)."""
+    from vlm_gist_dagster.defs.sensors import model_settings_sensor
+
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"models": bench.resources()["models"]}
+    )
+    result = model_settings_sensor(context)
+    assert isinstance(result, dg.SensorResult), result
+    return result
+
+
+def apply_partition_requests(instance: dg.DagsterInstance, result: dg.SensorResult) -> None:
+    """What the daemon does with a sensor's dynamic partition requests."""
+    for request in result.dynamic_partitions_requests or []:
+        assert isinstance(request, dg.AddDynamicPartitionsRequest), request
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
