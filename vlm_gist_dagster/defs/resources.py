@@ -34,6 +34,14 @@ class ModelsResource(dg.ConfigurableResource):
 
     models_dir: str | None = None
 
+    def directory(self) -> Path:
+        """The models folder: ``models_dir`` when configured, else ``$VLM_GIST_MODELS_DIR`` /
+        ``settings/models``. The sensor and the schedule read it too, so they see the files the assets
+        load."""
+        from ..model_registry import models_dir
+
+        return Path(self.models_dir).expanduser().resolve() if self.models_dir else models_dir()
+
     def load(self, key: str):
         """``(ModelFile, ModelSettings)`` of model partition ``key``; a Failure that no retry can fix
         when the file is gone or invalid."""
@@ -41,7 +49,7 @@ class ModelsResource(dg.ConfigurableResource):
         from ..protocol.settings import SettingsError, load_model_settings
 
         try:
-            found = find_model(key, Path(self.models_dir) if self.models_dir else None)
+            found = find_model(key, self.directory())
             return found, load_model_settings(found.path)
         except (ModelRegistryError, SettingsError) as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc

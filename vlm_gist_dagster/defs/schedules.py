@@ -11,8 +11,11 @@ itself; spec/dagster.md §1.12.)
 
 import dagster as dg
 
+from pathlib import Path
+
 from ..model_registry import discover_models, models_dir
 from .partitions import model_dataset_partitions
+from .resources import ModelsResource
 from .sensors import PAIR_ASSETS
 
 #: Metadata key under which ``descriptions`` records the sha256 of the model settings file it used.
@@ -29,9 +32,12 @@ def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -
     return dict(materialization.metadata) if materialization else None
 
 
-def pairs_to_refresh(instance: dg.DagsterInstance) -> list[tuple[str, str]]:
-    """``(partition key, reason)`` for every pair whose metrics are missing or whose settings changed."""
-    current = {m.key: m.sha256 for m in discover_models(models_dir())[0]}
+def pairs_to_refresh(
+    instance: dg.DagsterInstance, directory: Path | None = None
+) -> list[tuple[str, str]]:
+    """``(partition key, reason)`` for every pair whose metrics are missing or whose settings changed;
+    model files from ``directory`` (default ``$VLM_GIST_MODELS_DIR`` / ``settings/models``)."""
+    current = {m.key: m.sha256 for m in discover_models(directory or models_dir())[0]}
     materialized = instance.get_materialized_partitions(dg.AssetKey("metrics"))
     out: list[tuple[str, str]] = []
     for key in model_dataset_partitions.get_partition_keys(dynamic_partitions_store=instance):
@@ -57,9 +63,11 @@ def pairs_to_refresh(instance: dg.DagsterInstance) -> list[tuple[str, str]]:
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Nightly refresh: missing and stale (dataset, model) pairs, then (by automation) the leaderboard.",
 )
-def nightly_benchmark_schedule(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
+def nightly_benchmark_schedule(
+    context: dg.ScheduleEvaluationContext, models: ModelsResource
+) -> dg.SkipReason | list[dg.RunRequest]:
     date = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    todo = pairs_to_refresh(context.instance)
+    todo = pairs_to_refresh(context.instance, models.directory())
     if not todo:
         return dg.SkipReason("every (dataset, model) pair is up to date")
     return [

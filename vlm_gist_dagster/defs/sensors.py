@@ -13,9 +13,10 @@ import json
 
 import dagster as dg
 
-from ..model_registry import discover_models, models_dir
+from ..model_registry import discover_models
 
 from .partitions import DATASETS, model_partitions, pair_key
+from .resources import ModelsResource
 from .settings_assets import detection_settings_file, file_sha256, label_matching_settings_file
 
 #: Per-pair assets refreshed when a model's settings file changes.
@@ -45,15 +46,17 @@ def _load_cursor(cursor: str | None) -> dict[str, str]:
     asset_selection=dg.AssetSelection.assets(*PAIR_ASSETS),
     description="Adds a models partition for every new settings/models/*.json and refreshes edited models.",
 )
-def model_settings_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+def model_settings_sensor(
+    context: dg.SensorEvaluationContext, models: ModelsResource
+) -> dg.SensorResult | dg.SkipReason:
     seen = _load_cursor(context.cursor)
-    models, problems = discover_models(models_dir())
+    found, problems = discover_models(models.directory())
     for problem in problems:
         context.log.warning(problem)
 
     existing = set(context.instance.get_dynamic_partitions(model_partitions.name))
-    new_keys = [m.key for m in models if m.key not in existing]
-    changed = [m for m in models if m.key in existing and m.key in seen and seen[m.key] != m.sha256]
+    new_keys = [m.key for m in found if m.key not in existing]
+    changed = [m for m in found if m.key in existing and m.key in seen and seen[m.key] != m.sha256]
     run_requests = [
         dg.RunRequest(
             run_key=f"{m.key}:{m.sha256[:16]}:{dataset}",
@@ -64,9 +67,9 @@ def model_settings_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
         for m in changed
         for dataset in DATASETS
     ]
-    cursor = json.dumps({m.key: m.sha256 for m in models}, sort_keys=True)
+    cursor = json.dumps({m.key: m.sha256 for m in found}, sort_keys=True)
     if not new_keys and not run_requests:
-        return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(f"{len(models)} models, no change"))
+        return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(f"{len(found)} models, no change"))
     if new_keys:
         context.log.info(f"New model partitions: {', '.join(new_keys)}")
     return dg.SensorResult(
