@@ -155,7 +155,10 @@ def _decode(data: bytes, what: str) -> np.ndarray:
 
 def _encode(image: np.ndarray, suffix: str, png_compression_level: int) -> tuple[bytes, str]:
     suffix = suffix.lower() if suffix.lower() in _CV2_SUFFIXES else ".png"
-    ok, buffer = cv2.imencode(suffix, image, [cv2.IMWRITE_PNG_COMPRESSION, png_compression_level])
+    # The compression level only for PNG: other encoders ignore it, but OpenCV warns on every call
+    # ("imencodeWithMetadata An unsupported key(16)"), once per re-encoded JPEG in the run logs.
+    params = [cv2.IMWRITE_PNG_COMPRESSION, png_compression_level] if suffix == ".png" else []
+    ok, buffer = cv2.imencode(suffix, image, params)
     if not ok:
         raise ImageError(f"cv2 failed to encode an image as {suffix}")
     encoding = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".tif": "tiff"}.get(suffix, suffix[1:])
