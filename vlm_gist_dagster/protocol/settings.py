@@ -119,6 +119,11 @@ def _settings_error(
         msg = str(error["msg"])
         for noise in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(noise)
+        value = error.get("input")
+        if "got" not in msg and isinstance(value, (str, int, float, bool)) and error["type"] != "missing":
+            # pydantic says what it wanted, not what it found: "key 'retry': … valid integer, got 'three'"
+            shown = repr(value)
+            msg += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
         messages.append(f"key '{key}': {msg}" if key else msg)
     return SettingsError(file, first_key, "; ".join(messages))
 
