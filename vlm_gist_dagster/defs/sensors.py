@@ -31,12 +31,26 @@ PAIR_ASSETS = (
 )
 
 
-def _load_cursor(cursor: str | None) -> dict[str, str]:
+def _load_cursor(cursor: str | None) -> tuple[dict[str, str], dict[str, int]]:
+    """``(content hash per file, changes acted on per file)``. The change count goes into run keys:
+    Dagster launches at most one run per run key and sensor, so a key made of the content hash alone
+    would silently drop a change back to an earlier content (A -> B -> A -> B: the second B). Cursors of
+    the first version (the hash map alone) are still read."""
     try:
         value = json.loads(cursor) if cursor else {}
     except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        return {}, {}
+    if not isinstance(value, dict):
+        return {}, {}
+    if isinstance(value.get("sha256"), dict):
+        changes = value.get("changes")
+        changes = changes if isinstance(changes, dict) else {}
+        return dict(value["sha256"]), {str(k): int(v) for k, v in changes.items()}
+    return value, {}
+
+
+def _dump_cursor(hashes: dict[str, str], changes: dict[str, int]) -> str:
+    return json.dumps({"sha256": hashes, "changes": changes}, sort_keys=True)
 
 
 @dg.sensor(
@@ -49,7 +63,7 @@ def _load_cursor(cursor: str | None) -> dict[str, str]:
 def model_settings_sensor(
     context: dg.SensorEvaluationContext, models: ModelsResource
 ) -> dg.SensorResult | dg.SkipReason:
-    seen = _load_cursor(context.cursor)
+    seen, changes = _load_cursor(context.cursor)
     found, problems = discover_models(models.directory())
     for problem in problems:
         context.log.warning(problem)
@@ -57,9 +71,11 @@ def model_settings_sensor(
     existing = set(context.instance.get_dynamic_partitions(model_partitions.name))
     new_keys = [m.key for m in found if m.key not in existing]
     changed = [m for m in found if m.key in existing and m.key in seen and seen[m.key] != m.sha256]
+    for m in changed:
+        changes[m.key] = changes.get(m.key, 0) + 1
     run_requests = [
         dg.RunRequest(
-            run_key=f"{m.key}:{m.sha256[:16]}:{dataset}",
+            run_key=f"{m.key}:{changes[m.key]}:{m.sha256[:16]}:{dataset}",
             partition_key=pair_key(dataset, m.key),
             asset_selection=[dg.AssetKey(a) for a in PAIR_ASSETS],
             tags={"vlm_gist/trigger": "model_settings_changed", "vlm_gist/model": m.key},
@@ -67,7 +83,7 @@ def model_settings_sensor(
         for m in changed
         for dataset in DATASETS
     ]
-    cursor = json.dumps({m.key: m.sha256 for m in found}, sort_keys=True)
+    cursor = _dump_cursor({m.key: m.sha256 for m in found}, changes)
     if not new_keys and not run_requests:
         return dg.SensorResult(cursor=cursor, skip_reason=dg.SkipReason(f"{len(found)} models, no change"))
     if new_keys:
@@ -87,7 +103,7 @@ def model_settings_sensor(
     description="Re-materialises the detection / label-matching settings assets when their files change.",
 )
 def settings_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    seen = _load_cursor(context.cursor)
+    seen, changes = _load_cursor(context.cursor)
     current: dict[str, str] = {}
     run_requests: list[dg.RunRequest] = []
     files = {"detection": detection_settings_file()}
@@ -100,19 +116,21 @@ def settings_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         current[name] = digest
         if seen.get(name) == digest:
             continue
+        changes[name] = changes.get(name, 0) + 1
         if name == "detection":
             run_requests.append(
                 dg.RunRequest(
-                    run_key=f"detection:{digest[:16]}", asset_selection=[dg.AssetKey("detection_settings")]
+                    run_key=f"detection:{changes[name]}:{digest[:16]}",
+                    asset_selection=[dg.AssetKey("detection_settings")],
                 )
             )
         else:
             dataset = name.split(":", 1)[1]
             run_requests.append(
                 dg.RunRequest(
-                    run_key=f"{name}:{digest[:16]}",
+                    run_key=f"{name}:{changes[name]}:{digest[:16]}",
                     partition_key=dataset,
                     asset_selection=[dg.AssetKey("label_matching_settings")],
                 )
             )
-    return dg.SensorResult(run_requests=run_requests, cursor=json.dumps(current, sort_keys=True))
+    return dg.SensorResult(run_requests=run_requests, cursor=_dump_cursor(current, changes))

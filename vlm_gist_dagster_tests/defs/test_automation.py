@@ -20,6 +20,8 @@ from collections.abc import Iterable
 import dagster as dg
 import pytest
 
+from vlm_gist_dagster.definitions import ASSETS
+from vlm_gist_dagster.defs.metrics import leaderboard
 from vlm_gist_dagster.defs.settings_assets import detection_settings, label_matching_settings
 
 from .conftest import DATASETS, PAIR_ASSETS, Bench, apply_partition_requests, pair_keys, tick_model_sensor
@@ -171,10 +173,11 @@ def test_a_failed_pair_does_not_block_the_leaderboard(bench: Bench):
 def test_with_plain_eager_the_failed_pair_would_block_the_leaderboard(bench: Bench):
     """The control for the test above: ``eager()`` waits for every metrics partition, which is why the
     leaderboard's condition drops ``~any_deps_missing()``."""
-    defs = bench.definitions().map_resolved_asset_specs(
-        func=lambda spec: spec.replace_attributes(automation_condition=dg.AutomationCondition.eager()),
-        selection="leaderboard",
+    eager = leaderboard.map_asset_specs(
+        lambda spec: spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
     )
+    assets = [eager if a is leaderboard else a for a in ASSETS]
+    defs = dg.Definitions(assets=assets, resources=bench.definitions().resources)
     assert _leaderboard_after_one_pair_failed(defs) == {}
 
 
