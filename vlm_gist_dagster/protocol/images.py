@@ -142,7 +142,14 @@ def _to_bgr_uint8(array: np.ndarray) -> np.ndarray:
 
 def _decode(data: bytes, what: str) -> np.ndarray:
     """Decode like ``cv2.imread(path, cv2.IMREAD_COLOR)``; Pillow for formats cv2 lacks."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if not data:
+        # cv2.imdecode raises cv2.error (not None) on an empty buffer: a 0-byte file must be an ImageError
+        # like any unreadable image, so that it fails alone (issue 8, bad inputs).
+        raise ImageError(f"cannot decode image {what}: the file is empty (0 bytes)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is not None:
         return image
     try:
