@@ -45,6 +45,48 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DatasetError(path, f"not a readable image ({exc})") from exc
 
 
+#: EXIF orientations whose display is rotated by 90° or 270° (width and height swap).
+TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def exif_orientation(path: Path) -> int:
+    """The image's EXIF orientation tag (1 when absent or unreadable), from the header only."""
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(0x0112, 1)
+        return int(value) if value in range(1, 9) else 1
+    except Exception:  # noqa: BLE001 - no readable tag means no rotation
+        return 1
+
+
+def size_mismatch_hint(path: Path, labelled: tuple[int, int], stored: tuple[int, int]) -> str:
+    """An explanation to append when the labelled size is the *displayed* size of an EXIF-rotated image.
+
+    The vision servers decode with PIL, which ignores EXIF orientation (spec/pipeline.md gotcha 15), so
+    detections come in the stored pixel frame and ground-truth boxes must be given in that frame too.
+    """
+    orientation = exif_orientation(path)
+    if orientation in TRANSPOSING_ORIENTATIONS and tuple(labelled) == (stored[1], stored[0]):
+        return (
+            f" (the file carries EXIF orientation {orientation}, so viewers show it rotated as "
+            f"{stored[1]}x{stored[0]}; the benchmark works in the stored pixel frame, as the vision servers read "
+            "it: give sizes and boxes in that frame, or save the image upright, e.g. with PIL.ImageOps.exif_transpose)"
+        )
+    return ""
+
+
+def orientation_warning(path: Path, source: Path, field: str, stored: tuple[int, int]) -> str | None:
+    """A warning for an image whose EXIF orientation is not the identity (its boxes are taken as given,
+    in the stored pixel frame)."""
+    orientation = exif_orientation(path)
+    if orientation == 1:
+        return None
+    return (
+        f"{source}, field {field!r}: {path.name} has EXIF orientation {orientation}; its boxes are taken in the "
+        f"stored pixel frame ({stored[0]}x{stored[1]}), as the vision servers read the image"
+    )
+
+
 def check_image_file(path: Path, source: Path, field: str) -> None:
     if not path.is_file():
         raise DatasetError(source, f"image file {path} is missing", field=field)

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..protocol.masks import segmentation_to_rle
-from ._common import check_box, check_image_file, image_size, read_json, sha256_of
+from ._common import (
+    check_box,
+    check_image_file,
+    image_size,
+    orientation_warning,
+    read_json,
+    sha256_of,
+    size_mismatch_hint,
+)
 from .model import Dataset, DatasetError, build_ground_truth_table, build_images_table
 
 CrowdMode = Literal["remove", "fix", "keep"]
@@ -38,6 +46,7 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
             raise DatasetError(labels_path, "category needs 'id' and 'name'", field=f"categories[{i}]") from None
 
     images: list[dict[str, Any]] = []
+    warnings: list[str] = []
     by_id: dict[int, dict[str, Any]] = {}
     seen: dict[str, int] = {}
     for i, img in enumerate(document["images"]):
@@ -55,9 +64,13 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
         header_w, header_h = image_size(path)
         width, height = img.get("width", header_w), img.get("height", header_h)
         if (int(width), int(height)) != (header_w, header_h):
+            hint = size_mismatch_hint(path, (int(width), int(height)), (header_w, header_h))
             raise DatasetError(
-                labels_path, f"{file_name}: labels say {width}x{height} but the image is {header_w}x{header_h}", field=f"{where}.width"
+                labels_path, f"{file_name}: labels say {width}x{height} but the image is {header_w}x{header_h}{hint}", field=f"{where}.width"
             )
+        warning = orientation_warning(path, labels_path, f"{where}.file_name", (header_w, header_h))
+        if warning:
+            warnings.append(warning)
         row = {"image_id": key, "file_name": Path(file_name).name, "path": str(path.resolve()), "width": int(width), "height": int(height), "sha256": sha256_of(path)}
         if image_id in by_id:
             raise DatasetError(labels_path, f"duplicate image id {image_id}", field=f"{where}.id")
@@ -65,7 +78,6 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
         images.append(row)
 
     instances: list[dict[str, Any]] = []
-    warnings: list[str] = []
     for i, ann in enumerate(document["annotations"]):
         where = f"annotations[{i}]"
         if not isinstance(ann, dict):

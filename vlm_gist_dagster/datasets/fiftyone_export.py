@@ -16,7 +16,15 @@ from typing import Any, Literal
 import numpy as np
 
 from ..protocol.masks import encode_rle, paste_box_mask
-from ._common import check_box, check_image_file, image_size, read_json, sha256_of
+from ._common import (
+    check_box,
+    check_image_file,
+    image_size,
+    orientation_warning,
+    read_json,
+    sha256_of,
+    size_mismatch_hint,
+)
 from .model import Dataset, DatasetError, build_ground_truth_table, build_images_table
 
 CrowdMode = Literal["remove", "fix", "keep"]
@@ -90,12 +98,16 @@ def load_fiftyone_export(
         if width is None or height is None:
             width, height = header_w, header_h
         elif (int(width), int(height)) != (header_w, header_h):
+            hint = size_mismatch_hint(path, (int(width), int(height)), (header_w, header_h))
             raise DatasetError(
                 samples_path,
-                f"{file_name}: metadata says {width}x{height} but the image is {header_w}x{header_h}",
+                f"{file_name}: metadata says {width}x{height} but the image is {header_w}x{header_h}{hint}",
                 field=f"{where}.metadata",
             )
         width, height = int(width), int(height)
+        warning = orientation_warning(path, samples_path, f"{where}.filepath", (width, height))
+        if warning:
+            warnings.append(warning)
         images.append(
             {"image_id": image_key, "file_name": file_name, "path": str(path.resolve()), "width": width, "height": height, "sha256": sha256_of(path)}
         )
