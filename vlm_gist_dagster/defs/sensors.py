@@ -95,6 +95,19 @@ def model_settings_sensor(
     )
 
 
+def _materialized_sha256(instance: dg.DagsterInstance, asset: str, partition: str | None) -> str | None:
+    """The ``sha256`` metadata of the latest materialisation of a settings asset (partition)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition is not None else None
+        ),
+        limit=1,
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    value = materialization.metadata.get("sha256") if materialization else None
+    return getattr(value, "value", value)
+
+
 @dg.sensor(
     name="settings_sensor",
     minimum_interval_seconds=60,
@@ -115,6 +128,15 @@ def settings_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         digest = file_sha256(path)
         current[name] = digest
         if seen.get(name) == digest:
+            continue
+        asset, partition = (
+            ("detection_settings", None)
+            if name == "detection"
+            else ("label_matching_settings", name.split(":", 1)[1])
+        )
+        if _materialized_sha256(context.instance, asset, partition) == digest:
+            # Already materialised from this content (e.g. by `vlm-gist run` before the daemon's first
+            # tick): a re-materialisation would make automation recompute every pair's stages B-E.
             continue
         changes[name] = changes.get(name, 0) + 1
         if name == "detection":

@@ -25,6 +25,7 @@ from vlm_gist_dagster.defs.partitions import model_dataset_partitions, validate_
 from vlm_gist_dagster.defs.resources import ModelsResource
 from vlm_gist_dagster.defs.schedules import SETTINGS_SHA_KEY, nightly_benchmark_schedule
 from vlm_gist_dagster.defs.sensors import settings_sensor
+from vlm_gist_dagster.defs.settings_assets import detection_settings, label_matching_settings
 from vlm_gist_dagster.model_registry import discover_models
 
 from .conftest import DATASETS, PAIR_ASSETS, Bench, apply_partition_requests, pair_keys, tick_model_sensor
@@ -180,6 +181,25 @@ def test_settings_sensor_requests_each_changed_settings_file_once(bench: Bench):
         second = settings_tick(instance, first.cursor)
         assert requests_of(second) == [("label_matching_settings", "coco")]
         assert settings_tick(instance, second.cursor).run_requests == []
+
+
+def test_settings_sensor_skips_files_whose_content_is_already_materialised(bench: Bench):
+    """The first tick on an instance where ``vlm-gist run`` already materialised the settings (e.g.
+    ``vlm-gist dev`` started afterwards) requests only what is missing or different: re-materialising an
+    unchanged settings file would make automation recompute six stages of every pair."""
+    io_manager = {"io_manager": bench.resources()["io_manager"]}
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([detection_settings], instance=instance, resources=io_manager).success
+        result = dg.materialize(
+            [label_matching_settings], partition_key="coco", instance=instance, resources=io_manager
+        )
+        assert result.success
+        first = settings_tick(instance)
+        assert requests_of(first) == [("label_matching_settings", "vlm_gist")]
+        # a later change is still acted on
+        path = bench.settings_dir / "detection" / "detection.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "conf_threshold": 0.25}, indent=2))
+        assert requests_of(settings_tick(instance, first.cursor)) == [("detection_settings", None)]
 
 
 def test_settings_sensor_run_keys_differ_for_every_change(bench: Bench):
