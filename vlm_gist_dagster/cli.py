@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument(
         "--only-missing",
         action="store_true",
-        help="run only pairs without metrics (new models, failed pairs) or whose model settings file changed, "
-        "then the leaderboard; default: re-run every pair (cached calls are free)",
+        help="run only pairs without metrics (new models, failed pairs) or whose model settings file "
+        "changed, then the leaderboard; default: re-run every pair (cached calls are free)",
     )
     p_run.set_defaults(func=run)
     p_dev = sub.add_parser(
