@@ -138,7 +138,12 @@ def run_stages(dataset, sim_dataset, out: Path, between=None):
     sim = start_simulator({"coco": sim_dataset}, ports={name: 0 for name in SERVER_NAMES}, seed=0)
     try:
         sim.set_controls(
-            "chat", model="sim/strong", recall=1.0, hallucinations=1.0, latency_mean_s=0.0, faults={"rate_limit": 0.0}
+            "chat",
+            model="sim/strong",
+            recall=1.0,
+            hallucinations=1.0,
+            latency_mean_s=0.0,
+            faults={"rate_limit": 0.0},
         )
         model = load_model_settings(SIM_STRONG)
         detection = load_detection_settings(REPO / "settings" / "detection" / "detection.json")
@@ -271,11 +276,26 @@ def set_bbox(box_of):
 @pytest.mark.parametrize(
     ("case", "edit", "field", "words"),
     [
-        ("zero bytes", lambda r, d: (r / "data" / "b.jpg").write_bytes(b""), "", "b.jpg: not a readable image"),
+        (
+            "zero bytes",
+            lambda r, d: (r / "data" / "b.jpg").write_bytes(b""),
+            "",
+            "b.jpg: not a readable image",
+        ),
         ("missing", lambda r, d: (r / "data" / "b.jpg").unlink(), "images[1].file_name", "b.jpg is missing"),
-        ("box outside", set_bbox(lambda w, h: [w + 10, 5, 20, 20]), "annotations[{a}].bbox", "lies outside the image"),
+        (
+            "box outside",
+            set_bbox(lambda w, h: [w + 10, 5, 20, 20]),
+            "annotations[{a}].bbox",
+            "lies outside the image",
+        ),
         ("zero width", set_bbox(lambda w, h: [10, 10, 0, 20]), "annotations[{a}].bbox", "non-positive size"),
-        ("negative height", set_bbox(lambda w, h: [10, 10, 20, -5]), "annotations[{a}].bbox", "non-positive size"),
+        (
+            "negative height",
+            set_bbox(lambda w, h: [10, 10, 20, -5]),
+            "annotations[{a}].bbox",
+            "non-positive size",
+        ),
     ],
 )
 def test_a_broken_dataset_is_a_located_error(tmp_path, coco_dir, case, edit, field, words):
@@ -324,11 +344,17 @@ def edited_model(tmp_path: Path, edit) -> Path:
     ("edit", "key", "words"),
     [
         (lambda r: r.update(retyr=3), "retyr", "unknown key 'retyr'"),
-        (lambda r: r["vlm_structured_description"].update(model_temprature="1.0"),
-         "vlm_structured_description.model_temprature", "unknown key"),
+        (
+            lambda r: r["vlm_structured_description"].update(model_temprature="1.0"),
+            "vlm_structured_description.model_temprature",
+            "unknown key",
+        ),
         (lambda r: r.update(retry="three"), "retry", "got 'three'"),
-        (lambda r: r["vlm_structured_description"].update(timeout_chunk_first="soon"),
-         "vlm_structured_description.timeout_chunk_first", "'soon'"),
+        (
+            lambda r: r["vlm_structured_description"].update(timeout_chunk_first="soon"),
+            "vlm_structured_description.timeout_chunk_first",
+            "'soon'",
+        ),
         (lambda r: r["model"].update(simulated="yes"), "model.simulated", "got 'yes'"),
     ],
 )
@@ -344,8 +370,20 @@ def test_a_bad_model_file_names_the_file_and_the_key(tmp_path, edit, key, words)
     ("folder", "name", "loader", "edit", "key"),
     [
         ("detection", "detection.json", load_detection_settings, {"conf_treshold": 0.3}, "conf_treshold"),
-        ("detection", "detection.json", load_detection_settings, {"conf_threshold": "high"}, "conf_threshold"),
-        ("label_matching", "coco.json", load_label_matching_settings, {"unknown_option": 1}, "unknown_option"),
+        (
+            "detection",
+            "detection.json",
+            load_detection_settings,
+            {"conf_threshold": "high"},
+            "conf_threshold",
+        ),
+        (
+            "label_matching",
+            "coco.json",
+            load_label_matching_settings,
+            {"unknown_option": 1},
+            "unknown_option",
+        ),
     ],
 )
 def test_bad_stage_settings_name_the_file_and_the_key(tmp_path, folder, name, loader, edit, key):
@@ -372,7 +410,9 @@ def test_a_bad_model_file_fails_its_own_partitions_only(tmp_path, coco_dataset):
                 defs = deployment.definitions()
                 instance.add_dynamic_partitions("models", ["good", "broken"])
                 job = defs.resolve_job_def("benchmark_pair_job")
-                defs.resolve_job_def("datasets_job").execute_in_process(partition_key="coco", instance=instance)
+                defs.resolve_job_def("datasets_job").execute_in_process(
+                    partition_key="coco", instance=instance
+                )
                 results = {
                     key: job.execute_in_process(
                         partition_key=str(pair_key("coco", key)),

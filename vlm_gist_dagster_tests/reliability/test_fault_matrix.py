@@ -69,9 +69,7 @@ def matrix(tmp_path_factory, coco_dataset):
     sim = start_simulator({"coco": coco_dataset}, ports={name: 0 for name in SERVER_NAMES}, seed=0)
     try:
         for case in CASES:
-            faults = (
-                {name: 1 / 6 for name in CONTENT_REASONS} if case == ALL_CONTENT else {case: RATE}
-            )
+            faults = {name: 1 / 6 for name in CONTENT_REASONS} if case == ALL_CONTENT else {case: RATE}
             sim.set_controls(
                 "chat",
                 model=f"rel/{case}",
@@ -89,7 +87,11 @@ def matrix(tmp_path_factory, coco_dataset):
                 run_job(defs, instance, "datasets_job", "coco")
                 for case in CASES:
                     run_job(
-                        defs, instance, "benchmark_pair_job", str(pair_key("coco", model_key(case))), ("descriptions",)
+                        defs,
+                        instance,
+                        "benchmark_pair_job",
+                        str(pair_key("coco", model_key(case))),
+                        ("descriptions",),
                     )
             finally:
                 instance.dispose()
@@ -157,7 +159,10 @@ def test_every_image_ends_described_or_failed_as_the_server_log_says(matrix, coc
         want = expected[row["image_id"]]
         # the client sent exactly the requests the protocol allows: none after the deciding one
         assert want["requests_used"] == want["requests"], row["image_id"]
-        got = {k: row[k] for k in ("success", "attempts", "failed_attempts_total", "failed_attempts", "http_retries")}
+        got = {
+            k: row[k]
+            for k in ("success", "attempts", "failed_attempts_total", "failed_attempts", "http_retries")
+        }
         got["error"] = None if row["success"] else row["error"]
         assert got == {k: want[k] for k in got}, row["image_id"]
         if row["success"]:

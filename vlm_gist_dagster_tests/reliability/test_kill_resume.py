@@ -35,7 +35,15 @@ from .conftest import REPO, Deployment, run_job, write_model
 
 MODEL, KEY = "rel/resume", "resume"
 PAIR = str(pair_key("coco", KEY))
-PAIR_ASSETS = ("descriptions", "detections", "detection_images", "masks", "validations", "label_matches", "metrics")
+PAIR_ASSETS = (
+    "descriptions",
+    "detections",
+    "detection_images",
+    "masks",
+    "validations",
+    "label_matches",
+    "metrics",
+)
 #: Columns that record wall-clock time or how a value was obtained (live or from the cache).
 VOLATILE = {"duration_s", "attempt_log_json", "from_cache", "time"}
 CHILD = """
@@ -48,7 +56,9 @@ defs.resolve_job_def("benchmark_pair_job").execute_in_process(partition_key={pai
 
 def answered(sim) -> list:
     return [
-        r for r in sim.request_log if r.model == MODEL and r.path == "/v1/chat/completions" and r.status == 200
+        r
+        for r in sim.request_log
+        if r.model == MODEL and r.path == "/v1/chat/completions" and r.status == 200
     ]
 
 
@@ -99,7 +109,12 @@ def runs(tmp_path_factory, coco_dataset):
             with interrupted.activated():
                 prepare(interrupted)
             sim.set_controls("chat", model=MODEL, latency_mean_s=0.2, **quiet)
-            env = {**os.environ, **simulator_environment(sim), **interrupted.environ(), "VLM_GIST_CONCURRENCY": "4"}
+            env = {
+                **os.environ,
+                **simulator_environment(sim),
+                **interrupted.environ(),
+                "VLM_GIST_CONCURRENCY": "4",
+            }
             child = subprocess.Popen(
                 [sys.executable, "-c", CHILD.format(pair=PAIR)],
                 cwd=REPO,

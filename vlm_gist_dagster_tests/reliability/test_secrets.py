@@ -84,7 +84,9 @@ def pipeline_run(tmp_path_factory, coco_dataset):
     ports = {name: 0 for name in SERVER_NAMES}
     sim = start_simulator({"coco": coco_dataset}, ports=ports, seed=0)
     # Transport faults make the client log its retries (with the provider's message) as warnings.
-    sim.set_controls("chat", model="rel/canary", latency_mean_s=0.0, faults={"rate_limit": 0.1, "server_error": 0.05})
+    sim.set_controls(
+        "chat", model="rel/canary", latency_mean_s=0.0, faults={"rate_limit": 0.1, "server_error": 0.05}
+    )
     rejecting = start_simulator({"coco": coco_dataset}, ports=ports, seed=0, chat_api_key="the-right-key")
     keep, root_logger = Keep(), logging.getLogger()
     old_level = root_logger.level
@@ -101,11 +103,18 @@ def pipeline_run(tmp_path_factory, coco_dataset):
         sim.stop()
         rejecting.stop()
     assert ok.success, "the pair run with the canary keys failed"
-    yield root, Deployment(root / "deployment"), events + failed_events, failed, keep.records, console.getvalue()
+    yield (
+        root,
+        Deployment(root / "deployment"),
+        events + failed_events,
+        failed,
+        keep.records,
+        console.getvalue(),
+    )
 
 
 def test_the_run_really_used_the_keys_and_wrote_files(pipeline_run):
-    root, deployment, events, result, records, console = pipeline_run
+    _, deployment, _, result, records, console = pipeline_run
     assert len(deployment.read("metrics", "coco", "canary")) == 1
     assert any((deployment.data_dir / "cache" / "responses").rglob("*.json"))
     assert any(deployment.home.rglob("*.db"))  # the SQLite run / event storage that is scanned below
