@@ -26,7 +26,7 @@ import pytest
 from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.defs.io_manager import ParquetIOManagerFactory, read_parquet
 from vlm_gist_dagster.defs.partitions import pair_key
-from vlm_gist_dagster.defs.resources import ModelsResource, ServicesResource
+from vlm_gist_dagster.defs.resources import DatasetsResource, ModelsResource, ServicesResource
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import (
     FAULT_TYPES,
@@ -149,6 +149,7 @@ class Bench:
     def resources(self, *, concurrency: int = TEST_CONCURRENCY) -> dict[str, object]:
         return {
             "io_manager": ParquetIOManagerFactory(base_path=str(self.assets_dir)),
+            "datasets": DatasetsResource(settings_file=str(self.settings_dir / "datasets.json")),
             "models": ModelsResource(models_dir=str(self.models_dir)),
             "services": ServicesResource(data_dir=str(self.data_dir), concurrency=concurrency),
         }
@@ -209,10 +210,9 @@ def tick_model_sensor(
     """One tick of ``model_settings_sensor`` on ``bench``'s models folder (its ``models`` resource)."""
     from vlm_gist_dagster.defs.sensors import model_settings_sensor
 
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"models": bench.resources()["models"]}
-    )
-    result = model_settings_sensor(context)
+    resources = {"models": bench.resources()["models"]}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = model_settings_sensor(context)
     assert isinstance(result, dg.SensorResult), result
     return result
 

@@ -359,3 +359,48 @@ def _pair_table(bench: Bench, asset: str, key: str) -> pd.DataFrame:
     dataset, model = key.split("|")
     table = bench.read(asset, dataset, model)
     return table.drop(columns=[c for c in table.columns if c in TIMING])
+
+
+@pytest.mark.parametrize("missing", [["coco|sim_medium"], pair_keys(MODELS)])
+def test_leaderboard_lists_missing_pairs_and_ranks_the_others(full_run, tmp_path, missing):
+    """A pair whose metrics are missing (its run failed) does not stop the leaderboard: it is listed as
+    missing, the other pairs are ranked, and the weighted table keeps only models present on both
+    datasets. With no metrics at all the leaderboard still materialises (and says so)."""
+    from vlm_gist_dagster.definitions import ASSETS
+
+    bench, _ = full_run
+    partial = Bench.create(tmp_path / "partial", MODELS)
+    for key in pair_keys(MODELS):
+        if key not in missing:
+            dataset, model = key.split("|")
+            target = partial.assets_dir / "metrics" / dataset / f"{model}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((bench.assets_dir / "metrics" / dataset / f"{model}.parquet").read_bytes())
+    with partial.activated(), dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("models", list(MODELS))
+        result = dg.materialize(
+            ASSETS, selection=["leaderboard"], instance=instance, resources=partial.resources()
+        )
+        assert result.success
+        metadata = result.asset_materializations_for_node("leaderboard")[0].metadata
+    assert metadata["missing_pairs"].value == sorted(missing)
+    markdown = (partial.leaderboard_dir / "leaderboard.md").read_text()
+    assert all(f"`{key}`" in markdown for key in missing)
+    board = partial.read("leaderboard")
+    present = {(t, m) for t, m in zip(board["table"], board["model"])}
+    if len(missing) == 1:
+        assert present == {
+            ("vlm_gist", "sim_strong"),
+            ("vlm_gist", "sim_medium"),
+            ("coco", "sim_strong"),
+            ("weighted", "sim_strong"),
+        }
+        full = bench.read("leaderboard").set_index(["table", "model"])
+        for row in board.itertuples():
+            if row.table != "weighted":  # the per-dataset rows are the full run's
+                assert row.f1 == full.loc[(row.table, row.model), "f1"]
+        coco = parse_text_table((partial.leaderboard_dir / "coco.txt").read_text())
+        assert coco.keys() == {DISPLAY["sim_strong"]}
+    else:
+        assert present == set()
+        assert "no metrics yet" in metadata["tables"].value

@@ -239,10 +239,12 @@ def materialise_pair(instance, key: str, settings_sha: str) -> None:
 
 
 def nightly(bench: Bench, instance, when: datetime = NIGHT):
-    context = dg.build_schedule_context(
+    # As a context manager: a schedule context with resources opens its own instance from the given
+    # one's ref, and only closes it (and Dagster's current defs-state storage) on exit.
+    with dg.build_schedule_context(
         instance=instance, scheduled_execution_time=when, resources={"models": bench.resources()["models"]}
-    )
-    return nightly_benchmark_schedule(context)
+    ) as context:
+        return nightly_benchmark_schedule(context)
 
 
 def test_nightly_schedule_requests_missing_and_stale_pairs(bench: Bench):
@@ -300,12 +302,13 @@ def test_sensor_and_schedule_read_the_models_resource_folder(bench: Bench, tmp_p
         if target == "sensor":
             from vlm_gist_dagster.defs.sensors import model_settings_sensor
 
-            result = model_settings_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+            with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                result = model_settings_sensor(context)
             assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["sim_strong"]]
         else:
             instance.add_dynamic_partitions("models", ["sim_strong"])
-            context = dg.build_schedule_context(
+            with dg.build_schedule_context(
                 instance=instance, scheduled_execution_time=NIGHT, resources=resources
-            )
-            requests = nightly_benchmark_schedule(context)
+            ) as context:
+                requests = nightly_benchmark_schedule(context)
             assert sorted(r.partition_key for r in requests) == sorted(pair_keys(["sim_strong"]))
