@@ -40,10 +40,14 @@ def faulty_model(simulator):
         hallucinations=1.0,
         faults={
             **NO_FAULTS,
-            "rate_limit": 0.15,
-            "server_error": 0.10,
-            "invalid_json": 0.30,
-            "finish_content_filter": 0.12,
+            # per request: 15 % transport failures, 60 % failed attempts, 25 % valid answers, so each
+            # image fails an attempt with probability 0.6 / 0.85: ~1/4 of the 32 images fail all four
+            # attempts and ~2/7 succeed at once, whatever the seed; 7 transport failures in a row (which
+            # would end the batch) have probability 0.15^7
+            "rate_limit": 0.10,
+            "server_error": 0.05,
+            "invalid_json": 0.45,
+            "finish_content_filter": 0.15,
             "retry_after_s": 0,
         },
     )
@@ -103,7 +107,7 @@ def test_fail_and_ret_are_exact_under_content_and_transport_faults(simulator, fa
         failed_counts = [e["failed"] for e in expected.values()]
         assert 0 in failed_counts and any(0 < f <= RETRY for f in failed_counts)
         assert RETRY + 1 in failed_counts
-        assert sum(e["transport"] for e in expected.values()) >= 5
+        assert sum(e["transport"] for e in expected.values()) >= 3
         statuses = {r.status for r in chat}
         assert {429, 500} <= statuses
 
