@@ -9,6 +9,7 @@ sim_medium) on both datasets, in-process on a temp instance, as ``vlm-gist run``
 * A backfill over the two model partitions launched with the real CLI (``dagster job backfill``, no
   daemon: the instance uses the synchronous run launcher) makes one run per (dataset, model) partition,
   reproduces the tables and makes no model or vision call (everything comes from the response cache).
+* A pair without metrics (a failed run) is listed as missing and does not stop the leaderboard.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from .conftest import DATASETS, PAIR_ASSETS, Bench, pair_keys, run_inputs, run_j
 MODELS = ("sim_strong", "sim_medium")
 DISPLAY = {"sim_strong": "Sim strong (simulated)", "sim_medium": "Sim medium (simulated)"}
 COLUMNS = ("f1", "rec", "prec", "map", "ins", "mat", "time", "fail", "ret")
-#: Per-pair columns that measure wall-clock time, so they differ between two runs of the same pair.
+#: Per-pair columns that measure wall-clock time or say where a value came from (network or cache): they
+#: differ between two runs of the same pair.
 TIMING = {"duration_s", "attempt_log_json", "from_cache"}
 #: Without a daemon: the default (not queued) run coordinator launches submitted runs at once, and the
 #: synchronous run launcher executes them in the submitting process (the CLI).
