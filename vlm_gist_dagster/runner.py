@@ -85,13 +85,19 @@ def simulator(
     """Start the simulator on its default ports (any free ports when those are taken) with the model files'
     simulator blocks, and point this process's environment at it."""
     from .model_registry import models_dir
-    from .sim import DEFAULT_PORTS, controls_from_model_files, start_simulator
+    from .sim import DEFAULT_PORTS, SimulatorStartError, controls_from_model_files, start_simulator
 
     ports = {name: (port if _port_free(port) else 0) for name, port in DEFAULT_PORTS.items()}
     files = sorted(models_dir().glob("*.json"))
-    handle = start_simulator(
-        datasets, ports=ports, seed=seed, model_controls=controls_from_model_files(files)
-    )
+    controls = controls_from_model_files(files)
+    try:
+        handle = start_simulator(datasets, ports=ports, seed=seed, model_controls=controls)
+    except SimulatorStartError as exc:
+        # Another process took a default port between the check and the bind (two runs starting at
+        # once): the pipeline is pointed at whatever ports the simulator gets, so any free ones do.
+        log(f"simulator: {exc}; starting on free ports instead")
+        ports = {name: 0 for name in DEFAULT_PORTS}
+        handle = start_simulator(datasets, ports=ports, seed=seed, model_controls=controls)
     log(
         f"simulator: chat {handle.chat_url}, vision "
         + ", ".join(f"{k} {v}" for k, v in handle.vision_urls.items())
