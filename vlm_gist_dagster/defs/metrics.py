@@ -12,7 +12,7 @@ from ..stages.metrics import compute_metrics
 from .automation import LEADERBOARD_CONDITION, STAGE_CONDITION
 from .common import finite, pair
 from .partitions import model_dataset_partitions
-from .resources import ModelsResource
+from .resources import ModelsResource, ServicesResource
 
 
 @dg.asset(
@@ -85,8 +85,9 @@ def metrics(
     )
 
 
-def leaderboard_dir():
-    return paths.data_dir() / "leaderboard"
+def leaderboard_dir(data_dir=None):
+    """``<data dir>/leaderboard``: the data dir of the services resource, else ``$VLM_GIST_DATA_DIR``."""
+    return (data_dir or paths.data_dir()) / "leaderboard"
 
 
 def _png_md(path) -> str:
@@ -108,7 +109,7 @@ def _png_md(path) -> str:
     "text format, Markdown, PNG and plots; written to data/leaderboard/. Missing pairs are listed, not fatal.",
 )
 def leaderboard(
-    context: dg.AssetExecutionContext, metrics: dict[str, pd.DataFrame]
+    context: dg.AssetExecutionContext, metrics: dict[str, pd.DataFrame], services: ServicesResource
 ) -> dg.Output[pd.DataFrame]:
     expected = [
         str(k) for k in model_dataset_partitions.get_partition_keys(dynamic_partitions_store=context.instance)
@@ -116,10 +117,11 @@ def leaderboard(
     board = build_leaderboard(list(metrics.values()), expected_pairs=expected)
     if board.missing:
         context.log.warning(f"{len(board.missing)} pairs have no metrics: {', '.join(board.missing)}")
-    written = write_leaderboard(board, leaderboard_dir())
+    directory = leaderboard_dir(services.services().data_dir)
+    written = write_leaderboard(board, directory)
     metadata: dict = {
         "dagster/row_count": len(board.rows),
-        "directory": dg.MetadataValue.path(str(leaderboard_dir())),
+        "directory": dg.MetadataValue.path(str(directory)),
         "pairs": len(metrics),
         "missing_pairs": dg.MetadataValue.json(board.missing),
         "tables": dg.MetadataValue.md(board.markdown or "_(no metrics yet)_"),
