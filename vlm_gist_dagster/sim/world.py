@@ -353,6 +353,7 @@ class World:
                 fingerprints.append(fingerprint(decoded))
         self._keys = keys
         self._fingerprints = np.stack(fingerprints) if fingerprints else np.zeros((0, FINGERPRINT_SIZE**2))
+        self._all_class_names: tuple[str, ...] | None = None
 
     def identify(self, data: bytes) -> Identified:
         """The dataset image ``data`` (raw file bytes, or a re-encoded / down-scaled copy) shows.
@@ -382,8 +383,12 @@ class World:
         )
 
     def all_class_names(self) -> tuple[str, ...]:
-        names = {n for image in self.images.values() for n in image.class_names}
-        return tuple(sorted(names | set(lang.COCO_CLASSES)))
+        # Asked for by every description request: computed once (the images never change), not in a loop
+        # over every image per request, which made describing N images O(N²) (benchmarks/scale.py).
+        if self._all_class_names is None:
+            names = {n for image in self.images.values() for n in image.class_names}
+            self._all_class_names = tuple(sorted(names | set(lang.COCO_CLASSES)))
+        return self._all_class_names
 
 
 @lru_cache(maxsize=8)
