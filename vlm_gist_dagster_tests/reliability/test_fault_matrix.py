@@ -45,8 +45,8 @@ assert set(TRANSPORT_FAULTS) | set(CONTENT_REASONS) == set(FAULT_TYPES)
 RATE = 0.2
 #: Client chunk timeouts of the test models and the simulated stall: a stall always outlasts the timeout,
 #: and a clean stream (keep-alive comment at once) never comes near it.
-TIMEOUT_S = 1.0
-STALL_S = 4.0
+TIMEOUT_S = 2.5
+STALL_S = 7.0
 ALL_CONTENT = "all_content_faults"
 CASES = [*FAULT_TYPES, ALL_CONTENT]
 
