@@ -33,7 +33,10 @@ def encode_rle(mask: np.ndarray) -> RLE:
     # loading VLM-GIST (1178 masks of up to 3840x2160) and of the simulator's start in every vlm-gist run.
     arr = arr.view(np.uint8) if arr.dtype == bool else arr.astype(np.uint8, copy=False)
     encoded = mask_utils.encode(np.asfortranarray(arr))
-    return {"size": [int(encoded["size"][0]), int(encoded["size"][1])], "counts": encoded["counts"].decode("ascii")}
+    return {
+        "size": [int(encoded["size"][0]), int(encoded["size"][1])],
+        "counts": encoded["counts"].decode("ascii"),
+    }
 
 
 def _as_pycocotools(rle: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,7 +52,8 @@ def _as_pycocotools(rle: Mapping[str, Any]) -> dict[str, Any]:
 
 def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
     """Decode a compressed or uncompressed COCO RLE into a boolean ``(height, width)`` array."""
-    return mask_utils.decode(_as_pycocotools(rle)).astype(bool)
+    # pycocotools writes 0/1 bytes: a bool view of them, not a converted copy of a full image.
+    return mask_utils.decode(_as_pycocotools(rle)).view(bool)
 
 
 def rle_area(rle: Mapping[str, Any]) -> int:
@@ -67,14 +71,20 @@ def compress_rle(rle: Mapping[str, Any]) -> RLE:
     """Normalise any COCO RLE (compressed bytes/str or uncompressed counts) to ``counts`` as ``str``."""
     coco = _as_pycocotools(rle)
     counts = coco["counts"]
-    return {"size": [int(v) for v in coco["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [int(v) for v in coco["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 def polygons_to_rle(polygons: Sequence[Sequence[float]], height: int, width: int) -> RLE:
     """Rasterise COCO polygons (``[[x1, y1, x2, y2, ...], ...]``, pixel coordinates) into one RLE."""
     rles = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
     merged = mask_utils.merge(rles)
-    return {"size": [int(merged["size"][0]), int(merged["size"][1])], "counts": merged["counts"].decode("ascii")}
+    return {
+        "size": [int(merged["size"][0]), int(merged["size"][1])],
+        "counts": merged["counts"].decode("ascii"),
+    }
 
 
 def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE:

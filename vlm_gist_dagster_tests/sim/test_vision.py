@@ -224,3 +224,65 @@ def test_start_stop_leaves_no_threads(sim_datasets):
             httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=AUTH)
     leaked = {t.name for t in threading.enumerate() if t.is_alive()} - before
     assert not [name for name in leaked if name.startswith("vlm-gist-sim")]
+
+
+# ------------------------------------------------------------------ simulated SAM2 masks, unit level
+
+
+def _sim_image(masks: list[np.ndarray], boxes_rel: list[tuple[float, float, float, float]]):
+    from pycocotools import mask as mask_utils
+
+    from vlm_gist_dagster.sim.world import GtInstance, SimImage
+
+    height, width = masks[0].shape
+    instances = []
+    for i, (m, box) in enumerate(zip(masks, boxes_rel, strict=True)):
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        instances.append(
+            GtInstance(i, str(i), "thing", box, {"size": rle["size"], "counts": rle["counts"].decode()})
+        )
+    return SimImage(
+        "t/1", "t", "1", "1.png", None, width, height, "0" * 64, "class", tuple(instances), ("thing",)
+    )
+
+
+def test_sam2_mask_is_the_overlapping_gt_mask_cut_to_the_box():
+    from vlm_gist_dagster.sim.vision import mask_for_box
+
+    gt = np.zeros((40, 60), dtype=bool)
+    gt[10:30, 20:50] = True  # the instance: rows 10-29, columns 20-49
+    gt[12, 20] = False
+    image = _sim_image([gt], [(20 / 60, 10 / 40, 30 / 60, 20 / 40)])
+    # Box x 18..45, y 8..28 (IoU with the GT box 0.6): the GT pixels inside the box, nothing outside.
+    mask = mask_for_box(image, 60, 40, np.array([18.0, 8.0, 45.0, 28.0]))
+    expected = np.zeros_like(gt)
+    expected[10:28, 20:45] = True
+    expected[12, 20] = False
+    assert mask.shape == (40, 60) and mask.dtype == bool
+    assert np.array_equal(mask, expected)
+    # A box overlapping no instance enough (IoU < 0.3) is segmented as the box itself, clipped to the image.
+    mask = mask_for_box(image, 60, 40, np.array([-5.2, 31.5, 9.1, 45.0]))
+    expected = np.zeros_like(gt)
+    expected[31:40, 0:10] = True
+    assert np.array_equal(mask, expected)
+
+
+def test_sam2_mask_one_pixel_thin_grows_to_two():
+    """The real server fails on one-pixel-thin masks; the simulator never produces them."""
+    from vlm_gist_dagster.sim.vision import mask_for_box
+
+    gt = np.zeros((20, 20), dtype=bool)
+    gt[5, 3:15] = True  # one row thick
+    image = _sim_image([gt], [(3 / 20, 5 / 20, 12 / 20, 1 / 20)])
+    mask = mask_for_box(image, 20, 20, np.array([3.0, 5.0, 15.0, 6.0]))
+    expected = np.zeros_like(gt)
+    expected[5:7, 3:15] = True  # grown by the row below
+    assert np.array_equal(mask, expected)
+    # On the last row it grows upwards.
+    gt = np.zeros((20, 20), dtype=bool)
+    gt[19, 3:15] = True
+    image = _sim_image([gt], [(3 / 20, 19 / 20, 12 / 20, 1 / 20)])
+    mask = mask_for_box(image, 20, 20, np.array([3.0, 19.0, 15.0, 20.0]))
+    expected = np.zeros_like(gt)
+    expected[18:20, 3:15] = True
+    assert np.array_equal(mask, expected)
