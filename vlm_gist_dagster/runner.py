@@ -59,21 +59,25 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def simulator_environment(handle) -> dict[str, str]:
-    """Point every service at a running simulator (chat models, label-matching LLM and embeddings via the
-    "OpenAI" endpoint, vision servers), with placeholder keys."""
+    """Point every service at a running simulator, with placeholder keys: the simulated chat models, every
+    named chat endpoint (the label-matching LLM and embeddings on "OpenAI", the validation VLM on
+    "OpenRouter", ...), and the vision servers. Nothing leaves the machine while the simulator answers."""
     from .clients.chat import endpoint_env_var
     from .clients.vision import vision_url_env_var
     from .defs.common import SIMULATOR_ENV
+    from .protocol.endpoints import ENDPOINTS
 
     base = handle.chat_base_url
     env = {
         SIMULATOR_ENV: "1",
         endpoint_env_var("VLM-GIST simulator"): base,
-        endpoint_env_var("OpenAI"): base,
         "VLM_GIST_SIM_API_KEY": SIMULATED_KEY,
-        "OPENAI_API_KEY": SIMULATED_KEY,
         "NIMBRO_VISION_API_KEY": SIMULATED_KEY,
     }
+    for endpoint in ENDPOINTS.values():
+        env[endpoint_env_var(endpoint.name)] = base
+        if endpoint.key_env_var:
+            env[endpoint.key_env_var] = SIMULATED_KEY
     env.update({vision_url_env_var(family): url for family, url in handle.vision_urls.items()})
     return env
 

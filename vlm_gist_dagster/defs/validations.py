@@ -49,6 +49,14 @@ def validations(
     counts = (
         table["validation_action"].map(lambda a: str(a).split(":")[0].split(" ")[0]).value_counts().to_dict()
     )
+    errors = table["validation_error"].dropna().astype(str)
+    if len(errors):
+        # The paper drops these silently ("Reject ... after completion error"); say why, once per reason.
+        reasons = errors.value_counts()
+        context.log.warning(
+            f"validation: {len(errors)} of {len(table)} crops got no answer and were dropped: "
+            + "; ".join(f"{n} x {reason}" for reason, n in reasons.head(5).items())
+        )
     return dg.Output(
         table,
         metadata={
@@ -56,6 +64,7 @@ def validations(
             "validation": "on" if settings is not None else "off (pass-through)",
             "kept": int(table["kept"].astype(bool).sum()),
             "dropped": int((~table["kept"].astype(bool)).sum()),
+            "errors": len(errors),
             "actions": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
             "preview": md_table(table),
         },

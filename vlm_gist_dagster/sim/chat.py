@@ -49,6 +49,7 @@ from ._http import (
 from .controls import FAULT_TYPES, ModelControls
 from .embeddings import get_embedder
 from .faults import hash64, rng, uniform
+from .validation import validation_answer, validation_invalid_token
 from .world import Identified, ImageDecodeError, UnknownImageError
 
 SERVER = "chat"
@@ -104,6 +105,8 @@ class ParsedChat:
     include_usage: bool
     json_mode: bool
     vllm_style: bool
+    #: Text of the assistant turns (a validation conversation carries the structured description there).
+    assistant_texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ def _parse_chat(body: Any) -> ParsedChat:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list", "invalid_messages")
     texts: list[str] = []
+    assistant_texts: list[str] = []
     images: list[bytes] = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in (
@@ -138,8 +142,7 @@ def _parse_chat(body: Any) -> ParsedChat:
             raise BadRequest(f"messages[{i}] must be an object with a valid 'role'", "invalid_messages")
         content = message.get("content")
         if isinstance(content, str):
-            if message["role"] != "assistant":
-                texts.append(content)
+            (assistant_texts if message["role"] == "assistant" else texts).append(content)
             continue
         if not isinstance(content, list):
             raise BadRequest(f"messages[{i}].content must be a string or a list of parts", "invalid_messages")
@@ -147,8 +150,9 @@ def _parse_chat(body: Any) -> ParsedChat:
             if not isinstance(part, dict):
                 raise BadRequest(f"messages[{i}].content[{j}] must be an object", "invalid_messages")
             if part.get("type") == "text":
-                if message["role"] != "assistant":
-                    texts.append(str(part.get("text", "")))
+                (assistant_texts if message["role"] == "assistant" else texts).append(
+                    str(part.get("text", ""))
+                )
             elif part.get("type") == "image_url":
                 url = (
                     (part.get("image_url") or {}).get("url")
@@ -188,6 +192,7 @@ def _parse_chat(body: Any) -> ParsedChat:
         include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
         json_mode=json_mode,
         vllm_style="chat_template_kwargs" in body,
+        assistant_texts=tuple(assistant_texts),
     )
 
 
@@ -303,10 +308,16 @@ class ChatServer:
         self.embedding_backend = embedding_backend
 
     def app(self) -> AbortableApp:
+        # "/v1/..." as OpenAI, Mistral and vLLM serve it; "/api/v1/..." as OpenRouter does, so that a named
+        # endpoint moved onto the simulator (``VLM_GIST_ENDPOINT_URL_OPENROUTER``) keeps its path.
         routes = [
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            route
+            for prefix in ("/v1", "/api/v1")
+            for route in (
+                Route(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"]),
+                Route(f"{prefix}/models", self.models, methods=["GET"]),
+                Route(f"{prefix}/embeddings", self.embeddings, methods=["POST"]),
+            )
         ]
         return AbortableApp(Starlette(routes=routes))
 
@@ -494,9 +505,22 @@ class ChatServer:
         fault: str | None,
     ) -> Answer:
         objects = None
+        invalid = validation_invalid_token(parsed.texts) if len(parsed.images) >= 2 else None
         if definition is not None:
             text = lang.definition_for(*definition)
             subject = f"the definition of {definition[0]!r}"
+        elif identified is not None and invalid is not None:
+            # Checked before the description request: the validation conversation repeats that prompt.
+            text = validation_answer(
+                identified,
+                parsed.images[0],
+                parsed.images[-1],
+                parsed.assistant_texts[-1] if parsed.assistant_texts else None,
+                invalid,
+                controls,
+                parts,
+            )
+            subject = "which described object the crop shows"
         elif identified is not None and _asks_for_objects(parsed.texts):
             objects = describe_objects(identified, controls, parts, self.ctx.world.all_class_names())
             text = _format_objects(objects, parsed.json_mode, controls, parts)

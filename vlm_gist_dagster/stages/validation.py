@@ -3,7 +3,8 @@
 Off by default, as in the paper's published runs: then every detection passes through unchanged with
 ``validation_action = "off"``. On (``"validation": true`` in a model file's header), each crop is shown
 to the validation VLM of ``settings/validation/validation.json`` and the paper's keep / update / reject
-algorithm decides; rejected and errored detections stay in the table with ``kept = False``.
+algorithm decides; rejected and errored detections stay in the table with ``kept = False``, an errored
+one with the reason in ``validation_error``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from ..protocol.validation import (
 from .grounding import _run_images
 from .services import Services
 
-VALIDATION_COLUMNS = ("validation_action", "validated_object_name", "validation_answer", "kept")
+VALIDATION_COLUMNS = (
+    "validation_action",
+    "validated_object_name",
+    "validation_answer",
+    "validation_error",
+    "kept",
+)
 
 #: Attempts per crop. The paper re-queues a failed validation completion without limit (§5.3); we stop
 #: after this many and record the detection as an error (dropped, like the paper's errors).
@@ -42,21 +49,28 @@ def passthrough(masks: pd.DataFrame) -> pd.DataFrame:
     out["validation_action"] = "off"
     out["validated_object_name"] = out["object_name"]
     out["validation_answer"] = None
+    out["validation_error"] = None
     out["kept"] = True
     return out
 
 
-async def _ask(chat: ChatClient, settings: ValidationSettings, messages: list[dict], sha: str) -> str | None:
+async def _ask(
+    chat: ChatClient, settings: ValidationSettings, messages: list[dict], sha: str
+) -> tuple[str | None, str | None]:
+    """``(answer text, None)``, or ``(None, why the last attempt failed)`` after every attempt failed."""
     params = settings.vlm
     payload = build_payload(params, messages, "text")
+    reason = None
     for attempt in range(MAX_VALIDATION_ATTEMPTS):
         outcome = await chat.attempt(params, payload, cache_tag=CacheTag(sha, attempt))
         if outcome.error is None and outcome.completion is not None:
             try:
-                return str(postprocess(outcome.completion, "text", params).value)
-            except CompletionError:
+                return str(postprocess(outcome.completion, "text", params).value), None
+            except CompletionError as exc:
+                reason = f"{exc}"
                 continue
-    return None
+        reason = outcome.error.reason if outcome.error is not None else "no completion"
+    return None, f"no answer after {MAX_VALIDATION_ATTEMPTS} attempts: {reason}"
 
 
 def run_validations(
@@ -82,25 +96,26 @@ def run_validations(
     async def main() -> dict[str, Any]:
         async with services.chat_client() as chat:
 
-            async def work(image_id: str) -> tuple[list[str | None], list[str | None]]:
+            async def work(image_id: str) -> tuple[list, list, list, list]:
                 group = groups[image_id]
                 sd = objects.get(image_id, [])
                 full = prepare_image(paths[image_id], None)
                 image = cv2.imdecode(np.frombuffer(full.data, np.uint8), cv2.IMREAD_COLOR)
                 names = [o["object_name"] for o in sd]
 
-                async def one(row: dict) -> str | None:
+                async def one(row: dict) -> tuple[str | None, str | None]:
                     box = (row["box_x1"], row["box_y1"], row["box_x2"], row["box_y2"])
                     crop = encode_crop_png(
                         validation_crop_with_settings(image, box, settings, mask=row["mask"])
                     )
                     messages = validation_messages_with_settings(full.data_uri, data_uri(crop), sd, settings)
-                    text = await _ask(
+                    return await _ask(
                         chat, settings, messages, full.sha256 + ":" + str(row["detection_index"])
                     )
-                    return text
 
-                texts = await asyncio.gather(*(one(r) for r in group.to_dict("records")))
+                asked = await asyncio.gather(*(one(r) for r in group.to_dict("records")))
+                texts = [text for text, _ in asked]
+                errors = [error for _, error in asked]
                 answers = [
                     parse_validation_response(
                         t,
@@ -117,7 +132,8 @@ def run_validations(
                     list(group["confidence"]),
                     invalid=settings.invalid,
                 )
-                return answers, actions.labels_validated(list(group["object_name"])), list(actions.actions)
+                validated = actions.labels_validated(list(group["object_name"]))
+                return answers, validated, list(actions.actions), errors
 
             return await _run_images(list(groups), work, "validations", log)
 
@@ -130,12 +146,14 @@ def run_validations(
             group["validation_action"] = f"error: {type(result).__name__}: {result}"
             group["validated_object_name"] = None
             group["validation_answer"] = None
+            group["validation_error"] = f"{type(result).__name__}: {result}"
             group["kept"] = False
         else:
-            answers, validated, actions = result
+            answers, validated, actions, errors = result
             group["validation_action"] = actions
             group["validated_object_name"] = validated
             group["validation_answer"] = answers
+            group["validation_error"] = errors
             group["kept"] = [v is not None for v in validated]
         frames.append(group)
     return pd.concat(frames, ignore_index=True) if frames else passthrough(masks)
