@@ -69,7 +69,7 @@ def test_each_flavours_payload_as_the_server_received_it(sim, images, flavor, st
     params = completion_params(flavor=flavor, stream=stream)
     outcome, request, _ = one_attempt(sim, params, images[0][1])
     assert outcome.ok and outcome.completion.text
-    (record,) = chat_requests(sim)
+    (record,) = settled_chat_requests(sim, 1)
     body = body_json(record)
     assert body == request.payload  # byte-level JSON round trip: nothing added or lost on the way
 
@@ -179,7 +179,7 @@ def test_model_side_faults_fail_the_attempt_without_retries(sim, images, fault, 
     outcome, _, chat = one_attempt(sim, completion_params(stream=stream), images[0][1])
     assert not outcome.ok and outcome.error.reason == reason
     assert outcome.http_retries == 0 and chat.transport_retries == 0
-    (record,) = chat_requests(sim)  # exactly one request: a failed attempt is not retried here
+    (record,) = settled_chat_requests(sim, 1)  # exactly one request: a failed attempt is not retried here
     assert record.fault == fault
     text = outcome.error.completion.text if outcome.error.completion else ""
     assert bool(text) is partial_text  # the raw output of the failed attempt is kept
@@ -240,7 +240,7 @@ def test_transport_faults_are_retried_and_not_attempts(sim, images, fault, statu
         sim, completion_params(stream=stream), images[0][1], sleep=clearing_sleep(sim, "test/model", waits)
     )
     assert outcome.ok and outcome.http_retries == 1 and chat.transport_retries == 1 and len(waits) == 1
-    first, second = chat_requests(sim)
+    first, second = settled_chat_requests(sim, 2)
     assert (first.fault, first.status) == (fault, status)
     assert (second.fault, second.status) == (None, 200)
 
@@ -265,7 +265,7 @@ def test_retry_after_is_honoured(sim, images):
     )
     assert outcome.ok
     assert waits[0] >= 1.0  # Retry-After: 1, while the jittered backoff alone would be ≤ 0.001 s
-    first, second = chat_requests(sim)
+    first, second = settled_chat_requests(sim, 2)
     assert second.time - first.time >= 1.0  # lower bound only: the retry did not start earlier
 
 
