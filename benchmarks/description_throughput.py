@@ -6,8 +6,9 @@
 What is measured: ``clients.describe.describe_images`` — the code the ``descriptions`` asset runs — with a
 fresh ``ChatClient(concurrency=N)`` per row, describing ``--images`` images (the dataset's images
 repeated under distinct ids) with the shipped ``sim_strong`` request settings (OpenRouter flavour, SSE,
-JSON mode, timeouts 15 / 15 / 60 s) sent as model ``bench/throughput``. The simulator (in this process,
-ephemeral loopback ports) answers after ``--latency`` seconds (keep-alive comment first, as OpenRouter
+JSON mode, timeouts 15 / 15 / 60 s) sent as model ``bench/throughput``. The simulator (in a child process,
+like a remote server, so that it does not share the client's CPU and GIL; ephemeral loopback ports)
+answers after ``--latency`` seconds (keep-alive comment first, as OpenRouter
 does). The response cache is off: repeated images would otherwise be free.
 
 * images/s against the ideal ``concurrency / latency`` (every slot busy all the time, zero overhead);
