@@ -53,6 +53,8 @@ from .validation import validation_answer, validation_invalid_token
 from .world import Identified, ImageDecodeError, UnknownImageError
 
 SERVER = "chat"
+#: Share of the invented objects on a class dataset (COCO) that are scene stuff outside its classes.
+SCENE_STUFF_SHARE = 0.5
 
 #: The fixed beginnings of the two definition prompts (spec/evaluation.md §1.5, exact strings).
 DEFINITION_PROMPT_ITEM_PREFIX = (
@@ -262,6 +264,11 @@ def _invented_object(image, gen: np.random.Generator, all_class_names: tuple[str
     if image.mode == "class":
         present = {inst.label for inst in image.instances}
         pool = [c for c in all_class_names if c not in present and c != "person"] or list(all_class_names)
+        # Half of what a model invents on a class dataset is scene "stuff" outside its classes (a wall, a
+        # window): real VLMs list those, and label matching rejects them (Mat. < 1); the other half are
+        # classes of the dataset that are not in the image (false positives if grounded).
+        if gen.random() < SCENE_STUFF_SHARE:
+            pool = [c for c in lang.SCENE_STUFF if c not in all_class_names] or pool
         name = pool[int(gen.integers(0, len(pool)))]
         colour = ("black", "white", "red", "blue", "green", "gray", "brown", "yellow")[
             int(gen.integers(0, 8))

@@ -76,6 +76,27 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 
 #: Plausible objects a VLM invents in an indoor scene (description-mode hallucinations).
+#: Things a real VLM lists in a COCO photo that are not among COCO's 80 categories (surfaces, "stuff",
+#: fixtures). Label matching rejects them, which is what makes Mat. fall below 1 on COCO.
+SCENE_STUFF: tuple[str, ...] = (
+    "wall",
+    "floor",
+    "window",
+    "ceiling",
+    "tree",
+    "sky",
+    "curtain",
+    "shelf",
+    "lamp",
+    "road",
+    "building",
+    "fence",
+    "grass",
+    "door",
+    "cabinet",
+    "rug",
+)
+
 INVENTED_OBJECTS: tuple[tuple[str, str], ...] = (
     ("vase", "a blue ceramic vase with a narrow neck"),
     ("umbrella", "a black folded umbrella leaning against the wall"),

@@ -128,6 +128,26 @@ def test_text_mode_answers_survive_longest_first_json_extraction(simulator, clie
     assert kinds == {True, False}  # 12 draws at 0.5: both forms occur (P(all equal) = 2 * 0.5**12 ≈ 0.0005)
 
 
+def test_invented_objects_on_coco_are_absent_classes_or_scene_stuff(simulator, client, coco_image):
+    """What a simulated VLM invents on a class dataset: a COCO class not in the image, or (half the time)
+    scene stuff outside COCO's classes, which label matching rejects (Mat. < 1, as for real VLMs)."""
+    from vlm_gist_dagster.sim.language import COCO_CLASSES, SCENE_STUFF
+
+    simulator.set_controls("chat", model="sim/inventive", recall=0.0, hallucinations=4.0, synonym_rate=0.0)
+    names = []
+    for _ in range(4):  # each request is a new attempt, with its own draws
+        content = client.post(
+            simulator.chat_completions_url, json=describe_body(coco_image, "sim/inventive")
+        ).json()["choices"][0]["message"]["content"]
+        names += [o["object_name"] for o in json.loads(content)["objects"]]
+    assert len(names) == 16  # recall 0: only the 4 invented objects per answer
+    stuff = [n for n in names if n in SCENE_STUFF]
+    classes = [n for n in names if n in COCO_CLASSES]
+    assert len(stuff) + len(classes) == len(names)
+    assert not set(SCENE_STUFF) & set(COCO_CLASSES)
+    assert stuff and classes  # 16 draws at 1/2: both kinds occur (P(not) = 2 * 0.5**16)
+
+
 def test_sse_framing_keepalive_usage_chunk_and_done(simulator, client, coco_image):
     body = describe_body(coco_image, stream=True, stream_options={"include_usage": True})
     with client.stream("POST", simulator.chat_completions_url, json=body) as r:
