@@ -8,7 +8,7 @@ Crowd annotations are removed by default, as the paper did for its COCO subset (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..protocol.masks import segmentation_to_rle
 from ._common import (
@@ -20,9 +20,7 @@ from ._common import (
     sha256_of,
     size_mismatch_hint,
 )
-from .model import Dataset, DatasetError, build_ground_truth_table, build_images_table
-
-CrowdMode = Literal["remove", "fix", "keep"]
+from .model import CrowdMode, Dataset, DatasetError, build_ground_truth_table, build_images_table
 
 
 def is_coco_directory(root: Path) -> bool:

@@ -11,7 +11,7 @@ import base64
 import io
 import zlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +25,7 @@ from ._common import (
     sha256_of,
     size_mismatch_hint,
 )
-from .model import Dataset, DatasetError, build_ground_truth_table, build_images_table
-
-CrowdMode = Literal["remove", "fix", "keep"]
+from .model import CrowdMode, Dataset, DatasetError, build_ground_truth_table, build_images_table
 
 
 def is_fiftyone_export(root: Path) -> bool:

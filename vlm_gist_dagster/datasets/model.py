@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -13,6 +14,11 @@ IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "file_name", "path", "width", "hei
 #: One row per ground-truth instance. ``x, y, w, h`` are relative to the image (top-left origin, as
 #: FiftyOne stores them); ``mask`` is a COCO RLE dict over the full image, or None.
 GROUND_TRUTH_COLUMNS: tuple[str, ...] = ("image_id", "instance_id", "label", "x", "y", "w", "h", "mask", "iscrowd")
+
+
+#: What a loader does with crowd annotations (spec/evaluation.md §2.1, §7): "remove" drops them, "fix"
+#: keeps them with ``iscrowd`` set to 0, "keep" leaves them marked.
+CrowdMode = Literal["remove", "fix", "keep"]
 
 
 class DatasetError(ValueError):

@@ -27,6 +27,7 @@ import numpy as np
 from ..protocol.settings import DEFAULT_VALIDATION_PROMPT
 from .controls import ModelControls
 from .faults import rng
+from .vision import box_iou
 from .world import Identified, decode_image
 
 #: The start of the paper's validation prompt, which identifies a validation request.
@@ -88,14 +89,6 @@ def locate_crop(full_bgr: np.ndarray, crop_bgr: np.ndarray) -> tuple[int, int, i
     return (x0 + fx, y0 + fy, x0 + fx + w, y0 + fy + h)
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def described_objects(assistant_text: str | None) -> list[dict]:
     """The structured description of the conversation's assistant turn (a JSON list of objects)."""
     if not assistant_text:
@@ -127,8 +120,10 @@ def validation_answer(
     answer = invalid
     if box is not None:
         image = identified.image
+        crop_box = np.asarray(box, dtype=np.float64)
         scores = [
-            _iou(box, image.box_xyxy(inst, identified.width, identified.height)) for inst in image.instances
+            box_iou(crop_box, image.box_xyxy(inst, identified.width, identified.height))
+            for inst in image.instances
         ]
         if scores and max(scores) >= TIGHT_IOU:
             best = int(np.argmax(scores))
