@@ -292,6 +292,13 @@ def interpret_response(body: Any) -> Completion:
     if isinstance(message, Mapping):
         partial = Completion(_content_text(message.get("content")), _reasoning_of(message),
                              choice.get("finish_reason"), usage, model)
+    for index, other in enumerate(choices):
+        # The paper's client checks every choice and fails the attempt when one has no finish_reason key
+        # (a null value is allowed; spec §1.4).
+        if not isinstance(other, Mapping):
+            raise InvalidResponse("invalid_choice", f"choices[{index}] is not an object", partial)
+        if "finish_reason" not in other:
+            raise InvalidResponse("invalid_choice", f"choices[{index}] has no 'finish_reason'", partial)
     _check_finish_reason(choice.get("finish_reason"), partial)
     if not isinstance(message, Mapping):
         raise InvalidResponse("invalid_message", "choices[0].message is not an object")
@@ -318,7 +325,9 @@ class StreamAccumulator:
 
     def feed_line(self, line: str) -> bool:
         """One SSE line; returns True once ``data: [DONE]`` arrived. Comment lines (``: OPENROUTER
-        PROCESSING``), blank lines and other SSE fields are ignored."""
+        PROCESSING``), blank lines, other SSE fields and ``data:`` lines that are not JSON are ignored
+        (the paper's reader logs a warning for the last and goes on, spec §1.4); :attr:`chunks` counts
+        the JSON chunks fed."""
         line = line.strip()
         if not line.startswith("data:"):
             return self.done
@@ -329,8 +338,7 @@ class StreamAccumulator:
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError:
-            message = f"SSE data is not JSON: {data[:200]!r}"
-            raise InvalidResponse("invalid_sse_json", message, self.partial()) from None
+            return self.done
         self.feed(chunk)
         return self.done
 

@@ -264,6 +264,23 @@ def test_bad_finish_reason_keeps_the_partial_output(finish: str) -> None:
     assert info.value.completion.text == '[{"object_name": "cup"'
 
 
+def test_a_choice_without_finish_reason_fails_the_attempt() -> None:
+    """The paper's client checks every choice for the key 'finish_reason' (a null value is allowed, a
+    missing key is not) and fails the attempt (spec §1.4); the raw output is kept as for any failure."""
+    body = _body('[{"object_name": "cup"}]')
+    del body["choices"][0]["finish_reason"]
+    with pytest.raises(InvalidResponse) as info:
+        interpret_response(body)
+    assert info.value.reason == "invalid_choice" and "finish_reason" in info.value.message
+    assert info.value.completion.text == '[{"object_name": "cup"}]'  # the raw output is kept
+    second = _body("y")["choices"][0]
+    del second["finish_reason"]
+    two = _body("x")
+    two["choices"].append(second)
+    with pytest.raises(InvalidResponse, match=r"choices\[1\]"):
+        interpret_response(two)
+
+
 def test_malformed_bodies() -> None:
     cases = {
         "invalid_body": [],
@@ -325,8 +342,10 @@ def test_stream_without_done_fails() -> None:
     with pytest.raises(StreamIncomplete) as info:
         stream.result()
     assert info.value.reason == "stream_incomplete" and info.value.completion.text == "[]"
-    with pytest.raises(InvalidResponse, match="invalid_sse_json"):
-        StreamAccumulator().feed_line("data: {broken")
+    # A data line that is not JSON is ignored, as the paper's reader ignores it (spec §1.4).
+    stream = StreamAccumulator()
+    assert stream.feed_line("data: {broken") is False and stream.chunks == 0
+    assert stream.feed_line("data: [DONE]") is True and stream.result().text == ""
     with pytest.raises(InvalidResponse, match="provider_error"):
         StreamAccumulator().feed({"error": {"message": "upstream"}})
 
