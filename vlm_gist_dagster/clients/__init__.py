@@ -2,17 +2,24 @@
 
 The same code talks to real providers and to the simulator (``vlm_gist_dagster.sim``):
 
-* :mod:`.chat` — :class:`ChatClient` (one attempt = one HTTP request; SSE streaming; the three
-  timeouts; transport retries; per-endpoint concurrency / rate limits; response cache; cost);
+* :mod:`.base` — :class:`ServiceClient`, what every client shares: the httpx client and its lifecycle,
+  per-endpoint limits, the transport retry policy and its counters, the response cache and the service
+  identity its keys carry;
+* :mod:`.chat` — :class:`ChatClient` (one attempt = one HTTP request; cost), with :mod:`.endpoints`
+  (endpoint resolution, URL overrides, keys), :mod:`.sse` (the streamed exchange and its timeout
+  watchdog) and :mod:`.replay` (exchange records, read the same live and from the cache);
 * :mod:`.describe` — the paper's content-retry loop per image and a batch runner with progress;
-* :mod:`.embeddings` — :class:`EmbeddingsClient` (``/v1/embeddings``, batched, disk cache) and an
+* :mod:`.embeddings` — :class:`EmbeddingsClient` (``/v1/embeddings``, batched, cached per text) and an
   offline sentence-transformers backend;
-* :mod:`.vision` — :class:`VisionClient` for MM-Grounding-DINO, SAM2, Florence-2 and Kosmos-2;
+* :mod:`.vision` — :class:`VisionClient` for MM-Grounding-DINO, SAM2, Florence-2 and Kosmos-2 (cached
+  ``/infer`` and SAM2 update + track);
 * :mod:`.cache`, :mod:`.pricing`, :mod:`.transport`, :mod:`.errors` — the shared parts.
 """
 
-from .cache import CacheKey, ResponseCache, default_cache_dir
-from .chat import AttemptOutcome, CacheTag, ChatClient, ResolvedEndpoint, endpoint_env_var
+from .base import ServiceClient
+from .cache import SIMULATOR, CacheKey, CacheMode, ResponseCache, Subject, default_cache_dir, service_identity
+from .chat import AttemptOutcome, CacheTag, ChatClient
+from .endpoints import ResolvedEndpoint, endpoint_env_var, resolve
 from .describe import (
     AttemptRecord,
     BatchIncomplete,
@@ -21,9 +28,8 @@ from .describe import (
     ProgressTracker,
     describe_image,
     describe_images,
-    run_describe_images,
 )
-from .embeddings import EmbeddingCache, EmbeddingsClient, SentenceTransformerEmbeddings
+from .embeddings import EmbeddingsClient, SentenceTransformerEmbeddings, VectorCache
 from .errors import (
     AuthenticationError,
     ClientError,
@@ -42,13 +48,14 @@ __all__ = [
     "AttemptRecord",
     "AuthenticationError",
     "BatchIncomplete",
+    "SIMULATOR",
     "CacheKey",
+    "CacheMode",
     "CacheTag",
     "ChatClient",
     "ClientError",
     "ConfigurationError",
     "Cost",
-    "EmbeddingCache",
     "EmbeddingsClient",
     "EndpointLimits",
     "ImageDescription",
@@ -62,8 +69,11 @@ __all__ = [
     "ResponseError",
     "RetryPolicy",
     "SentenceTransformerEmbeddings",
+    "ServiceClient",
+    "Subject",
     "TransportError",
     "TransportRetriesExhausted",
+    "VectorCache",
     "VisionClient",
     "default_cache_dir",
     "describe_image",
@@ -71,7 +81,8 @@ __all__ = [
     "endpoint_env_var",
     "load_price_table",
     "redact",
-    "run_describe_images",
+    "resolve",
+    "service_identity",
     "vision_image",
     "vision_server_urls",
 ]

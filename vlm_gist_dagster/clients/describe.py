@@ -50,11 +50,8 @@ from ..protocol.structured_description import (
     evaluate_completion,
     require_supported,
 )
-from .cache import ResponseCache
 from .chat import AttemptOutcome, CacheTag, ChatClient
 from .errors import TransportRetriesExhausted, get_logger, redact
-from .pricing import PriceTable
-from .transport import RetryPolicy
 
 __all__ = [
     "AttemptRecord",
@@ -65,7 +62,6 @@ __all__ = [
     "ProgressTracker",
     "describe_image",
     "describe_images",
-    "run_describe_images",
 ]
 
 log = get_logger("vlm_gist_dagster.clients.describe")
@@ -286,7 +282,7 @@ async def describe_image(
     while book.can_retry:
         index = len(records)
         outcome = await chat.attempt(
-            params, request.payload, endpoint=request.endpoint, cache_tag=CacheTag(image.sha256, index)
+            params, request.payload, endpoint=request.endpoint, cache_tag=CacheTag.image(image.sha256, index)
         )
         attempt, objects = _attempt_from_outcome(outcome, settings)
         book.record(attempt)
@@ -432,8 +428,14 @@ async def describe_images(
             except ImageError as exc:
                 # A truncated, empty or missing image fails alone; the batch goes on (no request made).
                 result = ImageDescription(
-                    image_id=image_id, image_sha256="", success=False, objects=None, attempts=(),
-                    max_attempts=settings.max_attempts, retry=settings.retry, input_error=redact(str(exc)),
+                    image_id=image_id,
+                    image_sha256="",
+                    success=False,
+                    objects=None,
+                    attempts=(),
+                    max_attempts=settings.max_attempts,
+                    retry=settings.retry,
+                    input_error=redact(str(exc)),
                 )
             else:
                 result = await describe_image(chat, settings, prepared, image_id=image_id)
@@ -472,33 +474,3 @@ async def describe_images(
     if transport_failures:
         raise BatchIncomplete(ordered, transport_failures)
     return ordered
-
-
-def run_describe_images(
-    settings: DescriptionSettings,
-    images: Sequence[ImageInput],
-    *,
-    cache: ResponseCache | None = None,
-    endpoint_urls: Mapping[str, str] | None = None,
-    concurrency: int | Mapping[str, int] | None = None,
-    requests_per_minute: float | Mapping[str, float] | None = None,
-    retry: RetryPolicy | None = None,
-    prices: PriceTable | None = None,
-    env: Mapping[str, str] | None = None,
-    progress: Callable[[ProgressEvent], Any] | None = None,
-) -> list[ImageDescription]:
-    """Synchronous wrapper for Dagster assets: a fresh :class:`ChatClient` in ``asyncio.run``."""
-
-    async def main() -> list[ImageDescription]:
-        async with ChatClient(
-            endpoint_urls=endpoint_urls,
-            env=env,
-            concurrency=concurrency,
-            requests_per_minute=requests_per_minute,
-            retry=retry,
-            cache=cache,
-            prices=prices,
-        ) as chat:
-            return await describe_images(chat, settings, images, progress=progress)
-
-    return asyncio.run(main())

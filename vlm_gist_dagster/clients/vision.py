@@ -46,15 +46,10 @@ from ..protocol.detection import GdinoDetection, gdino_request, parse_gdino_resp
 from ..protocol.images import PreparedImage, prepare_image
 from ..protocol.segmentation import Sam2Track, parse_sam2_response, sam2_track_request, sam2_update_request
 from ..protocol.settings import BaselineSettings
-from .errors import ConfigurationError, ResponseError, TransportError, get_logger, redact, register_secret
-from .transport import (
-    EndpointLimits,
-    RetryPolicy,
-    check_auth,
-    retryable_status_error,
-    transport_error,
-    with_transport_retries,
-)
+from .base import ServiceClient
+from .cache import ResponseCache
+from .errors import ConfigurationError, ResponseError, get_logger, register_secret
+from .transport import RetryPolicy, json_body, transport_error
 
 __all__ = [
     "DEFAULT_VISION_URLS",
@@ -162,14 +157,18 @@ def _vision_b64(image: VisionImage) -> str:
     return vision_image(image).base64
 
 
-class VisionClient:
+class VisionClient(ServiceClient):
     """Async client of one NimbRo vision server (one model family).
 
     ``base_url`` defaults to :func:`vision_server_urls` for the family. ``retry`` bounds the transport
     retries (default 4, i.e. 5 tries); ``timeout_s`` is httpx's read timeout (inference on a slow
     server can take long); ``concurrency`` bounds requests in flight (default 1: the servers run one
-    model instance).
+    model instance). With a ``cache``, :meth:`infer_cached` and :meth:`segment_cached` answer repeated
+    requests from it (keyed by the server's identity, the route, the flavour and the body) and load the
+    model on the first miss only.
     """
+
+    default_retry = RetryPolicy(max_retries=4)
 
     def __init__(
         self,
@@ -179,6 +178,8 @@ class VisionClient:
         token_env: str = TOKEN_ENV,
         env: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
+        cache: ResponseCache | None = None,
+        service_identity: str | None = None,
         timeout_s: float | None = 300.0,
         connect_timeout: float = 10.0,
         concurrency: int = 1,
@@ -189,27 +190,26 @@ class VisionClient:
             raise ConfigurationError(
                 f"unknown vision model family {family!r} (known: {list(VISION_FAMILIES)})"
             )
+        super().__init__(
+            retry=retry,
+            cache=cache,
+            service_identity=service_identity,
+            concurrency=concurrency,
+            connect_timeout=connect_timeout,
+            read_timeout=timeout_s,
+            http_client=http_client,
+            sleep=sleep,
+        )
         self.family = family
         self.env = os.environ if env is None else env
         self.base_url = (base_url or vision_server_urls(env=self.env)[family]).rstrip("/")
         self.token_env = token_env
-        self.retry = retry or RetryPolicy(max_retries=4)
-        self._own_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=connect_timeout, read=timeout_s, write=120.0, pool=None),
-            follow_redirects=False,
-        )
-        self._sleep = sleep
-        self._concurrency = concurrency
-        self._limits: EndpointLimits | None = None
         self._sam2_lock: asyncio.Lock | None = None
         self._load_lock: asyncio.Lock | None = None
         #: The flavour this client made sure is loaded (None: not yet, or the server lost it).
         self.loaded_flavor: str | None = None
         self._wanted_flavor: str | None = None
-        #: Diagnostics: HTTP requests sent, transport retries, /load calls.
-        self.requests_sent = 0
-        self.transport_retries = 0
+        #: Diagnostics: /load calls.
         self.loads = 0
 
     @property
@@ -218,13 +218,6 @@ class VisionClient:
 
     async def __aenter__(self) -> VisionClient:
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._own_client:
-            await self._client.aclose()
 
     # ---------------------------------------------------------------- plumbing
     def _headers(self) -> dict[str, str]:
@@ -236,11 +229,6 @@ class VisionClient:
             )
         register_secret(token)
         return {"Authorization": f"Bearer {token}"}
-
-    def _get_limits(self) -> EndpointLimits:
-        if self._limits is None:
-            self._limits = EndpointLimits(self._concurrency)
-        return self._limits
 
     async def _request(
         self,
@@ -256,42 +244,15 @@ class VisionClient:
         headers = self._headers() if auth else {}
 
         async def send_once() -> Any:
-            self.requests_sent += 1
             try:
                 response = await self._client.request(method, url, json=body, headers=headers)
             except httpx.TransportError as exc:
                 raise transport_error(exc, self.service, url) from None
-            check_auth(response, self.service, f"check ${self.token_env}")
-            retryable = retryable_status_error(response, self.service)
-            if retryable is not None:
-                if response.status_code == 503 and path in ("/infer", "/update"):
-                    self.loaded_flavor = None  # "no model loaded": load again before the retry
-                raise retryable
-            if response.status_code >= 400:
-                raise ResponseError(
-                    f"{self.service}: {method} {path} → HTTP {response.status_code}: {redact(response.text[:300])}",
-                    status=response.status_code,
-                )
-            try:
-                return response.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                # A cut-off body of a 200: the connection broke mid-response. Retry like a transport error.
-                raise TransportError(
-                    f"{self.service}: {method} {path} → a 200 whose body is not valid JSON"
-                ) from None
+            if response.status_code == 503 and path in ("/infer", "/update"):
+                self.loaded_flavor = None  # "no model loaded": load again before the retry
+            return json_body(response, self.service, f"{method} {path}", f"check ${self.token_env}")
 
-        def count_retry(exc: TransportError, wait: float) -> None:
-            self.transport_retries += 1
-
-        result, _ = await with_transport_retries(
-            send_once,
-            self.retry,
-            service=self.service,
-            limits=self._get_limits(),
-            sleep=self._sleep,
-            on_retry=count_retry,
-            before_try=before_try,
-        )
+        result, _ = await self.send(send_once, service=self.service, before_try=before_try)
         return result
 
     async def _reload_if_lost(self) -> None:
@@ -414,15 +375,47 @@ class VisionClient:
         """SAM2 ``/update`` with one box prompt per detection, then (``track``) ``/infer`` on the same
         image (spec §4.3–4.4): (update tracks, track tracks or None). Runs under a lock so two images'
         calls never interleave on the stateful server."""
+        b64 = _vision_b64(image)
+        answer = await self._update_and_track(
+            flavor, sam2_update_request(b64, boxes_xyxy), sam2_track_request(b64) if track else None
+        )
+        tracked = parse_sam2_response(answer["track"]) if answer["track"] is not None else None
+        return parse_sam2_response(answer["update"]), tracked
+
+    async def _update_and_track(
+        self, flavor: str, update_body: Mapping[str, Any], track_body: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """``/update`` then (with a ``track_body``) ``/infer`` on the same image, under a lock so two
+        images' calls never interleave on the stateful server: ``{"update": ..., "track": ... | None}``."""
         self._require_sam2("update")
         if self._sam2_lock is None:
             self._sam2_lock = asyncio.Lock()
-        b64 = _vision_b64(image)
         async with self._sam2_lock:
             await self.ensure_loaded(flavor)
-            updated = parse_sam2_response(await self.update(sam2_update_request(b64, boxes_xyxy)))
-            tracked = parse_sam2_response(await self.infer(sam2_track_request(b64))) if track else None
-        return updated, tracked
+            updated = await self.update(update_body)
+            tracked = await self.infer(track_body) if track_body is not None else None
+        return {"update": updated, "track": tracked}
+
+    # ---------------------------------------------------------------- cached calls (the stages use these)
+    async def infer_cached(self, flavor: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``/infer`` with ``body`` on ``flavor``, answered from the cache when it was asked before; the
+        model is loaded on a miss only."""
+
+        async def call() -> dict[str, Any]:
+            await self.ensure_loaded(flavor)
+            return await self.infer(body)
+
+        key = self.cache_key("vision", self.base_url + "/infer", flavor, dict(body))
+        return await self.cached(key, call)
+
+    async def segment_cached(
+        self, flavor: str, update_body: Mapping[str, Any], track_body: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """SAM2 ``/update`` + ``/infer`` (see :meth:`segment`) cached as one entry:
+        ``{"update": ..., "track": ... | None}``."""
+        body = {"update": dict(update_body), "track": dict(track_body) if track_body else None}
+        key = self.cache_key("vision", self.base_url, flavor, body, route="/update+/infer")
+        return await self.cached(key, lambda: self._update_and_track(flavor, update_body, track_body))
 
     async def baseline(self, image: VisionImage, settings: BaselineSettings) -> BaselineOutput:
         """Florence-2 / Kosmos-2 on one image with the paper's baseline settings (spec §6)."""

@@ -60,7 +60,8 @@ class ServicesResource(dg.ConfigurableResource):
     reads the environment, so ``make run`` / ``make dev`` configure it by environment variables:
     ``VLM_GIST_ENDPOINT_URL_<NAME>``, ``VLM_GIST_VISION_URL_<FAMILY>``, API key variables,
     ``VLM_GIST_CACHE_MODE`` (use | refresh | bypass), ``VLM_GIST_CONCURRENCY``,
-    ``VLM_GIST_EMBEDDINGS`` (endpoint | local)."""
+    ``VLM_GIST_EMBEDDINGS`` (endpoint | local); ``VLM_GIST_SIMULATOR`` (set by ``vlm-gist run``) files
+    every cached answer under the service ``simulator``."""
 
     endpoint_urls: dict[str, str] = {}
     vision_urls: dict[str, str] = {}
@@ -76,13 +77,14 @@ class ServicesResource(dg.ConfigurableResource):
     def services(self):
         import os
 
+        from ..clients.cache import CacheMode
         from ..stages.services import Services
+        from .common import simulator_active
 
-        mode = self.cache_mode or os.environ.get("VLM_GIST_CACHE_MODE", "use")
-        if mode not in ("use", "refresh", "bypass"):
-            raise dg.Failure(
-                description=f"cache mode must be use, refresh or bypass, got {mode!r}", allow_retries=False
-            )
+        try:
+            mode = CacheMode.parse(self.cache_mode or os.environ.get("VLM_GIST_CACHE_MODE", "use"))
+        except ValueError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
         concurrency = self.concurrency or (
             int(os.environ["VLM_GIST_CONCURRENCY"]) if os.environ.get("VLM_GIST_CONCURRENCY") else None
         )
@@ -90,7 +92,8 @@ class ServicesResource(dg.ConfigurableResource):
             endpoint_urls=dict(self.endpoint_urls),
             vision_urls=dict(self.vision_urls) or None,
             data_dir=Path(self.data_dir) if self.data_dir else None,
-            cache_mode=mode,  # type: ignore[arg-type]
+            cache_mode=mode,
+            simulated=simulator_active(),
             concurrency=concurrency,
             requests_per_minute=self.requests_per_minute,
             vision_concurrency=self.vision_concurrency,

@@ -147,24 +147,6 @@ def endpoint_from_dict(spec: Mapping[str, Any]) -> Endpoint:
     )
 
 
-def endpoint_to_dict(endpoint: Endpoint) -> dict[str, Any]:
-    """The endpoint-dict form of ``endpoint`` (inverse of :func:`endpoint_from_dict`)."""
-    out: dict[str, Any] = {
-        "name": endpoint.name,
-        "api_flavor": endpoint.api_flavor,
-        "completions_url": endpoint.completions_url,
-    }
-    if endpoint.models_url is not None:
-        out["models_url"] = endpoint.models_url
-    if endpoint.embeddings_url is not None:
-        out["embeddings_url"] = endpoint.embeddings_url
-    if endpoint.key_env_var is None:
-        out.update(key_type="none", key_value=None)
-    else:
-        out.update(key_type="environment", key_value=endpoint.key_env_var)
-    return out
-
-
 def resolve_endpoint(value: str | Mapping[str, Any] | Endpoint) -> Endpoint:
     """An endpoint from its paper name (``"OpenAI"``, ``"Mistral AI"``, ``"OpenRouter"``, ``"vLLM"``,
     ``"AIS"``) or from the endpoint-dict form."""

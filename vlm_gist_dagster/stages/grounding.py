@@ -1,8 +1,10 @@
 """Stage B for one (model, dataset) pair: MM-Grounding-DINO boxes (``run_detections``) and SAM2 masks
 (``run_masks``); for baselines, Florence-2 / Kosmos-2 boxes and their SAM2 masks (spec §4, §6).
 
-Vision responses go through the same on-disk response cache as chat completions, keyed by the request
-body (image included), so a re-run or a resumed partition makes no vision call it already made.
+Vision responses go through the same on-disk response cache as chat completions (the vision client's
+``infer_cached`` / ``segment_cached``), keyed by the server's identity and the request body (image
+included), so a re-run or a resumed partition makes no vision call it already made. An image whose call
+fails for good (a bad response, or HTTP 500 on every retry) fails alone, with the reason in its rows.
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pandas as pd
 
-from ..clients.cache import CacheKey, ResponseCache
 from ..clients.describe import ProgressEvent
-from ..clients.errors import AuthenticationError, ConfigurationError, TransportError
-from ..clients.vision import VisionClient, vision_image
+from ..clients.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    TransportError,
+    TransportRetriesExhausted,
+)
+from ..clients.vision import vision_image
 from ..protocol.baselines import (
     BaselineDetection,
     assemble_baseline_detections,
@@ -82,46 +88,16 @@ MASK_COLUMNS: tuple[str, ...] = DETECTION_COLUMNS + (
 
 #: Errors that no image would survive: stop the stage at once.
 FATAL = (AuthenticationError, ConfigurationError)
+#: HTTP statuses a server answers again on every retry of the same request: the NimbRo servers answer
+#: 500 for a payload they cannot process (e.g. a one-pixel-wide mask). Once the retry budget is spent the
+#: image fails alone (its rows say why) instead of the partition; other exhausted transport errors (429,
+#: 502-504, connection errors: a server down or throttling) still fail the partition, to be retried later.
+PERMANENT_STATUSES = frozenset({500})
 
 
-class CachedVision:
-    """A vision client whose ``/infer`` (and SAM2 ``/update`` + ``/infer``) responses are cached; the
-    model is loaded on the first cache miss only."""
-
-    def __init__(self, client: VisionClient, flavor: str, cache: ResponseCache) -> None:
-        self.client, self.flavor, self.cache = client, flavor, cache
-        self.calls = 0
-        self._lock = asyncio.Lock()
-
-    def _key(self, route: str, body: Mapping[str, Any]) -> CacheKey:
-        return CacheKey.for_request(self.client.family, self.client.base_url + route, self.flavor, dict(body))
-
-    async def _cached(self, route: str, body: Mapping[str, Any], call: Callable[[], Awaitable[dict]]) -> dict:
-        key = self._key(route, body)
-        stored = self.cache.get(key)
-        if stored is not None:
-            return stored["response"]
-        await self.client.ensure_loaded(self.flavor)
-        self.calls += 1
-        response = await call()
-        self.cache.put(key, {"kind": "vision", "response": response})
-        return response
-
-    async def infer(self, body: Mapping[str, Any]) -> dict:
-        return await self._cached("/infer", body, lambda: self.client.infer(body))
-
-    async def segment(self, update_body: Mapping[str, Any], track_body: Mapping[str, Any] | None) -> dict:
-        """SAM2 is stateful (``/update`` then ``/infer`` on the same image): the pair runs under a lock
-        and is cached as one entry."""
-        body = {"update": dict(update_body), "track": dict(track_body) if track_body else None}
-
-        async def call() -> dict:
-            async with self._lock:
-                updated = await self.client.update(update_body)
-                tracked = await self.client.infer(track_body) if track_body else None
-            return {"update": updated, "track": tracked}
-
-        return await self._cached("/update+/infer", body, call)
+def permanent_server_error(error: object) -> bool:
+    """Whether ``error`` is a request the server failed on every try with a :data:`PERMANENT_STATUSES`."""
+    return isinstance(error, TransportRetriesExhausted) and error.status in PERMANENT_STATUSES
 
 
 async def _run_images(
@@ -130,8 +106,10 @@ async def _run_images(
     what: str,
     log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
-    """Run ``work`` for every image concurrently (the clients bound requests in flight); per-image
-    exceptions are returned as values, fatal ones cancel everything."""
+    """Run ``work`` for every image concurrently (the clients bound requests in flight). Per-image
+    failures (a bad image or response, a permanent server error) are returned as values; fatal ones and
+    transport failures cancel everything. When the server failed permanently on *every* image, that is
+    not one bad image but a broken server: the first error is raised."""
     progress = progress_logger(len(image_ids), what, log)
     done = 0
     results: dict[str, Any] = {}
@@ -143,8 +121,11 @@ async def _run_images(
             ok = True
         except FATAL:
             raise
-        except TransportError:
-            raise  # retries exhausted: the partition is retried later; cached results are kept
+        except TransportError as exc:
+            if not permanent_server_error(exc):
+                raise  # retries exhausted: the partition is retried later; cached results are kept
+            results[image_id] = exc
+            ok = False
         except Exception as exc:  # noqa: BLE001 - a bad image or response fails alone
             results[image_id] = exc
             ok = False
@@ -160,6 +141,9 @@ async def _run_images(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    permanent = [r for r in results.values() if permanent_server_error(r)]
+    if permanent and len(permanent) == len(results):
+        raise permanent[0]
     return results
 
 
@@ -262,7 +246,6 @@ def run_detections(
     """``(detections, detection_images)``: one row per detector output, one row per image."""
     paths = dict(zip(images["image_id"], images["path"]))
     objects = _objects_by_image(descriptions)
-    cache = services.response_cache()
     baseline = model.baseline if model.kind == "baseline" else None
     family = baseline.model_name if baseline else detection.detector_name
     flavor = baseline.model_flavor if baseline else detection.detector_flavor
@@ -270,8 +253,7 @@ def run_detections(
     async def main() -> tuple[dict[str, Any], dict[str, list[str]], dict[str, float]]:
         prompts: dict[str, list[str]] = {}
         durations: dict[str, float] = {}
-        async with services.vision_client(family) as client:
-            vision = CachedVision(client, flavor, cache)
+        async with services.vision_client(family) as vision:
 
             async def work(image_id: str) -> Any:
                 start = time.perf_counter()
@@ -279,11 +261,11 @@ def run_detections(
                     if baseline is not None:
                         body = baseline_request(vision_image(paths[image_id]).base64, baseline)
                         return parse_baseline_response(
-                            await vision.infer(body), model=baseline.model_name
+                            await vision.infer_cached(flavor, body), model=baseline.model_name
                         ).detections
                     p = prompts[image_id]
                     body = gdino_request_with_settings(vision_image(paths[image_id]).base64, p, detection)
-                    return parse_gdino_response(await vision.infer(body), prompts=p)
+                    return parse_gdino_response(await vision.infer_cached(flavor, body), prompts=p)
                 finally:
                     durations[image_id] = time.perf_counter() - start
 
@@ -348,26 +330,30 @@ def run_masks(
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """One row per detection: its SAM2 mask (full-image COCO RLE), mask box, track id and the preferred
-    box, as pixel xyxy and as FiftyOne's relative xywh (spec §4.4–4.5)."""
+    box, as pixel xyxy and as FiftyOne's relative xywh (spec §4.4–4.5).
+
+    An image whose SAM2 call failed (a bad response, or a server error that recurred on every retry)
+    keeps its detections without masks, like detections without a track, with the reason in
+    ``segmentation_error``; the other images go on."""
     baseline: BaselineSettings | None = model.baseline if model.kind == "baseline" else None
     seg = baseline if baseline is not None else detection
     info = images.set_index("image_id")
     prompts = dict(zip(detection_images["image_id"], detection_images["prompts"]))
     by_image = {k: g.sort_values("detection_index") for k, g in detections.groupby("image_id", sort=False)}
-    cache = services.response_cache()
 
     async def main() -> dict[str, Any]:
         if not by_image or seg.segmentation_name is None:
             return {}
-        async with services.vision_client(seg.segmentation_name) as client:
-            vision = CachedVision(client, seg.segmentation_flavor, cache)
+        async with services.vision_client(seg.segmentation_name) as vision:
 
             async def work(image_id: str) -> Any:
                 group = by_image[image_id]
                 b64 = vision_image(info.at[image_id, "path"]).base64
                 boxes = group[["x1", "y1", "x2", "y2"]].to_numpy().tolist()
                 track_body = sam2_track_request(b64) if seg.segmentation_track else None
-                response = await vision.segment(sam2_update_request(b64, boxes), track_body)
+                response = await vision.segment_cached(
+                    seg.segmentation_flavor, sam2_update_request(b64, boxes), track_body
+                )
                 updated = parse_sam2_response(response["update"])
                 tracked = parse_sam2_response(response["track"]) if response["track"] is not None else None
                 return updated, tracked
@@ -377,55 +363,77 @@ def run_masks(
     results = asyncio.run(main())
     rows: list[dict] = []
     for image_id, group in by_image.items():
-        width, height = int(info.at[image_id, "width"]), int(info.at[image_id, "height"])
+        size = int(info.at[image_id, "width"]), int(info.at[image_id, "height"])
         result = results.get(image_id)
         error = _error_text(result) if isinstance(result, BaseException) else None
-        updated, tracked = (None, None) if (result is None or error) else result
-        if baseline is not None:
-            found = [BaselineDetection(r.object_name, (r.x1, r.y1, r.x2, r.y2)) for r in group.itertuples()]
-            assembled = assemble_baseline_detections(
-                found,
-                image_width=width,
-                image_height=height,
-                segmentation=(tracked if baseline.segmentation_track else updated) if error is None else None,
-                segmentation_use_bbox=baseline.segmentation_use_bbox,
-            )
-        else:
-            found = [
-                GdinoDetection(r.prompt, (r.x1, r.y1, r.x2, r.y2), r.confidence) for r in group.itertuples()
-            ]
-            assembled = assemble_detections_with_settings(
-                list(prompts.get(image_id) or []),
-                found,
-                detection,
-                image_width=width,
-                image_height=height,
-                update_tracks=updated,
-                track_tracks=tracked if detection.segmentation_track else None,
-            )
-        for record, source in zip(assembled.detections, group.to_dict("records")):
-            x, y, w, h = record.relative_xywh(width, height)
-            mask_box = record.box_mask or (None, None, None, None)
-            rows.append(
-                {
-                    **source,
-                    "mask": record.mask_rle,
-                    "mask_x1": mask_box[0],
-                    "mask_y1": mask_box[1],
-                    "mask_x2": mask_box[2],
-                    "mask_y2": mask_box[3],
-                    "track_id": record.track_id,
-                    "box_x1": record.box[0],
-                    "box_y1": record.box[1],
-                    "box_x2": record.box[2],
-                    "box_y2": record.box[3],
-                    "x": x,
-                    "y": y,
-                    "w": w,
-                    "h": h,
-                    "segmentation_error": error,
-                }
-            )
+        tracks = (None, None) if (result is None or error) else result
+        assembled = _assemble_masks(group, tracks, size, prompts.get(image_id), baseline, detection)
+        rows.extend(_mask_rows(group, assembled, size, error))
+    return _mask_table(rows)
+
+
+def _assemble_masks(
+    group: pd.DataFrame,
+    tracks: tuple[Any, Any],
+    size: tuple[int, int],
+    prompts: Any,
+    baseline: BaselineSettings | None,
+    detection: DetectionSettings,
+) -> Any:
+    """The protocol's assembly of one image's detections with its SAM2 tracks (None, None: no masks)."""
+    updated, tracked = tracks
+    width, height = size
+    if baseline is not None:
+        found = [BaselineDetection(r.object_name, (r.x1, r.y1, r.x2, r.y2)) for r in group.itertuples()]
+        return assemble_baseline_detections(
+            found,
+            image_width=width,
+            image_height=height,
+            segmentation=tracked if baseline.segmentation_track else updated,
+            segmentation_use_bbox=baseline.segmentation_use_bbox,
+        )
+    found = [GdinoDetection(r.prompt, (r.x1, r.y1, r.x2, r.y2), r.confidence) for r in group.itertuples()]
+    return assemble_detections_with_settings(
+        list(prompts or []),
+        found,
+        detection,
+        image_width=width,
+        image_height=height,
+        update_tracks=updated,
+        track_tracks=tracked if detection.segmentation_track else None,
+    )
+
+
+def _mask_rows(group: pd.DataFrame, assembled: Any, size: tuple[int, int], error: str | None) -> list[dict]:
+    width, height = size
+    rows = []
+    for record, source in zip(assembled.detections, group.to_dict("records")):
+        x, y, w, h = record.relative_xywh(width, height)
+        mask_box = record.box_mask or (None, None, None, None)
+        rows.append(
+            {
+                **source,
+                "mask": record.mask_rle,
+                "mask_x1": mask_box[0],
+                "mask_y1": mask_box[1],
+                "mask_x2": mask_box[2],
+                "mask_y2": mask_box[3],
+                "track_id": record.track_id,
+                "box_x1": record.box[0],
+                "box_y1": record.box[1],
+                "box_x2": record.box[2],
+                "box_y2": record.box[3],
+                "x": x,
+                "y": y,
+                "w": w,
+                "h": h,
+                "segmentation_error": error,
+            }
+        )
+    return rows
+
+
+def _mask_table(rows: list[dict]) -> pd.DataFrame:
     masks = pd.DataFrame(rows, columns=list(MASK_COLUMNS))
     masks["mask"] = masks["mask"].astype(object)
     for column in ("mask_x1", "mask_y1", "mask_x2", "mask_y2", "track_id"):

@@ -1,8 +1,9 @@
 """Stage D, label matching, for one (model, dataset) pair (spec/evaluation.md §1).
 
-The definitions LLM writes a definition for every text missing from the shared definitions cache
-(``data/cache/definitions.json``, the paper's flat key → text format); the embeddings endpoint (or a local
-model) embeds the batch; ``protocol.label_matching`` scores and matches. Every detection keeps a row; the
+The definitions LLM writes a definition for every text missing from the shared definitions cache of
+its service (``data/cache/definitions/<service>.json``, the paper's flat key → text format, merged under
+a lock by concurrent partitions: :mod:`.definitions_store`); the embeddings endpoint (or a local model)
+embeds the batch; ``protocol.label_matching`` scores and matches. Every detection keeps a row; the
 ones whose match is not a dataset target have ``dataset_match = None`` and are dropped before evaluation
 (not counted as false positives, gotcha 1).
 """
@@ -20,6 +21,7 @@ from ..clients.errors import ResponseError
 from ..protocol import label_matching as lm
 from ..protocol.completions import build_payload
 from ..protocol.settings import LabelMatchingSettings
+from .definitions_store import DefinitionsStore
 from .services import Services
 
 LABEL_MATCH_COLUMNS: tuple[str, ...] = (
@@ -57,7 +59,8 @@ async def _define(chat: ChatClient, request: lm.DefinitionRequest) -> str:
     payload = build_payload(params, request.messages, "text")
     last = "no attempt"
     for attempt in range(MAX_DEFINITION_ATTEMPTS):
-        outcome = await chat.attempt(params, payload, cache_tag=CacheTag(request.item.cache_key, attempt))
+        tag = CacheTag.definition(request.item.cache_key, attempt)
+        outcome = await chat.attempt(params, payload, cache_tag=tag)
         if outcome.error is None and outcome.completion is not None and outcome.completion.text.strip():
             return outcome.completion.text  # stored verbatim, as the paper does
         last = outcome.error.reason if outcome.error is not None else "empty_text"
@@ -111,6 +114,30 @@ def label_sets(
     return sets, groups
 
 
+async def _define_missing(
+    services: Services, store: DefinitionsStore, requests: list[lm.DefinitionRequest], write: bool
+) -> tuple[lm.DefinitionsCache, dict[str, str]]:
+    """Ask the LLM for every requested definition, then merge them into the shared file (first writer
+    wins, under its lock) when ``write``; returns (the definitions to match with, the new ones)."""
+    async with services.chat_client() as chat:
+        texts = await asyncio.gather(*(_define(chat, r) for r in requests))
+    new = {r.item.cache_key: t for r, t in zip(requests, texts, strict=True)}
+    if write:
+        return await asyncio.to_thread(store.merge, new), new
+    return store.read().merged(new), new
+
+
+async def _embed(services: Services, batch: list[str]) -> lm.EmbeddingTable:
+    client = services.embeddings_client()
+    try:
+        vectors = await client.embed(batch)
+    finally:
+        close = getattr(client, "aclose", None)
+        if close is not None:
+            await close()
+    return lm.EmbeddingTable(batch, vectors)
+
+
 def run_label_matches(
     validations: pd.DataFrame,
     descriptions: pd.DataFrame,
@@ -121,49 +148,56 @@ def run_label_matches(
     *,
     log: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """``(label_matches, summary)``: one row per kept detection, plus counts for metadata."""
+    """``(label_matches, summary)``: one row per kept detection, plus counts for metadata.
+
+    Definitions come from the definitions file of the service that writes them
+    (:meth:`Services.definitions_store`); the missing ones are generated and merged into it before
+    matching, so the result is what a re-run from the file gives even when another partition defined the
+    same texts at the same time."""
     options = lm.as_options(settings)
     sets, groups = label_sets(validations, descriptions, ground_truth, image_ids, options.use_per_set_targets)
     active, skipped = lm.partition_label_sets(sets, options)
-    cache = lm.DefinitionsCache.read(services.definitions_file)
-    missing = cache.missing(lm.definition_items(active, options))
-    requests = lm.definition_requests(missing, options)
+    store = services.definitions_store(options.llm.api_endpoint)
+    cached = store.read()
+    requests = lm.definition_requests(cached.missing(lm.definition_items(active, options)), options)
     if log:
         log(
-            f"label matching: {len(active)} images, {len(cache)} cached definitions, {len(requests)} to generate"
+            f"label matching: {len(active)} images, {len(cached)} cached definitions, "
+            f"{len(requests)} to generate"
         )
 
-    async def main() -> tuple[dict[str, str], lm.EmbeddingTable | None]:
-        new: dict[str, str] = {}
+    async def main() -> tuple[lm.DefinitionsCache, dict[str, str], lm.EmbeddingTable | None]:
+        definitions, new = cached, {}
         if requests:
-            async with services.chat_client() as chat:
-                texts = await asyncio.gather(*(_define(chat, r) for r in requests))
-            new = {r.item.cache_key: t for r, t in zip(requests, texts)}
-        definitions = cache.updated(new) if new else cache
+            definitions, new = await _define_missing(services, store, requests, options.definitions_write)
         if not active:
-            return new, None
-        batch = lm.embedding_batch(active, definitions, options)
-        client = services.embeddings_client()
-        try:
-            vectors = await client.embed(batch)
-        finally:
-            close = getattr(client, "aclose", None)
-            if close is not None:
-                await close()
-        return new, lm.EmbeddingTable(batch, vectors)
+            return definitions, new, None
+        return definitions, new, await _embed(services, lm.embedding_batch(active, definitions, options))
 
-    new, table = asyncio.run(main())
-    definitions = cache.updated(new) if new else cache
-    if new and options.definitions_write:
-        # Re-read before writing: another partition may have added definitions meanwhile.
-        latest = lm.DefinitionsCache.read(services.definitions_file)
-        latest.updated(new).write(services.definitions_file)
+    definitions, new, table = asyncio.run(main())
     result = (
         lm.match_label_sets(active, definitions, table, options)
         if active
         else lm.LabelMatchingResult((), tuple(skipped))
     )
+    out = label_match_table(result, groups)
+    adopted = sum(definitions[key] != text for key, text in new.items())
+    summary = {
+        "images_matched": len(result.sets),
+        "images_skipped": len(result.skipped),
+        "definitions_generated": len(new),
+        "definitions_cached": len(definitions) - len(new),
+        "definitions_from_another_partition": adopted,
+        "accepted": int(out["dataset_match"].notna().sum()),
+        "rejected": int(out["dataset_match"].isna().sum()),
+        "mapping_rules_applied": int(out["mapping_rule_applied"].fillna(False).astype(bool).sum()),
+        "per_image": {s.identifier: (s.accepted, s.rejected) for s in result.sets},
+    }
+    return out, summary
 
+
+def label_match_table(result: lm.LabelMatchingResult, groups: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per kept detection of the matched sets, then the detections of skipped sets."""
     rows: list[dict[str, Any]] = []
     for label_set in result.sets:
         group = groups[label_set.identifier]
@@ -205,7 +239,7 @@ def run_label_matches(
             )
     out = pd.DataFrame(rows, columns=list(LABEL_MATCH_COLUMNS))
     out["mask"] = out["mask"].astype(object)
-    out = out.astype(
+    return out.astype(
         {
             "score": "float64",
             "confidence": "float64",
@@ -215,14 +249,3 @@ def run_label_matches(
             "h": "float64",
         }
     )
-    summary = {
-        "images_matched": len(result.sets),
-        "images_skipped": len(result.skipped),
-        "definitions_generated": len(new),
-        "definitions_cached": len(definitions) - len(new),
-        "accepted": int(out["dataset_match"].notna().sum()),
-        "rejected": int(out["dataset_match"].isna().sum()),
-        "mapping_rules_applied": int(out["mapping_rule_applied"].fillna(False).astype(bool).sum()),
-        "per_image": {s.identifier: (s.accepted, s.rejected) for s in result.sets},
-    }
-    return out, summary

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .. import paths
-from ..clients.cache import ResponseCache
+from ..clients.cache import SIMULATOR, CacheMode, ResponseCache, service_identity
 from ..clients.chat import ChatClient
 from ..clients.describe import ProgressEvent, ProgressTracker
-from ..clients.embeddings import EmbeddingCache, EmbeddingsClient, SentenceTransformerEmbeddings
+from ..clients.embeddings import EmbeddingBackend, EmbeddingsClient, SentenceTransformerEmbeddings
+from ..clients.endpoints import EndpointLike, resolve_urls
+from ..clients.transport import RetryPolicy
 from ..clients.vision import VisionClient, vision_server_urls
+from .definitions_store import DefinitionsStore
 
-CacheMode = Literal["use", "refresh", "bypass"]
+__all__ = ["CacheMode", "Services", "progress_logger"]
 
 
 @dataclass(frozen=True)
@@ -25,10 +29,14 @@ class Services:
     * ``endpoint_urls``: chat endpoint name → base URL override (also ``VLM_GIST_ENDPOINT_URL_<NAME>``).
     * ``vision_urls``: model family → base URL (default: ``settings/vision_servers.json`` + environment).
     * ``env``: where API keys are read (default ``os.environ``).
-    * ``cache_mode``: ``use`` the response cache (default), ``refresh`` it (ask again, store), or
-      ``bypass`` it entirely.
+    * ``cache_mode``: a :class:`~vlm_gist_dagster.clients.cache.CacheMode` (or its name): ``use`` the
+      response cache (default), ``refresh`` it (ask again, store), or ``bypass`` it entirely.
+    * ``simulated``: the built-in simulator answers every request. Cached answers (responses, vision
+      calls, embeddings, definitions) are then filed under the service ``simulator`` instead of each
+      server's origin, so a real run never reads a simulated answer and vice versa.
     * ``concurrency``: chat requests in flight per endpoint (None: the paper's CPU count − 1).
     * ``vision_concurrency``: requests in flight per vision server (the real servers run one model).
+    * ``retry``: the transport retry policy of every client (None: each client's default).
     * ``embeddings``: ``endpoint`` (OpenAI-compatible, ``embeddings_endpoint``/``embeddings_model``)
       or ``local`` (sentence-transformers, extra ``local``).
     """
@@ -37,14 +45,19 @@ class Services:
     vision_urls: Mapping[str, str] | None = None
     env: Mapping[str, str] | None = None
     data_dir: Path | None = None
-    cache_mode: CacheMode = "use"
+    cache_mode: CacheMode = CacheMode.USE
+    simulated: bool = False
     concurrency: int | None = None
     requests_per_minute: float | None = None
     vision_concurrency: int = 1
+    retry: RetryPolicy | None = None
     embeddings: Literal["endpoint", "local"] = "endpoint"
     embeddings_endpoint: str = "OpenAI"
     embeddings_model: str = "text-embedding-3-large"
     local_embeddings_model: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_mode", CacheMode.parse(self.cache_mode))
 
     @property
     def environment(self) -> Mapping[str, str]:
@@ -55,15 +68,27 @@ class Services:
         return (self.data_dir or paths.data_dir()) / "cache"
 
     @property
-    def definitions_file(self) -> Path:
-        return self.cache_dir / "definitions.json"
+    def service_identity(self) -> str | None:
+        """The identity every client files its answers under: ``simulator``, or None (each server's
+        origin)."""
+        return SIMULATOR if self.simulated else None
+
+    def endpoint_identity(self, endpoint: EndpointLike) -> str:
+        """Who answers chat requests to ``endpoint`` (URL overrides applied; no key needed)."""
+        if self.simulated:
+            return SIMULATOR
+        urls = resolve_urls(endpoint, endpoint_urls=self.endpoint_urls, env=self.environment)
+        return service_identity(urls.completions_url)
+
+    def definitions_store(self, endpoint: EndpointLike) -> DefinitionsStore:
+        """The label-matching definitions written by the LLM behind ``endpoint``:
+        ``<cache>/definitions/<service>.json`` (the paper's file format), one file per service."""
+        identity = self.endpoint_identity(endpoint)
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", identity).strip("_") or "_"
+        return DefinitionsStore(self.cache_dir / "definitions" / f"{slug}.json")
 
     def response_cache(self) -> ResponseCache:
-        return ResponseCache(
-            self.cache_dir / "responses",
-            bypass=self.cache_mode == "bypass",
-            refresh=self.cache_mode == "refresh",
-        )
+        return ResponseCache(self.cache_dir / "responses", mode=self.cache_mode)
 
     def chat_client(self) -> ChatClient:
         return ChatClient(
@@ -71,23 +96,34 @@ class Services:
             env=self.env,
             concurrency=self.concurrency,
             requests_per_minute=self.requests_per_minute,
+            retry=self.retry,
             cache=self.response_cache(),
+            service_identity=self.service_identity,
         )
 
     def vision_client(self, family: str) -> VisionClient:
         urls = dict(self.vision_urls) if self.vision_urls else vision_server_urls(env=self.environment)
-        return VisionClient(family, urls[family], env=self.env, concurrency=self.vision_concurrency)
+        return VisionClient(
+            family,
+            urls[family],
+            env=self.env,
+            concurrency=self.vision_concurrency,
+            retry=self.retry,
+            cache=self.response_cache(),
+            service_identity=self.service_identity,
+        )
 
-    def embeddings_client(self):
-        cache = EmbeddingCache(self.cache_dir / "embeddings", bypass=self.cache_mode == "bypass")
+    def embeddings_client(self) -> EmbeddingBackend:
         if self.embeddings == "local":
-            return SentenceTransformerEmbeddings(self.local_embeddings_model, cache=cache)
+            return SentenceTransformerEmbeddings(self.local_embeddings_model, cache=self.response_cache())
         return EmbeddingsClient(
             self.embeddings_endpoint,
             model=self.embeddings_model,
-            cache=cache,
+            cache=self.response_cache(),
+            service_identity=self.service_identity,
             endpoint_urls=self.endpoint_urls,
             env=self.env,
+            retry=self.retry,
         )
 
 

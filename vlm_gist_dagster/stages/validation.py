@@ -55,14 +55,19 @@ def passthrough(masks: pd.DataFrame) -> pd.DataFrame:
 
 
 async def _ask(
-    chat: ChatClient, settings: ValidationSettings, messages: list[dict], sha: str
+    chat: ChatClient,
+    settings: ValidationSettings,
+    messages: list[dict],
+    image_sha256: str,
+    detection_index: int,
 ) -> tuple[str | None, str | None]:
     """``(answer text, None)``, or ``(None, why the last attempt failed)`` after every attempt failed."""
     params = settings.vlm
     payload = build_payload(params, messages, "text")
     reason = None
     for attempt in range(MAX_VALIDATION_ATTEMPTS):
-        outcome = await chat.attempt(params, payload, cache_tag=CacheTag(sha, attempt))
+        tag = CacheTag.crop(image_sha256, detection_index, attempt)
+        outcome = await chat.attempt(params, payload, cache_tag=tag)
         if outcome.error is None and outcome.completion is not None:
             try:
                 return str(postprocess(outcome.completion, "text", params).value), None
@@ -109,9 +114,7 @@ def run_validations(
                         validation_crop_with_settings(image, box, settings, mask=row["mask"])
                     )
                     messages = validation_messages_with_settings(full.data_uri, data_uri(crop), sd, settings)
-                    return await _ask(
-                        chat, settings, messages, full.sha256 + ":" + str(row["detection_index"])
-                    )
+                    return await _ask(chat, settings, messages, full.sha256, int(row["detection_index"]))
 
                 asked = await asyncio.gather(*(one(r) for r in group.to_dict("records")))
                 texts = [text for text, _ in asked]

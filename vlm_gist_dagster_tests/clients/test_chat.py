@@ -203,6 +203,57 @@ def test_timeouts_fail_the_attempt(sim, images, fault, stream, timeouts, reason)
         assert outcome.error.completion is not None and outcome.error.completion.text
 
 
+def test_keep_alive_comments_do_not_reset_the_first_chunk_timer(sim, images):
+    """OpenRouter-style keep-alives while the model "thinks" (the simulator sends one at once and one
+    every second of its 4 s latency): only data lines move the timers, as in the paper's client, so the
+    attempt fails after timeout_chunk_first = 1.5 s although a comment arrived every second."""
+    sim.set_controls("chat", model="test/model", latency_mean_s=4.0, latency_jitter_s=0.0)
+    outcome, _, _ = one_attempt(sim, completion_params(stream=True, first=1.5, next_=15.0), images[0][1])
+    assert not outcome.ok and outcome.error.reason == "timeout_first_chunk"
+    assert outcome.record["lines"] and all(line.startswith(":") for line in outcome.record["lines"])
+    assert outcome.duration_s >= 1.5 - 0.01  # the comments did not end it early either
+
+
+def _sse_server(lines: list[tuple[float, str]]) -> httpx.MockTransport:
+    """A stub chat server streaming ``lines`` (each after its delay in seconds) as an SSE body."""
+
+    async def body():
+        for delay, line in lines:
+            await asyncio.sleep(delay)
+            yield (line + "\n\n").encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    return httpx.MockTransport(handler)
+
+
+def _stub_attempt(transport: httpx.MockTransport, params):
+    async def main():
+        async with httpx.AsyncClient(transport=transport) as http:
+            async with ChatClient(env=sim_env(), http_client=http, retry=FAST) as chat:
+                return await chat.attempt(params, {"model": "test/model", "stream": True, "messages": []})
+
+    return asyncio.run(main())
+
+
+def test_data_lines_that_are_not_json_are_ignored_and_do_not_reset_the_timers():
+    chunk = {"choices": [{"delta": {"content": "[]"}, "finish_reason": "stop"}]}
+    ok = _stub_attempt(
+        _sse_server(
+            [(0, ": OPENROUTER PROCESSING"), (0, "data: not json"), (0, "data: " + json.dumps(chunk)), (0, "data: [DONE]")]
+        ),
+        completion_params(stream=True),
+    )
+    assert ok.ok and ok.completion.text == "[]"  # the broken line was skipped, as the paper's reader does
+    stalled = _stub_attempt(
+        _sse_server([(0.2, "data: {broken")] * 10 + [(0, "data: " + json.dumps(chunk)), (0, "data: [DONE]")]),
+        completion_params(stream=True, first=1.0, next_=15.0),
+    )
+    assert not stalled.ok and stalled.error.reason == "timeout_first_chunk"
+    assert stalled.record["lines"][0] == "data: {broken"
+
+
 def test_timeout_completion_caps_a_slow_but_steady_stream(sim, images):
     """Chunks keep coming (every 0.05 s, below timeout_chunk_next) but the whole stream takes longer
     than timeout_completion: the cap fires."""

