@@ -22,7 +22,7 @@ from vlm_gist_dagster.defs.partitions import pair_key
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import SERVER_NAMES, start_simulator
 
-from .conftest import Deployment, run_job, write_model
+from .conftest import CONCURRENCY, Deployment, run_job, write_model
 
 CANARIES = {
     "VLM_GIST_SIM_API_KEY": "sk-canary-sim-5d1f0c7e9b2a4f38",
@@ -110,11 +110,12 @@ def pipeline_run(tmp_path_factory, coco_dataset):
         failed,
         keep.records,
         console.getvalue(),
+        rejecting.request_log.snapshot(),
     )
 
 
 def test_the_run_really_used_the_keys_and_wrote_files(pipeline_run):
-    _, deployment, _, result, records, console = pipeline_run
+    _, deployment, _, result, records, console, _ = pipeline_run
     assert len(deployment.read("metrics", "coco", "canary")) == 1
     assert any((deployment.data_dir / "cache" / "responses").rglob("*.json"))
     assert any(deployment.home.rglob("*.db"))  # the SQLite run / event storage that is scanned below
@@ -137,7 +138,7 @@ def test_no_file_contains_a_key(pipeline_run):
 
 
 def test_no_event_log_line_or_error_contains_a_key(pipeline_run):
-    _, _, events, _, records, console = pipeline_run
+    _, _, events, _, records, console, _ = pipeline_run
     assert events and records and console
     for entry in events:
         assert leaks(entry.user_message or "") == []
@@ -148,9 +149,23 @@ def test_no_event_log_line_or_error_contains_a_key(pipeline_run):
 
 
 def test_a_rejected_key_fails_naming_the_variable_not_the_key(pipeline_run):
-    _, _, _, result, _, _ = pipeline_run
+    _, _, _, result, _, _, _ = pipeline_run
     failures = [e for e in result.all_events if e.is_step_failure]
     assert len(failures) == 1
     message = failures[0].event_specific_data.error.to_string()
     assert "401" in message and "VLM_GIST_SIM_API_KEY" in message
     assert leaks(message) == []
+
+
+def test_a_rejected_key_is_not_retried(pipeline_run):
+    """Counted where it costs: at the server. The step ran once (no retry by the asset's retry policy)
+    and sent no more than its requests in flight (CONCURRENCY), plus at most one per 401 that a freed
+    slot let out before the cancellation landed; a client that retried 401s would send 1 + 6 times as
+    many, a retried step as many again."""
+    _, _, _, result, _, _, rejected = pipeline_run
+    starts = [e for e in result.all_events if e.event_type_value == "STEP_START"]
+    assert [e.step_key for e in starts] == ["descriptions"]
+    assert not [e for e in result.all_events if e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED")]
+    chat = [r for r in rejected if r.server == "chat"]
+    assert chat and all(r.status == 401 for r in chat)
+    assert len(chat) <= 2 * CONCURRENCY
