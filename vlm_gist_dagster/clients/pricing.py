@@ -105,21 +105,19 @@ class PriceTable:
             unknown = sorted(set(entry) - {"input", "output", "cached_input", "note"})
             if unknown:
                 raise ConfigurationError(f"{source}: field '{field}' has unknown key(s) {unknown}")
-            values: dict[str, float | None] = {}
-            for key in ("input", "output", "cached_input"):
+
+            def number(key: str, field: str = field, entry: Mapping = entry) -> float:
                 value = entry.get(key)
-                if value is None and key == "cached_input":
-                    values[key] = None
-                    continue
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                     raise ConfigurationError(
                         f"{source}: field '{field}.{key}' must be a non-negative number (USD per 1M tokens)"
                     )
-                values[key] = float(value)
+                return float(value)
+
             prices[str(name)] = ModelPrice(
-                input=values["input"],
-                output=values["output"],
-                cached_input=values["cached_input"],  # type: ignore[arg-type]
+                input=number("input"),
+                output=number("output"),
+                cached_input=None if entry.get("cached_input") is None else number("cached_input"),
             )
         return cls(prices)
 

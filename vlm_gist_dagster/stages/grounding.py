@@ -384,9 +384,9 @@ def _assemble_masks(
     updated, tracked = tracks
     width, height = size
     if baseline is not None:
-        found = [BaselineDetection(r.object_name, (r.x1, r.y1, r.x2, r.y2)) for r in group.itertuples()]
+        boxes = [BaselineDetection(r.object_name, (r.x1, r.y1, r.x2, r.y2)) for r in group.itertuples()]
         return assemble_baseline_detections(
-            found,
+            boxes,
             image_width=width,
             image_height=height,
             segmentation=tracked if baseline.segmentation_track else updated,

@@ -167,7 +167,8 @@ def run_label_matches(
         )
 
     async def main() -> tuple[lm.DefinitionsCache, dict[str, str], lm.EmbeddingTable | None]:
-        definitions, new = cached, {}
+        definitions: lm.DefinitionsCache = cached
+        new: dict[str, str] = {}
         if requests:
             definitions, new = await _define_missing(services, store, requests, options.definitions_write)
         if not active:
@@ -177,7 +178,7 @@ def run_label_matches(
     definitions, new, table = asyncio.run(main())
     result = (
         lm.match_label_sets(active, definitions, table, options)
-        if active
+        if table is not None
         else lm.LabelMatchingResult((), tuple(skipped))
     )
     out = label_match_table(result, groups)
