@@ -1,0 +1,185 @@
+"""Tiny architectures with random weights, for ``--random-weights`` (tests and CPU benchmarks only).
+
+Every family's real model class is built from a small config of the same architecture, so the whole
+code path (preprocessing, the transformers forward pass, post-processing, encoding) runs without
+downloading anything; the numbers it produces mean nothing. Tokenizers are built in-process as well:
+a WordPiece vocabulary for the BERT text encoder of MM-Grounding-DINO whose special tokens keep the
+ids of ``bert-base-uncased`` (the model looks for ``[CLS]`` 101, ``[SEP]`` 102, ``.`` 1012, ``?`` 1029),
+and a byte-level BPE for SAM 3's CLIP text encoder. Never a silent fallback: the server only builds
+these when started with ``--random-weights`` and reports ``"weights": "random"`` in ``/status``.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+__all__ = [
+    "tiny_bert_tokenizer",
+    "tiny_clip_tokenizer",
+    "tiny_mm_grounding_dino",
+    "tiny_sam2_video",
+    "tiny_sam3",
+]
+
+_BERT_SPECIALS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+TINY_BERT_VOCAB = 2048
+
+
+def tiny_bert_tokenizer() -> Any:
+    """An uncased WordPiece tokenizer over single characters (every ASCII text tokenizes) whose special
+    tokens have ``bert-base-uncased``'s ids."""
+    from transformers import BertTokenizer
+
+    chars = string.ascii_lowercase + string.digits
+    pieces = list(chars + ",;:!'\"-()/&+*#%$@<>=[]_") + ["##" + c for c in chars]
+    free = [i for i in range(TINY_BERT_VOCAB) if i not in _BERT_SPECIALS.values()]
+    vocab = dict(_BERT_SPECIALS)
+    vocab.update(zip(pieces, free, strict=False))
+    vocab.update({f"[unused{i}]": i for i in free[len(pieces) :]})
+    return BertTokenizer(vocab=vocab)
+
+
+def tiny_mm_grounding_dino(seed: int = 0) -> Any:
+    """MM-Grounding-DINO with a 4-stage Swin of width 16, one encoder and two decoder layers, 100 queries."""
+    import torch
+    from transformers import BertConfig, MMGroundingDinoConfig, MMGroundingDinoForObjectDetection, SwinConfig
+
+    config = MMGroundingDinoConfig(
+        backbone_config=SwinConfig(
+            embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7, out_indices=[2, 3, 4]
+        ),
+        text_config=BertConfig(
+            vocab_size=TINY_BERT_VOCAB,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,  # the class ties decoder heads across layers: it needs at least two
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=100,
+        encoder_n_points=2,
+        decoder_n_points=2,
+    )
+    torch.manual_seed(seed)
+    return MMGroundingDinoForObjectDetection(config).eval()
+
+
+def tiny_sam2_video(seed: int = 0, image_size: int = 256) -> Any:
+    """SAM 2 video model with a 4-stage Hiera of width 8 and 128-wide heads, at ``image_size`` pixels.
+
+    The memory attention's key projection is fixed at 64 channels and object pointers are split into
+    64-wide memory tokens, so the head width must be a multiple of 64 above it (128)."""
+    import torch
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
+
+    s = image_size
+    hidden = 128
+    config = Sam2VideoConfig(
+        vision_config=Sam2VisionConfig(
+            backbone_config=Sam2HieraDetConfig(
+                hidden_size=8,
+                embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 1, 1, 1],
+                blocks_per_stage=[1, 2, 1, 1],
+                global_attention_blocks=[2],  # not a stage-change block (those pool the window)
+                window_size_per_stage=[8, 4, 4, 4],
+                image_size=[s, s],
+            ),
+            backbone_channel_list=[64, 32, 16, 8],
+            fpn_hidden_size=hidden,
+            backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+        ),
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=s),
+        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        image_size=s,
+        memory_attention_hidden_size=hidden,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=128,
+        memory_attention_rope_feat_sizes=[s // 16, s // 16],
+        memory_encoder_hidden_size=hidden,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=hidden,
+        memory_fuser_embed_dim=hidden,
+        memory_fuser_intermediate_dim=64,
+        memory_fuser_num_layers=1,
+    )
+    torch.manual_seed(seed)
+    model = Sam2VideoModel(config).eval()
+    # A random object-score head calls about half of the objects occluded, and SAM 2 then blanks their
+    # masks: every object is made visible so that masks (random shapes) go through the whole path.
+    with torch.no_grad():
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
+    return model
+
+
+TINY_CLIP_VOCAB = 512
+
+
+def tiny_clip_tokenizer() -> Any:
+    """A CLIP-style byte-level BPE (256 byte symbols, their end-of-word forms, a few merges)."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for sym in symbols:
+        vocab[sym] = len(vocab)
+    for sym in symbols:
+        vocab[sym + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def tiny_sam3(seed: int = 0, image_size: int = 224, vocab_size: int | None = None) -> Any:
+    """SAM 3 with a 2-layer ViT of width 32, 1-layer DETR encoder/decoder (20 queries) and CLIP text."""
+    import torch
+    from transformers import CLIPTextConfig, Sam3Config, Sam3Model, Sam3ViTConfig, Sam3VisionConfig
+
+    s = image_size
+    grid = s // 14
+    vocab = vocab_size or (2 * 256 + 2)
+    config = Sam3Config(
+        vision_config=Sam3VisionConfig(
+            backbone_config=Sam3ViTConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=s,
+                patch_size=14,
+                window_size=8,
+                global_attn_indexes=[1],
+                pretrain_image_size=s,
+            ),
+            fpn_hidden_size=32,
+            backbone_feature_sizes=[[grid * 4] * 2, [grid * 2] * 2, [grid] * 2],
+        ),
+        text_config=CLIPTextConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            projection_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1,
+        ),
+        geometry_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        detr_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        detr_decoder_config=dict(
+            hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64, num_queries=20
+        ),
+        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2),
+    )
+    torch.manual_seed(seed)
+    return Sam3Model(config).eval()
