@@ -183,3 +183,136 @@ def tiny_sam3(seed: int = 0, image_size: int = 224, vocab_size: int | None = Non
     )
     torch.manual_seed(seed)
     return Sam3Model(config).eval()
+
+
+def _byte_level_vocab(specials: list[str]) -> dict[str, int]:
+    from tokenizers import pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(specials)}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(symbol, len(vocab))
+    return vocab
+
+
+#: the task and location tokens of Florence-2's tokenizer that its post-processor parses
+FLORENCE_EXTRA_TOKENS = [f"<loc_{i}>" for i in range(1000)] + [
+    "<od>", "</od>", "<ocr>", "</ocr>", "<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>",
+    "<grounding>", "</grounding>", "<seg>", "</seg>", "<sep>", "<region_cap>", "</region_cap>",
+    "<region_to_desciption>", "</region_to_desciption>", "<proposal>", "</proposal>", "<poly>", "</poly>", "<and>",
+]  # fmt: skip
+FLORENCE_PARSE_TASKS = {
+    "ocr": {"AREA_THRESHOLD": 0.0},
+    "phrase_grounding": {"banned_grounding_tokens": []},
+    "pure_text": {},
+    "description_with_bboxes": {},
+    "description_with_polygons": {},
+    "polygons": {},
+    "bboxes": {},
+    "description_with_bboxes_or_polygons": {},
+}
+
+
+def tiny_florence2(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
+    """Florence-2 with a 4-stage DaViT of width 8–64 and a one-layer BART, and its processor: a
+    byte-level BPE with ``<image>``, the 1,000 ``<loc_…>`` tokens and the task tokens."""
+    import torch
+    from transformers import (
+        BartConfig,
+        BartTokenizer,
+        CLIPImageProcessorPil,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        Florence2VisionConfig,
+    )
+
+    tokenizer = BartTokenizer(
+        vocab=_byte_level_vocab(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]),
+        merges=[],
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.add_tokens(FLORENCE_EXTRA_TOKENS)
+    config = Florence2Config(
+        vision_config=Florence2VisionConfig(
+            depths=[1, 1, 1, 1],
+            embed_dim=[8, 16, 32, 64],
+            num_heads=[1, 1, 2, 2],
+            num_groups=[1, 1, 2, 2],
+            window_size=2,
+            projection_dim=32,
+        ),
+        text_config=BartConfig(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=1100,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.eos_token_id,
+            forced_bos_token_id=tokenizer.bos_token_id,
+        ),
+        image_token_id=tokenizer.image_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    with torch.inference_mode():  # the processor needs as many <image> tokens as the vision tower makes
+        probe = model.get_image_features(pixel_values=torch.zeros(1, 3, image_size, image_size))
+    image_processor.image_seq_length = int(probe.pooler_output.shape[1])
+    processor = Florence2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, post_processor_config=FLORENCE_PARSE_TASKS
+    )
+    return model, processor
+
+
+def tiny_kosmos2(seed: int = 0, image_size: int = 56) -> tuple[Any, Any]:
+    """Kosmos-2 with a 1-layer ViT and a 1-layer text decoder of width 32, 64 latent queries, and its
+    processor (a byte-level BPE; the processor adds Kosmos-2's tag and patch-index tokens itself)."""
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        Kosmos2Config,
+        Kosmos2ForConditionalGeneration,
+        Kosmos2Processor,
+        RobertaTokenizer,
+    )
+
+    tokenizer = RobertaTokenizer(vocab=_byte_level_vocab(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]), merges=[])
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor = Kosmos2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    config = Kosmos2Config(
+        text_config=dict(
+            vocab_size=len(processor.tokenizer),
+            embed_dim=32,
+            layers=1,
+            ffn_dim=64,
+            attention_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=image_size
+        ),
+        latent_query_num=64,
+    )
+    torch.manual_seed(seed)
+    return Kosmos2ForConditionalGeneration(config).eval(), processor

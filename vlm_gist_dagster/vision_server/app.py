@@ -306,4 +306,6 @@ def create_app(server: VisionServer) -> Starlette:
         assert isinstance(exc, StarletteHTTPException)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    return Starlette(routes=routes, exception_handlers={StarletteHTTPException: http_exception})
+    app = Starlette(routes=routes, exception_handlers={StarletteHTTPException: http_exception})
+    app.state.server = server
+    return app

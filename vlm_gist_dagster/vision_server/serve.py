@@ -67,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-size",
         type=int,
         default=4,
-        help="rows per batched forward pass: (image, prompt chunk) pairs for mmgroundingdino, "
-        "(image, prompt) pairs for sam3 (default 4)",
+        help="batch size of the forward passes: (image, prompt chunk) rows for mmgroundingdino, images "
+        "per vision pass for sam3, whose prompts of one image are always one batch (default 4)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
