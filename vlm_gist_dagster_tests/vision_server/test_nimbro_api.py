@@ -131,3 +131,34 @@ def test_unknown_flavor_at_start_lists_the_flavors() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "unknown flavor 'huge' for sam2_realtime; valid flavors: ['tiny', 'small', 'base', 'large']" in result.stderr
+
+
+def test_the_pipelines_own_client_against_vision_serve(image: str) -> None:
+    """Stage B's client (clients.vision) as the pipeline calls it: detect on MM-GDINO, then SAM2 update +
+    track on the detections' boxes, masks associated by track id (what the later end-to-end run does)."""
+    import asyncio
+
+    import cv2
+
+    from vlm_gist_dagster.clients.vision import VisionClient
+    from vlm_gist_dagster.protocol.segmentation import decode_sam2_track, tracks_by_id
+
+    env = {"NIMBRO_VISION_API_KEY": TOKEN}
+    prompts = ["a person on a bus", "a red bus", "a red bus"]
+
+    async def stage_b(gdino_url: str, sam2_url: str) -> None:
+        async with VisionClient("mmgroundingdino", gdino_url, env=env) as gdino, VisionClient(
+            "sam2_realtime", sam2_url, env=env
+        ) as sam2:
+            detections = await gdino.detect(image, prompts, overdetect_factor=1.0)
+            assert len(detections) == 3 and {d.prompt for d in detections} <= set(prompts)
+            updated, tracked = await sam2.segment(image, [d.box_xyxy for d in detections])
+            assert tracked is not None
+            by_id = tracks_by_id(tracked)
+            assert set(by_id) <= {0, 1, 2}
+            height, width = cv2.imread(image).shape[:2]
+            for track in tracked:
+                assert decode_sam2_track(track, width, height).rle["size"] == [height, width]
+
+    with vision_serve("mmgroundingdino", env=SERVER_ENV) as gdino_url, vision_serve("sam2_realtime", env=SERVER_ENV) as sam2_url:
+        asyncio.run(stage_b(gdino_url, sam2_url))
