@@ -75,6 +75,8 @@ class Runtime:
     device: str = "auto"
     dtype: str = "auto"
     random_weights: bool = False
+    #: ``tiny`` (tests) or ``full`` (the real architecture's size with random weights, for GPU benchmarks)
+    random_size: str = "tiny"
     weights: str | None = None
     weights_flavor: str | None = None
     seed: int = 0
@@ -144,7 +146,7 @@ class Runtime:
         return hub_id
 
     def describe(self) -> str:
-        weights = "random (tiny test architecture)" if self.random_weights else "pretrained"
+        weights = f"random ({self.random_size} architecture)" if self.random_weights else "pretrained"
         return f"device={self.device} dtype={self.dtype} weights={weights}"
 
 

@@ -15,8 +15,13 @@ import string
 from typing import Any
 
 __all__ = [
+    "full_mm_grounding_dino",
+    "full_sam2_video",
+    "full_sam3",
     "tiny_bert_tokenizer",
     "tiny_clip_tokenizer",
+    "tiny_florence2",
+    "tiny_kosmos2",
     "tiny_mm_grounding_dino",
     "tiny_sam2_video",
     "tiny_sam3",
@@ -316,3 +321,63 @@ def tiny_kosmos2(seed: int = 0, image_size: int = 56) -> tuple[Any, Any]:
     )
     torch.manual_seed(seed)
     return Kosmos2ForConditionalGeneration(config).eval(), processor
+
+
+# -- the real architectures' sizes with random weights (``--random-size full``: GPU speed benchmarks) ----
+
+
+def full_mm_grounding_dino(seed: int = 0) -> Any:
+    """MM-Grounding-DINO large: Swin-L (192 wide, depths 2-2-18-2, window 12), BERT-base, 900 queries.
+
+    Its vocabulary is BERT's (30,522); the tiny tokenizer's ids are a subset, and its character-level
+    tokens fill the 256 text positions sooner than real word pieces do."""
+    import torch
+    from transformers import BertConfig, MMGroundingDinoConfig, MMGroundingDinoForObjectDetection, SwinConfig
+
+    config = MMGroundingDinoConfig(
+        backbone_config=SwinConfig(
+            embed_dim=192,
+            depths=[2, 2, 18, 2],
+            num_heads=[6, 12, 24, 48],
+            window_size=12,
+            image_size=384,
+            out_indices=[2, 3, 4],
+        ),
+        text_config=BertConfig(),
+    )
+    torch.manual_seed(seed)
+    return MMGroundingDinoForObjectDetection(config).eval()
+
+
+def full_sam2_video(seed: int = 0) -> Any:
+    """SAM 2.1 Hiera-L (sam2.1_hiera_l.yaml: 144 wide, 2-6-36-4 blocks, global blocks 23/33/43) at 1024 px."""
+    import torch
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
+
+    config = Sam2VideoConfig(
+        vision_config=Sam2VisionConfig(
+            backbone_config=Sam2HieraDetConfig(
+                hidden_size=144,
+                embed_dim_per_stage=[144, 288, 576, 1152],
+                num_attention_heads_per_stage=[2, 4, 8, 16],
+                blocks_per_stage=[2, 6, 36, 4],
+                global_attention_blocks=[23, 33, 43],
+                window_size_per_stage=[8, 4, 16, 8],
+            ),
+            backbone_channel_list=[1152, 576, 288, 144],
+        ),
+    )
+    torch.manual_seed(seed)
+    model = Sam2VideoModel(config).eval()
+    with torch.no_grad():  # every object visible, as in tiny_sam2_video
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
+    return model
+
+
+def full_sam3(seed: int = 0) -> Any:
+    """SAM 3 at its real size (transformers' default ``Sam3Config``: ViT-L-like 32 layers at 1008 px)."""
+    import torch
+    from transformers import Sam3Config, Sam3Model
+
+    torch.manual_seed(seed)
+    return Sam3Model(Sam3Config()).eval()

@@ -108,7 +108,7 @@ class ModelFamily:
         self.device = self.runtime.torch_device()
         self.dtype = self.runtime.torch_dtype(self.device)
         if self.runtime.random_weights:
-            self.weights = "random"
+            self.weights = "random" if self.runtime.random_size == "tiny" else f"random ({self.runtime.random_size} size)"
         else:
             self.weights = self.runtime.weights_source(flavor, self.flavors[flavor])
         self.load_model(flavor, payload)

@@ -163,6 +163,8 @@ class Florence2(_Generative):
 
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         if self.runtime.random_weights:
+            if self.runtime.random_size != "tiny":
+                raise RequestError(f"--random-size {self.runtime.random_size} is not available for {self.name}")
             from ._tiny import tiny_florence2
 
             model, processor = tiny_florence2(self.runtime.seed)

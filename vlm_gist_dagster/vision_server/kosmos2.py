@@ -58,6 +58,8 @@ class Kosmos2(_Generative):
 
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         if self.runtime.random_weights:
+            if self.runtime.random_size != "tiny":
+                raise RequestError(f"--random-size {self.runtime.random_size} is not available for {self.name}")
             from ._tiny import tiny_kosmos2
 
             model, processor = tiny_kosmos2(self.runtime.seed)

@@ -124,9 +124,10 @@ class MMGroundingDino(ModelFamily):
 
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         if self.runtime.random_weights:
-            from ._tiny import tiny_bert_tokenizer, tiny_mm_grounding_dino
+            from ._tiny import full_mm_grounding_dino, tiny_bert_tokenizer, tiny_mm_grounding_dino
 
-            model = tiny_mm_grounding_dino(self.runtime.seed)
+            build = full_mm_grounding_dino if self.runtime.random_size == "full" else tiny_mm_grounding_dino
+            model = build(self.runtime.seed)
             tokenizer = tiny_bert_tokenizer()
         else:
             from transformers import AutoTokenizer, MMGroundingDinoForObjectDetection

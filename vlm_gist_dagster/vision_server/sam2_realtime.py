@@ -65,9 +65,9 @@ class Sam2Realtime(ModelFamily):
 
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         if self.runtime.random_weights:
-            from ._tiny import tiny_sam2_video
+            from ._tiny import full_sam2_video, tiny_sam2_video
 
-            model = tiny_sam2_video(self.runtime.seed)
+            model = (full_sam2_video if self.runtime.random_size == "full" else tiny_sam2_video)(self.runtime.seed)
         else:
             from transformers import Sam2VideoModel
 

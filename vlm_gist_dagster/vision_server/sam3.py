@@ -7,7 +7,8 @@ Request (``POST /infer``)::
 
     {"images": ["<b64>", ...] | "<b64>",
      "inference_parameters": [{"prompts": ["a red chair", ...] | "<prompt>",
-                               "min_confidence": 0.5, "mask_threshold": 0.5}, ...] | {...}}
+                               "min_confidence": 0.5, "mask_threshold": 0.5,
+                               "max_detections_per_prompt": null}, ...] | {...}}
 
 (one parameter set per image, one for all, or one image for several, as for ``mmgroundingdino``).
 
@@ -23,7 +24,8 @@ Response::
 
 Per image and prompt, every query whose score (sigmoid of its logit × sigmoid of the presence logit,
 as transformers' ``post_process_instance_segmentation``) is above ``min_confidence`` is returned,
-best first, prompts in request order; a prompt given twice is answered once. Masks are the
+best first (at most ``max_detections_per_prompt`` when it is set), prompts in request order; a prompt
+given twice is answered once. Masks are the
 mask logits' sigmoid at full resolution above ``mask_threshold``, encoded as SAM 2's are (:mod:`._codec`).
 
 Batching: the images of a request go through the vision encoder together (``--max-batch-size`` at a
@@ -57,6 +59,7 @@ class _ImageJob:
     prompts: list[str]  # unique, request order
     min_confidence: float
     mask_threshold: float
+    max_detections: int | None
 
 
 class Sam3(ModelFamily):
@@ -74,7 +77,12 @@ class Sam3(ModelFamily):
             from ._tiny import tiny_clip_tokenizer, tiny_sam3
 
             tokenizer = tiny_clip_tokenizer()
-            model = tiny_sam3(self.runtime.seed, vocab_size=len(tokenizer))
+            if self.runtime.random_size == "full":
+                from ._tiny import full_sam3
+
+                model = full_sam3(self.runtime.seed)
+            else:
+                model = tiny_sam3(self.runtime.seed, vocab_size=len(tokenizer))
         else:
             from transformers import AutoTokenizer, Sam3Model
 
@@ -124,7 +132,10 @@ class Sam3(ModelFamily):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                     raise RequestError(f"Invalid '{key}' in inference_parameters[{i}]: a number in [0, 1]")
                 values.append(float(value))
-            parsed.append((list(dict.fromkeys(prompts)), *values))
+            limit = p.get("max_detections_per_prompt")
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+                raise RequestError(f"Invalid 'max_detections_per_prompt' in inference_parameters[{i}]: null or an integer >= 1")
+            parsed.append((list(dict.fromkeys(prompts)), *values, limit))
         decoded = [decode_image(value, f"images[{i}]") for i, value in enumerate(images)]
         if len(decoded) == 1 and len(parsed) > 1:
             decoded = decoded * len(parsed)
@@ -187,7 +198,7 @@ class Sam3(ModelFamily):
                     scale = torch.tensor([width, height, width, height], device=self.device, dtype=torch.float32)
                     for r, prompt in enumerate(job.prompts):
                         keep = torch.nonzero(scores[r] > job.min_confidence).flatten()
-                        keep = keep[scores[r][keep].argsort(descending=True)]
+                        keep = keep[scores[r][keep].argsort(descending=True)][: job.max_detections]
                         if not keep.numel():
                             continue
                         boxes = (out.pred_boxes[r][keep].float() * scale).clamp(min=0)

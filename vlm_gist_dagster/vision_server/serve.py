@@ -62,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="build each flavour from a tiny config with random weights (tests and benchmarks only: "
         "answers are meaningless)",
     )
+    parser.add_argument(
+        "--random-size",
+        choices=["tiny", "full"],
+        default="tiny",
+        help="with --random-weights: tiny test architectures (default) or, for mmgroundingdino, sam2_realtime "
+        "and sam3, the real models' sizes (Swin-L MM-Grounding-DINO, SAM 2.1 Hiera-L, SAM 3) for speed benchmarks",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
     parser.add_argument(
         "--max-batch-size",
@@ -83,6 +90,7 @@ def build_server(args: argparse.Namespace) -> Any:
         device=args.device,
         dtype=args.dtype,
         random_weights=args.random_weights,
+        random_size=args.random_size,
         weights=args.weights,
         weights_flavor=args.flavor,
         seed=args.seed,

@@ -311,6 +311,11 @@ def test_sam3_prompts_of_an_image_are_one_batch_on_one_vision_pass() -> None:
             assert per_prompt == sorted(per_prompt, reverse=True)
         strict = {**body, "inference_parameters": {"prompts": prompts, "min_confidence": 1.0}}
         assert client.post("/infer", headers=AUTH, json=strict).json()["artifact"]["detections"] == [[], []]
+        best = {**body, "inference_parameters": {"prompts": prompts, "min_confidence": 0.0, "max_detections_per_prompt": 1}}
+        firsts = client.post("/infer", headers=AUTH, json=best).json()["artifact"]["detections"][0]
+        assert [(d["prompt"], d["confidence"]) for d in firsts] == [
+            (d["prompt"], d["confidence"]) for d in artifact["detections"][0][::20]
+        ]
     finally:
         server.close()
 
