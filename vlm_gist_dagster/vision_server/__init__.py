@@ -2,7 +2,7 @@
 
 One server process serves one model family (``--family``) at a time and at most one loaded model,
 as the paper authors' Docker servers do, with the same routes, payloads, responses, Bearer auth,
-flavour names and error codes (``docs/vision_server.md`` lists them and every deliberate difference):
+flavour names and error codes (README, "Run stage B on your own GPU", lists them and every deliberate difference):
 
 ============================  =====================================================================
 family                        models (flavour → Hugging Face model id: :data:`FLAVORS` of each module)

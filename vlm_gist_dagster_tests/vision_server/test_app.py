@@ -360,3 +360,23 @@ def test_kosmos2_paper_baseline_request() -> None:
         assert all(isinstance(c, str) for c in artifact["captions"])
     finally:
         server.close()
+
+
+def test_weights_that_cannot_be_had_are_a_clear_load_error(tmp_path: Any) -> None:
+    # HF_HUB_OFFLINE=1 in the test session: the official weights are not in the cache and cannot be fetched
+    client, server = make_client("sam2_realtime", random_weights=False)
+    try:
+        response = client.post("/load", headers=AUTH, json={"flavor": "tiny"})
+        assert response.status_code == 500
+        detail = response.json()["detail"]
+        assert detail.startswith("Model load error: cannot load the weights of flavor 'tiny' from 'facebook/sam2.1-hiera-tiny'")
+        assert "--weights DIR" in detail
+        assert client.get("/status", headers=AUTH).json()["status"] is None
+    finally:
+        server.close()
+    client, server = make_client("sam2_realtime", random_weights=False, weights=str(tmp_path), weights_flavor="tiny")
+    try:
+        detail = client.post("/load", headers=AUTH, json={"flavor": "tiny"}).json()["detail"]
+        assert f"from {str(tmp_path)!r}" in detail and "does not hold this model's files" in detail
+    finally:
+        server.close()
