@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from .conftest import decode_png, image_b64, needs_vision
@@ -380,3 +381,31 @@ def test_weights_that_cannot_be_had_are_a_clear_load_error(tmp_path: Any) -> Non
         assert f"from {str(tmp_path)!r}" in detail and "does not hold this model's files" in detail
     finally:
         server.close()
+
+
+def test_selection_rule_by_hand() -> None:
+    from vlm_gist_dagster.vision_server.mmgroundingdino import DetectorBox, nms, select
+
+    def box(prompt: str, score: float, x: float = 0.0) -> DetectorBox:
+        return DetectorBox(prompt, (x, 0.0, x + 10.0, 10.0), score)
+
+    raw = [box("cat", 0.9), box("cat", 0.8, x=1.0), box("dog", 0.3, x=50.0), box("cow", 0.05, x=80.0)]
+
+    def confidences(prompts: list[str], **kw: Any) -> list[float]:
+        options = {"min_confidence": 0.05, "nms_iou": None, "overdetect_factor": 1.0} | kw
+        return [d.confidence for d in select(raw, prompts, **options)]
+
+    # strict > 0.05 drops the cow; one box per prompt occurrence, best first
+    assert confidences(["cat", "dog"]) == [0.9, 0.3]
+    # "cat" sent twice gets two boxes
+    assert confidences(["cat", "cat", "dog"]) == [0.9, 0.8, 0.3]
+    # "bird" finds nothing: padded to ceil(2 × 1.0) = 2 with the best box left (the second cat)
+    assert confidences(["cat", "bird"]) == [0.9, 0.8]
+    assert confidences(["cat", "bird"], overdetect_factor=0.0) == [0.9]  # no padding
+    assert confidences(["cat", "bird"], overdetect_factor=1.5) == [0.9, 0.8, 0.3]  # ceil(3.0) = 3
+    # NMS: the two cats overlap with IoU 90/110 = 0.82 > 0.5, so the second goes
+    assert confidences(["cat", "cat"], nms_iou=0.5) == [0.9, 0.3]
+    assert confidences(["cat", "dog"], overdetect_factor=None) == [0.9, 0.8, 0.3]  # everything, model order
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10]], dtype=float)  # IoU 50 / 150 = 1/3
+    assert nms(boxes, np.array([0.4, 0.6]), 0.33).tolist() == [1]
+    assert nms(boxes, np.array([0.4, 0.6]), 0.34).tolist() == [1, 0]
