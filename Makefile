@@ -7,7 +7,7 @@ export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 export DAGSTER_DISABLE_TELEMETRY ?= 1
 export FIFTYONE_DO_NOT_TRACK ?= true
 
-.PHONY: run test install install-dev dev check clean-venv
+.PHONY: run test test-vision install install-dev install-vision dev check clean-venv
 
 run: $(VENV)/.installed
 	@mkdir -p "$(DAGSTER_HOME)"
@@ -15,6 +15,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The `vlm-gist vision-serve` tests need the optional extra `vision` (torch's CPU wheel, installed from the
+# local disk, and transformers): this target installs it into the same venv and runs them, and a missing
+# extra fails them instead of skipping them. `make test` skips them when the extra is not installed.
+test-vision: $(VENV)/.installed-vision
+	VLM_GIST_REQUIRE_VISION=1 $(BIN)/python -m pytest vlm_gist_dagster_tests/vision_server $(PYTEST_ARGS)
 
 # `dagster dev` on the same instance as `make run`, to browse lineage, runs and the leaderboard.
 dev: $(VENV)/.installed
@@ -26,6 +32,7 @@ check: $(VENV)/.installed-dev
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-vision: $(VENV)/.installed-vision
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +45,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev]'
 	@touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-vision: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev,vision]'
+	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed
 
 clean-venv:
 	rm -rf $(VENV)

@@ -123,6 +123,13 @@ def sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def vision_serve(args: argparse.Namespace) -> int:
+    """Serve one model family over the NimbRo vision API with transformers (extra 'vision')."""
+    from .vision_server.serve import run as serve
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlm-gist", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-download", action="store_true", help="fail instead of downloading a missing dataset"
     )
     p_sim.set_defaults(func=sim)
+    from .vision_server.serve import add_arguments as add_vision_serve_arguments
+
+    p_vision = sub.add_parser(
+        "vision-serve",
+        help="serve one vision model family (MM-Grounding-DINO, SAM2, SAM 3, Florence-2, Kosmos-2) over the "
+        "NimbRo vision API with Hugging Face transformers (needs the 'vision' extra)",
+    )
+    add_vision_serve_arguments(p_vision)
+    p_vision.set_defaults(func=vision_serve)
     return parser
 
 
