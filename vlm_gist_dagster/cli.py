@@ -157,9 +157,13 @@ def review(args: argparse.Namespace) -> int:
             line += "  (= metrics)"
         print(line)
     if disagree:
-        print("warning: FiftyOne's evaluation differs from the stored metrics (stale metrics?)", file=sys.stderr)
+        print(
+            "warning: FiftyOne's evaluation differs from the stored metrics (stale metrics?)", file=sys.stderr
+        )
     if args.no_launch:
-        print(f"Open it with `vlm-gist review --dataset {args.dataset}` (serves {app_url(summary.name, args.port)})")
+        print(
+            f"Open it with `vlm-gist review --dataset {args.dataset}` (serves {app_url(summary.name, args.port)})"
+        )
         return 0
     return serve(summary.name, port=args.port)
 

@@ -40,7 +40,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,14 @@ STAGE_FIELDS: tuple[str, ...] = (
     "description_error",
 )
 #: The pair assets a model's fields are made from.
-PAIR_ASSETS: tuple[str, ...] = ("descriptions", "detections", "masks", "validations", "label_matches", "metrics")
+PAIR_ASSETS: tuple[str, ...] = (
+    "descriptions",
+    "detections",
+    "masks",
+    "validations",
+    "label_matches",
+    "metrics",
+)
 
 
 class ReviewError(ValueError):
@@ -338,8 +345,8 @@ def box_mask(rle: Mapping[str, Any] | None, box: Sequence[float]) -> np.ndarray 
     full = decode_rle(rle)
     height, width = full.shape
     x, y, w, h = (float(v) for v in box)
-    x0, y0 = max(0, int(round(x * width))), max(0, int(round(y * height)))
-    x1, y1 = min(width, int(round((x + w) * width))), min(height, int(round((y + h) * height)))
+    x0, y0 = max(0, round(x * width)), max(0, round(y * height))
+    x1, y1 = min(width, round((x + w) * width)), min(height, round((y + h) * height))
     if x1 <= x0 or y1 <= y0:
         return None
     return np.ascontiguousarray(full[y0:y1, x0:x1])
@@ -399,7 +406,11 @@ def build_review_dataset(
     if unknown:
         raise ReviewError(
             f"no stored outputs of model(s) {', '.join(unknown)} for dataset {dataset!r}"
-            + (f" (stored: {', '.join(sorted(by_key))})" if by_key else " (none stored: run the benchmark first)")
+            + (
+                f" (stored: {', '.join(sorted(by_key))})"
+                if by_key
+                else " (none stored: run the benchmark first)"
+            )
         )
 
     ds = fo.load_dataset(name) if fo.dataset_exists(name) else None
@@ -524,7 +535,9 @@ def _create_dataset(name: str, dataset: str, images: pd.DataFrame, ground_truth:
     gt_rows = _group(ground_truth, known, f"ground_truth of {dataset!r}")
     absent = [p for p in images["path"] if not Path(str(p)).is_file()]
     if absent:
-        say(f"warning: {len(absent)} image file(s) of {dataset!r} not found (e.g. {absent[0]}); the App shows them blank")
+        say(
+            f"warning: {len(absent)} image file(s) of {dataset!r} not found (e.g. {absent[0]}); the App shows them blank"
+        )
     samples = []
     for image in images.to_dict("records"):
         image_id = str(image["image_id"])
@@ -562,7 +575,9 @@ def _drop_model(ds, prefix: str) -> None:
     if ds.has_evaluation(eval_key):
         ds.delete_evaluation(eval_key)
     schema = ds.get_field_schema()
-    leftovers = [f for f in (*model_fields(prefix), *(f"{eval_key}_{t}" for t in ("tp", "fp", "fn"))) if f in schema]
+    leftovers = [
+        f for f in (*model_fields(prefix), *(f"{eval_key}_{t}" for t in ("tp", "fp", "fn"))) if f in schema
+    ]
     if leftovers:
         ds.delete_sample_fields(leftovers)
 
@@ -596,7 +611,11 @@ def _add_model(ds, key: str, prefix: str, frames: PairFrames, sizes, display_nam
                 else [f"{o.get('object_name')}: {o.get('description')}" for o in objects],
             )
             ok = bool(_value(row.get("success")))
-            put(errors, image_id, None if ok else (_text(row.get("error_message")) or _text(row.get("error")) or "failed"))
+            put(
+                errors,
+                image_id,
+                None if ok else (_text(row.get("error_message")) or _text(row.get("error")) or "failed"),
+            )
         written += [described, errors]
 
     if frames.detections is not None:
@@ -690,7 +709,9 @@ def _add_model(ds, key: str, prefix: str, frames: PairFrames, sizes, display_nam
 
     schema = ds.get_field_schema()
     for field_name in written:
-        if field_name not in schema:  # declared, so that an all-None field (a baseline's descriptions) has a type
+        if (
+            field_name not in schema
+        ):  # declared, so that an all-None field (a baseline's descriptions) has a type
             if field_name.endswith("_described"):
                 ds.add_sample_field(field_name, fo.ListField, subfield=fo.StringField)
             elif field_name.endswith("_description_error"):
@@ -705,7 +726,9 @@ def _add_model(ds, key: str, prefix: str, frames: PairFrames, sizes, display_nam
     metrics = None
     if frames.metrics is not None and len(frames.metrics):
         row = frames.metrics.iloc[0].to_dict()
-        metrics = {k: _value(row.get(k)) for k in ("tp", "fp", "fn", "prec", "rec", "f1", "map", "mat", "ins")}
+        metrics = {
+            k: _value(row.get(k)) for k in ("tp", "fp", "fn", "prec", "rec", "f1", "map", "mat", "ins")
+        }
         display_name = display_name or _text(row.get("display_name"))
     return {
         "prefix": prefix,
@@ -715,7 +738,7 @@ def _add_model(ds, key: str, prefix: str, frames: PairFrames, sizes, display_nam
         "evaluation": evaluation,
         "metrics": metrics,
         "inputs": frames.present(),
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "built_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -790,7 +813,9 @@ def _configure_app(ds, stored: Mapping[str, Mapping[str, Any]], prefixes: Mappin
         group.paths = [p for p in group.paths if p not in model_paths]
     at = next((i + 1 for i, g in enumerate(groups) if g.name == "labels"), len(groups))
     ds.app_config.sidebar_groups = groups[:at] + model_groups + groups[at:]
-    active = [GT_FIELD] + [f"{prefixes[k]}_predictions" for k in sorted(stored) if f"{prefixes[k]}_predictions" in schema]
+    active = [GT_FIELD] + [
+        f"{prefixes[k]}_predictions" for k in sorted(stored) if f"{prefixes[k]}_predictions" in schema
+    ]
     ds.app_config.active_fields = fo.ActiveFields(paths=active)
     if ds.app_config.color_scheme is None:  # a scheme saved from the App is kept
         # Masks of the ground truth and of several models on one image: see the image through them.

@@ -36,7 +36,7 @@ def _read(path: UPath):
 
     try:
         return read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - name the file whatever pyarrow raises
+    except Exception as exc:  # name the file, whatever pyarrow raises
         raise ReviewError(f"{path}: cannot read this Parquet file ({type(exc).__name__}: {exc})") from exc
 
 
@@ -52,9 +52,7 @@ def dataset_input(dataset: str, assets_dir: str | Path | None = None) -> Dataset
             f"run `vlm-gist run --datasets {dataset}` first"
         )
     fingerprint = _digest(f"{asset}={_file_hash(path)}" for asset, path in files.items())
-    return DatasetInput(
-        fingerprint, lambda: (_read(files["dataset_images"]), _read(files["ground_truth"]))
-    )
+    return DatasetInput(fingerprint, lambda: (_read(files["dataset_images"]), _read(files["ground_truth"])))
 
 
 def stored_models(dataset: str, assets_dir: str | Path | None = None) -> list[str]:
@@ -64,7 +62,9 @@ def stored_models(dataset: str, assets_dir: str | Path | None = None) -> list[st
     for asset in PAIR_ASSETS:
         directory = base / asset / dataset
         if directory.is_dir():
-            keys.update(p.name[: -len(".parquet")] for p in directory.iterdir() if p.name.endswith(".parquet"))
+            keys.update(
+                p.name[: -len(".parquet")] for p in directory.iterdir() if p.name.endswith(".parquet")
+            )
     return sorted(k for k in keys if not k.startswith("."))
 
 

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 import psutil
 
@@ -57,7 +58,7 @@ class ServerProcess:
         self._descendants: dict[int, psutil.Process] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> ServerProcess:
+    def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -71,7 +72,7 @@ class ServerProcess:
             )
         return self
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -125,7 +126,9 @@ class ServerProcess:
 
     def _failure(self, what: str) -> AssertionError:
         tail = "\n".join(self.log_text().splitlines()[-40:])
-        return AssertionError(f"{what}\ncommand: {' '.join(self.command)}\nlog ({self.log_path}), last lines:\n{tail}")
+        return AssertionError(
+            f"{what}\ncommand: {' '.join(self.command)}\nlog ({self.log_path}), last lines:\n{tail}"
+        )
 
     def wait_for_output(self, pattern: str, *, timeout: float) -> re.Match[str]:
         """Wait until the server's output matches ``pattern``; fail with the log when it exits first."""

@@ -40,7 +40,14 @@ def test_review_opens_the_fiftyone_app_with_every_model_field(simulated_run, new
         FIFTYONE_DATABASE_DIR=str(tmp_path / "fiftyone_db"),
         FIFTYONE_DO_NOT_TRACK="true",
     )
-    command = [Path(sys.executable).with_name("vlm-gist"), "review", "--dataset", DATASET, "--port", str(port)]
+    command = [
+        Path(sys.executable).with_name("vlm-gist"),
+        "review",
+        "--dataset",
+        DATASET,
+        "--port",
+        str(port),
+    ]
     with ServerProcess(command, env=env, log_path=tmp_path / "review.log") as server:
         url = server.wait_for_output(r"FiftyOne App: (http://127\.0\.0\.1:\d+/\S+)", timeout=600).group(1)
         assert url == f"http://127.0.0.1:{port}/datasets/vlm-gist-{DATASET}"
@@ -56,11 +63,15 @@ def test_review_opens_the_fiftyone_app_with_every_model_field(simulated_run, new
         page.goto(url, wait_until="domcontentloaded")
         expect(page.get_by_text(f"{num_images} samples", exact=True)).to_be_visible(timeout=120_000)
         expect(page.locator('[data-cy="selector-dataset"]')).to_have_value(f"vlm-gist-{DATASET}")
-        fields = ["ground_truth"] + [
-            f"{model}_{stage}"
-            for model in MODELS
-            for stage in ("predictions", "label_matches", "masks", "detections", "described")
-        ] + [f"eval_{model}_{count}" for model in MODELS for count in ("tp", "fp", "fn")]
+        fields = (
+            ["ground_truth"]
+            + [
+                f"{model}_{stage}"
+                for model in MODELS
+                for stage in ("predictions", "label_matches", "masks", "detections", "described")
+            ]
+            + [f"eval_{model}_{count}" for model in MODELS for count in ("tp", "fp", "fn")]
+        )
         for name in fields:
             expect(page.get_by_text(name, exact=True)).to_be_visible()
         for model in MODELS:  # one sidebar group per model (FiftyOne shows group names upper-cased)

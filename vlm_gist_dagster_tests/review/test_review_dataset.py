@@ -23,6 +23,9 @@ from vlm_gist_dagster.cli import main
 from vlm_gist_dagster.defs.io_manager import read_parquet, write_parquet
 from vlm_gist_dagster.protocol.masks import encode_rle
 from vlm_gist_dagster.review import (
+    DatasetInput,
+    ModelInput,
+    PairFrames,
     ReviewError,
     build_review_dataset,
     dataset_input,
@@ -133,10 +136,14 @@ def test_each_stage_has_its_field_with_every_stored_row(bench, reviewed, fiftyon
         for model in models:
             p = field_prefix(model)
 
-            def stored(asset: str) -> pd.DataFrame:
+            def stored(asset: str, dataset=dataset, model=model) -> pd.DataFrame:
                 return read_parquet(bench.assets_dir / asset / dataset / f"{model}.parquet")
 
-            detections, validations, matches = stored("detections"), stored("validations"), stored("label_matches")
+            detections, validations, matches = (
+                stored("detections"),
+                stored("validations"),
+                stored("label_matches"),
+            )
             descriptions = stored("descriptions")
             assert ds.count(f"{p}_detections.detections") == len(detections)
             assert ds.count(f"{p}_masks.detections") == len(validations)
@@ -186,7 +193,9 @@ def test_each_stage_has_its_field_with_every_stored_row(bench, reviewed, fiftyon
             assert f"{p}_predictions" in groups[model] and f"eval_{p}_tp" in groups[model]
 
 
-def test_a_second_build_changes_nothing_and_a_changed_input_rebuilds_only_its_model(bench, fiftyone, tmp_path):
+def test_a_second_build_changes_nothing_and_a_changed_input_rebuilds_only_its_model(
+    bench, fiftyone, tmp_path
+):
     name = "review-test-incremental"
     first = build(bench, "coco", name)
     assert {m.key: m.status for m in first.models} == {"sim_florence_od": "built", "sim_strong": "built"}
@@ -194,7 +203,10 @@ def test_a_second_build_changes_nothing_and_a_changed_input_rebuilds_only_its_mo
     ids = {m: ds.values(f"{field_prefix(m)}_predictions.detections.id") for m in PAIRS["coco"]}
 
     again = build(bench, "coco", name)
-    assert {m.key: m.status for m in again.models} == {"sim_florence_od": "unchanged", "sim_strong": "unchanged"}
+    assert {m.key: m.status for m in again.models} == {
+        "sim_florence_od": "unchanged",
+        "sim_strong": "unchanged",
+    }
     assert not again.recreated
     for model, before in ids.items():  # not rewritten: the same label ids
         assert ds.values(f"{field_prefix(model)}_predictions.detections.id") == before
@@ -212,7 +224,10 @@ def test_a_second_build_changes_nothing_and_a_changed_input_rebuilds_only_its_mo
         assert statuses == {"sim_florence_od": "unchanged", "sim_strong": "built"}
         before, after = first.model("sim_strong").evaluation, third.model("sim_strong").evaluation
         assert after["tp"] + after["fp"] == before["tp"] + before["fp"] - 1
-        assert ds.values(f"{field_prefix('sim_florence_od')}_predictions.detections.id") == ids["sim_florence_od"]
+        assert (
+            ds.values(f"{field_prefix('sim_florence_od')}_predictions.detections.id")
+            == ids["sim_florence_od"]
+        )
     finally:
         path.write_bytes(original)
 
@@ -234,6 +249,36 @@ def test_a_second_build_changes_nothing_and_a_changed_input_rebuilds_only_its_mo
     fiftyone.delete_dataset(name)
 
 
+def test_the_builder_takes_frames_as_a_dagster_asset_would(bench, fiftyone):
+    """What the ``review_dataset`` asset will do: DataFrames from the IO manager, content fingerprints."""
+
+    def stored(asset: str, model: str | None = None) -> pd.DataFrame:
+        path = bench.assets_dir / asset / "coco"
+        return read_parquet(path / f"{model}.parquet" if model else path.with_suffix(".parquet"))
+
+    name = "review-test-frames"
+    base = DatasetInput.from_frames(stored("dataset_images"), stored("ground_truth"))
+    assets = ("descriptions", "detections", "masks", "validations", "label_matches", "metrics")
+    frames = PairFrames(**{asset: stored(asset, "sim_strong") for asset in assets})
+    first = build_review_dataset(
+        "coco", base, [ModelInput.from_frames("sim_strong", frames)], name=name, log=None
+    )
+    review = first.model("sim_strong")
+    assert review.status == "built" and review.differences() == []
+    assert (review.evaluation["tp"], review.evaluation["fp"]) == (review.metrics["tp"], review.metrics["fp"])
+    assert first.metadata()["models_built"] == ["sim_strong"] and first.metadata()["disagreements"] == {}
+    # the same frames read again: the same fingerprints, nothing rebuilt
+    again = build_review_dataset(
+        "coco",
+        DatasetInput.from_frames(stored("dataset_images"), stored("ground_truth")),
+        [ModelInput.from_frames("sim_strong", PairFrames(**{a: stored(a, "sim_strong") for a in assets}))],
+        name=name,
+        log=None,
+    )
+    assert again.model("sim_strong").status == "unchanged" and not again.recreated
+    fiftyone.delete_dataset(name)
+
+
 def test_a_fiftyone_dataset_made_elsewhere_is_left_alone(bench, fiftyone):
     name = "review-test-foreign"
     foreign = fiftyone.Dataset(name)
@@ -245,7 +290,9 @@ def test_a_fiftyone_dataset_made_elsewhere_is_left_alone(bench, fiftyone):
 
 
 def test_unknown_model_and_missing_dataset_tables_are_clear_errors(bench, tmp_path):
-    with pytest.raises(ReviewError, match=r"no stored outputs of model\(s\) gpt_9 .*stored: sim_florence_od, sim_strong"):
+    with pytest.raises(
+        ReviewError, match=r"no stored outputs of model\(s\) gpt_9 .*stored: sim_florence_od, sim_strong"
+    ):
         model_inputs("coco", ["gpt_9"], bench.assets_dir)
     with pytest.raises(ReviewError, match=r"run `vlm-gist run --datasets coco` first"):
         dataset_input("coco", tmp_path)
