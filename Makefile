@@ -30,6 +30,16 @@ dev: $(VENV)/.installed
 check: $(VENV)/.installed-dev
 	$(BIN)/dg check defs
 
+# Browser tests (Playwright driving Debian's Chromium: `apt-get install -y chromium` as root), not part of
+# `make test`. Without Chromium they fail with that command. Screenshots: $$VLM_GIST_BROWSER_ARTIFACTS.
+.PHONY: test-browser
+test-browser: $(VENV)/.installed-browser
+	VLM_GIST_BROWSER_TESTS=1 $(BIN)/python -m pytest vlm_gist_dagster_tests/browser $(PYTEST_ARGS)
+
+$(VENV)/.installed-browser: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev,browser]'
+	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 install-vision: $(VENV)/.installed-vision

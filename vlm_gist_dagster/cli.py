@@ -130,6 +130,51 @@ def vision_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def review(args: argparse.Namespace) -> int:
+    """Build or update the FiftyOne review dataset of one benchmark dataset, then serve the App."""
+    from .review import ReviewError, build_review_dataset, dataset_input, model_inputs
+    from .review.app import app_url, serve
+
+    try:
+        summary = build_review_dataset(
+            args.dataset,
+            dataset_input(args.dataset),
+            model_inputs(args.dataset, args.models or None),
+            selected=args.models or None,
+            name=args.name,
+        )
+    except ReviewError as exc:
+        print(f"vlm-gist review: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"\nFiftyOne dataset {summary.name!r}: {summary.num_samples} images, "
+        f"{summary.num_ground_truth} ground-truth objects, {len(summary.models)} model(s)"
+    )
+    disagree = False
+    for m in summary.models:
+        e = m.evaluation
+        line = f"  {m.key:<28} {m.status:<9}"
+        if e:
+            line += f" TP {e['tp']:>5}  FP {e['fp']:>5}  FN {e['fn']:>5}  P {e['precision']:.3f}  R {e['recall']:.3f}"
+        differences = m.differences()
+        if differences:
+            disagree = True
+            line += "  DIFFERS from metrics: " + "; ".join(differences)
+        elif e and m.metrics:
+            line += "  (= metrics)"
+        print(line)
+    if disagree:
+        print(
+            "warning: FiftyOne's evaluation differs from the stored metrics (stale metrics?)", file=sys.stderr
+        )
+    if args.no_launch:
+        print(
+            f"Open it with `vlm-gist review --dataset {args.dataset}` (serves {app_url(summary.name, args.port)})"
+        )
+        return 0
+    return serve(summary.name, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlm-gist", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_vision_serve_arguments(p_vision)
     p_vision.set_defaults(func=vision_serve)
+    p_review = sub.add_parser(
+        "review",
+        help="review one dataset's results in the FiftyOne App (ground truth, every stage per model, "
+        "FiftyOne's evaluation)",
+    )
+    p_review.add_argument("--dataset", required=True, help="benchmark dataset (vlm_gist, coco)")
+    p_review.add_argument("--models", nargs="*", help="models to add or update (default: every stored one)")
+    p_review.add_argument("--port", type=int, default=5151, help="App port on 127.0.0.1 (default 5151)")
+    p_review.add_argument("--name", help="FiftyOne dataset name (default vlm-gist-<dataset>)")
+    p_review.add_argument("--no-launch", action="store_true", help="only build the FiftyOne dataset")
+    p_review.set_defaults(func=review)
     return parser
 
 
