@@ -13,12 +13,12 @@ Keys must match ``[a-z0-9_.-]+``; two files mapping to one key is an error namin
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
+from .files import file_sha256
 from .defs.partitions import InvalidModelKey, validate_model_key
 
 #: Prefixes of the paper's settings file names, dropped from model keys.
@@ -74,7 +74,7 @@ def discover_models(directory: Path | None = None) -> tuple[list[ModelFile], lis
         if key in found:
             problems.append(f"{path}: model key {key!r} is already used by {found[key].path.name}")
             continue
-        found[key] = ModelFile(key=key, path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+        found[key] = ModelFile(key=key, path=path, sha256=file_sha256(path))
     return sorted(found.values(), key=lambda m: m.key), problems
 
 

@@ -5,7 +5,6 @@ the detection (or label-matching) settings recomputes exactly the stages below i
 then refreshes the downstream stages (not the descriptions, which do not depend on them).
 """
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import dagster as dg
 import pandas as pd
 
 from .. import paths
+from ..files import file_sha256
 from ..protocol.settings import load_settings
 from .partitions import dataset_partitions
 
@@ -25,10 +25,6 @@ def detection_settings_file() -> Path:
 
 def label_matching_settings_file(dataset: str) -> Path:
     return paths.settings_dir() / "label_matching" / f"{dataset}.json"
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def settings_table(path: Path, expected_type: type) -> tuple[pd.DataFrame, object]:
