@@ -8,7 +8,7 @@ import pandas as pd
 from .. import paths
 from ..protocol.leaderboard import COLUMNS
 from ..stages.leaderboard import build_leaderboard, write_leaderboard
-from ..stages.metrics import compute_metrics
+from ..stages.metrics import compute_metrics, metrics_markdown
 from .automation import LEADERBOARD_CONDITION, STAGE_CONDITION
 from .common import finite, pair
 from .partitions import model_dataset_partitions
@@ -49,15 +49,7 @@ def metrics(
         label_matches=label_matches,
     )
     values = row.iloc[0]
-    table = (
-        "| "
-        + " | ".join(c for c in COLUMNS)
-        + " |\n|"
-        + "--:|" * len(COLUMNS)
-        + "\n| "
-        + " | ".join("nan" if finite(values[c]) is None else f"{values[c]:.3f}" for c in COLUMNS)
-        + " |"
-    )
+    table = metrics_markdown(values)
     yield dg.Output(
         row,
         metadata={

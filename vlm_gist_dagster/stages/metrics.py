@@ -4,12 +4,15 @@ COCO-standard bbox and mask AP (pycocotools), tokens and cost (spec/evaluation.m
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from ..protocol.columns import metadata_columns
 from ..protocol.evaluation import evaluate
+from ..protocol.leaderboard import COLUMNS, format_markdown
+from .leaderboard import row_name
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "dataset",
@@ -75,6 +78,18 @@ def per_image_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {"image_id": total.index, "accepted": accepted.to_numpy(), "rejected": (total - accepted).to_numpy()}
     )
+
+
+def metrics_markdown(metrics_row: Mapping[str, Any]) -> str:
+    """One ``metrics`` row as the leaderboard's Markdown table: the paper's columns, rounded half-up as
+    the paper's tables are (``format_number``), under the row's name in the tables.
+
+    >>> row = {"model": "m", "display_name": "M", "simulated": True, "f1": 0.1245, "rec": 0.5,
+    ...        "prec": 0.5, "map": float("nan"), "ins": 3, "mat": 1, "time": 2.25, "fail": 0, "ret": 0}
+    >>> print(metrics_markdown(row).splitlines()[2])
+    | M (simulated) | 0.125 | 0.500 | 0.500 | nan | 3.0 | 1.00 | 2.3s | 0.00 | 0.00 |
+    """
+    return format_markdown([{"name": row_name(metrics_row), **{k: float(metrics_row[k]) for k in COLUMNS}}])
 
 
 def compute_metrics(
