@@ -292,9 +292,8 @@ def render_table_image(text: str, font_file: str | os.PathLike[str]) -> Image.Im
     codes are stripped first. ``font_file`` is a TrueType file (the paper's is LiberationMono-Regular);
     a font too wide for 99 characters in 1315 px is shrunk until the longest line fits.
 
-    >>> from pathlib import Path
-    >>> from matplotlib import get_data_path
-    >>> font = Path(get_data_path()) / "fonts" / "ttf" / "DejaVuSansMono.ttf"
+    >>> from vlm_gist_dagster.stages.leaderboard import table_font_file   # where the font is: not here
+    >>> font = table_font_file()
     >>> render_table_image("Model |  F1\\n-----------\\nM     | 0.541", font).size   # round(3 * 24.8)
     (1315, 74)
     """
