@@ -269,8 +269,8 @@ def weighted(
 
 
 def make_row(name: str, metrics: Mapping[str, Any], columns: Any) -> dict[str, Any]:
-    """A table row from an ``evaluation.evaluate`` result (or its ``performance_metrics()``) and a
-    ``columns.MetadataColumns``. A missing mAP (``None``) becomes NaN."""
+    """A table row from an evaluation's ``EvaluationResult.performance_metrics()`` (the paper's
+    ``evaluation.json`` block) and a ``columns.MetadataColumns``. A missing mAP (``None``) becomes NaN."""
 
     def num(v: Any) -> float:
         return math.nan if v is None else float(v)

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ..protocol.columns import metadata_columns
-from ..protocol.evaluation import evaluate
+from ..protocol.evaluation import EvaluationResult, evaluate
 from ..protocol.leaderboard import COLUMNS, format_markdown
 from .leaderboard import row_name
 
@@ -45,10 +45,6 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "cost_usd",
     "map_unavailable_reason",
 )
-
-
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
 
 
 def predictions_from_label_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +101,7 @@ def compute_metrics(
     detection_images: pd.DataFrame,
     label_matches: pd.DataFrame,
     coco_standard: bool = True,
-) -> tuple[pd.DataFrame, Any]:
+) -> tuple[pd.DataFrame, EvaluationResult]:
     """One metrics row and the full evaluation result (per-class report etc.)."""
     predictions = predictions_from_label_matches(label_matches)
     if not ground_truth["mask"].notna().all() or not predictions["mask"].notna().all():
@@ -124,29 +120,29 @@ def compute_metrics(
         "display_name": display_name,
         "kind": kind,
         "simulated": bool(simulated),
-        "f1": _num(result["fscore"]),
-        "rec": _num(result["recall"]),
-        "prec": _num(result["precision"]),
-        "map": _num(result["mAP"]) if result["mAP_available"] else math.nan,
+        "f1": result.fscore,
+        "rec": result.recall,
+        "prec": result.precision,
+        "map": result.mAP if result.mAP_available else math.nan,
         "ins": columns.ins,
         "mat": columns.mat,
         "time": columns.time,
         "fail": columns.fail,
         "ret": columns.ret,
-        "tp": int(result["tp"]),
-        "fp": int(result["fp"]),
-        "fn": int(result["fn"]),
-        "mar": _num(result["mAR"]) if result["mAP_available"] else math.nan,
-        "accuracy": _num(result["accuracy"]),
-        "support": int(result["support"]),
+        "tp": result.tp,
+        "fp": result.fp,
+        "fn": result.fn,
+        "mar": result.mAR if result.mAP_available else math.nan,
+        "accuracy": result.accuracy,
+        "support": result.support,
         "num_images": int(len(images)),
         "num_predictions": int(len(predictions)),
-        "coco_bbox_ap": _num(result.get("coco_bbox_AP")),
-        "coco_bbox_ap50": _num(result.get("coco_bbox_AP50")),
-        "coco_segm_ap": _num(result.get("coco_segm_AP")),
+        "coco_bbox_ap": result.coco_bbox_AP,
+        "coco_bbox_ap50": result.coco_bbox_AP50,
+        "coco_segm_ap": result.coco_segm_AP,
         "tokens_in": columns.tokens_in,
         "tokens_out": columns.tokens_out,
         "cost_usd": columns.cost_usd,
-        "map_unavailable_reason": result.get("mAP_unavailable_reason"),
+        "map_unavailable_reason": result.mAP_unavailable_reason,
     }
     return pd.DataFrame([row], columns=list(METRIC_COLUMNS)), result
