@@ -46,9 +46,7 @@ def validations(
         table = run_validations(
             dataset_images, descriptions, masks, settings, services.services(), log=context.log.info
         )
-    counts = (
-        table["validation_action"].map(lambda a: str(a).split(":")[0].split(" ")[0]).value_counts().to_dict()
-    )
+    counts = table["validation_outcome"].value_counts().to_dict()
     errors = table["validation_error"].dropna().astype(str)
     if len(errors):
         # The paper drops these silently ("Reject ... after completion error"); say why, once per reason.

@@ -12,6 +12,8 @@ here are ``object_name`` values (gotcha 1: detection works on descriptions, vali
 >>> a = assign_actions(["chair 1", "n/a", None], ["chair 1", "table", "chair 2"], ["chair 1", "chair 2", "table"])
 >>> a.keep, a.update, a.reject, a.error
 ((0,), {}, (1,), (2,))
+>>> a.outcomes
+('keep', 'reject', 'error')
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -46,6 +48,7 @@ from vlm_gist_dagster.protocol.settings import (
 from vlm_gist_dagster.protocol.text import levenshtein_match
 
 __all__ = [
+    "Outcome",
     "ParsedValidation",
     "ValidationActions",
     "assign_actions",
@@ -370,16 +373,30 @@ def name_groups(object_names: Sequence[str]) -> tuple[dict[str, list[str]], dict
     return groups, group_of
 
 
+#: The decision for one detection, as a field (the ``actions`` strings are the reference's prose).
+Outcome = Literal["keep", "update", "reject", "error"]
+
+
 @dataclass(frozen=True)
 class ValidationActions:
     """The decision for one image: indices kept, updated (→ new name), rejected, errored, and a
-    human-readable action per detection (the reference's ``action`` strings)."""
+    human-readable action per detection (the reference's ``action`` strings). Every detection index
+    is in exactly one of the four."""
 
     keep: tuple[int, ...]
     update: dict[int, str]
     reject: tuple[int, ...]
     error: tuple[int, ...]
     actions: tuple[str, ...] = field(default=())
+
+    @property
+    def outcomes(self) -> tuple[Outcome, ...]:
+        """Per detection, in index order: ``keep``, ``update``, ``reject`` or ``error``."""
+        outcome: dict[int, Outcome] = {j: "keep" for j in self.keep}
+        outcome.update({j: "update" for j in self.update})
+        outcome.update({j: "reject" for j in self.reject})
+        outcome.update({j: "error" for j in self.error})
+        return tuple(outcome[j] for j in range(len(outcome)))
 
     def labels_validated(self, labels: Sequence[str]) -> list[str | None]:
         """Per detection: the original label if kept, the new one if updated, else None."""

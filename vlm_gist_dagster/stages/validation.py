@@ -32,6 +32,7 @@ from .grounding import _run_images
 from .services import Services
 
 VALIDATION_COLUMNS = (
+    "validation_outcome",
     "validation_action",
     "validated_object_name",
     "validation_answer",
@@ -46,6 +47,7 @@ MAX_VALIDATION_ATTEMPTS = 4
 
 def passthrough(masks: pd.DataFrame) -> pd.DataFrame:
     out = masks.copy()
+    out["validation_outcome"] = "off"
     out["validation_action"] = "off"
     out["validated_object_name"] = out["object_name"]
     out["validation_answer"] = None
@@ -101,7 +103,7 @@ def run_validations(
     async def main() -> dict[str, Any]:
         async with services.chat_client() as chat:
 
-            async def work(image_id: str) -> tuple[list, list, list, list]:
+            async def work(image_id: str) -> tuple[list, list, list, list, list]:
                 group = groups[image_id]
                 sd = objects.get(image_id, [])
                 full = prepare_image(paths[image_id], None)
@@ -136,7 +138,7 @@ def run_validations(
                     invalid=settings.invalid,
                 )
                 validated = actions.labels_validated(list(group["object_name"]))
-                return answers, validated, list(actions.actions), errors
+                return answers, validated, list(actions.outcomes), list(actions.actions), errors
 
             return await _run_images(list(groups), work, "validations", log)
 
@@ -146,13 +148,15 @@ def run_validations(
         group = group.copy()
         result = results.get(image_id)
         if isinstance(result, BaseException):
+            group["validation_outcome"] = "error"
             group["validation_action"] = f"error: {type(result).__name__}: {result}"
             group["validated_object_name"] = None
             group["validation_answer"] = None
             group["validation_error"] = f"{type(result).__name__}: {result}"
             group["kept"] = False
         else:
-            answers, validated, actions, errors = result
+            answers, validated, outcomes, actions, errors = result
+            group["validation_outcome"] = outcomes
             group["validation_action"] = actions
             group["validated_object_name"] = validated
             group["validation_answer"] = answers
