@@ -23,27 +23,10 @@ from ..protocol.completions import build_payload
 from ..protocol.settings import LabelMatchingSettings
 from .definitions_store import DefinitionsStore
 from .services import Services
+from .tables import LABEL_MATCHES
 
-LABEL_MATCH_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "detection_index",
-    "label",
-    "description",
-    "label_norm",
-    "best_target",
-    "score",
-    "match",
-    "mapping_rule_applied",
-    "dataset_match",
-    "levenshtein_match",
-    "skipped",
-    "confidence",
-    "x",
-    "y",
-    "w",
-    "h",
-    "mask",
-)
+#: Column names of the table (dtypes and meaning: ``stages.tables.LABEL_MATCHES``).
+LABEL_MATCH_COLUMNS = LABEL_MATCHES.names
 
 #: Attempts per definition. The paper retries a failed definition without limit (§1.5); we stop here
 #: and fail the partition (a later run resumes from the caches).
@@ -238,15 +221,4 @@ def label_match_table(result: lm.LabelMatchingResult, groups: dict[str, pd.DataF
                     **{k: source[k] for k in ("confidence", "x", "y", "w", "h", "mask")},
                 }
             )
-    out = pd.DataFrame(rows, columns=list(LABEL_MATCH_COLUMNS))
-    out["mask"] = out["mask"].astype(object)
-    return out.astype(
-        {
-            "score": "float64",
-            "confidence": "float64",
-            "x": "float64",
-            "y": "float64",
-            "w": "float64",
-            "h": "float64",
-        }
-    )
+    return LABEL_MATCHES.from_rows(rows)

@@ -21,6 +21,7 @@ from ..protocol.leaderboard import (
     sort_rows,
     weighted,
 )
+from .tables import LEADERBOARD
 
 #: The weights of the paper's weighted table (COCO and VLM-GIST, 0.5 each).
 DEFAULT_WEIGHTS: Mapping[str, float] = {"coco": 0.5, "vlm_gist": 0.5}
@@ -86,7 +87,7 @@ def build_leaderboard(
         for name, rows in tables.items()
         for i, row in enumerate(sort_rows(rows))
     ]
-    out = pd.DataFrame(records, columns=["table", "rank", "name", "model", *COLUMNS])
+    out = pd.DataFrame(records, columns=list(LEADERBOARD.names))
     return Leaderboard(rows=out, texts=texts, markdown="\n".join(markdown), missing=missing)
 
 

@@ -13,38 +13,10 @@ from ..protocol.columns import metadata_columns
 from ..protocol.evaluation import EvaluationResult, evaluate
 from ..protocol.leaderboard import COLUMNS, format_markdown
 from .leaderboard import row_name
+from .tables import METRICS
 
-METRIC_COLUMNS: tuple[str, ...] = (
-    "dataset",
-    "model",
-    "display_name",
-    "kind",
-    "simulated",
-    "f1",
-    "rec",
-    "prec",
-    "map",
-    "ins",
-    "mat",
-    "time",
-    "fail",
-    "ret",
-    "tp",
-    "fp",
-    "fn",
-    "mar",
-    "accuracy",
-    "support",
-    "num_images",
-    "num_predictions",
-    "coco_bbox_ap",
-    "coco_bbox_ap50",
-    "coco_segm_ap",
-    "tokens_in",
-    "tokens_out",
-    "cost_usd",
-    "map_unavailable_reason",
-)
+#: Column names of the one-row table (meaning: ``stages.tables.METRICS``).
+METRIC_COLUMNS = METRICS.names
 
 
 def predictions_from_label_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
@@ -145,4 +117,4 @@ def compute_metrics(
         "cost_usd": columns.cost_usd,
         "map_unavailable_reason": result.mAP_unavailable_reason,
     }
-    return pd.DataFrame([row], columns=list(METRIC_COLUMNS)), result
+    return METRICS.from_rows([row]), result

@@ -30,15 +30,10 @@ from ..protocol.validation import (
 )
 from .grounding import _run_images
 from .services import Services
+from .tables import VALIDATIONS
 
-VALIDATION_COLUMNS = (
-    "validation_outcome",
-    "validation_action",
-    "validated_object_name",
-    "validation_answer",
-    "validation_error",
-    "kept",
-)
+#: The columns this stage adds to ``masks`` (dtypes and meaning: ``stages.tables.VALIDATIONS``).
+VALIDATION_COLUMNS = VALIDATIONS.names[-6:]
 
 #: Attempts per crop. The paper re-queues a failed validation completion without limit (§5.3); we stop
 #: after this many and record the detection as an error (dropped, like the paper's errors).
@@ -53,7 +48,7 @@ def passthrough(masks: pd.DataFrame) -> pd.DataFrame:
     out["validation_answer"] = None
     out["validation_error"] = None
     out["kept"] = True
-    return out
+    return VALIDATIONS.conform(out)
 
 
 async def _ask(
@@ -163,4 +158,4 @@ def run_validations(
             group["validation_error"] = errors
             group["kept"] = [v is not None for v in validated]
         frames.append(group)
-    return pd.concat(frames, ignore_index=True) if frames else passthrough(masks)
+    return VALIDATIONS.conform(pd.concat(frames, ignore_index=True)) if frames else passthrough(masks)

@@ -103,7 +103,8 @@ def test_metrics_markdown_is_the_leaderboards_row():
         label_matches=LABEL_MATCHES,
     )  # fmt: skip
     markdown = metrics_markdown(table.iloc[0])
-    assert markdown.splitlines()[2] == "| M (simulated) | 0.667 | 0.667 | 0.667 | 0.417 | 2.0 | 0.75 | 3.0s | 0.00 | 0.50 |"
+    expected = "| M (simulated) | 0.667 | 0.667 | 0.667 | 0.417 | 2.0 | 0.75 | 3.0s | 0.00 | 0.50 |"
+    assert markdown.splitlines()[2] == expected
     assert markdown.splitlines()[2] in build_leaderboard(table).markdown.splitlines()
     # Half-up on the shortest repr, as the paper's tables: 0.1245 -> 0.125 (":.3f" printed 0.124).
     assert "| 0.125 |" in metrics_markdown({**table.iloc[0].to_dict(), "f1": 0.1245})
