@@ -14,9 +14,15 @@ import pandas as pd
 from .. import paths
 from ..files import file_sha256
 from ..protocol.settings import load_settings
+from .metadata import column_schema
 from .partitions import dataset_partitions
 
 SETTINGS_COLUMNS = ("path", "sha256", "settings_json")
+SETTINGS_COLUMN_DOCS = {
+    "path": "the settings file read",
+    "sha256": "content hash of the file (the asset's data version)",
+    "settings_json": "the validated settings, every default filled in, as canonical JSON",
+}
 
 
 def detection_settings_file() -> Path:
@@ -59,6 +65,7 @@ def detection_settings(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFr
     return dg.Output(
         table,
         metadata={
+            "dagster/column_schema": column_schema(table, SETTINGS_COLUMN_DOCS),
             "path": dg.MetadataValue.path(str(path)),
             "sha256": table["sha256"].iloc[0],
             "settings": dg.MetadataValue.json(settings.model_dump(mode="json")),
@@ -84,6 +91,7 @@ def label_matching_settings(context: dg.AssetExecutionContext) -> dg.Output[pd.D
     return dg.Output(
         table,
         metadata={
+            "dagster/column_schema": column_schema(table, SETTINGS_COLUMN_DOCS),
             "path": dg.MetadataValue.path(str(path)),
             "sha256": table["sha256"].iloc[0],
             "per_image_targets": settings.use_per_set_targets,
