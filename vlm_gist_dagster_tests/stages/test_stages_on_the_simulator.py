@@ -20,6 +20,7 @@ from vlm_gist_dagster.protocol.settings import (
     load_detection_settings,
     load_label_matching_settings,
     load_model_settings,
+    load_validation_settings,
 )
 from vlm_gist_dagster.sim import SERVER_NAMES, run_simulator
 from vlm_gist_dagster.stages.descriptions import run_descriptions
@@ -194,3 +195,23 @@ def test_a_baseline_pair(coco, services):
     masks = run_masks(images, detections, detection_images, model, detection, services)
     _assert_spec(masks, MASKS)
     assert len(masks) == len(detections) and masks["track_id"].notna().any()
+
+
+def test_validation_on_decides_per_detection(coco, vlm_pair, services):
+    images, _ = coco
+    descriptions, _, _, masks = vlm_pair
+    settings = load_validation_settings(SETTINGS / "validation" / "validation.json")
+    validations = run_validations(images, descriptions, masks, settings, services)
+    _assert_spec(validations, VALIDATIONS)
+    pd.testing.assert_frame_equal(validations[list(MASKS.names)], masks)
+    outcome = validations["validation_outcome"]
+    assert set(outcome) <= {"keep", "update", "reject"} and validations["validation_error"].isna().all()
+    assert (outcome == "reject").any() and (outcome == "keep").any()
+    # kept = keep or update; an update renames the detection, a keep does not (spec §5.5).
+    assert (validations["kept"] == outcome.isin(["keep", "update"])).all()
+    kept = validations[outcome == "keep"]
+    assert (kept["validated_object_name"] == kept["object_name"]).all()
+    assert validations.loc[outcome == "reject", "validated_object_name"].isna().all()
+    names = dict(zip(descriptions["image_id"], descriptions["objects"]))
+    for row in validations[validations["kept"]].itertuples():
+        assert row.validated_object_name in {o["object_name"] for o in names[row.image_id]}
