@@ -237,7 +237,7 @@ def _validate_item(
     if not isinstance(value, target):
         report.append(f"{where} key '{item.key}' is a {type(value).__name__}, not a {item.type}.")
         return False, None
-    if target is str:
+    if isinstance(value, str):  # target is str (a str value passes only a 'str' item)
         if item.invalid is not None:
             if _match(value, item.invalid, settings) is not None:
                 report.append(f"{where} key '{item.key}' value {value!r} is invalid.")

@@ -52,6 +52,10 @@ async def _define(chat: ChatClient, request: lm.DefinitionRequest) -> str:
     )
 
 
+def _targets(labels: list[str] | None) -> tuple[str, ...] | None:
+    return None if labels is None else tuple(labels)
+
+
 def label_sets(
     validations: pd.DataFrame,
     descriptions: pd.DataFrame,
@@ -75,7 +79,7 @@ def label_sets(
         group = groups.get(image_id)
         if group is None:
             sets.append(
-                lm.LabelSet(image_id, [], None, gt_labels.get(image_id) if per_image_targets else None)
+                lm.LabelSet(image_id, (), None, _targets(gt_labels.get(image_id)) if per_image_targets else None)
             )
             continue
         labels = [str(v) for v in group["validated_object_name"]]
@@ -89,9 +93,9 @@ def label_sets(
         sets.append(
             lm.LabelSet(
                 image_id,
-                labels,
-                descs if has_descriptions else None,
-                gt_labels.get(image_id) if per_image_targets else None,
+                tuple(labels),
+                tuple(descs) if has_descriptions else None,
+                _targets(gt_labels.get(image_id)) if per_image_targets else None,
             )
         )
     return sets, groups

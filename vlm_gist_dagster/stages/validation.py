@@ -98,6 +98,8 @@ async def _validate_image(
     keep / update / reject for the image as a whole (§5.5)."""
     full = prepare_image(path, None)
     image = cv2.imdecode(np.frombuffer(full.data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: the prepared image cannot be decoded")
     names = [o["object_name"] for o in structured_description]
 
     async def one(row: dict) -> tuple[str | None, str | None]:

@@ -104,7 +104,7 @@ def classification_report(
     true = tp + fn
     pred = tp + fp
 
-    def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def div(a: Any, b: Any) -> np.ndarray:
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         return np.where(b == 0, 0.0, a / np.where(b == 0, 1.0, b))
 
