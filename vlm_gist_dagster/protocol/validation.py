@@ -36,9 +36,9 @@ from vlm_gist_dagster.protocol.completions import (
     user_image_message,
     user_text_message,
 )
+from vlm_gist_dagster.protocol.detections import BoxXYXY
 from vlm_gist_dagster.protocol.images import to_image_url
 from vlm_gist_dagster.protocol.masks import decode_rle, paste_box_mask
-from vlm_gist_dagster.protocol.detections import BoxXYXY
 from vlm_gist_dagster.protocol.settings import (
     DEFAULT_DESCRIPTION_PROMPT,
     DEFAULT_SYSTEM_PROMPT,

@@ -9,10 +9,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .coercion import SettingsModel, refuse_io_keys
 from .errors import settings_error
+
 
 class FlorencePrompt(SettingsModel):
     """Florence-2 prompt: a task token such as ``<OD>`` or ``<DENSE_REGION_CAPTION>``."""

@@ -18,7 +18,16 @@ import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, Strict, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainValidator,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 
 def _paper_none(value: Any) -> Any:

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict, StrictBool, StrictInt, StrictStr, model_validator
 
-from .coercion import NonNegNumber, SettingsModel, refuse_io_keys
-from .request import CompletionParams, merge_block, request_block
+from .coercion import NonNegNumber, SettingsModel
+from .request import CompletionParams, fill_blocks, request_block
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a robot's visual perception system that identifies and analyzes objects in an image. "
@@ -144,12 +144,8 @@ class DescriptionSettings(SettingsModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_blocks(cls, data: Any) -> Any:
-        refuse_io_keys(data)
-        if isinstance(data, dict):
-            data = dict(data)
-            for key in ("vlm_scene_description", "vlm_structured_description", "vlm_decoupled_attribution"):
-                merge_block(data, key, _DEFAULT_DESCRIPTION_BLOCK)
-        return data
+        blocks = ("vlm_scene_description", "vlm_structured_description", "vlm_decoupled_attribution")
+        return fill_blocks(data, dict.fromkeys(blocks, _DEFAULT_DESCRIPTION_BLOCK))
 
     @model_validator(mode="after")
     def _check(self) -> DescriptionSettings:

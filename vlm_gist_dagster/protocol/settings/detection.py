@@ -12,6 +12,7 @@ from pydantic import Field, Strict, StrictBool, StrictInt, StrictStr, model_vali
 
 from .coercion import SettingsModel, refuse_io_keys
 
+
 class DetectionSettings(SettingsModel):
     """Settings of stage B. Defaults are the paper's Detection **module** defaults; the benchmark file
     ``detection_settings_mmgd_large.json`` differs by ``over_detect = 1.0``, and the FiftyOne detect node

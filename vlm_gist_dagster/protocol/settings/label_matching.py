@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from .coercion import NonNegNumber, SettingsModel, refuse_io_keys
-from .request import CompletionParams, merge_block, request_block
+from .coercion import NonNegNumber, SettingsModel
+from .request import CompletionParams, fill_blocks, request_block
 
 _TARGETS = json.loads(resources.files(__package__).joinpath("targets.json").read_text(encoding="utf-8"))
 #: The 80 COCO class names (spec/evaluation.md §1.3), in the settings' order.
@@ -76,11 +76,7 @@ class LabelMatchingSettings(SettingsModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_llm(cls, data: Any) -> Any:
-        refuse_io_keys(data)
-        if isinstance(data, dict):
-            data = dict(data)
-            merge_block(data, "llm", _DEFAULT_LLM_BLOCK)
-        return data
+        return fill_blocks(data, {"llm": _DEFAULT_LLM_BLOCK})
 
     @model_validator(mode="after")
     def _check_targets(self) -> LabelMatchingSettings:

@@ -18,6 +18,7 @@ from .label_matching import LabelMatchingSettings
 from .model_file import ModelSettings, load_model_settings
 from .validation import ValidationSettings
 
+
 def parse_settings(
     data: Mapping[str, Any], kind: SettingsKind | None = None, *, file: str | Path | None = None
 ) -> BaseModel:

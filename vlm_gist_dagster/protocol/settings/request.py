@@ -15,7 +15,16 @@ from typing import Any
 from pydantic import Field, StrictStr, field_validator
 
 from ..endpoints import Endpoint, EndpointError, resolve_endpoint
-from .coercion import PaperBool, PaperFloat, PaperInt, PaperOptFloat, PaperOptInt, PaperStrTuple, SettingsModel
+from .coercion import (
+    PaperBool,
+    PaperFloat,
+    PaperInt,
+    PaperOptFloat,
+    PaperOptInt,
+    PaperStrTuple,
+    SettingsModel,
+    refuse_io_keys,
+)
 
 #: Completion parsers the paper's nimbro_api ships and we implement (spec/pipeline.md §1.4, §2.2).
 KNOWN_COMPLETION_PARSERS: tuple[str, ...] = ("json_decoder.py", "reasoning_extractor.py")
@@ -25,7 +34,7 @@ class CompletionParams(SettingsModel):
     """One nimbro_api completion-parameter block (``vlm_structured_description``, ``llm``, ``vlm``, …).
 
     Defaults are the StructuredDescription module defaults (spec/pipeline.md §1.1). A block given in a
-    file is merged over the default block of its context (see ``merge_block``), so a partial block
+    file is merged over the default block of its context (see ``fill_blocks``), so a partial block
     keeps the context's defaults for the keys it leaves out.
     """
 
@@ -107,8 +116,16 @@ def request_block(**overrides: Any) -> dict[str, Any]:
     return CompletionParams(**overrides).model_dump()
 
 
-def merge_block(data: Any, key: str, default: Mapping[str, Any]) -> None:
-    """Fill a partial request block from ``default`` (ours: the paper would leave the missing
-    parameters at whatever the nimbro_api node had; every shipped file gives complete blocks)."""
-    if isinstance(data, dict) and isinstance(data.get(key), Mapping):
-        data[key] = {**default, **data[key]}
+def fill_blocks(data: Any, defaults: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The raw settings ``data`` (the paper's file-handling keys refused) with every request block
+    named in ``defaults`` filled from its default block where the file gives a partial one (ours: the
+    paper would leave the missing parameters at whatever the nimbro_api node had; every shipped file
+    gives complete blocks)."""
+    refuse_io_keys(data)
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for key, default in defaults.items():
+        if isinstance(data.get(key), Mapping):
+            data[key] = {**default, **data[key]}
+    return data

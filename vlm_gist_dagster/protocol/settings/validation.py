@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 from pydantic import Field, Strict, StrictBool, StrictInt, StrictStr, model_validator
 
-from .coercion import NonNegNumber, SettingsModel, refuse_io_keys
+from .coercion import NonNegNumber, SettingsModel
 from .description import DEFAULT_SYSTEM_PROMPT, ImageDetail
-from .request import CompletionParams, merge_block, request_block
+from .request import CompletionParams, fill_blocks, request_block
 
 DEFAULT_DESCRIPTION_PROMPT = "Provide a JSON description of all object instances in the image above."
 DEFAULT_VALIDATION_PROMPT = (
@@ -61,8 +61,4 @@ class ValidationSettings(SettingsModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_vlm(cls, data: Any) -> Any:
-        refuse_io_keys(data)
-        if isinstance(data, dict):
-            data = dict(data)
-            merge_block(data, "vlm", _DEFAULT_VLM_BLOCK)
-        return data
+        return fill_blocks(data, {"vlm": _DEFAULT_VLM_BLOCK})
