@@ -28,8 +28,8 @@ import numpy as np
 
 from vlm_gist_dagster.protocol.detection import ImageDetections
 from vlm_gist_dagster.protocol.detections import BoxXYXY, Detections
+from vlm_gist_dagster.protocol.responses import ResponseFormatError, artifact, entries, int_box, string_field
 from vlm_gist_dagster.protocol.segmentation import (
-    ResponseFormatError,
     Sam2Track,
     decode_sam2_track,
     tracks_by_id,
@@ -146,47 +146,18 @@ def parse_baseline_response(
     [str | null], "model": "florence2" | "kosmos2"}}``. With ``model``, the artifact's model must match.
     Raises :class:`ResponseFormatError` naming the offending field.
     """
-    if not isinstance(response, Mapping):
-        raise ResponseFormatError(f"baseline response must be a JSON object, got {type(response).__name__}")
-    artifact = response.get("artifact")
-    if not isinstance(artifact, Mapping):
-        raise ResponseFormatError("baseline response lacks the object 'artifact'")
-    name = artifact.get("model")
+    found = artifact(response, "baseline")
+    name = found.get("model")
     if not isinstance(name, str):
         raise ResponseFormatError("baseline response field 'artifact.model' must be a string")
     if model is not None and name != model:
         raise ResponseFormatError(f"baseline response field 'artifact.model' is {name!r}, expected {model!r}")
-    per_image = artifact.get("detections")
-    if not isinstance(per_image, list) or len(per_image) <= image:
-        raise ResponseFormatError(
-            f"baseline response field 'artifact.detections' must be a list with an entry for image {image}"
-        )
-    entries = per_image[image]
-    if not isinstance(entries, list):
-        raise ResponseFormatError(f"baseline response field 'artifact.detections[{image}]' must be a list")
     labels: list[str] = []
     boxes: list[BoxXYXY] = []
-    for k, entry in enumerate(entries):
-        where = f"artifact.detections[{image}][{k}]"
-        if not isinstance(entry, Mapping):
-            raise ResponseFormatError(f"baseline response field '{where}' must be an object")
-        box = entry.get("box_xyxy")
-        if (
-            not isinstance(box, list)
-            or len(box) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
-        ):
-            raise ResponseFormatError(
-                f"baseline response field '{where}.box_xyxy' must be a list of 4 ints, got {box!r}"
-            )
-        label = entry.get("label")
-        if not isinstance(label, str):
-            raise ResponseFormatError(
-                f"baseline response field '{where}.label' must be a string, got {label!r}"
-            )
-        labels.append(label)
-        boxes.append((box[0], box[1], box[2], box[3]))
-    captions = artifact.get("captions")
+    for where, entry in entries(response, "detections", image, "baseline"):
+        boxes.append(int_box(entry, where, "baseline"))
+        labels.append(string_field(entry, "label", where, "baseline"))
+    captions = found.get("captions")
     caption: str | None = None
     if captions is not None:
         if not isinstance(captions, list) or len(captions) <= image:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from vlm_gist_dagster.protocol.detections import BoxXYXY, Detections, relative_xywh
+from vlm_gist_dagster.protocol.responses import ResponseFormatError, entries, int_box, string_field
 from vlm_gist_dagster.protocol.segmentation import (
-    ResponseFormatError,
     Sam2Track,
     decode_sam2_track,
     tracks_by_id,
@@ -334,52 +334,24 @@ def parse_gdino_response(
     With ``prompts`` (the request's), a detection whose prompt was not requested is an error.
     Raises :class:`ResponseFormatError` naming the offending field.
     """
-    if not isinstance(response, Mapping):
-        raise ResponseFormatError(f"GDINO response must be a JSON object, got {type(response).__name__}")
-    artifact = response.get("artifact")
-    if not isinstance(artifact, Mapping):
-        raise ResponseFormatError("GDINO response lacks the object 'artifact'")
-    per_image = artifact.get("detections")
-    if not isinstance(per_image, list) or len(per_image) <= image:
-        raise ResponseFormatError(
-            f"GDINO response field 'artifact.detections' must be a list with an entry for image {image}"
-        )
-    entries = per_image[image]
-    if not isinstance(entries, list):
-        raise ResponseFormatError(f"GDINO response field 'artifact.detections[{image}]' must be a list")
     allowed = None if prompts is None else set(prompts)
     labels: list[str] = []
     boxes: list[BoxXYXY] = []
     confidences: list[float] = []
-    for k, entry in enumerate(entries):
-        where = f"artifact.detections[{image}][{k}]"
-        if not isinstance(entry, Mapping):
-            raise ResponseFormatError(f"GDINO response field '{where}' must be an object")
-        box = entry.get("box_xyxy")
-        if (
-            not isinstance(box, list)
-            or len(box) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
-        ):
-            raise ResponseFormatError(
-                f"GDINO response field '{where}.box_xyxy' must be a list of 4 ints, got {box!r}"
-            )
+    for where, entry in entries(response, "detections", image, "GDINO"):
+        box = int_box(entry, where, "GDINO")
         confidence = entry.get("confidence")
         if not isinstance(confidence, (int, float)) or isinstance(confidence, bool):
             raise ResponseFormatError(
                 f"GDINO response field '{where}.confidence' must be a number, got {confidence!r}"
             )
-        prompt = entry.get("prompt")
-        if not isinstance(prompt, str):
-            raise ResponseFormatError(
-                f"GDINO response field '{where}.prompt' must be a string, got {prompt!r}"
-            )
+        prompt = string_field(entry, "prompt", where, "GDINO")
         if allowed is not None and prompt not in allowed:
             raise ResponseFormatError(
                 f"GDINO response field '{where}.prompt' is {prompt!r}, which was not requested"
             )
         labels.append(prompt)
-        boxes.append((box[0], box[1], box[2], box[3]))
+        boxes.append(box)
         confidences.append(float(confidence))
     return Detections.from_boxes(labels, np.asarray(boxes, dtype=np.int64).reshape(-1, 4), confidences)
 

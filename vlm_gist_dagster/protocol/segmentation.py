@@ -32,6 +32,7 @@ import numpy as np
 
 from vlm_gist_dagster.protocol.detections import BoxXYXY
 from vlm_gist_dagster.protocol.masks import RLE, encode_rle, paste_box_mask
+from vlm_gist_dagster.protocol.responses import ResponseFormatError, artifact, entries, int_box
 
 __all__ = [
     "ResponseFormatError",
@@ -50,13 +51,6 @@ __all__ = [
     "decode_sam2_track",
     "tracks_by_id",
 ]
-
-class ResponseFormatError(ValueError):
-    """A vision-server response that does not have the documented shape; the message names the field.
-
-    Raised by every response parser of stage B and the baselines (GDINO, SAM2, Florence-2, Kosmos-2).
-    """
-
 
 class DegenerateMaskError(ValueError):
     """A non-empty mask whose server-side crop has no pixels (the mask is one pixel wide or tall).
@@ -78,14 +72,6 @@ class Sam2Track:
     def cropped_mask(self) -> np.ndarray:
         """The decoded mask crop, shape ``(y2 − y1, x2 − x1)``."""
         return decode_mask_png(self.mask_png_b64, field=f"mask of track {self.track_id}")
-
-
-def _int_box(value: Any, field: str) -> BoxXYXY:
-    if not isinstance(value, (list, tuple)) or len(value) != 4:
-        raise ResponseFormatError(f"{field} must be a list of 4 ints, got {value!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ResponseFormatError(f"{field} must hold ints, got {value!r}")
-    return (int(value[0]), int(value[1]), int(value[2]), int(value[3]))
 
 
 # --- requests -------------------------------------------------------------------------------------------
@@ -233,12 +219,7 @@ def parse_sam2_response(response: Mapping[str, Any], *, frame: int = 0) -> list[
     empty (the tracker was never initialised: call ``/update`` first), or when a track id repeats
     (the reference asserts uniqueness).
     """
-    if not isinstance(response, Mapping):
-        raise ResponseFormatError(f"SAM2 response must be a JSON object, got {type(response).__name__}")
-    artifact = response.get("artifact")
-    if not isinstance(artifact, Mapping):
-        raise ResponseFormatError("SAM2 response lacks the object 'artifact'")
-    tracks = artifact.get("tracks")
+    tracks = artifact(response, "SAM2").get("tracks")
     if not isinstance(tracks, list):
         raise ResponseFormatError("SAM2 response field 'artifact.tracks' must be a list")
     if len(tracks) <= frame:
@@ -246,15 +227,9 @@ def parse_sam2_response(response: Mapping[str, Any], *, frame: int = 0) -> list[
             f"SAM2 response field 'artifact.tracks' has {len(tracks)} frame(s), frame {frame} requested"
             + (" (an empty list means the tracker was never initialised)" if not tracks else "")
         )
-    entries = tracks[frame]
-    if not isinstance(entries, list):
-        raise ResponseFormatError(f"SAM2 response field 'artifact.tracks[{frame}]' must be a list")
     parsed: list[Sam2Track] = []
     seen: set[int] = set()
-    for k, entry in enumerate(entries):
-        where = f"artifact.tracks[{frame}][{k}]"
-        if not isinstance(entry, Mapping):
-            raise ResponseFormatError(f"SAM2 response field '{where}' must be an object")
+    for where, entry in entries(response, "tracks", frame, "SAM2", what="frame"):
         track_id = entry.get("track_id")
         if not isinstance(track_id, int) or isinstance(track_id, bool):
             raise ResponseFormatError(
@@ -263,7 +238,7 @@ def parse_sam2_response(response: Mapping[str, Any], *, frame: int = 0) -> list[
         if track_id in seen:
             raise ResponseFormatError(f"SAM2 response field '{where}.track_id' repeats track id {track_id}")
         seen.add(track_id)
-        box = _int_box(entry.get("box_xyxy"), f"SAM2 response field '{where}.box_xyxy'")
+        box = int_box(entry, where, "SAM2")
         mask = entry.get("mask")
         if not isinstance(mask, str):
             raise ResponseFormatError(f"SAM2 response field '{where}.mask' must be a base64 string")
