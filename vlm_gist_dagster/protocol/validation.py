@@ -441,6 +441,21 @@ class _Assignment:
         # Step 0: groups of names by stripped trailing digits.
         self.groups, self.group_of = name_groups(self.object_names)
 
+    # Each decision: the detection's list, its action text and, for keep and update, the name given out.
+    def _keep(self, j: int, name: str, action: str) -> None:
+        self.keep.append(j)
+        self.actions[j] = action
+        self.used.append(name)
+
+    def _update(self, j: int, name: str, action: str) -> None:
+        self.update[j] = name
+        self.actions[j] = action
+        self.used.append(name)
+
+    def _reject(self, j: int, action: str) -> None:
+        self.reject.append(j)
+        self.actions[j] = action
+
     def reject_errors_and_invalid(self) -> None:
         """Step 1: None → error; ``invalid`` → reject."""
         labels = self.labels
@@ -450,8 +465,7 @@ class _Assignment:
                 self.actions[j] = f"Reject detection '{labels[j]}' after completion error."
                 self.handled.append(j)
             elif response == self.invalid:
-                self.reject.append(j)
-                self.actions[j] = f"Reject invalidated detection '{labels[j]}'."
+                self._reject(j, f"Reject invalidated detection '{labels[j]}'.")
                 self.handled.append(j)
 
     def keep_unique_agreements(self) -> list[int]:
@@ -464,9 +478,7 @@ class _Assignment:
                 continue
             agreeing = sum(1 for k in range(self.n) if labels[k] == response and responses[k] == response)
             if agreeing == 1:
-                self.keep.append(j)
-                self.actions[j] = f"Accept unique validation of detection '{response}'."
-                self.used.append(response)
+                self._keep(j, response, f"Accept unique validation of detection '{response}'.")
                 self.handled.append(j)
             elif agreeing > 1:
                 duplicates.append(j)
@@ -478,44 +490,36 @@ class _Assignment:
             response = self.responses[j]
             assert response is not None
             if response not in self.used:
-                self.keep.append(j)
-                self.actions[j] = f"Accept best duplicate validation of detection '{response}'."
-                self.used.append(response)
+                self._keep(j, response, f"Accept best duplicate validation of detection '{response}'.")
             elif response in self.group_of:
                 self._update_duplicate_to_group_member(j, response)
             else:
-                self.reject.append(j)
-                self.actions[j] = (
+                self._reject(j, (
                     f"Reject duplicate validation of detection '{response}' that cannot be associated to a group."
-                )
+                ))
             self.handled.append(j)
 
     def _update_duplicate_to_group_member(self, j: int, response: str) -> None:
         members = self.groups[self.group_of[response]]
         fresh = next((m for m in members if m not in self.used and m not in self.responses), None)
         if fresh is not None:
-            self.update[j] = fresh
-            self.actions[j] = (
+            self._update(j, fresh, (
                 f"Update duplicate validation of detection '{response}' to unassigned group member "
                 f"'{fresh}' not featured in all validation responses."
-            )
-            self.used.append(fresh)
+            ))
             return
         spare = next((m for m in members if m not in self.used), None)
         if spare is not None:
             count = self.duplicate_counts[response]
-            self.update[j] = spare
-            self.actions[j] = (
+            self._update(j, spare, (
                 f"Update duplicate validation of detection '{response}' to unassigned group member "
                 f"'{spare}' featured '{count}' time{'s' if count != 1 else ''} in all validation responses."
-            )
-            self.used.append(spare)
+            ))
         else:
-            self.reject.append(j)
-            self.actions[j] = (
+            self._reject(j, (
                 f"Reject duplicate validation of detection '{response}' for which all group members "
                 "are already assigned."
-            )
+            ))
 
     def update_to_unused_corrections(self) -> list[int]:
         """Step 4, by descending confidence: update to the response if that name is unused; return the
@@ -525,10 +529,8 @@ class _Assignment:
             response = self.responses[j]
             assert response is not None
             if response not in self.used:
-                self.update[j] = response
                 best = "best" if response in self.duplicate_counts else ""
-                self.actions[j] = f"Update detection '{self.labels[j]}' to {best} correction '{response}'."
-                self.used.append(response)
+                self._update(j, response, f"Update detection '{self.labels[j]}' to {best} correction '{response}'.")
                 remaining.remove(j)
                 self.handled.append(j)
         return remaining
@@ -544,33 +546,27 @@ class _Assignment:
                 base = self.group_of[response]
                 members = self.groups[base]
                 if labels[j] in members and labels[j] not in self.used:
-                    self.keep.append(j)
-                    self.actions[j] = (
+                    self._keep(j, labels[j], (
                         f"Accept detection label '{labels[j]}' which is an unassigned group member of group "
                         f"'{base}' for validation response '{response}'."
-                    )
-                    self.used.append(labels[j])
+                    ))
                 else:
                     spare = next((m for m in members if m not in self.used), None)
                     if spare is not None:
-                        self.update[j] = spare
-                        self.actions[j] = (
+                        self._update(j, spare, (
                             f"Update detection '{labels[j]}' with already used validation response '{response}' to "
                             f"unassigned group member '{spare}' not featured in all validation responses."
-                        )
-                        self.used.append(spare)
+                        ))
                     else:
-                        self.reject.append(j)
-                        self.actions[j] = (
+                        self._reject(j, (
                             f"Reject detection '{labels[j]}' with already used validation response '{response}' for "
                             f"which all group members of group '{base}' are already assigned."
-                        )
+                        ))
             else:
-                self.reject.append(j)
-                self.actions[j] = (
+                self._reject(j, (
                     f"Reject detection '{labels[j]}' with already used validation response '{response}' that "
                     "cannot be associated to a group."
-                )
+                ))
             self.handled.append(j)
 
     def result(self) -> ValidationActions:

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 from pydantic import (
     Field,
-    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -20,6 +19,7 @@ from pydantic import (
 )
 
 from .coercion import SettingsModel, refuse_io_keys
+from .detection import SegmentationSettings
 from .errors import settings_error
 
 
@@ -30,7 +30,7 @@ class FlorencePrompt(SettingsModel):
     prompt_args: Any = None
 
 
-class BaselineSettings(SettingsModel):
+class BaselineSettings(SegmentationSettings):
     """Settings of a baseline model that replaces stages A and B (spec/pipeline.md §6). Defaults are
     the paper's Baseline module defaults (Florence-2 large, dense region captions)."""
 
@@ -42,16 +42,6 @@ class BaselineSettings(SettingsModel):
     model_num_beams: StrictInt = Field(default=3, ge=1)
     model_max_new_tokens: StrictInt = Field(default=1024, ge=1)
     model_max_batch_size: StrictInt = Field(default=6, ge=1)
-    segmentation_name: Literal["sam2_realtime"] | None = "sam2_realtime"
-    segmentation_model_id: StrictInt = 0
-    segmentation_model_id_secondary: StrictInt | None = None
-    segmentation_flavor: StrictStr = "large"
-    segmentation_track: StrictBool = True
-    segmentation_use_bbox: StrictBool = True
-    retry: StrictBool = True
-    png_compression_level: StrictInt = Field(default=2, ge=0, le=9)
-    png_max_pixels: StrictInt | None = Field(default=1920 * 1080, gt=0)
-    crop_masks: StrictBool = True
 
     @field_validator("model_prompt", mode="before")
     @classmethod

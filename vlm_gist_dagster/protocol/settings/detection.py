@@ -13,17 +13,10 @@ from pydantic import Field, Strict, StrictBool, StrictInt, StrictStr, model_vali
 from .coercion import SettingsModel, refuse_io_keys
 
 
-class DetectionSettings(SettingsModel):
-    """Settings of stage B. Defaults are the paper's Detection **module** defaults; the benchmark file
-    ``detection_settings_mmgd_large.json`` differs by ``over_detect = 1.0``, and the FiftyOne detect node
-    forces a few values (see :meth:`as_run_by_fiftyone_node`)."""
+class SegmentationSettings(SettingsModel):
+    """The SAM2 and vision-call keys that stage B's settings and the baselines' share, with the paper's
+    module defaults (the same in both modules)."""
 
-    over_detect: Annotated[float, Strict()] | None = 0.0
-    nms_iou_threshold: Annotated[float, Strict()] | None = Field(default=None, ge=0, le=1)
-    conf_threshold: Annotated[float, Strict()] = 0.0
-    detector_name: Literal["mmgroundingdino"] = "mmgroundingdino"
-    detector_model_id: StrictInt = 0
-    detector_flavor: StrictStr = "large"
     segmentation_name: Literal["sam2_realtime"] | None = "sam2_realtime"
     segmentation_model_id: StrictInt = 0
     segmentation_model_id_secondary: StrictInt | None = None
@@ -35,6 +28,19 @@ class DetectionSettings(SettingsModel):
     retry: StrictBool = True
     png_compression_level: StrictInt = Field(default=2, ge=0, le=9)
     png_max_pixels: StrictInt | None = Field(default=1920 * 1080, gt=0)
+
+
+class DetectionSettings(SegmentationSettings):
+    """Settings of stage B. Defaults are the paper's Detection **module** defaults; the benchmark file
+    ``detection_settings_mmgd_large.json`` differs by ``over_detect = 1.0``, and the FiftyOne detect node
+    forces a few values (see :meth:`as_run_by_fiftyone_node`)."""
+
+    over_detect: Annotated[float, Strict()] | None = 0.0
+    nms_iou_threshold: Annotated[float, Strict()] | None = Field(default=None, ge=0, le=1)
+    conf_threshold: Annotated[float, Strict()] = 0.0
+    detector_name: Literal["mmgroundingdino"] = "mmgroundingdino"
+    detector_model_id: StrictInt = 0
+    detector_flavor: StrictStr = "large"
 
     @model_validator(mode="before")
     @classmethod
