@@ -153,7 +153,7 @@ def time_ours(gt, pred, repeat: int) -> tuple[float, dict, float]:
     t0 = time.perf_counter()
     evaluate(gt, pred, coco_standard=True)
     with_coco = time.perf_counter() - t0
-    return statistics.median(times), dict(result), with_coco
+    return statistics.median(times), result.scalars(), with_coco
 
 
 def identical(a: dict, b: dict) -> bool:

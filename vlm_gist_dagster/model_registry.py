@@ -1,28 +1,25 @@
 """The benchmark's models: one settings file per model in ``settings/models/`` (``$VLM_GIST_MODELS_DIR``).
 
-A model's partition key is derived from its file name: lower-cased stem, without the paper's
+This module finds them; what a model file holds and how its name becomes a partition key are the rules
+of ``protocol.settings.model_file`` (``model_key_for``: the lower-cased stem without the paper's
 ``description_settings_`` / ``baseline_settings_`` prefix, so the paper's 47 files can be dropped in as
-they are (``description_settings_qwen_3_vl_235b_A22b_none.json`` → ``qwen_3_vl_235b_a22b_none``).
-Keys must match ``[a-z0-9_.-]+``; two files mapping to one key is an error naming both.
+they are). Two files mapping to one key is an error naming both.
 
 >>> model_key_for(Path("description_settings_gpt_5_high.json"))
 'gpt_5_high'
->>> model_key_for(Path("sim_strong.json"))
-'sim_strong'
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .defs.partitions import InvalidModelKey, validate_model_key
+from .files import file_sha256
+from .protocol.settings.model_file import InvalidModelKey, model_key_for
 
-#: Prefixes of the paper's settings file names, dropped from model keys.
-PAPER_PREFIXES = ("description_settings_", "baseline_settings_")
+__all__ = ["ModelFile", "ModelRegistryError", "discover_models", "find_model", "model_key_for", "models_dir"]
 
 
 class ModelRegistryError(ValueError):
@@ -41,18 +38,6 @@ def models_dir() -> Path:
     return Path(env).expanduser().resolve() if env else paths.settings_dir() / "models"
 
 
-def model_key_for(path: Path) -> str:
-    stem = Path(path).stem.lower()
-    for prefix in PAPER_PREFIXES:
-        if stem.startswith(prefix) and len(stem) > len(prefix):
-            stem = stem[len(prefix) :]
-            break
-    try:
-        return validate_model_key(stem)
-    except InvalidModelKey as exc:
-        raise ModelRegistryError(f"{path}: {exc}; rename the file") from None
-
-
 def discover_models(directory: Path | None = None) -> tuple[list[ModelFile], list[str]]:
     """All model files of ``directory`` (sorted by key) and a list of problems with the others.
 
@@ -68,13 +53,13 @@ def discover_models(directory: Path | None = None) -> tuple[list[ModelFile], lis
             continue
         try:
             key = model_key_for(path)
-        except ModelRegistryError as exc:
+        except InvalidModelKey as exc:
             problems.append(str(exc))
             continue
         if key in found:
             problems.append(f"{path}: model key {key!r} is already used by {found[key].path.name}")
             continue
-        found[key] = ModelFile(key=key, path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+        found[key] = ModelFile(key=key, path=path, sha256=file_sha256(path))
     return sorted(found.values(), key=lambda m: m.key), problems
 
 

@@ -47,12 +47,10 @@ Layout: ``<root>/<digest[:2]>/<digest>.json``. Default root: ``<data dir>/cache/
 from __future__ import annotations
 
 import base64
-import contextlib
 import enum
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +60,7 @@ import httpx
 import numpy as np
 
 from .. import paths
+from ..files import atomic_write
 from .errors import get_logger
 
 __all__ = [
@@ -288,7 +287,7 @@ class ResponseCache:
         if not self.mode.writes:
             return
         record = {"key": key.material(), "stored_at": time.time(), "response": response}
-        atomic_write_text(self.path_for(key), json.dumps(record, ensure_ascii=False, indent=1))
+        atomic_write(self.path_for(key), json.dumps(record, ensure_ascii=False, indent=1))
         self.writes += 1
 
 
@@ -312,23 +311,3 @@ def decode_vector(answer: dict[str, Any]) -> np.ndarray | None:
     except (KeyError, TypeError, ValueError):
         return None
     return vector if vector.shape == (answer.get("dim"),) else None
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

@@ -42,7 +42,8 @@ import numpy as np
 
 from .. import paths
 from ..protocol.baselines import BaselineOutput, baseline_request, parse_baseline_response
-from ..protocol.detection import GdinoDetection, gdino_request, parse_gdino_response
+from ..protocol.detection import gdino_request, parse_gdino_response
+from ..protocol.detections import Detections
 from ..protocol.images import PreparedImage, prepare_image
 from ..protocol.segmentation import Sam2Track, parse_sam2_response, sam2_track_request, sam2_update_request
 from ..protocol.settings import BaselineSettings
@@ -352,7 +353,7 @@ class VisionClient(ServiceClient):
         min_confidence: float = 0.0,
         nms_iou: float | None = None,
         overdetect_factor: float | None = 1.0,
-    ) -> list[GdinoDetection]:
+    ) -> Detections:
         """MM-Grounding-DINO on one image (spec §4.2)."""
         await self.ensure_loaded(flavor)
         body = gdino_request(

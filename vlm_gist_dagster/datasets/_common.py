@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -24,14 +23,6 @@ def read_json(path: Path) -> Any:
         raise DatasetError(path, "file is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(path, f"not valid JSON ({exc})") from exc
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def image_size(path: Path) -> tuple[int, int]:

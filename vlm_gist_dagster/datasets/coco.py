@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..files import file_sha256
 from ..protocol.masks import segmentation_to_rle
 from ._common import (
     check_box,
@@ -17,7 +18,6 @@ from ._common import (
     image_size,
     orientation_warning,
     read_json,
-    sha256_of,
     size_mismatch_hint,
 )
 from .model import CrowdMode, Dataset, DatasetError, build_ground_truth_table, build_images_table
@@ -69,7 +69,7 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
         warning = orientation_warning(path, labels_path, f"{where}.file_name", (header_w, header_h))
         if warning:
             warnings.append(warning)
-        row = {"image_id": key, "file_name": Path(file_name).name, "path": str(path.resolve()), "width": int(width), "height": int(height), "sha256": sha256_of(path)}
+        row = {"image_id": key, "file_name": Path(file_name).name, "path": str(path.resolve()), "width": int(width), "height": int(height), "sha256": file_sha256(path)}
         if image_id in by_id:
             raise DatasetError(labels_path, f"duplicate image id {image_id}", field=f"{where}.id")
         by_id[image_id] = row

@@ -13,7 +13,6 @@ local copy. Nothing is ever skipped silently.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from ..files import file_sha256
 from .model import DatasetDownloadError
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def download_vlm_gist(
         if not found or not samples.is_file():
             raise DatasetDownloadError(f"The archive from {url} holds no {VLM_GIST_SUBDIR}/samples.json.")
         if expected_samples_sha256:
-            digest = hashlib.sha256(samples.read_bytes()).hexdigest()
+            digest = file_sha256(samples)
             if digest != expected_samples_sha256:
                 raise DatasetDownloadError(
                     f"samples.json from {url} has sha256 {digest}, expected {expected_samples_sha256}: "

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import file_sha256
 from ..protocol.masks import encode_rle, paste_box_mask
 from ._common import (
     check_box,
@@ -22,7 +23,6 @@ from ._common import (
     image_size,
     orientation_warning,
     read_json,
-    sha256_of,
     size_mismatch_hint,
 )
 from .model import CrowdMode, Dataset, DatasetError, build_ground_truth_table, build_images_table
@@ -107,7 +107,7 @@ def load_fiftyone_export(
         if warning:
             warnings.append(warning)
         images.append(
-            {"image_id": image_key, "file_name": file_name, "path": str(path.resolve()), "width": width, "height": height, "sha256": sha256_of(path)}
+            {"image_id": image_key, "file_name": file_name, "path": str(path.resolve()), "width": width, "height": height, "sha256": file_sha256(path)}
         )
 
         labels = sample.get(gt_field)

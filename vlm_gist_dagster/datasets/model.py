@@ -59,10 +59,6 @@ class Dataset:
         return len(self.ground_truth)
 
 
-def empty_images() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in IMAGE_COLUMNS})
-
-
 def build_images_table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))
     return df.astype({"width": "int64", "height": "int64"})

@@ -1,7 +1,6 @@
 """Helpers shared by the per-pair benchmark assets."""
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -65,6 +64,3 @@ def finite(value) -> float | None:
         return None
     return None if math.isnan(value) else value
 
-
-def json_metadata(value) -> dg.MetadataValue:
-    return dg.MetadataValue.json(json.loads(json.dumps(value, default=str)))

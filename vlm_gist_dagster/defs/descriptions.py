@@ -1,11 +1,13 @@
 """Stage A asset: ``descriptions``, one row per image, per (dataset, model)."""
 
-import pandas as pd
 import dagster as dg
+import pandas as pd
 
 from ..stages.descriptions import run_descriptions
+from ..stages.tables import DESCRIPTIONS
 from .automation import DESCRIPTIONS_CONDITION
 from .common import API_RETRY, VLM_POOL, api_errors, check_model_mode, finite, md_table, pair
+from .metadata import column_schema
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource, ServicesResource
 from .schedules import SETTINGS_SHA_KEY
@@ -46,6 +48,7 @@ def descriptions(
         table,
         metadata={
             "dagster/row_count": n,
+            "dagster/column_schema": column_schema(table, DESCRIPTIONS.descriptions),
             "model": model.display_name,
             "kind": model.kind,
             "simulated": model.simulated,

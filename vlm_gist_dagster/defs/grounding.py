@@ -6,8 +6,10 @@ import pandas as pd
 
 from ..protocol.settings import DetectionSettings
 from ..stages.grounding import run_detections, run_masks
+from ..stages.tables import DETECTION_IMAGES, DETECTIONS, MASKS
 from .automation import STAGE_CONDITION
 from .common import API_RETRY, VISION_POOL, api_errors, check_model_mode, md_table, pair
+from .metadata import column_schema
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource, ServicesResource
 from .settings_assets import settings_from_table
@@ -61,6 +63,7 @@ def detections(
         output_name="detections",
         metadata={
             "dagster/row_count": len(table),
+            "dagster/column_schema": column_schema(table, DETECTIONS.descriptions),
             "detections": len(table),
             "over_detections": int(table["is_over_detection"].fillna(False).astype(bool).sum()),
             "images_with_prompts": int((per_image["num_prompts"] > 0).sum()),
@@ -73,6 +76,7 @@ def detections(
         output_name="detection_images",
         metadata={
             "dagster/row_count": len(per_image),
+            "dagster/column_schema": column_schema(per_image, DETECTION_IMAGES.descriptions),
             "detections_per_image_mean": float(
                 per_image.loc[per_image["num_prompts"] > 0, "num_detections"].mean()
             )
@@ -140,6 +144,7 @@ def masks(
         table,
         metadata={
             "dagster/row_count": len(table),
+            "dagster/column_schema": column_schema(table, MASKS.descriptions),
             "with_mask": int(table["mask"].notna().sum()),
             "without_mask": int(table["mask"].isna().sum()),
             "segmentation_errors": int(table["segmentation_error"].notna().sum()),

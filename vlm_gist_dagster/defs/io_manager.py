@@ -8,8 +8,6 @@ later run would read.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from dagster._core.storage.upath_io_manager import escape_dotdot_segments, is_di
 from upath import UPath
 
 from .. import paths
+from ..files import atomic_path
 
 
 def _is_local(path: UPath) -> bool:
@@ -32,16 +31,8 @@ def write_parquet(df: pd.DataFrame, path: UPath | Path | str) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
     upath = UPath(path)
     if _is_local(upath):
-        local = Path(upath.path)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, local)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(upath.path) as temporary:
+            pq.write_table(table, temporary)
     else:  # object stores: a single PUT is already all-or-nothing
         with upath.open("wb") as f:
             pq.write_table(table, f)

@@ -5,11 +5,13 @@ import pandas as pd
 
 from ..protocol.settings import LabelMatchingSettings
 from ..stages.label_matching import run_label_matches
+from ..stages.tables import LABEL_MATCHES
 from .automation import STAGE_CONDITION
 from .common import API_RETRY, VLM_POOL, api_errors, md_table, pair
+from .metadata import column_schema
 from .partitions import model_dataset_partitions
-from .settings_assets import settings_from_table
 from .resources import ServicesResource
+from .settings_assets import settings_from_table
 
 
 @dg.asset(
@@ -60,6 +62,7 @@ def label_matches(
         table,
         metadata={
             "dagster/row_count": len(table),
+            "dagster/column_schema": column_schema(table, LABEL_MATCHES.descriptions),
             **{k: v for k, v in summary.items() if k != "per_image"},
             "mat_ratio": float(len(matched) / len(table)) if len(table) else 0.0,
             "top_matches": dg.MetadataValue.json(matched.value_counts().head(15).to_dict()),

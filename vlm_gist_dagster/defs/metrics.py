@@ -8,9 +8,11 @@ import pandas as pd
 from .. import paths
 from ..protocol.leaderboard import COLUMNS
 from ..stages.leaderboard import build_leaderboard, write_leaderboard
-from ..stages.metrics import compute_metrics
+from ..stages.metrics import compute_metrics, metrics_markdown
+from ..stages.tables import LEADERBOARD, METRICS
 from .automation import LEADERBOARD_CONDITION, STAGE_CONDITION
 from .common import finite, pair
+from .metadata import column_schema
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource, ServicesResource
 
@@ -49,18 +51,12 @@ def metrics(
         label_matches=label_matches,
     )
     values = row.iloc[0]
-    table = (
-        "| "
-        + " | ".join(c for c in COLUMNS)
-        + " |\n|"
-        + "--:|" * len(COLUMNS)
-        + "\n| "
-        + " | ".join("nan" if finite(values[c]) is None else f"{values[c]:.3f}" for c in COLUMNS)
-        + " |"
-    )
+    table = metrics_markdown(values)
     yield dg.Output(
         row,
         metadata={
+            "dagster/row_count": len(row),
+            "dagster/column_schema": column_schema(row, METRICS.descriptions),
             **{c: finite(values[c]) for c in COLUMNS},
             "tp": int(values["tp"]),
             "fp": int(values["fp"]),
@@ -121,6 +117,7 @@ def leaderboard(
     written = write_leaderboard(board, directory)
     metadata: dict = {
         "dagster/row_count": len(board.rows),
+        "dagster/column_schema": column_schema(board.rows, LEADERBOARD.descriptions),
         "directory": dg.MetadataValue.path(str(directory)),
         "pairs": len(metrics),
         "missing_pairs": dg.MetadataValue.json(board.missing),

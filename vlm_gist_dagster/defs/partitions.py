@@ -6,9 +6,9 @@ Build keys with :func:`pair_key`, never by string concatenation.
 
 from __future__ import annotations
 
-import re
-
 import dagster as dg
+
+from ..protocol.settings.model_file import MODEL_KEY_PATTERN, InvalidModelKey, validate_model_key
 
 #: The benchmark's datasets, in the order the paper's tables list them.
 DATASETS: tuple[str, ...] = ("vlm_gist", "coco")
@@ -19,22 +19,17 @@ model_dataset_partitions = dg.MultiPartitionsDefinition(
     {"dataset": dataset_partitions, "model": model_partitions}
 )
 
-#: Model keys become path segments and partition keys: lower-case slugs only ("|", "," and "/" break
-#: Dagster's multi-partition keys, UI backfills and file paths).
-MODEL_KEY_PATTERN = re.compile(r"^[a-z0-9_.-]+$")
-
-
-class InvalidModelKey(ValueError):
-    pass
-
-
-def validate_model_key(key: str) -> str:
-    """Return ``key`` if it is a valid model partition key, else raise :class:`InvalidModelKey`."""
-    if not isinstance(key, str) or not MODEL_KEY_PATTERN.fullmatch(key) or set(key) == {"."}:
-        raise InvalidModelKey(
-            f"invalid model key {key!r}: use lower-case letters, digits, '_', '.' and '-' only (not just dots)"
-        )
-    return key
+__all__ = [
+    "DATASETS",
+    "MODEL_KEY_PATTERN",
+    "InvalidModelKey",
+    "dataset_partitions",
+    "model_dataset_partitions",
+    "model_partitions",
+    "pair_key",
+    "split_pair_key",
+    "validate_model_key",
+]
 
 
 def pair_key(dataset: str, model: str) -> dg.MultiPartitionKey:

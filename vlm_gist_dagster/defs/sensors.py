@@ -17,7 +17,8 @@ from ..model_registry import discover_models
 
 from .partitions import DATASETS, model_partitions, pair_key
 from .resources import ModelsResource
-from .settings_assets import detection_settings_file, file_sha256, label_matching_settings_file
+from ..files import file_sha256
+from .settings_assets import detection_settings_file, label_matching_settings_file
 
 #: Per-pair assets refreshed when a model's settings file changes.
 PAIR_ASSETS = (

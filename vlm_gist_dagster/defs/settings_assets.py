@@ -5,7 +5,6 @@ the detection (or label-matching) settings recomputes exactly the stages below i
 then refreshes the downstream stages (not the descriptions, which do not depend on them).
 """
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,10 +12,17 @@ import dagster as dg
 import pandas as pd
 
 from .. import paths
+from ..files import file_sha256
 from ..protocol.settings import load_settings
+from .metadata import column_schema
 from .partitions import dataset_partitions
 
 SETTINGS_COLUMNS = ("path", "sha256", "settings_json")
+SETTINGS_COLUMN_DOCS = {
+    "path": "the settings file read",
+    "sha256": "content hash of the file (the asset's data version)",
+    "settings_json": "the validated settings, every default filled in, as canonical JSON",
+}
 
 
 def detection_settings_file() -> Path:
@@ -25,10 +31,6 @@ def detection_settings_file() -> Path:
 
 def label_matching_settings_file(dataset: str) -> Path:
     return paths.settings_dir() / "label_matching" / f"{dataset}.json"
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def settings_table(path: Path, expected_type: type) -> tuple[pd.DataFrame, object]:
@@ -63,6 +65,7 @@ def detection_settings(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFr
     return dg.Output(
         table,
         metadata={
+            "dagster/column_schema": column_schema(table, SETTINGS_COLUMN_DOCS),
             "path": dg.MetadataValue.path(str(path)),
             "sha256": table["sha256"].iloc[0],
             "settings": dg.MetadataValue.json(settings.model_dump(mode="json")),
@@ -88,6 +91,7 @@ def label_matching_settings(context: dg.AssetExecutionContext) -> dg.Output[pd.D
     return dg.Output(
         table,
         metadata={
+            "dagster/column_schema": column_schema(table, SETTINGS_COLUMN_DOCS),
             "path": dg.MetadataValue.path(str(path)),
             "sha256": table["sha256"].iloc[0],
             "per_image_targets": settings.use_per_set_targets,

@@ -5,9 +5,11 @@ import pandas as pd
 
 from .. import paths
 from ..protocol.settings import ValidationSettings, load_validation_settings
+from ..stages.tables import VALIDATIONS
 from ..stages.validation import run_validations
 from .automation import STAGE_CONDITION
 from .common import API_RETRY, VLM_POOL, api_errors, md_table, pair
+from .metadata import column_schema
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource, ServicesResource
 
@@ -46,9 +48,7 @@ def validations(
         table = run_validations(
             dataset_images, descriptions, masks, settings, services.services(), log=context.log.info
         )
-    counts = (
-        table["validation_action"].map(lambda a: str(a).split(":")[0].split(" ")[0]).value_counts().to_dict()
-    )
+    counts = table["validation_outcome"].value_counts().to_dict()
     errors = table["validation_error"].dropna().astype(str)
     if len(errors):
         # The paper drops these silently ("Reject ... after completion error"); say why, once per reason.
@@ -61,6 +61,7 @@ def validations(
         table,
         metadata={
             "dagster/row_count": len(table),
+            "dagster/column_schema": column_schema(table, VALIDATIONS.descriptions),
             "validation": "on" if settings is not None else "off (pass-through)",
             "kept": int(table["kept"].astype(bool).sum()),
             "dropped": int((~table["kept"].astype(bool)).sum()),

@@ -24,10 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vlm_gist_dagster.protocol.detection import DetectionRecord, ImageDetections
+import numpy as np
+
+from vlm_gist_dagster.protocol.detection import ImageDetections
+from vlm_gist_dagster.protocol.detections import BoxXYXY, Detections
+from vlm_gist_dagster.protocol.responses import ResponseFormatError, artifact, entries, int_box, string_field
 from vlm_gist_dagster.protocol.segmentation import (
-    BoxXYXY,
-    ResponseFormatError,
     Sam2Track,
     decode_sam2_track,
     tracks_by_id,
@@ -36,7 +38,6 @@ from vlm_gist_dagster.protocol.settings import BaselineSettings, FlorencePrompt
 
 __all__ = [
     "KOSMOS2_PROMPT",
-    "BaselineDetection",
     "BaselineModel",
     "BaselineOutput",
     "assemble_baseline_detections",
@@ -52,20 +53,13 @@ BaselineModel = Literal["florence2", "kosmos2"]
 KOSMOS2_PROMPT = "<grounding> Describe this image in detail:"
 
 
-@dataclass(frozen=True)
-class BaselineDetection:
-    """One labelled box of a baseline model (a class word, a region caption or an entity phrase)."""
-
-    label: str
-    box_xyxy: BoxXYXY
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BaselineOutput:
-    """A parsed baseline response for one image; ``caption`` is Kosmos-2's caption (None for Florence-2)."""
+    """A parsed baseline response for one image: its labelled boxes (a class word, a region caption or
+    an entity phrase; no confidence) and Kosmos-2's caption (None for Florence-2)."""
 
     model: str
-    detections: tuple[BaselineDetection, ...]
+    detections: Detections
     caption: str | None
 
 
@@ -152,45 +146,18 @@ def parse_baseline_response(
     [str | null], "model": "florence2" | "kosmos2"}}``. With ``model``, the artifact's model must match.
     Raises :class:`ResponseFormatError` naming the offending field.
     """
-    if not isinstance(response, Mapping):
-        raise ResponseFormatError(f"baseline response must be a JSON object, got {type(response).__name__}")
-    artifact = response.get("artifact")
-    if not isinstance(artifact, Mapping):
-        raise ResponseFormatError("baseline response lacks the object 'artifact'")
-    name = artifact.get("model")
+    found = artifact(response, "baseline")
+    name = found.get("model")
     if not isinstance(name, str):
         raise ResponseFormatError("baseline response field 'artifact.model' must be a string")
     if model is not None and name != model:
         raise ResponseFormatError(f"baseline response field 'artifact.model' is {name!r}, expected {model!r}")
-    per_image = artifact.get("detections")
-    if not isinstance(per_image, list) or len(per_image) <= image:
-        raise ResponseFormatError(
-            f"baseline response field 'artifact.detections' must be a list with an entry for image {image}"
-        )
-    entries = per_image[image]
-    if not isinstance(entries, list):
-        raise ResponseFormatError(f"baseline response field 'artifact.detections[{image}]' must be a list")
-    detections: list[BaselineDetection] = []
-    for k, entry in enumerate(entries):
-        where = f"artifact.detections[{image}][{k}]"
-        if not isinstance(entry, Mapping):
-            raise ResponseFormatError(f"baseline response field '{where}' must be an object")
-        box = entry.get("box_xyxy")
-        if (
-            not isinstance(box, list)
-            or len(box) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
-        ):
-            raise ResponseFormatError(
-                f"baseline response field '{where}.box_xyxy' must be a list of 4 ints, got {box!r}"
-            )
-        label = entry.get("label")
-        if not isinstance(label, str):
-            raise ResponseFormatError(
-                f"baseline response field '{where}.label' must be a string, got {label!r}"
-            )
-        detections.append(BaselineDetection(label=label, box_xyxy=(box[0], box[1], box[2], box[3])))
-    captions = artifact.get("captions")
+    labels: list[str] = []
+    boxes: list[BoxXYXY] = []
+    for where, entry in entries(response, "detections", image, "baseline"):
+        boxes.append(int_box(entry, where, "baseline"))
+        labels.append(string_field(entry, "label", where, "baseline"))
+    captions = found.get("captions")
     caption: str | None = None
     if captions is not None:
         if not isinstance(captions, list) or len(captions) <= image:
@@ -202,11 +169,12 @@ def parse_baseline_response(
             raise ResponseFormatError(
                 f"baseline response field 'artifact.captions[{image}]' must be a string or null"
             )
-    return BaselineOutput(model=name, detections=tuple(detections), caption=caption)
+    detections = Detections.from_boxes(labels, np.asarray(boxes, dtype=np.int64).reshape(-1, 4))
+    return BaselineOutput(model=name, detections=detections, caption=caption)
 
 
 def assemble_baseline_detections(
-    detections: Sequence[BaselineDetection],
+    detections: Detections,
     *,
     image_width: int,
     image_height: int,
@@ -218,57 +186,35 @@ def assemble_baseline_detections(
 
     ``segmentation`` is the parsed SAM2 response whose masks the baseline uses (the track response for
     Florence-2, the update response for Kosmos-2), or None without segmentation. Detections carry no
-    confidence and no over-detection flag (both None).
+    confidence (NaN) and no over-detection flag (``is_over_detection`` None).
 
     By default detection ``j`` takes ``segmentation[j]`` (the paper's position association, gotcha 12);
     past the end of the list it gets no mask (the reference crashes there) and the result is marked
     ``segmentation_misaligned``, as it is whenever a position-paired track id differs from ``j``.
     ``associate_by_track_id=True`` pairs detection ``j`` with ``track_id == j`` instead.
     """
+    n = len(detections)
     misaligned = False
     if segmentation is None:
-        paired: list[Sam2Track | None] = [None] * len(detections)
+        paired: list[Sam2Track | None] = [None] * n
     elif associate_by_track_id:
         by_id = tracks_by_id(segmentation)
-        paired = [by_id.get(j) for j in range(len(detections))]
+        paired = [by_id.get(j) for j in range(n)]
     else:
-        paired = [segmentation[j] if j < len(segmentation) else None for j in range(len(detections))]
-        misaligned = len(segmentation) < len(detections) or any(
+        paired = [segmentation[j] if j < len(segmentation) else None for j in range(n)]
+        misaligned = len(segmentation) < n or any(
             t is not None and t.track_id != j for j, t in enumerate(paired)
         )
-
-    records: list[DetectionRecord] = []
-    for j, (det, track) in enumerate(zip(detections, paired, strict=True)):
-        if track is None:
-            box_mask = rle = png = track_id = None
-        else:
-            decoded = decode_sam2_track(track, image_width, image_height)
-            box_mask, rle, png, track_id = (
-                decoded.box_xyxy,
-                decoded.rle,
-                decoded.mask_png_b64,
-                decoded.track_id,
-            )
-        preferred = box_mask if (segmentation_use_bbox and box_mask is not None) else det.box_xyxy
-        records.append(
-            DetectionRecord(
-                index=j,
-                label=det.label,
-                box_detection=det.box_xyxy,
-                confidence=None,
-                box_mask=box_mask,
-                mask_rle=rle,
-                mask_png_b64=png,
-                track_id=track_id,
-                box=preferred,
-                is_over_detection=None,
-            )
-        )
+    masks = [
+        None if t is None else (t.track_id, t.box_xyxy, decode_sam2_track(t, image_width, image_height))
+        for t in paired
+    ]
     return ImageDetections(
         prompts=(),
-        detections=tuple(records),
+        detections=detections.with_masks(masks),
+        is_over_detection=None,
         missing_prompts=(),
         over_detections=(),
+        segmentation_use_bbox=segmentation_use_bbox,
         segmentation_misaligned=misaligned,
-        kind="baseline",
     )

@@ -121,8 +121,8 @@ def assistant_message(text: str) -> dict[str, Any]:
 def merge_user_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Consecutive user messages become one, their content arrays concatenated (spec §1.3)."""
     merged: list[dict[str, Any]] = []
-    for message in messages:
-        message = copy.deepcopy(dict(message))
+    for original in messages:
+        message = copy.deepcopy(dict(original))
         if merged and message["role"] == "user" and merged[-1]["role"] == "user":
             merged[-1]["content"] = list(merged[-1]["content"]) + list(message["content"])
         else:

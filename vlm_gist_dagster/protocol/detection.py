@@ -23,14 +23,13 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from vlm_gist_dagster.protocol.masks import RLE
+from vlm_gist_dagster.protocol.detections import BoxXYXY, Detections, relative_xywh
+from vlm_gist_dagster.protocol.responses import ResponseFormatError, entries, int_box, string_field
 from vlm_gist_dagster.protocol.segmentation import (
-    BoxXYXY,
-    ResponseFormatError,
     Sam2Track,
     decode_sam2_track,
     tracks_by_id,
@@ -49,12 +48,10 @@ __all__ = [
     "gdino_response",
     # client side (§4.2–4.5)
     "ResponseFormatError",
-    "GdinoDetection",
     "gdino_request",
     "parse_gdino_response",
     "over_detection_flags",
     "missing_and_over_detections",
-    "DetectionRecord",
     "ImageDetections",
     "assemble_detections",
     "assemble_detections_with_settings",
@@ -292,15 +289,6 @@ def gdino_response(selected: Sequence[DetectorBox]) -> dict[str, Any]:
 # =====================================================================================================
 
 
-@dataclass(frozen=True)
-class GdinoDetection:
-    """One detection as the client receives it: the prompt (a description string), int box, score."""
-
-    prompt: str
-    box_xyxy: BoxXYXY
-    confidence: float
-
-
 def gdino_request(
     image_b64: str,
     prompts: Sequence[str],
@@ -339,60 +327,33 @@ def gdino_request(
 
 def parse_gdino_response(
     response: Mapping[str, Any], *, prompts: Sequence[str] | None = None, image: int = 0
-) -> list[GdinoDetection]:
-    """The detections of one image from an MM-Grounding-DINO ``/infer`` response (spec §4.2 step 6).
+) -> Detections:
+    """The detections of one image from an MM-Grounding-DINO ``/infer`` response (spec §4.2 step 6):
+    labels are the prompts, boxes the server's int ``box_xyxy``, in the server's order.
 
     With ``prompts`` (the request's), a detection whose prompt was not requested is an error.
     Raises :class:`ResponseFormatError` naming the offending field.
     """
-    if not isinstance(response, Mapping):
-        raise ResponseFormatError(f"GDINO response must be a JSON object, got {type(response).__name__}")
-    artifact = response.get("artifact")
-    if not isinstance(artifact, Mapping):
-        raise ResponseFormatError("GDINO response lacks the object 'artifact'")
-    per_image = artifact.get("detections")
-    if not isinstance(per_image, list) or len(per_image) <= image:
-        raise ResponseFormatError(
-            f"GDINO response field 'artifact.detections' must be a list with an entry for image {image}"
-        )
-    entries = per_image[image]
-    if not isinstance(entries, list):
-        raise ResponseFormatError(f"GDINO response field 'artifact.detections[{image}]' must be a list")
     allowed = None if prompts is None else set(prompts)
-    parsed: list[GdinoDetection] = []
-    for k, entry in enumerate(entries):
-        where = f"artifact.detections[{image}][{k}]"
-        if not isinstance(entry, Mapping):
-            raise ResponseFormatError(f"GDINO response field '{where}' must be an object")
-        box = entry.get("box_xyxy")
-        if (
-            not isinstance(box, list)
-            or len(box) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
-        ):
-            raise ResponseFormatError(
-                f"GDINO response field '{where}.box_xyxy' must be a list of 4 ints, got {box!r}"
-            )
+    labels: list[str] = []
+    boxes: list[BoxXYXY] = []
+    confidences: list[float] = []
+    for where, entry in entries(response, "detections", image, "GDINO"):
+        box = int_box(entry, where, "GDINO")
         confidence = entry.get("confidence")
         if not isinstance(confidence, (int, float)) or isinstance(confidence, bool):
             raise ResponseFormatError(
                 f"GDINO response field '{where}.confidence' must be a number, got {confidence!r}"
             )
-        prompt = entry.get("prompt")
-        if not isinstance(prompt, str):
-            raise ResponseFormatError(
-                f"GDINO response field '{where}.prompt' must be a string, got {prompt!r}"
-            )
+        prompt = string_field(entry, "prompt", where, "GDINO")
         if allowed is not None and prompt not in allowed:
             raise ResponseFormatError(
                 f"GDINO response field '{where}.prompt' is {prompt!r}, which was not requested"
             )
-        parsed.append(
-            GdinoDetection(
-                prompt=prompt, box_xyxy=(box[0], box[1], box[2], box[3]), confidence=float(confidence)
-            )
-        )
-    return parsed
+        labels.append(prompt)
+        boxes.append(box)
+        confidences.append(float(confidence))
+    return Detections.from_boxes(labels, np.asarray(boxes, dtype=np.int64).reshape(-1, 4), confidences)
 
 
 def over_detection_flags(
@@ -454,105 +415,32 @@ def missing_and_over_detections(prompts: Sequence[str], labels: Sequence[str]) -
     return missing, over
 
 
-def relative_xywh(box_xyxy: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
-    """FiftyOne's relative box ``[x1/W, y1/H, (x2 − x1)/W, (y2 − y1)/H]`` (spec §4.5).
-
-    >>> relative_xywh((10, 20, 30, 60), 100, 200)
-    (0.1, 0.1, 0.2, 0.2)
-    """
-    x1, y1, x2, y2 = box_xyxy
-    return (x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height)
-
-
-@dataclass(frozen=True)
-class DetectionRecord:
-    """One detection of an image after stage B (or a baseline), with its SAM2 mask if it got one.
-
-    ``label`` is the detector prompt (a description string; for baselines the model's label).
-    ``box`` is the preferred box (``segmentation_use_bbox``: the mask box when a mask exists, else the
-    detector box). ``confidence`` is None for baselines, and so is ``is_over_detection``.
-    """
-
-    index: int
-    label: str
-    box_detection: BoxXYXY
-    confidence: float | None
-    box_mask: BoxXYXY | None
-    mask_rle: RLE | None
-    mask_png_b64: str | None
-    track_id: int | None
-    box: BoxXYXY
-    is_over_detection: bool | None
-
-    def relative_xywh(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The preferred box as FiftyOne's relative ``[x, y, w, h]``."""
-        return relative_xywh(self.box, width, height)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageDetections:
-    """Stage-B result for one image: prompts, detections, missing prompts and over-detections."""
+    """Stage-B result for one image (spec §4.4): its prompts, its detections (with SAM2's masks where
+    they got one), the direct / over-detection flag per detection, the missing prompts and the
+    over-detections (multiset differences). ``is_over_detection`` is None for baselines, which have no
+    prompts and no confidence (§6)."""
 
     prompts: tuple[str, ...]
-    detections: tuple[DetectionRecord, ...]
+    detections: Detections
+    is_over_detection: np.ndarray | None
     missing_prompts: tuple[str, ...]
     over_detections: tuple[str, ...]
+    #: The settings' ``segmentation_use_bbox``: the mask box replaces the detector box where there is one.
+    segmentation_use_bbox: bool = True
     #: Set by the baseline assembly when the paper's position association paired a detection with
     #: another detection's track or ran out of tracks (the reference raises IndexError there).
     segmentation_misaligned: bool = False
-    #: ``"detection"`` (stage B) or ``"baseline"`` (§6): decides the ``detections.json`` layout.
-    kind: Literal["detection", "baseline"] = "detection"
 
     @property
-    def has_masks(self) -> bool:
-        """Whether any detection got a mask (the reference writes null mask lists otherwise)."""
-        return any(d.mask_rle is not None for d in self.detections)
+    def boxes(self) -> np.ndarray:
+        """(N, 4) the evaluated box per detection (``Detections.preferred_xyxy``)."""
+        return self.detections.preferred_xyxy(self.segmentation_use_bbox)
 
-    def to_detections_json(self) -> dict[str, Any]:
-        """The result fields of the paper's per-image ``detections.json`` record (spec §4.5; no stamps).
-
-        Masks are the server's cropped PNGs (``masks_cropped: true``); mask boxes, masks and track ids
-        are null for the whole image when no detection got a mask. With zero prompts only
-        ``prompts`` and ``num_prompts`` are written, as in the reference.
-        """
-        dets = self.detections
-        masked = self.has_masks
-        if self.kind == "baseline":
-            # The baselines write a subset: no prompts, confidences or over-detection flags (§4.5, §6).
-            return {
-                "num_detections": len(dets),
-                "labels": [d.label for d in dets],
-                "bboxes_detection": [list(d.box_detection) for d in dets],
-                "bboxes_mask": [None if d.box_mask is None else list(d.box_mask) for d in dets]
-                if masked
-                else None,
-                "masks_cropped": True,
-                "masks": [d.mask_png_b64 for d in dets] if masked else None,
-                "bboxes": [list(d.box) for d in dets],
-                "track_ids": [d.track_id for d in dets] if masked else None,
-            }
-        record: dict[str, Any] = {"prompts": list(self.prompts), "num_prompts": len(self.prompts)}
-        if not self.prompts:
-            return record
-        record["num_detections"] = len(dets)
-        record["num_missing_prompts"] = len(self.missing_prompts)
-        if self.missing_prompts:
-            record["missing_prompts"] = list(self.missing_prompts)
-        record["num_over_detections"] = len(self.over_detections)
-        if self.over_detections:
-            record["over_detections"] = list(self.over_detections)
-        record["labels"] = [d.label for d in dets]
-        record["bboxes_detection"] = [list(d.box_detection) for d in dets]
-        record["confidences"] = [d.confidence for d in dets]
-        record["bboxes_mask"] = (
-            [None if d.box_mask is None else list(d.box_mask) for d in dets] if masked else None
-        )
-        record["masks_cropped"] = True
-        record["masks"] = [d.mask_png_b64 for d in dets] if masked else None
-        record["bboxes"] = [list(d.box) for d in dets]
-        record["track_ids"] = [d.track_id for d in dets] if masked else None
-        record["is_over_detection"] = [bool(d.is_over_detection) for d in dets]
-        return record
+    def relative_xywh(self, width: int, height: int) -> np.ndarray:
+        """(N, 4) the evaluated boxes as FiftyOne's relative ``[x, y, w, h]`` (spec §4.5)."""
+        return self.detections.relative_xywh(width, height, use_mask_box=self.segmentation_use_bbox)
 
 
 def _mask_sources(
@@ -573,7 +461,7 @@ def _mask_sources(
 
 def assemble_detections(
     prompts: Sequence[str],
-    detections: Sequence[GdinoDetection],
+    detections: Detections,
     *,
     image_width: int,
     image_height: int,
@@ -586,8 +474,8 @@ def assemble_detections(
 ) -> ImageDetections:
     """Put one image's stage-B pieces together (spec §4.4).
 
-    * ``detections``: the parsed GDINO response, in server order; detection ``j`` prompted SAM2 with
-      ``object_id = j``.
+    * ``detections``: the parsed GDINO response (:func:`parse_gdino_response`), in server order;
+      detection ``j`` prompted SAM2 with ``object_id = j``.
     * ``update_tracks`` / ``track_tracks``: the parsed SAM2 ``/update`` and ``/infer`` (track)
       responses; ``track_tracks`` is None when ``segmentation_track`` is off, both are None without
       segmentation. Masks are associated **by track id** (``track_id == j``), never by position,
@@ -599,47 +487,33 @@ def assemble_detections(
       benchmark setting tracks, so the two differ only when the tracker drops an object that the
       update step segmented.
     """
-    labels = [d.prompt for d in detections]
-    confidences = [d.confidence for d in detections]
+    labels = detections.label.tolist()
     flags = over_detection_flags(
-        prompts, labels, confidences, over_detect=over_detect, conf_threshold=conf_threshold
+        prompts,
+        labels,
+        detections.confidence.tolist(),
+        over_detect=over_detect,
+        conf_threshold=conf_threshold,
     )
-    sources = _mask_sources(update_tracks, track_tracks, reproduce_track_fallback_bug) if detections else []
-
-    records: list[DetectionRecord] = []
-    for j, det in enumerate(detections):
+    sources = (
+        _mask_sources(update_tracks, track_tracks, reproduce_track_fallback_bug) if len(detections) else []
+    )
+    masks = []
+    for j in range(len(detections)):
         track = next((source[j] for source in sources if j in source), None)
-        if track is None:
-            box_mask = rle = png = track_id = None
-        else:
-            decoded = decode_sam2_track(track, image_width, image_height)
-            box_mask, rle, png, track_id = (
-                decoded.box_xyxy,
-                decoded.rle,
-                decoded.mask_png_b64,
-                decoded.track_id,
-            )
-        preferred = box_mask if (segmentation_use_bbox and box_mask is not None) else det.box_xyxy
-        records.append(
-            DetectionRecord(
-                index=j,
-                label=det.prompt,
-                box_detection=det.box_xyxy,
-                confidence=det.confidence,
-                box_mask=box_mask,
-                mask_rle=rle,
-                mask_png_b64=png,
-                track_id=track_id,
-                box=preferred,
-                is_over_detection=flags[j],
-            )
+        masks.append(
+            None
+            if track is None
+            else (track.track_id, track.box_xyxy, decode_sam2_track(track, image_width, image_height))
         )
     missing, over = missing_and_over_detections(prompts, labels) if prompts else ([], [])
     return ImageDetections(
         prompts=tuple(prompts),
-        detections=tuple(records),
+        detections=detections.with_masks(masks),
+        is_over_detection=np.asarray(flags, dtype=bool),
         missing_prompts=tuple(missing),
         over_detections=tuple(over),
+        segmentation_use_bbox=segmentation_use_bbox,
     )
 
 
@@ -685,7 +559,7 @@ def gdino_request_with_settings(
 
 def assemble_detections_with_settings(
     prompts: Sequence[str],
-    detections: Sequence[GdinoDetection],
+    detections: Detections,
     settings: DetectionSettings,
     *,
     image_width: int,

@@ -1,5 +1,5 @@
 """The paper's result tables: number formatting, the fixed-width text table, the weighted table,
-plus a Markdown version and a PNG rendering (spec/evaluation.md §3, §4; gotchas 17-19).
+plus a Markdown version and the PNG rendering's image (spec/evaluation.md §3, §4; gotchas 17-19).
 
 A row is a mapping with the keys ``name, f1, rec, prec, map, ins, mat, time, fail, ret`` holding
 *unrounded* values (NaN allowed); rounding happens only when printing.
@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "COLUMNS",
@@ -30,7 +31,7 @@ __all__ = [
     "format_number",
     "format_table",
     "make_row",
-    "render_png",
+    "render_table_image",
     "sort_rows",
     "weighted",
 ]
@@ -268,8 +269,8 @@ def weighted(
 
 
 def make_row(name: str, metrics: Mapping[str, Any], columns: Any) -> dict[str, Any]:
-    """A table row from an ``evaluation.evaluate`` result (or its ``performance_metrics()``) and a
-    ``columns.MetadataColumns``. A missing mAP (``None``) becomes NaN."""
+    """A table row from an evaluation's ``EvaluationResult.performance_metrics()`` (the paper's
+    ``evaluation.json`` block) and a ``columns.MetadataColumns``. A missing mAP (``None``) becomes NaN."""
 
     def num(v: Any) -> float:
         return math.nan if v is None else float(v)
@@ -285,46 +286,28 @@ def make_row(name: str, metrics: Mapping[str, Any], columns: Any) -> dict[str, A
     }
 
 
-def _font_path() -> str:
-    """LiberationMono-Regular (the paper's font) when installed, else matplotlib's bundled DejaVu Sans
-    Mono (a metric-compatible stand-in is not available everywhere)."""
-    for candidate in (
-        "/usr/share/fonts/truetype/liberation/LiberationMono-Regular.ttf",
-        "/usr/share/fonts/truetype/liberation2/LiberationMono-Regular.ttf",
-    ):
-        if os.path.isfile(candidate):
-            return candidate
-    import matplotlib
+def render_table_image(text: str, font_file: str | os.PathLike[str]) -> Image.Image:
+    """A table as the notebook's ``save_results`` renders it: white monospaced 22 pt text on a black
+    canvas 1315 px wide and ``round(lines * 24.8)`` px high (1315x1414 for 57 lines), RGB. ANSI colour
+    codes are stripped first. ``font_file`` is a TrueType file (the paper's is LiberationMono-Regular);
+    a font too wide for 99 characters in 1315 px is shrunk until the longest line fits.
 
-    return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSansMono.ttf")
-
-
-def render_png(text: str, path: str | os.PathLike[str]) -> Path:
-    """Render a table as the notebook's ``save_results`` does: white monospaced 22 pt text on a black
-    canvas 1315 px wide and ``round(lines * 24.8)`` px high (1315x1414 for 57 lines), as an RGB PNG.
-    ANSI colour codes are stripped first. Returns the path written."""
-    import re
-
-    from PIL import Image, ImageDraw, ImageFont
-
+    >>> from vlm_gist_dagster.stages.leaderboard import table_font_file   # where the font is: not here
+    >>> font = table_font_file()
+    >>> render_table_image("Model |  F1\\n-----------\\nM     | 0.541", font).size   # round(3 * 24.8)
+    (1315, 74)
+    """
     plain = re.sub(r"\x1B(?:[@-Z\\-_]|\[[0-?]*[ -/]*[@-~])", "", text)
     lines = text.splitlines()
     height = round(len(lines) * 24.8)
     image = Image.new("RGB", (1315, max(height, 1)), (0, 0, 0))
     draw = ImageDraw.Draw(image)
-    # 22 pt LiberationMono fits 99 characters into 1315 px; a wider fallback font is shrunk until the
-    # longest line fits.
     size = 22
-    font = ImageFont.truetype(_font_path(), size)
+    font = ImageFont.truetype(os.fspath(font_file), size)
     longest = max(plain.splitlines(), key=len, default="")
     while size > 8 and font.getlength(longest) > 1315:
         size -= 1
-        font = ImageFont.truetype(_font_path(), size)
+        font = ImageFont.truetype(os.fspath(font_file), size)
     for i, line in enumerate(plain.splitlines()):
         draw.text((0, round(i * 24.8)), line, fill=(255, 255, 255), font=font)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, out)
-    return out
+    return image

@@ -61,12 +61,6 @@ def rle_area(rle: Mapping[str, Any]) -> int:
     return int(mask_utils.area(_as_pycocotools(rle)))
 
 
-def rle_to_xywh(rle: Mapping[str, Any]) -> tuple[float, float, float, float]:
-    """Tight pixel box ``(x, y, w, h)`` of the mask as pycocotools computes it (exclusive max)."""
-    x, y, w, h = mask_utils.toBbox(_as_pycocotools(rle))
-    return float(x), float(y), float(w), float(h)
-
-
 def compress_rle(rle: Mapping[str, Any]) -> RLE:
     """Normalise any COCO RLE (compressed bytes/str or uncompressed counts) to ``counts`` as ``str``."""
     coco = _as_pycocotools(rle)

@@ -6,7 +6,7 @@ Spec/pipeline.md §4.3 and gotchas 11–12, both directions:
   **max inclusive**, empty → dropped) and :func:`encode_sam2_mask` (the ``mask`` field: base64 of a
   single-channel 0/255 PNG of ``mask[y1:y2, x1:x2]``, so one row and one column short of the mask);
 * client side (for the pipeline): request bodies for ``/update`` and ``/infer``, :func:`parse_sam2_response`
-  and :func:`decode_sam2_track` → a full-image COCO RLE and the mask box.
+  and :func:`decode_sam2_track` → the track's mask as a full-image COCO RLE.
 
 >>> import numpy as np
 >>> m = np.zeros((6, 8), dtype=bool); m[1:4, 2:6] = True        # a 3 × 4 block: rows 1–3, columns 2–5
@@ -30,14 +30,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vlm_gist_dagster.protocol.detections import BoxXYXY
 from vlm_gist_dagster.protocol.masks import RLE, encode_rle, paste_box_mask
+from vlm_gist_dagster.protocol.responses import ResponseFormatError, artifact, entries, int_box
 
 __all__ = [
     "ResponseFormatError",
     "DegenerateMaskError",
     "BoxXYXY",
     "Sam2Track",
-    "Sam2Mask",
     "sam2_update_request",
     "sam2_track_request",
     "mask_to_box",
@@ -50,16 +51,6 @@ __all__ = [
     "decode_sam2_track",
     "tracks_by_id",
 ]
-
-BoxXYXY = tuple[int, int, int, int]
-
-
-class ResponseFormatError(ValueError):
-    """A vision-server response that does not have the documented shape; the message names the field.
-
-    Raised by every response parser of stage B and the baselines (GDINO, SAM2, Florence-2, Kosmos-2).
-    """
-
 
 class DegenerateMaskError(ValueError):
     """A non-empty mask whose server-side crop has no pixels (the mask is one pixel wide or tall).
@@ -81,24 +72,6 @@ class Sam2Track:
     def cropped_mask(self) -> np.ndarray:
         """The decoded mask crop, shape ``(y2 − y1, x2 − x1)``."""
         return decode_mask_png(self.mask_png_b64, field=f"mask of track {self.track_id}")
-
-
-@dataclass(frozen=True)
-class Sam2Mask:
-    """A decoded SAM2 track: full-image COCO RLE plus the server's (inclusive-max) mask box."""
-
-    track_id: int
-    box_xyxy: BoxXYXY
-    rle: RLE
-    mask_png_b64: str
-
-
-def _int_box(value: Any, field: str) -> BoxXYXY:
-    if not isinstance(value, (list, tuple)) or len(value) != 4:
-        raise ResponseFormatError(f"{field} must be a list of 4 ints, got {value!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ResponseFormatError(f"{field} must hold ints, got {value!r}")
-    return (int(value[0]), int(value[1]), int(value[2]), int(value[3]))
 
 
 # --- requests -------------------------------------------------------------------------------------------
@@ -246,12 +219,7 @@ def parse_sam2_response(response: Mapping[str, Any], *, frame: int = 0) -> list[
     empty (the tracker was never initialised: call ``/update`` first), or when a track id repeats
     (the reference asserts uniqueness).
     """
-    if not isinstance(response, Mapping):
-        raise ResponseFormatError(f"SAM2 response must be a JSON object, got {type(response).__name__}")
-    artifact = response.get("artifact")
-    if not isinstance(artifact, Mapping):
-        raise ResponseFormatError("SAM2 response lacks the object 'artifact'")
-    tracks = artifact.get("tracks")
+    tracks = artifact(response, "SAM2").get("tracks")
     if not isinstance(tracks, list):
         raise ResponseFormatError("SAM2 response field 'artifact.tracks' must be a list")
     if len(tracks) <= frame:
@@ -259,15 +227,9 @@ def parse_sam2_response(response: Mapping[str, Any], *, frame: int = 0) -> list[
             f"SAM2 response field 'artifact.tracks' has {len(tracks)} frame(s), frame {frame} requested"
             + (" (an empty list means the tracker was never initialised)" if not tracks else "")
         )
-    entries = tracks[frame]
-    if not isinstance(entries, list):
-        raise ResponseFormatError(f"SAM2 response field 'artifact.tracks[{frame}]' must be a list")
     parsed: list[Sam2Track] = []
     seen: set[int] = set()
-    for k, entry in enumerate(entries):
-        where = f"artifact.tracks[{frame}][{k}]"
-        if not isinstance(entry, Mapping):
-            raise ResponseFormatError(f"SAM2 response field '{where}' must be an object")
+    for where, entry in entries(response, "tracks", frame, "SAM2", what="frame"):
         track_id = entry.get("track_id")
         if not isinstance(track_id, int) or isinstance(track_id, bool):
             raise ResponseFormatError(
@@ -276,7 +238,7 @@ def parse_sam2_response(response: Mapping[str, Any], *, frame: int = 0) -> list[
         if track_id in seen:
             raise ResponseFormatError(f"SAM2 response field '{where}.track_id' repeats track id {track_id}")
         seen.add(track_id)
-        box = _int_box(entry.get("box_xyxy"), f"SAM2 response field '{where}.box_xyxy'")
+        box = int_box(entry, where, "SAM2")
         mask = entry.get("mask")
         if not isinstance(mask, str):
             raise ResponseFormatError(f"SAM2 response field '{where}.mask' must be a base64 string")
@@ -284,8 +246,9 @@ def parse_sam2_response(response: Mapping[str, Any], *, frame: int = 0) -> list[
     return parsed
 
 
-def decode_sam2_track(track: Sam2Track, image_width: int, image_height: int) -> Sam2Mask:
-    """Paste a track's cropped mask at ``(x1, y1)`` into the full image and encode it as COCO RLE.
+def decode_sam2_track(track: Sam2Track, image_width: int, image_height: int) -> RLE:
+    """Paste a track's cropped mask at ``(x1, y1)`` into the full image and encode it as COCO RLE
+    (the mask box is the track's ``box_xyxy``).
 
     The crop must have shape ``(y2 − y1, x2 − x1)`` (the server's one-short crop, gotcha 11); the
     pasted mask therefore misses the box's last row and column, exactly like the reference's
@@ -298,13 +261,7 @@ def decode_sam2_track(track: Sam2Track, image_width: int, image_height: int) -> 
         raise ResponseFormatError(
             f"mask of track {track.track_id} has shape {crop.shape}, expected {expected} for box {track.box_xyxy}"
         )
-    full = paste_box_mask(crop, x1, y1, image_height, image_width)
-    return Sam2Mask(
-        track_id=track.track_id,
-        box_xyxy=track.box_xyxy,
-        rle=encode_rle(full),
-        mask_png_b64=track.mask_png_b64,
-    )
+    return encode_rle(paste_box_mask(crop, x1, y1, image_height, image_width))
 
 
 def tracks_by_id(tracks: Sequence[Sam2Track]) -> dict[int, Sam2Track]:

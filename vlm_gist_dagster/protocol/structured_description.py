@@ -7,9 +7,10 @@
   ``_process_structured_description``).
 * :class:`DescriptionAttempts` — the retry bookkeeping of §1.6 (``retry: 3`` = 4 attempts; "Time" is
   the successful attempt's duration only; "Ret." = the number of failed attempts).
-* Task relevancy (§1.7): the direct variant is part of the prompt and of parsing; the decoupled
-  variant's request and parser are here too. Scene descriptions: :func:`build_scene_request`.
-  :func:`require_supported` lets a caller refuse the features it does not orchestrate.
+* Task relevancy (§1.7): the direct variant is part of the prompt and of parsing. The pipeline runs
+  neither the decoupled variant nor the scene description: :func:`require_supported` refuses settings
+  that enable them. :func:`build_scene_request` builds the scene-description request (for simulators
+  and clients that send one).
 
 >>> from vlm_gist_dagster.protocol.settings import DescriptionSettings
 >>> parse('[{"object_name": "Chair", "description": "A red, wooden chair."}]', DescriptionSettings())
@@ -19,8 +20,7 @@
 from __future__ import annotations
 
 import collections
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,6 @@ from .completions import (
     CompletionError,
     ResponseType,
     TokenUsage,
-    assistant_message,
     build_payload,
     merge_user_messages,
     postprocess,
@@ -49,13 +48,10 @@ __all__ = [
     "DescriptionResult",
     "InvalidDescription",
     "UnsupportedSettings",
-    "apply_task_relevancy",
-    "build_decoupled_request",
     "build_request",
     "build_scene_request",
     "evaluate_completion",
     "parse",
-    "parse_task_relevancy",
     "parse_with_report",
     "process_structured_description",
     "rename_duplicates",
@@ -163,43 +159,17 @@ def build_scene_request(
     return DescriptionRequest(params.endpoint, build_payload(params, messages, "text", flavor), "text")
 
 
-def build_decoupled_request(
-    image: PreparedImage | str,
-    objects: Sequence[Mapping[str, Any]],
-    settings: DescriptionSettings,
-    *,
-    flavor: str | None = None,
-) -> DescriptionRequest:
-    """The decoupled task-relevancy request (§1.7): system prompt, the image again (the setting
-    ``decoupled_task_relevancy_remove_image`` is never read by the paper), an assistant message holding
-    the processed description as indented JSON, then the task prompt."""
-    if not settings.decoupled_task_relevancy_active:
-        raise ValueError("decoupled task relevancy is not active (task is null or decoupling is off)")
-    params = settings.vlm_decoupled_attribution
-    messages = [
-        system_message(
-            settings.system_prompt_decoupled_attribution, settings.system_prompt_decoupled_attribution_role
-        ),
-        user_image_message(_image_url(image), settings.image_resolution_decoupled_attribution),
-        assistant_message(json.dumps(list(objects), indent=4)),
-        user_text_message(settings.decoupled_task_relevancy_prompt.format(task=settings.task)),
-    ]
-    response_type: ResponseType = "json" if settings.use_json_mode else "text"
-    payload = build_payload(params, messages, response_type, flavor)
-    return DescriptionRequest(params.endpoint, payload, response_type)
-
-
-def require_supported(settings: DescriptionSettings, *, scene: bool = False, decoupled: bool = False) -> None:
-    """Raise :class:`UnsupportedSettings` when the settings enable a sub-step the caller does not run
-    (``scene`` / ``decoupled``: whether the caller runs it). All shipped settings pass."""
-    if settings.scene_prompt is not None and not scene:
+def require_supported(settings: DescriptionSettings) -> None:
+    """Raise :class:`UnsupportedSettings` when the settings enable a sub-step the pipeline does not run
+    (the scene description, the decoupled task relevancy). All shipped settings pass."""
+    if settings.scene_prompt is not None:
         raise UnsupportedSettings(
             "scene_prompt is set: the scene-description step (spec §1.7) is not run by this pipeline; set "
             "scene_prompt to null"
         )
     if settings.dict_prompt is None:
         raise UnsupportedSettings("dict_prompt is null (scene description only) is not supported")
-    if settings.decoupled_task_relevancy_active and not decoupled:
+    if settings.decoupled_task_relevancy_active:
         raise UnsupportedSettings(
             "task is set with decoupled_task_relevancy true: the decoupled task-relevancy step (spec §1.7) "
             "is not run by this pipeline; set decoupled_task_relevancy to false (direct) or task to null"
@@ -267,7 +237,7 @@ def _validate_item(
     if not isinstance(value, target):
         report.append(f"{where} key '{item.key}' is a {type(value).__name__}, not a {item.type}.")
         return False, None
-    if target is str:
+    if isinstance(value, str):  # target is str (a str value passes only a 'str' item)
         if item.invalid is not None:
             if _match(value, item.invalid, settings) is not None:
                 report.append(f"{where} key '{item.key}' value {value!r} is invalid.")
@@ -418,47 +388,6 @@ def parse_with_report(completion_text: str, settings: DescriptionSettings) -> De
 def parse(completion_text: str, settings: DescriptionSettings) -> list[dict[str, Any]]:
     """The raw completion text as received → the validated object list, or :class:`InvalidDescription`."""
     return parse_with_report(completion_text, settings).objects
-
-
-# --------------------------------------------------------------------------------------------------
-# Decoupled task relevancy (spec/pipeline.md §1.7)
-
-
-def parse_task_relevancy(
-    value: Any, objects: Sequence[Mapping[str, Any]], settings: DescriptionSettings
-) -> tuple[list[str], list[str]]:
-    """(task-relevant object names, report) from the decoded decoupled response."""
-    report: list[str] = []
-    if isinstance(value, dict) and len(value) == 1:
-        key = next(iter(value))
-        if isinstance(value[key], list):
-            value = value[key]
-            report.append(f"Response is a dict with one key {key!r} holding a list.")
-    if not isinstance(value, list):
-        message = f"task relevancy is a {type(value).__name__}, not a list"
-        raise InvalidDescription("invalid_task_relevancy", message, report)
-    names = [obj[settings.name_key] for obj in objects]
-    relevant: list[str] = []
-    for element in value:
-        matched = _match(str(element), names, settings)
-        if matched is None:
-            report.append(f"Could not match task-relevant object {element!r}.")
-            continue
-        if matched != element:
-            report.append(f"Matched task-relevant object {element!r} to {matched!r}.")
-        if matched in relevant:
-            report.append(f"Task-relevant object {element!r} was referenced before.")
-        else:
-            relevant.append(matched)
-    return relevant, report
-
-
-def apply_task_relevancy(
-    objects: Sequence[Mapping[str, Any]], relevant: Sequence[str], settings: DescriptionSettings
-) -> list[dict[str, Any]]:
-    """Every object gets ``task_relevant: true|false`` (the direct item's key)."""
-    key = settings.dict_direct_task_relevancy_item.key
-    return [{**obj, key: obj[settings.name_key] in relevant} for obj in objects]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ here are ``object_name`` values (gotcha 1: detection works on descriptions, vali
 >>> a = assign_actions(["chair 1", "n/a", None], ["chair 1", "table", "chair 2"], ["chair 1", "chair 2", "table"])
 >>> a.keep, a.update, a.reject, a.error
 ((0,), {}, (1,), (2,))
+>>> a.outcomes
+('keep', 'reject', 'error')
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -34,9 +36,9 @@ from vlm_gist_dagster.protocol.completions import (
     user_image_message,
     user_text_message,
 )
+from vlm_gist_dagster.protocol.detections import BoxXYXY
 from vlm_gist_dagster.protocol.images import to_image_url
 from vlm_gist_dagster.protocol.masks import decode_rle, paste_box_mask
-from vlm_gist_dagster.protocol.segmentation import BoxXYXY
 from vlm_gist_dagster.protocol.settings import (
     DEFAULT_DESCRIPTION_PROMPT,
     DEFAULT_SYSTEM_PROMPT,
@@ -46,6 +48,7 @@ from vlm_gist_dagster.protocol.settings import (
 from vlm_gist_dagster.protocol.text import levenshtein_match
 
 __all__ = [
+    "Outcome",
     "ParsedValidation",
     "ValidationActions",
     "assign_actions",
@@ -370,16 +373,30 @@ def name_groups(object_names: Sequence[str]) -> tuple[dict[str, list[str]], dict
     return groups, group_of
 
 
+#: The decision for one detection, as a field (the ``actions`` strings are the reference's prose).
+Outcome = Literal["keep", "update", "reject", "error"]
+
+
 @dataclass(frozen=True)
 class ValidationActions:
     """The decision for one image: indices kept, updated (→ new name), rejected, errored, and a
-    human-readable action per detection (the reference's ``action`` strings)."""
+    human-readable action per detection (the reference's ``action`` strings). Every detection index
+    is in exactly one of the four."""
 
     keep: tuple[int, ...]
     update: dict[int, str]
     reject: tuple[int, ...]
     error: tuple[int, ...]
     actions: tuple[str, ...] = field(default=())
+
+    @property
+    def outcomes(self) -> tuple[Outcome, ...]:
+        """Per detection, in index order: ``keep``, ``update``, ``reject`` or ``error``."""
+        outcome: dict[int, Outcome] = {j: "keep" for j in self.keep}
+        outcome.update({j: "update" for j in self.update})
+        outcome.update({j: "reject" for j in self.reject})
+        outcome.update({j: "error" for j in self.error})
+        return tuple(outcome[j] for j in range(len(outcome)))
 
     def labels_validated(self, labels: Sequence[str]) -> list[str | None]:
         """Per detection: the original label if kept, the new one if updated, else None."""
@@ -398,6 +415,168 @@ def _descending(indices: list[int], confidences: Sequence[float] | None) -> list
         return indices
     order = np.argsort(np.asarray([confidences[i] for i in indices], dtype=np.float64), kind="stable")[::-1]
     return [indices[int(k)] for k in order]
+
+
+@dataclass
+class _Assignment:
+    """The state of the reference's ``_assign_actions`` for one image while its steps run (see
+    :func:`assign_actions`): the decisions so far, the names already given out, the handled indices."""
+
+    responses: Sequence[str | None]
+    labels: Sequence[str]
+    object_names: Sequence[str]
+    confidences: Sequence[float] | None
+    invalid: str
+    keep: list[int] = field(default_factory=list)
+    update: dict[int, str] = field(default_factory=dict)
+    reject: list[int] = field(default_factory=list)
+    error: list[int] = field(default_factory=list)
+    actions: dict[int, str] = field(default_factory=dict)
+    used: list[str] = field(default_factory=list)
+    handled: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.n = len(self.responses)
+        self.duplicate_counts = {r: c for r, c in Counter(self.responses).items() if c > 1}
+        # Step 0: groups of names by stripped trailing digits.
+        self.groups, self.group_of = name_groups(self.object_names)
+
+    # Each decision: the detection's list, its action text and, for keep and update, the name given out.
+    def _keep(self, j: int, name: str, action: str) -> None:
+        self.keep.append(j)
+        self.actions[j] = action
+        self.used.append(name)
+
+    def _update(self, j: int, name: str, action: str) -> None:
+        self.update[j] = name
+        self.actions[j] = action
+        self.used.append(name)
+
+    def _reject(self, j: int, action: str) -> None:
+        self.reject.append(j)
+        self.actions[j] = action
+
+    def reject_errors_and_invalid(self) -> None:
+        """Step 1: None → error; ``invalid`` → reject."""
+        labels = self.labels
+        for j, response in enumerate(self.responses):
+            if response is None:
+                self.error.append(j)
+                self.actions[j] = f"Reject detection '{labels[j]}' after completion error."
+                self.handled.append(j)
+            elif response == self.invalid:
+                self._reject(j, f"Reject invalidated detection '{labels[j]}'.")
+                self.handled.append(j)
+
+    def keep_unique_agreements(self) -> list[int]:
+        """Step 2: keep a detection whose response is its own label when no other detection agrees on
+        that name; return the duplicate agreements."""
+        responses, labels = self.responses, self.labels
+        duplicates: list[int] = []
+        for j, response in enumerate(responses):
+            if response != labels[j]:
+                continue
+            agreeing = sum(1 for k in range(self.n) if labels[k] == response and responses[k] == response)
+            if agreeing == 1:
+                self._keep(j, response, f"Accept unique validation of detection '{response}'.")
+                self.handled.append(j)
+            elif agreeing > 1:
+                duplicates.append(j)
+        return duplicates
+
+    def resolve_duplicate_agreements(self, duplicates: list[int]) -> None:
+        """Step 3, by descending confidence: keep if the name is unused; else a group member."""
+        for j in _descending(duplicates, self.confidences):
+            response = self.responses[j]
+            assert response is not None
+            if response not in self.used:
+                self._keep(j, response, f"Accept best duplicate validation of detection '{response}'.")
+            elif response in self.group_of:
+                self._update_duplicate_to_group_member(j, response)
+            else:
+                self._reject(j, (
+                    f"Reject duplicate validation of detection '{response}' that cannot be associated to a group."
+                ))
+            self.handled.append(j)
+
+    def _update_duplicate_to_group_member(self, j: int, response: str) -> None:
+        members = self.groups[self.group_of[response]]
+        fresh = next((m for m in members if m not in self.used and m not in self.responses), None)
+        if fresh is not None:
+            self._update(j, fresh, (
+                f"Update duplicate validation of detection '{response}' to unassigned group member "
+                f"'{fresh}' not featured in all validation responses."
+            ))
+            return
+        spare = next((m for m in members if m not in self.used), None)
+        if spare is not None:
+            count = self.duplicate_counts[response]
+            self._update(j, spare, (
+                f"Update duplicate validation of detection '{response}' to unassigned group member "
+                f"'{spare}' featured '{count}' time{'s' if count != 1 else ''} in all validation responses."
+            ))
+        else:
+            self._reject(j, (
+                f"Reject duplicate validation of detection '{response}' for which all group members "
+                "are already assigned."
+            ))
+
+    def update_to_unused_corrections(self) -> list[int]:
+        """Step 4, by descending confidence: update to the response if that name is unused; return the
+        detections still left."""
+        remaining = _descending([j for j in range(self.n) if j not in self.handled], self.confidences)
+        for j in list(remaining):
+            response = self.responses[j]
+            assert response is not None
+            if response not in self.used:
+                best = "best" if response in self.duplicate_counts else ""
+                self._update(j, response, f"Update detection '{self.labels[j]}' to {best} correction '{response}'.")
+                remaining.remove(j)
+                self.handled.append(j)
+        return remaining
+
+    def resolve_used_corrections(self, remaining: list[int]) -> None:
+        """Step 5: a response in a group keeps the label when it is an unused member of that group,
+        else updates to the first unused member, else rejects; no group → reject."""
+        labels = self.labels
+        for j in remaining:
+            response = self.responses[j]
+            assert response is not None
+            if response in self.group_of:
+                base = self.group_of[response]
+                members = self.groups[base]
+                if labels[j] in members and labels[j] not in self.used:
+                    self._keep(j, labels[j], (
+                        f"Accept detection label '{labels[j]}' which is an unassigned group member of group "
+                        f"'{base}' for validation response '{response}'."
+                    ))
+                else:
+                    spare = next((m for m in members if m not in self.used), None)
+                    if spare is not None:
+                        self._update(j, spare, (
+                            f"Update detection '{labels[j]}' with already used validation response '{response}' to "
+                            f"unassigned group member '{spare}' not featured in all validation responses."
+                        ))
+                    else:
+                        self._reject(j, (
+                            f"Reject detection '{labels[j]}' with already used validation response '{response}' for "
+                            f"which all group members of group '{base}' are already assigned."
+                        ))
+            else:
+                self._reject(j, (
+                    f"Reject detection '{labels[j]}' with already used validation response '{response}' that "
+                    "cannot be associated to a group."
+                ))
+            self.handled.append(j)
+
+    def result(self) -> ValidationActions:
+        return ValidationActions(
+            keep=tuple(self.keep),
+            update=self.update,
+            reject=tuple(self.reject),
+            error=tuple(self.error),
+            actions=tuple(self.actions[j] for j in range(self.n)),
+        )
 
 
 def assign_actions(
@@ -430,140 +609,13 @@ def assign_actions(
         raise ValueError(f"{n} responses but {len(labels)} labels")
     if confidences is not None and len(confidences) != n:
         raise ValueError(f"{n} responses but {len(confidences)} confidences")
-    duplicate_counts = {r: c for r, c in Counter(responses).items() if c > 1}
-    groups, group_of = name_groups(object_names)
-
-    keep: list[int] = []
-    update: dict[int, str] = {}
-    reject: list[int] = []
-    error: list[int] = []
-    actions: dict[int, str] = {}
-    used: list[str] = []
-    handled: list[int] = []
-
-    # Step 1.
-    for j, response in enumerate(responses):
-        if response is None:
-            error.append(j)
-            actions[j] = f"Reject detection '{labels[j]}' after completion error."
-            handled.append(j)
-        elif response == invalid:
-            reject.append(j)
-            actions[j] = f"Reject invalidated detection '{labels[j]}'."
-            handled.append(j)
-
-    # Step 2.
-    duplicates: list[int] = []
-    for j, response in enumerate(responses):
-        if response != labels[j]:
-            continue
-        agreeing = sum(1 for k in range(n) if labels[k] == response and responses[k] == response)
-        if agreeing == 1:
-            keep.append(j)
-            actions[j] = f"Accept unique validation of detection '{response}'."
-            used.append(response)
-            handled.append(j)
-        elif agreeing > 1:
-            duplicates.append(j)
-
-    # Step 3.
-    for j in _descending(duplicates, confidences):
-        response = responses[j]
-        assert response is not None
-        if response not in used:
-            keep.append(j)
-            actions[j] = f"Accept best duplicate validation of detection '{response}'."
-            used.append(response)
-        elif response in group_of:
-            members = groups[group_of[response]]
-            fresh = next((m for m in members if m not in used and m not in responses), None)
-            if fresh is not None:
-                update[j] = fresh
-                actions[j] = (
-                    f"Update duplicate validation of detection '{response}' to unassigned group member "
-                    f"'{fresh}' not featured in all validation responses."
-                )
-                used.append(fresh)
-            else:
-                spare = next((m for m in members if m not in used), None)
-                if spare is not None:
-                    count = duplicate_counts[response]
-                    update[j] = spare
-                    actions[j] = (
-                        f"Update duplicate validation of detection '{response}' to unassigned group member "
-                        f"'{spare}' featured '{count}' time{'s' if count != 1 else ''} in all validation responses."
-                    )
-                    used.append(spare)
-                else:
-                    reject.append(j)
-                    actions[j] = (
-                        f"Reject duplicate validation of detection '{response}' for which all group members "
-                        "are already assigned."
-                    )
-        else:
-            reject.append(j)
-            actions[j] = (
-                f"Reject duplicate validation of detection '{response}' that cannot be associated to a group."
-            )
-        handled.append(j)
-
-    # Step 4.
-    remaining = _descending([j for j in range(n) if j not in handled], confidences)
-    for j in list(remaining):
-        response = responses[j]
-        assert response is not None
-        if response not in used:
-            update[j] = response
-            best = "best" if response in duplicate_counts else ""
-            actions[j] = f"Update detection '{labels[j]}' to {best} correction '{response}'."
-            used.append(response)
-            remaining.remove(j)
-            handled.append(j)
-
-    # Step 5.
-    for j in remaining:
-        response = responses[j]
-        assert response is not None
-        if response in group_of:
-            base = group_of[response]
-            members = groups[base]
-            if labels[j] in members and labels[j] not in used:
-                keep.append(j)
-                actions[j] = (
-                    f"Accept detection label '{labels[j]}' which is an unassigned group member of group "
-                    f"'{base}' for validation response '{response}'."
-                )
-                used.append(labels[j])
-            else:
-                spare = next((m for m in members if m not in used), None)
-                if spare is not None:
-                    update[j] = spare
-                    actions[j] = (
-                        f"Update detection '{labels[j]}' with already used validation response '{response}' to "
-                        f"unassigned group member '{spare}' not featured in all validation responses."
-                    )
-                    used.append(spare)
-                else:
-                    reject.append(j)
-                    actions[j] = (
-                        f"Reject detection '{labels[j]}' with already used validation response '{response}' for "
-                        f"which all group members of group '{base}' are already assigned."
-                    )
-        else:
-            reject.append(j)
-            actions[j] = (
-                f"Reject detection '{labels[j]}' with already used validation response '{response}' that "
-                "cannot be associated to a group."
-            )
-        handled.append(j)
-
-    return ValidationActions(
-        keep=tuple(keep),
-        update=update,
-        reject=tuple(reject),
-        error=tuple(error),
-        actions=tuple(actions[j] for j in range(n)),
-    )
+    state = _Assignment(responses, labels, object_names, confidences, invalid)
+    state.reject_errors_and_invalid()
+    duplicates = state.keep_unique_agreements()
+    state.resolve_duplicate_agreements(duplicates)
+    remaining = state.update_to_unused_corrections()
+    state.resolve_used_corrections(remaining)
+    return state.result()
 
 
 # --- §5.1 inputs -----------------------------------------------------------------------------------------------

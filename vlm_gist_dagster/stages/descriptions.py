@@ -18,28 +18,10 @@ import pandas as pd
 from ..clients.describe import ImageDescription, describe_images
 from ..protocol.settings import ModelSettings
 from .services import Services, progress_logger
+from .tables import DESCRIPTIONS
 
-DESCRIPTION_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "kind",
-    "success",
-    "objects",
-    "num_described",
-    "attempts",
-    "failed_attempts",
-    "failed_attempts_total",
-    "duration_s",
-    "tokens_in",
-    "tokens_in_cached",
-    "tokens_out",
-    "cost_usd",
-    "http_retries",
-    "from_cache",
-    "error",
-    "error_message",
-    "image_sha256",
-    "attempt_log_json",
-)
+#: Column names of the table (dtypes and meaning: ``stages.tables.DESCRIPTIONS``).
+DESCRIPTION_COLUMNS = DESCRIPTIONS.names
 
 
 def _row(result: ImageDescription) -> dict[str, Any]:
@@ -54,14 +36,7 @@ def _row(result: ImageDescription) -> dict[str, Any]:
 
 
 def description_table(results: list[ImageDescription]) -> pd.DataFrame:
-    rows = [_row(r) for r in results]
-    df = pd.DataFrame(rows, columns=list(DESCRIPTION_COLUMNS))
-    for column in ("duration_s", "cost_usd"):
-        df[column] = pd.to_numeric(df[column], errors="coerce").astype("float64")
-    for column in ("num_described", "tokens_in", "tokens_in_cached", "tokens_out"):
-        df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
-    df["objects"] = df["objects"].astype(object)
-    return df
+    return DESCRIPTIONS.from_rows([_row(r) for r in results])
 
 
 def baseline_description_table(images: pd.DataFrame) -> pd.DataFrame:
@@ -83,13 +58,7 @@ def baseline_description_table(images: pd.DataFrame) -> pd.DataFrame:
         }
         for image_id in images["image_id"]
     ]
-    df = pd.DataFrame(rows, columns=list(DESCRIPTION_COLUMNS))
-    df["objects"] = df["objects"].astype(object)
-    for column in ("num_described", "tokens_in", "tokens_in_cached", "tokens_out"):
-        df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
-    for column in ("duration_s", "cost_usd"):
-        df[column] = pd.to_numeric(df[column], errors="coerce").astype("float64")
-    return df
+    return DESCRIPTIONS.from_rows(rows)
 
 
 def run_descriptions(

@@ -25,14 +25,9 @@ from ..clients.errors import (
     TransportRetriesExhausted,
 )
 from ..clients.vision import vision_image
-from ..protocol.baselines import (
-    BaselineDetection,
-    assemble_baseline_detections,
-    baseline_request,
-    parse_baseline_response,
-)
+from ..protocol.baselines import assemble_baseline_detections, baseline_request, parse_baseline_response
 from ..protocol.detection import (
-    GdinoDetection,
+    ImageDetections,
     assemble_detections_with_settings,
     gdino_request_with_settings,
     instance_for_description,
@@ -40,51 +35,16 @@ from ..protocol.detection import (
     over_detection_flags,
     parse_gdino_response,
 )
+from ..protocol.detections import MASK_BOX_COLUMNS, Detections
 from ..protocol.segmentation import parse_sam2_response, sam2_track_request, sam2_update_request
 from ..protocol.settings import BaselineSettings, DetectionSettings, ModelSettings
 from .services import Services, progress_logger
+from .tables import DETECTION_IMAGES, DETECTIONS, MASKS
 
-DETECTION_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "detection_index",
-    "prompt",
-    "object_name",
-    "description",
-    "instance_index",
-    "x1",
-    "y1",
-    "x2",
-    "y2",
-    "confidence",
-    "is_over_detection",
-)
-DETECTION_IMAGE_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "num_prompts",
-    "num_detections",
-    "prompts",
-    "missing_prompts",
-    "over_detections",
-    "duration_s",
-    "error",
-)
-MASK_COLUMNS: tuple[str, ...] = DETECTION_COLUMNS + (
-    "mask",
-    "mask_x1",
-    "mask_y1",
-    "mask_x2",
-    "mask_y2",
-    "track_id",
-    "box_x1",
-    "box_y1",
-    "box_x2",
-    "box_y2",
-    "x",
-    "y",
-    "w",
-    "h",
-    "segmentation_error",
-)
+#: Column names of the three tables (their dtypes and meaning: ``stages.tables``).
+DETECTION_COLUMNS = DETECTIONS.names
+DETECTION_IMAGE_COLUMNS = DETECTION_IMAGES.names
+MASK_COLUMNS = MASKS.names
 
 #: Errors that no image would survive: stop the stage at once.
 FATAL = (AuthenticationError, ConfigurationError)
@@ -166,27 +126,29 @@ def _detection_rows(
     image_id: str,
     prompts: list[str],
     objects: list[dict],
-    found: list[GdinoDetection],
+    found: Detections,
     settings: DetectionSettings,
 ) -> list[dict]:
-    labels = [d.prompt for d in found]
+    """One row per detection of a VLM's image: its box and score, the described object it grounds
+    (the first with that description, spec §4.4 step 5) and its direct / over-detection flag."""
+    labels = found.label.tolist()
     flags = over_detection_flags(
         prompts,
         labels,
-        [d.confidence for d in found],
+        found.confidence.tolist(),
         over_detect=settings.over_detect,
         conf_threshold=settings.conf_threshold,
     )
     rows = []
-    for j, det in enumerate(found):
-        instance = instance_for_description(objects, det.prompt)
+    for j, (label, box, confidence) in enumerate(zip(labels, found.xyxy.tolist(), found.confidence.tolist())):
+        instance = instance_for_description(objects, label)
         index = next(i for i, o in enumerate(objects) if o is instance)
-        x1, y1, x2, y2 = det.box_xyxy
+        x1, y1, x2, y2 = box
         rows.append(
             {
                 "image_id": image_id,
                 "detection_index": j,
-                "prompt": det.prompt,
+                "prompt": label,
                 "object_name": instance.get("object_name"),
                 "description": instance.get("description"),
                 "instance_index": index,
@@ -194,30 +156,31 @@ def _detection_rows(
                 "y1": y1,
                 "x2": x2,
                 "y2": y2,
-                "confidence": float(det.confidence),
+                "confidence": confidence,
                 "is_over_detection": bool(flags[j]),
             }
         )
     return rows
 
 
-def _baseline_rows(image_id: str, found: Sequence[BaselineDetection]) -> list[dict]:
+def _baseline_rows(image_id: str, found: Detections) -> list[dict]:
+    """One row per detection of a baseline's image: its label as the object name, no score, no prompt."""
     return [
         {
             "image_id": image_id,
             "detection_index": j,
             "prompt": None,
-            "object_name": det.label,
+            "object_name": label,
             "description": None,
             "instance_index": None,
-            "x1": det.box_xyxy[0],
-            "y1": det.box_xyxy[1],
-            "x2": det.box_xyxy[2],
-            "y2": det.box_xyxy[3],
+            "x1": box[0],
+            "y1": box[1],
+            "x2": box[2],
+            "y2": box[3],
             "confidence": math.nan,
             "is_over_detection": None,
         }
-        for j, det in enumerate(found)
+        for j, (label, box) in enumerate(zip(found.label.tolist(), found.xyxy.tolist()))
     ]
 
 
@@ -287,12 +250,13 @@ def run_detections(
         p = prompts.get(image_id, [])
         result = results.get(image_id)
         error = _error_text(result) if isinstance(result, BaseException) else None
-        found = [] if (result is None or error) else list(result)
+        found = Detections.empty() if (result is None or error) else result
+        missing: list[str] = []
+        over: list[str] = []
         if baseline is not None:
             rows = _baseline_rows(image_id, found)
-            missing, over = [], []
         else:
-            rows = _detection_rows(image_id, p, objects[image_id] or [], found, detection) if found else []
+            rows = _detection_rows(image_id, p, objects[image_id] or [], found, detection)
             missing, over = missing_and_over_detections(p, [r["prompt"] for r in rows]) if p else ([], [])
         det_rows.extend(rows)
         image_rows.append(
@@ -308,12 +272,7 @@ def run_detections(
                 "error": error,
             }
         )
-    detections = pd.DataFrame(det_rows, columns=list(DETECTION_COLUMNS))
-    detections = detections.astype({"detection_index": "int64", "confidence": "float64"})
-    for column in ("x1", "y1", "x2", "y2"):
-        detections[column] = detections[column].astype("int64")
-    detections["instance_index"] = pd.to_numeric(detections["instance_index"]).astype("Int64")
-    return detections, pd.DataFrame(image_rows, columns=list(DETECTION_IMAGE_COLUMNS))
+    return DETECTIONS.from_rows(det_rows), DETECTION_IMAGES.from_rows(image_rows)
 
 
 # ---------------------------------------------------------------------------------------------- masks
@@ -361,15 +320,17 @@ def run_masks(
             return await _run_images(list(by_image), work, f"masks[{model.name}]", log)
 
     results = asyncio.run(main())
-    rows: list[dict] = []
+    frames: list[pd.DataFrame] = []
     for image_id, group in by_image.items():
         size = int(info.at[image_id, "width"]), int(info.at[image_id, "height"])
         result = results.get(image_id)
         error = _error_text(result) if isinstance(result, BaseException) else None
         tracks = (None, None) if (result is None or error) else result
         assembled = _assemble_masks(group, tracks, size, prompts.get(image_id), baseline, detection)
-        rows.extend(_mask_rows(group, assembled, size, error))
-    return _mask_table(rows)
+        frames.append(_mask_frame(group, assembled, size, error))
+    if not frames:
+        return MASKS.from_rows([])
+    return MASKS.conform(pd.concat(frames, ignore_index=True))
 
 
 def _assemble_masks(
@@ -379,23 +340,21 @@ def _assemble_masks(
     prompts: Any,
     baseline: BaselineSettings | None,
     detection: DetectionSettings,
-) -> Any:
+) -> ImageDetections:
     """The protocol's assembly of one image's detections with its SAM2 tracks (None, None: no masks)."""
     updated, tracked = tracks
     width, height = size
     if baseline is not None:
-        boxes = [BaselineDetection(r.object_name, (r.x1, r.y1, r.x2, r.y2)) for r in group.itertuples()]
         return assemble_baseline_detections(
-            boxes,
+            Detections.from_table(group, label="object_name"),
             image_width=width,
             image_height=height,
             segmentation=tracked if baseline.segmentation_track else updated,
             segmentation_use_bbox=baseline.segmentation_use_bbox,
         )
-    found = [GdinoDetection(r.prompt, (r.x1, r.y1, r.x2, r.y2), r.confidence) for r in group.itertuples()]
     return assemble_detections_with_settings(
         list(prompts or []),
-        found,
+        Detections.from_table(group, label="prompt"),
         detection,
         image_width=width,
         image_height=height,
@@ -404,43 +363,21 @@ def _assemble_masks(
     )
 
 
-def _mask_rows(group: pd.DataFrame, assembled: Any, size: tuple[int, int], error: str | None) -> list[dict]:
+def _mask_frame(
+    group: pd.DataFrame, assembled: ImageDetections, size: tuple[int, int], error: str | None
+) -> pd.DataFrame:
+    """One image's ``masks`` rows: its ``detections`` rows plus SAM2's mask, mask box and track id, the
+    evaluated box in pixels and as FiftyOne's relative xywh (spec §4.4–4.5)."""
     width, height = size
-    rows = []
-    for record, source in zip(assembled.detections, group.to_dict("records")):
-        x, y, w, h = record.relative_xywh(width, height)
-        mask_box = record.box_mask or (None, None, None, None)
-        rows.append(
-            {
-                **source,
-                "mask": record.mask_rle,
-                "mask_x1": mask_box[0],
-                "mask_y1": mask_box[1],
-                "mask_x2": mask_box[2],
-                "mask_y2": mask_box[3],
-                "track_id": record.track_id,
-                "box_x1": record.box[0],
-                "box_y1": record.box[1],
-                "box_x2": record.box[2],
-                "box_y2": record.box[3],
-                "x": x,
-                "y": y,
-                "w": w,
-                "h": h,
-                "segmentation_error": error,
-            }
-        )
-    return rows
-
-
-def _mask_table(rows: list[dict]) -> pd.DataFrame:
-    masks = pd.DataFrame(rows, columns=list(MASK_COLUMNS))
-    masks["mask"] = masks["mask"].astype(object)
-    for column in ("mask_x1", "mask_y1", "mask_x2", "mask_y2", "track_id"):
-        masks[column] = pd.to_numeric(masks[column]).astype("Int64")
-    for column in ("x", "y", "w", "h", "confidence"):
-        masks[column] = masks[column].astype("float64")
-    for column in ("detection_index", "x1", "y1", "x2", "y2", "box_x1", "box_y1", "box_x2", "box_y2"):
-        masks[column] = masks[column].astype("int64")
-    masks["instance_index"] = pd.to_numeric(masks["instance_index"]).astype("Int64")
-    return masks
+    frame = group.reset_index(drop=True)
+    segmented = assembled.detections.table_columns()
+    for column in ("mask", *MASK_BOX_COLUMNS, "track_id"):
+        frame[column] = segmented[column]
+    boxes = assembled.boxes
+    relative = assembled.relative_xywh(width, height)
+    for k, column in enumerate(("box_x1", "box_y1", "box_x2", "box_y2")):
+        frame[column] = boxes[:, k]
+    for k, column in enumerate(("x", "y", "w", "h")):
+        frame[column] = relative[:, k]
+    frame["segmentation_error"] = error
+    return frame

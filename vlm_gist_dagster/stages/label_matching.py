@@ -23,27 +23,10 @@ from ..protocol.completions import build_payload
 from ..protocol.settings import LabelMatchingSettings
 from .definitions_store import DefinitionsStore
 from .services import Services
+from .tables import LABEL_MATCHES
 
-LABEL_MATCH_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "detection_index",
-    "label",
-    "description",
-    "label_norm",
-    "best_target",
-    "score",
-    "match",
-    "mapping_rule_applied",
-    "dataset_match",
-    "levenshtein_match",
-    "skipped",
-    "confidence",
-    "x",
-    "y",
-    "w",
-    "h",
-    "mask",
-)
+#: Column names of the table (dtypes and meaning: ``stages.tables.LABEL_MATCHES``).
+LABEL_MATCH_COLUMNS = LABEL_MATCHES.names
 
 #: Attempts per definition. The paper retries a failed definition without limit (§1.5); we stop here
 #: and fail the partition (a later run resumes from the caches).
@@ -69,6 +52,10 @@ async def _define(chat: ChatClient, request: lm.DefinitionRequest) -> str:
     )
 
 
+def _targets(labels: list[str] | None) -> tuple[str, ...] | None:
+    return None if labels is None else tuple(labels)
+
+
 def label_sets(
     validations: pd.DataFrame,
     descriptions: pd.DataFrame,
@@ -92,7 +79,7 @@ def label_sets(
         group = groups.get(image_id)
         if group is None:
             sets.append(
-                lm.LabelSet(image_id, [], None, gt_labels.get(image_id) if per_image_targets else None)
+                lm.LabelSet(image_id, (), None, _targets(gt_labels.get(image_id)) if per_image_targets else None)
             )
             continue
         labels = [str(v) for v in group["validated_object_name"]]
@@ -106,9 +93,9 @@ def label_sets(
         sets.append(
             lm.LabelSet(
                 image_id,
-                labels,
-                descs if has_descriptions else None,
-                gt_labels.get(image_id) if per_image_targets else None,
+                tuple(labels),
+                tuple(descs) if has_descriptions else None,
+                _targets(gt_labels.get(image_id)) if per_image_targets else None,
             )
         )
     return sets, groups
@@ -238,15 +225,4 @@ def label_match_table(result: lm.LabelMatchingResult, groups: dict[str, pd.DataF
                     **{k: source[k] for k in ("confidence", "x", "y", "w", "h", "mask")},
                 }
             )
-    out = pd.DataFrame(rows, columns=list(LABEL_MATCH_COLUMNS))
-    out["mask"] = out["mask"].astype(object)
-    return out.astype(
-        {
-            "score": "float64",
-            "confidence": "float64",
-            "x": "float64",
-            "y": "float64",
-            "w": "float64",
-            "h": "float64",
-        }
-    )
+    return LABEL_MATCHES.from_rows(rows)

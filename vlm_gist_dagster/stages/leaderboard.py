@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..protocol.leaderboard import COLUMNS, format_markdown, format_table, render_png, sort_rows, weighted
+from ..files import atomic_path, atomic_write
+from ..protocol.leaderboard import (
+    COLUMNS,
+    format_markdown,
+    format_table,
+    render_table_image,
+    sort_rows,
+    weighted,
+)
+from .tables import LEADERBOARD
 
 #: The weights of the paper's weighted table (COCO and VLM-GIST, 0.5 each).
 DEFAULT_WEIGHTS: Mapping[str, float] = {"coco": 0.5, "vlm_gist": 0.5}
@@ -78,14 +87,34 @@ def build_leaderboard(
         for name, rows in tables.items()
         for i, row in enumerate(sort_rows(rows))
     ]
-    out = pd.DataFrame(records, columns=["table", "rank", "name", "model", *COLUMNS])
+    out = pd.DataFrame(records, columns=list(LEADERBOARD.names))
     return Leaderboard(rows=out, texts=texts, markdown="\n".join(markdown), missing=missing)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+#: The paper's table font, where Debian's fonts-liberation puts it.
+LIBERATION_MONO = (
+    "/usr/share/fonts/truetype/liberation/LiberationMono-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation2/LiberationMono-Regular.ttf",
+)
+
+
+def table_font_file() -> str:
+    """LiberationMono-Regular (the paper's font) when installed, else matplotlib's bundled DejaVu Sans
+    Mono (a metric-compatible stand-in is not available everywhere)."""
+    for candidate in LIBERATION_MONO:
+        if os.path.isfile(candidate):
+            return candidate
+    import matplotlib
+
+    return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSansMono.ttf")
+
+
+def write_table_png(text: str, path: str | os.PathLike[str]) -> Path:
+    """The table's PNG rendering (``protocol.leaderboard.render_table_image``), written atomically."""
+    image = render_table_image(text, table_font_file())
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
+    return Path(path)
 
 
 def plot_files(board: Leaderboard, directory: Path) -> dict[str, Path]:
@@ -114,7 +143,8 @@ def plot_files(board: Leaderboard, directory: Path) -> dict[str, Path]:
         ax.set_title(f"F1 — {table}")
     fig.tight_layout()
     out["f1"] = directory / "f1_per_model.png"
-    fig.savefig(out["f1"], dpi=100)
+    with atomic_path(out["f1"]) as temporary:
+        fig.savefig(temporary, dpi=100, format="png")
     plt.close(fig)
 
     for key, (xcol, ycol, xlabel, ylabel) in {
@@ -137,7 +167,8 @@ def plot_files(board: Leaderboard, directory: Path) -> dict[str, Path]:
         ax.legend()
         fig.tight_layout()
         out[key] = directory / f"{key}.png"
-        fig.savefig(out[key], dpi=100)
+        with atomic_path(out[key]) as temporary:
+            fig.savefig(temporary, dpi=100, format="png")
         plt.close(fig)
     return out
 
@@ -149,14 +180,12 @@ def write_leaderboard(board: Leaderboard, directory: Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
     for name, text in board.texts.items():
         path = directory / f"{name}.txt"
-        _atomic_text(path, text)
-        written[f"{name}.txt"] = path
-        written[f"{name}.png"] = render_png(text, directory / f"{name}.png")
-    md = directory / "leaderboard.md"
-    _atomic_text(md, "# Leaderboard\n\n" + board.markdown)
-    written["leaderboard.md"] = md
+        written[f"{name}.txt"] = atomic_write(path, text)
+        written[f"{name}.png"] = write_table_png(text, directory / f"{name}.png")
+    written["leaderboard.md"] = atomic_write(directory / "leaderboard.md", "# Leaderboard\n\n" + board.markdown)
     csv = directory / "leaderboard.csv"
-    board.rows.to_csv(csv, index=False)
+    with atomic_path(csv) as temporary:
+        board.rows.to_csv(temporary, index=False)
     written["leaderboard.csv"] = csv
     for key, path in plot_files(board, directory).items():
         written[key] = path

@@ -4,48 +4,19 @@ COCO-standard bbox and mask AP (pycocotools), tokens and cost (spec/evaluation.m
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from ..protocol.columns import metadata_columns
-from ..protocol.evaluation import evaluate
+from ..protocol.evaluation import EvaluationResult, evaluate
+from ..protocol.leaderboard import COLUMNS, format_markdown
+from .leaderboard import row_name
+from .tables import METRICS
 
-METRIC_COLUMNS: tuple[str, ...] = (
-    "dataset",
-    "model",
-    "display_name",
-    "kind",
-    "simulated",
-    "f1",
-    "rec",
-    "prec",
-    "map",
-    "ins",
-    "mat",
-    "time",
-    "fail",
-    "ret",
-    "tp",
-    "fp",
-    "fn",
-    "mar",
-    "accuracy",
-    "support",
-    "num_images",
-    "num_predictions",
-    "coco_bbox_ap",
-    "coco_bbox_ap50",
-    "coco_segm_ap",
-    "tokens_in",
-    "tokens_out",
-    "cost_usd",
-    "map_unavailable_reason",
-)
-
-
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
+#: Column names of the one-row table (meaning: ``stages.tables.METRICS``).
+METRIC_COLUMNS = METRICS.names
 
 
 def predictions_from_label_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
@@ -77,6 +48,18 @@ def per_image_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def metrics_markdown(metrics_row: Mapping[str, Any]) -> str:
+    """One ``metrics`` row as the leaderboard's Markdown table: the paper's columns, rounded half-up as
+    the paper's tables are (``format_number``), under the row's name in the tables.
+
+    >>> row = {"model": "m", "display_name": "M", "simulated": True, "f1": 0.1245, "rec": 0.5,
+    ...        "prec": 0.5, "map": float("nan"), "ins": 3, "mat": 1, "time": 2.25, "fail": 0, "ret": 0}
+    >>> print(metrics_markdown(row).splitlines()[2])
+    | M (simulated) | 0.125 | 0.500 | 0.500 | nan | 3.0 | 1.00 | 2.3s | 0.00 | 0.00 |
+    """
+    return format_markdown([{"name": row_name(metrics_row), **{k: float(metrics_row[k]) for k in COLUMNS}}])
+
+
 def compute_metrics(
     *,
     dataset: str,
@@ -90,7 +73,7 @@ def compute_metrics(
     detection_images: pd.DataFrame,
     label_matches: pd.DataFrame,
     coco_standard: bool = True,
-) -> tuple[pd.DataFrame, Any]:
+) -> tuple[pd.DataFrame, EvaluationResult]:
     """One metrics row and the full evaluation result (per-class report etc.)."""
     predictions = predictions_from_label_matches(label_matches)
     if not ground_truth["mask"].notna().all() or not predictions["mask"].notna().all():
@@ -109,29 +92,29 @@ def compute_metrics(
         "display_name": display_name,
         "kind": kind,
         "simulated": bool(simulated),
-        "f1": _num(result["fscore"]),
-        "rec": _num(result["recall"]),
-        "prec": _num(result["precision"]),
-        "map": _num(result["mAP"]) if result["mAP_available"] else math.nan,
+        "f1": result.fscore,
+        "rec": result.recall,
+        "prec": result.precision,
+        "map": result.mAP if result.mAP_available else math.nan,
         "ins": columns.ins,
         "mat": columns.mat,
         "time": columns.time,
         "fail": columns.fail,
         "ret": columns.ret,
-        "tp": int(result["tp"]),
-        "fp": int(result["fp"]),
-        "fn": int(result["fn"]),
-        "mar": _num(result["mAR"]) if result["mAP_available"] else math.nan,
-        "accuracy": _num(result["accuracy"]),
-        "support": int(result["support"]),
+        "tp": result.tp,
+        "fp": result.fp,
+        "fn": result.fn,
+        "mar": result.mAR if result.mAP_available else math.nan,
+        "accuracy": result.accuracy,
+        "support": result.support,
         "num_images": int(len(images)),
         "num_predictions": int(len(predictions)),
-        "coco_bbox_ap": _num(result.get("coco_bbox_AP")),
-        "coco_bbox_ap50": _num(result.get("coco_bbox_AP50")),
-        "coco_segm_ap": _num(result.get("coco_segm_AP")),
+        "coco_bbox_ap": result.coco_bbox_AP,
+        "coco_bbox_ap50": result.coco_bbox_AP50,
+        "coco_segm_ap": result.coco_segm_AP,
         "tokens_in": columns.tokens_in,
         "tokens_out": columns.tokens_out,
         "cost_usd": columns.cost_usd,
-        "map_unavailable_reason": result.get("mAP_unavailable_reason"),
+        "map_unavailable_reason": result.mAP_unavailable_reason,
     }
-    return pd.DataFrame([row], columns=list(METRIC_COLUMNS)), result
+    return METRICS.from_rows([row]), result

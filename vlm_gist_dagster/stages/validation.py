@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -30,14 +31,10 @@ from ..protocol.validation import (
 )
 from .grounding import _run_images
 from .services import Services
+from .tables import VALIDATIONS
 
-VALIDATION_COLUMNS = (
-    "validation_action",
-    "validated_object_name",
-    "validation_answer",
-    "validation_error",
-    "kept",
-)
+#: The columns this stage adds to ``masks`` (dtypes and meaning: ``stages.tables.VALIDATIONS``).
+VALIDATION_COLUMNS = VALIDATIONS.names[-6:]
 
 #: Attempts per crop. The paper re-queues a failed validation completion without limit (§5.3); we stop
 #: after this many and record the detection as an error (dropped, like the paper's errors).
@@ -46,12 +43,13 @@ MAX_VALIDATION_ATTEMPTS = 4
 
 def passthrough(masks: pd.DataFrame) -> pd.DataFrame:
     out = masks.copy()
+    out["validation_outcome"] = "off"
     out["validation_action"] = "off"
     out["validated_object_name"] = out["object_name"]
     out["validation_answer"] = None
     out["validation_error"] = None
     out["kept"] = True
-    return out
+    return VALIDATIONS.conform(out)
 
 
 async def _ask(
@@ -78,6 +76,80 @@ async def _ask(
     return None, f"no answer after {MAX_VALIDATION_ATTEMPTS} attempts: {reason}"
 
 
+@dataclass(frozen=True)
+class _ImageValidation:
+    """One image's validation, per detection in ``detection_index`` order."""
+
+    answers: list[str | None]
+    validated: list[str | None]
+    outcomes: list[str]
+    actions: list[str]
+    errors: list[str | None]
+
+
+async def _validate_image(
+    chat: ChatClient,
+    settings: ValidationSettings,
+    path: str,
+    group: pd.DataFrame,
+    structured_description: list[dict],
+) -> _ImageValidation:
+    """Ask the validation VLM about every detection's crop of one image (spec §5.2-5.4), then decide
+    keep / update / reject for the image as a whole (§5.5)."""
+    full = prepare_image(path, None)
+    image = cv2.imdecode(np.frombuffer(full.data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: the prepared image cannot be decoded")
+    names = [o["object_name"] for o in structured_description]
+
+    async def one(row: dict) -> tuple[str | None, str | None]:
+        box = (row["box_x1"], row["box_y1"], row["box_x2"], row["box_y2"])
+        crop = encode_crop_png(validation_crop_with_settings(image, box, settings, mask=row["mask"]))
+        messages = validation_messages_with_settings(
+            full.data_uri, data_uri(crop), structured_description, settings
+        )
+        return await _ask(chat, settings, messages, full.sha256, int(row["detection_index"]))
+
+    asked = await asyncio.gather(*(one(r) for r in group.to_dict("records")))
+    answers = [
+        parse_validation_response(
+            text, names, invalid=settings.invalid, levenshtein_threshold=settings.levenshtein_threshold
+        ).validation
+        for text, _ in asked
+    ]
+    labels = list(group["object_name"])
+    actions = assign_actions(answers, labels, names, list(group["confidence"]), invalid=settings.invalid)
+    return _ImageValidation(
+        answers=answers,
+        validated=actions.labels_validated(labels),
+        outcomes=list(actions.outcomes),
+        actions=list(actions.actions),
+        errors=[error for _, error in asked],
+    )
+
+
+def _validated_rows(group: pd.DataFrame, result: _ImageValidation | BaseException) -> pd.DataFrame:
+    """One image's ``masks`` rows with the validation columns; an image that failed as a whole drops
+    every detection, with the reason."""
+    group = group.copy()
+    if isinstance(result, BaseException):
+        reason = f"{type(result).__name__}: {result}"
+        group["validation_outcome"] = "error"
+        group["validation_action"] = f"error: {reason}"
+        group["validated_object_name"] = None
+        group["validation_answer"] = None
+        group["validation_error"] = reason
+        group["kept"] = False
+    else:
+        group["validation_outcome"] = result.outcomes
+        group["validation_action"] = result.actions
+        group["validated_object_name"] = result.validated
+        group["validation_answer"] = result.answers
+        group["validation_error"] = result.errors
+        group["kept"] = [v is not None for v in result.validated]
+    return group
+
+
 def run_validations(
     images: pd.DataFrame,
     descriptions: pd.DataFrame,
@@ -101,62 +173,13 @@ def run_validations(
     async def main() -> dict[str, Any]:
         async with services.chat_client() as chat:
 
-            async def work(image_id: str) -> tuple[list, list, list, list]:
-                group = groups[image_id]
-                sd = objects.get(image_id, [])
-                full = prepare_image(paths[image_id], None)
-                image = cv2.imdecode(np.frombuffer(full.data, np.uint8), cv2.IMREAD_COLOR)
-                names = [o["object_name"] for o in sd]
-
-                async def one(row: dict) -> tuple[str | None, str | None]:
-                    box = (row["box_x1"], row["box_y1"], row["box_x2"], row["box_y2"])
-                    crop = encode_crop_png(
-                        validation_crop_with_settings(image, box, settings, mask=row["mask"])
-                    )
-                    messages = validation_messages_with_settings(full.data_uri, data_uri(crop), sd, settings)
-                    return await _ask(chat, settings, messages, full.sha256, int(row["detection_index"]))
-
-                asked = await asyncio.gather(*(one(r) for r in group.to_dict("records")))
-                texts = [text for text, _ in asked]
-                errors = [error for _, error in asked]
-                answers = [
-                    parse_validation_response(
-                        t,
-                        names,
-                        invalid=settings.invalid,
-                        levenshtein_threshold=settings.levenshtein_threshold,
-                    ).validation
-                    for t in texts
-                ]
-                actions = assign_actions(
-                    answers,
-                    list(group["object_name"]),
-                    names,
-                    list(group["confidence"]),
-                    invalid=settings.invalid,
+            async def work(image_id: str) -> _ImageValidation:
+                return await _validate_image(
+                    chat, settings, paths[image_id], groups[image_id], objects.get(image_id, [])
                 )
-                validated = actions.labels_validated(list(group["object_name"]))
-                return answers, validated, list(actions.actions), errors
 
             return await _run_images(list(groups), work, "validations", log)
 
     results = asyncio.run(main())
-    frames = []
-    for image_id, group in groups.items():
-        group = group.copy()
-        result = results.get(image_id)
-        if isinstance(result, BaseException):
-            group["validation_action"] = f"error: {type(result).__name__}: {result}"
-            group["validated_object_name"] = None
-            group["validation_answer"] = None
-            group["validation_error"] = f"{type(result).__name__}: {result}"
-            group["kept"] = False
-        else:
-            answers, validated, actions, errors = result
-            group["validation_action"] = actions
-            group["validated_object_name"] = validated
-            group["validation_answer"] = answers
-            group["validation_error"] = errors
-            group["kept"] = [v is not None for v in validated]
-        frames.append(group)
-    return pd.concat(frames, ignore_index=True) if frames else passthrough(masks)
+    frames = [_validated_rows(group, results[image_id]) for image_id, group in groups.items()]
+    return VALIDATIONS.conform(pd.concat(frames, ignore_index=True)) if frames else passthrough(masks)

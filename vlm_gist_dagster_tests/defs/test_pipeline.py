@@ -113,18 +113,18 @@ def independent_metrics(bench: Bench, dataset: str, model: str) -> dict[str, flo
     per_image = per_image[["image_id", "accepted", "rejected"]]
     columns = metadata_columns(descriptions, detection_images, per_image)
     return {
-        "f1": result["fscore"],
-        "rec": result["recall"],
-        "prec": result["precision"],
-        "map": result["mAP"] if result["mAP_available"] else math.nan,
+        "f1": result.fscore,
+        "rec": result.recall,
+        "prec": result.precision,
+        "map": result.mAP if result.mAP_available else math.nan,
         "ins": columns.ins,
         "mat": columns.mat,
         "time": columns.time,
         "fail": columns.fail,
         "ret": columns.ret,
-        "tp": result["tp"],
-        "fp": result["fp"],
-        "fn": result["fn"],
+        "tp": result.tp,
+        "fp": result.fp,
+        "fn": result.fn,
     }
 
 
@@ -165,6 +165,32 @@ def test_every_pair_and_the_leaderboard_were_materialised(full_run):
         for model in MODELS:
             assert set(bench.read("descriptions", dataset, model)["image_id"]) == images
             assert set(bench.read("detection_images", dataset, model)["image_id"]) == images
+
+
+def test_every_asset_publishes_its_column_schema(full_run):
+    """Each materialisation carries ``dagster/column_schema``: the stored table's columns, in order."""
+    bench, instance = full_run
+    stored = {
+        **{asset: (asset, "coco", "sim_strong") for asset in PAIR_ASSETS},
+        "dataset_images": ("dataset_images", "coco", None),
+        "ground_truth": ("ground_truth", "coco", None),
+        "detection_settings": ("detection_settings", None, None),
+        "label_matching_settings": ("label_matching_settings", "coco", None),
+        "leaderboard": ("leaderboard", None, None),
+    }
+    for asset, where in stored.items():
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        assert event is not None, asset
+        schema = event.asset_materialization.metadata.get("dagster/column_schema")
+        assert schema is not None, f"{asset} publishes no column schema"
+        columns = [c.name for c in schema.schema.columns]
+        partition = event.asset_materialization.partition
+        if partition is not None and "|" in partition:  # the latest pair: read that one
+            where = (asset, *partition.split("|"))
+        elif partition is not None:
+            where = (asset, partition, None)
+        assert columns == list(bench.read(*where).columns), asset
+        assert all(c.description for c in schema.schema.columns if asset not in ("dataset_images", "ground_truth"))
 
 
 def test_leaderboard_equals_the_evaluation_run_on_the_stored_parquet(full_run):

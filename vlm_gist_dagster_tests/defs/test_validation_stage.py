@@ -72,7 +72,8 @@ def test_validation_asks_the_validation_vlm_once_per_detection(validated_run):
     validations = bench.read("validations", DATASET, ON)
     assert len(validations) == len(masks) > 0
     assert len(requests) == len(masks)  # no faults: one answered request per crop
-    assert set(bench.read("validations", DATASET, OFF)["validation_action"]) == {"off"}
+    off = bench.read("validations", DATASET, OFF)
+    assert set(off["validation_action"]) == set(off["validation_outcome"]) == {"off"}
 
 
 def test_crops_tight_around_no_instance_are_rejected_and_kept_ones_name_described_objects(validated_run):
@@ -86,8 +87,11 @@ def test_crops_tight_around_no_instance_are_rejected_and_kept_ones_name_describe
         for i, objs, ok in zip(descriptions["image_id"], descriptions["objects"], descriptions["success"])
         if ok
     }
-    actions = validations["validation_action"].str.split(" ").str[0].str.lower()
-    assert set(actions) <= {"accept", "update", "reject"}
+    actions = validations["validation_outcome"]
+    assert set(actions) <= {"keep", "update", "reject"}
+    # The outcome field says what the reference's prose says ("Accept ...", "Update ...", "Reject ...").
+    prose = validations["validation_action"].str.split(" ").str[0].str.lower()
+    assert (prose == actions.replace({"keep": "accept"})).all()
     assert validations["validation_error"].isna().all()  # no faults: every crop answered
     best = iou_with_gt(validations, gt, images)
     # The simulator answers n/a below IoU 0.5 (its "tight" rule): every such detection is rejected.

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from vlm_gist_dagster.protocol.baselines import (
-    BaselineDetection,
-    BaselineOutput,
     assemble_baseline_detections,
     baseline_request,
     florence2_request,
     kosmos2_request,
     parse_baseline_response,
 )
+from vlm_gist_dagster.protocol.detections import NO_TRACK, Detections
+from vlm_gist_dagster.protocol.masks import decode_rle
 from vlm_gist_dagster.protocol.segmentation import ResponseFormatError, Sam2Track, encode_mask_png
 from vlm_gist_dagster.protocol.settings import load_baseline_settings
 
@@ -79,11 +79,11 @@ def test_parse_florence_and_kosmos_responses():
             "model": "florence2",
         }
     }
-    assert parse_baseline_response(florence, model="florence2") == BaselineOutput(
-        model="florence2",
-        detections=(BaselineDetection("car", (1, 2, 30, 40)), BaselineDetection("wheel", (5, 5, 9, 9))),
-        caption=None,
-    )
+    parsed = parse_baseline_response(florence, model="florence2")
+    assert (parsed.model, parsed.caption) == ("florence2", None)
+    assert parsed.detections.label.tolist() == ["car", "wheel"]
+    assert parsed.detections.xyxy.tolist() == [[1, 2, 30, 40], [5, 5, 9, 9]]
+    assert np.isnan(parsed.detections.confidence).all()  # baselines give no score
     kosmos = {
         "artifact": {
             "detections": [[{"box_xyxy": [0, 0, 10, 10], "label": "a snowman"}]],
@@ -93,7 +93,8 @@ def test_parse_florence_and_kosmos_responses():
     }
     parsed = parse_baseline_response(kosmos, model="kosmos2")
     assert parsed.caption == "An image of a snowman warming himself by a fire."
-    assert parsed.detections == (BaselineDetection("a snowman", (0, 0, 10, 10)),)
+    assert parsed.detections.label.tolist() == ["a snowman"]
+    assert parsed.detections.xyxy.tolist() == [[0, 0, 10, 10]]
 
 
 @pytest.mark.parametrize(
@@ -116,11 +117,7 @@ def test_parse_rejects_malformed(artifact, field):
 # --- SAM2 association --------------------------------------------------------------------------------------
 
 W, H = 10, 8
-DETECTIONS = [
-    BaselineDetection("cup", (0, 0, 4, 4)),
-    BaselineDetection("cup", (5, 0, 9, 4)),
-    BaselineDetection("plate", (1, 4, 6, 8)),
-]
+DETECTIONS = Detections.from_boxes(["cup", "cup", "plate"], [(0, 0, 4, 4), (5, 0, 9, 4), (1, 4, 6, 8)])
 
 
 def track(track_id: int, box: tuple[int, int, int, int]) -> Sam2Track:
@@ -133,14 +130,14 @@ def test_position_association_bug_is_reproduced_when_a_track_was_dropped():
     segmentation = [track(0, (1, 1, 3, 3)), track(2, (2, 5, 5, 7))]
     paper = assemble_baseline_detections(DETECTIONS, image_width=W, image_height=H, segmentation=segmentation)
     # Detection 1 gets list entry 1, which is track 2 (the plate's mask); detection 2 runs off the list.
-    assert [d.track_id for d in paper.detections] == [0, 2, None]
-    assert [d.box for d in paper.detections] == [(1, 1, 3, 3), (2, 5, 5, 7), (1, 4, 6, 8)]
+    assert paper.detections.track_id.tolist() == [0, 2, NO_TRACK]
+    assert paper.boxes.tolist() == [[1, 1, 3, 3], [2, 5, 5, 7], [1, 4, 6, 8]]
     assert paper.segmentation_misaligned
     fixed = assemble_baseline_detections(
         DETECTIONS, image_width=W, image_height=H, segmentation=segmentation, associate_by_track_id=True
     )
-    assert [d.track_id for d in fixed.detections] == [0, None, 2]
-    assert [d.box for d in fixed.detections] == [(1, 1, 3, 3), (5, 0, 9, 4), (2, 5, 5, 7)]
+    assert fixed.detections.track_id.tolist() == [0, NO_TRACK, 2]
+    assert fixed.boxes.tolist() == [[1, 1, 3, 3], [5, 0, 9, 4], [2, 5, 5, 7]]
     assert not fixed.segmentation_misaligned
 
 
@@ -150,34 +147,26 @@ def test_position_and_track_id_association_agree_without_drops():
     fixed = assemble_baseline_detections(
         DETECTIONS, image_width=W, image_height=H, segmentation=segmentation, associate_by_track_id=True
     )
-    assert paper == fixed
+    assert paper.detections.equals(fixed.detections)
     assert not paper.segmentation_misaligned
-    assert all(d.confidence is None and d.is_over_detection is None for d in paper.detections)
+    assert np.isnan(paper.detections.confidence).all() and paper.is_over_detection is None
 
 
 def test_without_segmentation_boxes_are_the_model_boxes():
     result = assemble_baseline_detections(DETECTIONS, image_width=W, image_height=H, segmentation=None)
-    assert [d.box for d in result.detections] == [(0, 0, 4, 4), (5, 0, 9, 4), (1, 4, 6, 8)]
-    assert not result.has_masks
-    assert result.to_detections_json() == {
-        "num_detections": 3,
-        "labels": ["cup", "cup", "plate"],
-        "bboxes_detection": [[0, 0, 4, 4], [5, 0, 9, 4], [1, 4, 6, 8]],
-        "bboxes_mask": None,
-        "masks_cropped": True,
-        "masks": None,
-        "bboxes": [[0, 0, 4, 4], [5, 0, 9, 4], [1, 4, 6, 8]],
-        "track_ids": None,
-    }
+    assert result.boxes.tolist() == [[0, 0, 4, 4], [5, 0, 9, 4], [1, 4, 6, 8]]
+    assert not result.detections.has_mask.any()
+    assert result.detections.label.tolist() == ["cup", "cup", "plate"]
+    assert result.prompts == () and result.missing_prompts == () and result.over_detections == ()
 
 
-def test_detections_json_layout_with_masks():
+def test_masks_of_every_track_with_position_association():
     segmentation = [track(0, (1, 1, 3, 3)), track(1, (6, 1, 8, 3)), track(2, (2, 5, 5, 7))]
-    record = assemble_baseline_detections(
+    result = assemble_baseline_detections(
         DETECTIONS, image_width=W, image_height=H, segmentation=segmentation
-    ).to_detections_json()
-    assert record["bboxes_mask"] == [[1, 1, 3, 3], [6, 1, 8, 3], [2, 5, 5, 7]]
-    assert record["bboxes"] == record["bboxes_mask"]
-    assert record["track_ids"] == [0, 1, 2]
-    assert record["masks"] == [t.mask_png_b64 for t in segmentation]
-    assert "confidences" not in record and "prompts" not in record
+    )
+    assert result.detections.mask_xyxy.tolist() == [[1, 1, 3, 3], [6, 1, 8, 3], [2, 5, 5, 7]]
+    assert result.boxes.tolist() == result.detections.mask_xyxy.tolist()
+    assert result.detections.track_id.tolist() == [0, 1, 2]
+    # Each mask is the all-foreground crop pasted at its box: (y2 - y1) * (x2 - x1) pixels.
+    assert [int(np.asarray(decode_rle(m)).sum()) for m in result.detections.mask] == [4, 4, 6]

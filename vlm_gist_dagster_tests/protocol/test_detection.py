@@ -8,7 +8,6 @@ from pycocotools import mask as coco_mask
 
 from vlm_gist_dagster.protocol.detection import (
     DetectorBox,
-    GdinoDetection,
     ResponseFormatError,
     assemble_detections,
     chunk_prompts,
@@ -25,7 +24,10 @@ from vlm_gist_dagster.protocol.detection import (
     select_detections,
     unique_prompts,
 )
+from vlm_gist_dagster.protocol.detections import NO_TRACK, Detections
 from vlm_gist_dagster.protocol.segmentation import Sam2Track, encode_mask_png
+
+NONE = (NO_TRACK,) * 4  # the mask box of a detection without a mask
 
 
 def box(
@@ -242,9 +244,9 @@ def test_gdino_request_rejects_empty_prompts():
 
 def test_parse_gdino_response_round_trip():
     response = gdino_response([DetectorBox("a cat", (1.5, 2.5, 10.9, 20.1), 0.75)])
-    assert parse_gdino_response(response, prompts=["a cat"]) == [
-        GdinoDetection("a cat", (1, 2, 10, 20), 0.75)
-    ]
+    parsed = parse_gdino_response(response, prompts=["a cat"])
+    assert parsed.label.tolist() == ["a cat"]
+    assert parsed.xyxy.tolist() == [[1, 2, 10, 20]] and parsed.confidence.tolist() == [0.75]
 
 
 @pytest.mark.parametrize(
@@ -332,11 +334,9 @@ def track(track_id: int, box: tuple[int, int, int, int]) -> Sam2Track:
     return Sam2Track(track_id, box, encode_mask_png(np.ones((y2 - y1, x2 - x1), dtype=bool)))
 
 
-DETECTIONS = [
-    GdinoDetection("a red cup", (0, 0, 4, 4), 0.9),
-    GdinoDetection("a blue cup", (5, 0, 9, 4), 0.8),
-    GdinoDetection("a red cup", (1, 4, 6, 8), 0.3),
-]
+DETECTIONS = Detections.from_boxes(
+    ["a red cup", "a blue cup", "a red cup"], [(0, 0, 4, 4), (5, 0, 9, 4), (1, 4, 6, 8)], [0.9, 0.8, 0.3]
+)
 PROMPTS = ["a red cup", "a blue cup", "a green cup"]
 
 
@@ -352,25 +352,25 @@ def test_tracks_are_associated_by_track_id_when_a_middle_track_is_missing():
         track_tracks=tracks,
     )
     dets = result.detections
-    assert [d.track_id for d in dets] == [0, None, 2]
-    assert [d.box_mask for d in dets] == [(1, 1, 3, 3), None, (2, 5, 5, 7)]
+    assert dets.track_id.tolist() == [0, NO_TRACK, 2]
+    assert dets.mask_xyxy.tolist() == [[1, 1, 3, 3], list(NONE), [2, 5, 5, 7]]
     # Preferred boxes: mask box where there is a mask, else the detector box.
-    assert [d.box for d in dets] == [(1, 1, 3, 3), (5, 0, 9, 4), (2, 5, 5, 7)]
+    assert result.boxes.tolist() == [[1, 1, 3, 3], [5, 0, 9, 4], [2, 5, 5, 7]]
     # Detection 2's mask: crop of (7 − 5) × (5 − 2) = 2 × 3 pasted at x = 2, y = 5 → rows 5–6, columns 2–4.
     expected = np.zeros((IMAGE_H, IMAGE_W), dtype=bool)
     expected[5:7, 2:5] = True
-    rle = dets[2].mask_rle
+    rle = dets.mask[2]
     assert (
         coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool).tolist()
         == expected.tolist()
     )
-    assert dets[1].mask_rle is None and dets[1].mask_png_b64 is None
+    assert dets.mask[1] is None and not dets.has_mask[1]
     # Flags (over_detect 1.0): red → det 0 (.9), blue → det 1, green → nothing; det 2 is an over-detection.
-    assert [d.is_over_detection for d in dets] == [False, False, True]
+    assert result.is_over_detection.tolist() == [False, False, True]
     assert result.missing_prompts == ("a green cup",)
     assert result.over_detections == ("a red cup",)
     # Relative xywh of det 2's preferred box (2, 5, 5, 7) on 10 × 8: (2/10, 5/8, 3/10, 2/8).
-    assert dets[2].relative_xywh(IMAGE_W, IMAGE_H) == (0.2, 0.625, 0.3, 0.25)
+    assert result.relative_xywh(IMAGE_W, IMAGE_H)[2].tolist() == [0.2, 0.625, 0.3, 0.25]
 
 
 def test_track_fallback_bug_is_reproduced_by_default():
@@ -379,8 +379,8 @@ def test_track_fallback_bug_is_reproduced_by_default():
     paper = assemble_detections(
         PROMPTS, DETECTIONS, image_width=IMAGE_W, image_height=IMAGE_H, update_tracks=update
     )
-    assert not paper.has_masks
-    assert [d.box for d in paper.detections] == [d.box_xyxy for d in DETECTIONS]
+    assert not paper.detections.has_mask.any()
+    assert paper.boxes.tolist() == DETECTIONS.xyxy.tolist()
     fixed = assemble_detections(
         PROMPTS,
         DETECTIONS,
@@ -389,7 +389,7 @@ def test_track_fallback_bug_is_reproduced_by_default():
         update_tracks=update,
         reproduce_track_fallback_bug=False,
     )
-    assert [d.track_id for d in fixed.detections] == [0, 1, 2]
+    assert fixed.detections.track_id.tolist() == [0, 1, 2]
     # The tracker dropped id 1 that the update segmented: only the fix falls back to the update mask.
     tracked = [update[0], update[2]]
     paper = assemble_detections(
@@ -400,7 +400,7 @@ def test_track_fallback_bug_is_reproduced_by_default():
         update_tracks=update,
         track_tracks=tracked,
     )
-    assert [d.track_id for d in paper.detections] == [0, None, 2]
+    assert paper.detections.track_id.tolist() == [0, NO_TRACK, 2]
     fixed = assemble_detections(
         PROMPTS,
         DETECTIONS,
@@ -410,7 +410,7 @@ def test_track_fallback_bug_is_reproduced_by_default():
         track_tracks=tracked,
         reproduce_track_fallback_bug=False,
     )
-    assert [d.box_mask for d in fixed.detections] == [(1, 1, 3, 3), (6, 1, 8, 3), (2, 5, 5, 7)]
+    assert fixed.detections.mask_xyxy.tolist() == [[1, 1, 3, 3], [6, 1, 8, 3], [2, 5, 5, 7]]
 
 
 def test_use_bbox_false_keeps_detector_boxes():
@@ -423,46 +423,15 @@ def test_use_bbox_false_keeps_detector_boxes():
         track_tracks=tracks,
         segmentation_use_bbox=False,
     )
-    assert result.detections[0].box == (0, 0, 4, 4)
-    assert result.detections[0].box_mask == (1, 1, 3, 3)
+    assert result.boxes[0].tolist() == [0, 0, 4, 4]
+    assert result.detections.mask_xyxy[0].tolist() == [1, 1, 3, 3]
 
 
 def test_factor_zero_flags_every_detection_as_over():
     result = assemble_detections(
         PROMPTS, DETECTIONS, image_width=IMAGE_W, image_height=IMAGE_H, over_detect=0.0
     )
-    assert [d.is_over_detection for d in result.detections] == [True, True, True]
-
-
-def test_detections_json_record():
-    tracks = [track(0, (1, 1, 3, 3)), track(2, (2, 5, 5, 7))]
-    record = assemble_detections(
-        PROMPTS, DETECTIONS, image_width=IMAGE_W, image_height=IMAGE_H, track_tracks=tracks
-    ).to_detections_json()
-    assert record["num_prompts"] == 3 and record["num_detections"] == 3
-    assert record["num_missing_prompts"] == 1 and record["missing_prompts"] == ["a green cup"]
-    assert record["num_over_detections"] == 1 and record["over_detections"] == ["a red cup"]
-    assert record["labels"] == ["a red cup", "a blue cup", "a red cup"]
-    assert record["bboxes_detection"] == [[0, 0, 4, 4], [5, 0, 9, 4], [1, 4, 6, 8]]
-    assert record["confidences"] == [0.9, 0.8, 0.3]
-    assert record["bboxes_mask"] == [[1, 1, 3, 3], None, [2, 5, 5, 7]]
-    assert record["masks"][1] is None and record["masks"][0] == tracks[0].mask_png_b64
-    assert record["bboxes"] == [[1, 1, 3, 3], [5, 0, 9, 4], [2, 5, 5, 7]]
-    assert record["track_ids"] == [0, None, 2]
-    assert record["is_over_detection"] == [False, False, True]
-    assert record["masks_cropped"] is True
-
-
-def test_detections_json_without_masks_and_without_prompts():
-    record = assemble_detections(
-        PROMPTS, DETECTIONS[:1], image_width=IMAGE_W, image_height=IMAGE_H
-    ).to_detections_json()
-    assert record["bboxes_mask"] is None and record["masks"] is None and record["track_ids"] is None
-    assert record["missing_prompts"] == ["a blue cup", "a green cup"] and "over_detections" not in record
-    assert assemble_detections([], [], image_width=IMAGE_W, image_height=IMAGE_H).to_detections_json() == {
-        "prompts": [],
-        "num_prompts": 0,
-    }
+    assert result.is_over_detection.tolist() == [True, True, True]
 
 
 def test_relative_xywh():
@@ -520,5 +489,5 @@ def test_request_and_assembly_from_the_benchmark_settings(reference_settings_dir
     result = assemble_detections_with_settings(
         PROMPTS, DETECTIONS, settings, image_width=IMAGE_W, image_height=IMAGE_H, track_tracks=tracks
     )
-    assert [d.box for d in result.detections] == [(1, 1, 3, 3), (5, 0, 9, 4), (1, 4, 6, 8)]
-    assert [d.is_over_detection for d in result.detections] == [False, False, True]
+    assert result.boxes.tolist() == [[1, 1, 3, 3], [5, 0, 9, 4], [1, 4, 6, 8]]
+    assert result.is_over_detection.tolist() == [False, False, True]

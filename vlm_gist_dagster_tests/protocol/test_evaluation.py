@@ -75,26 +75,26 @@ def test_iou_exactly_at_threshold_is_a_match():
     # pred [0,0,.5,.5] vs GT [0,0,.5,.25]: inter 1/8, union 1/4 + 1/8 - 1/8 = 1/4 -> IoU 0.5 exactly.
     gt = gt_frame(("a", "cup", 0.0, 0.0, 0.5, 0.25))
     pred = pred_frame(("a", "cup", 0.0, 0.0, 0.5, 0.5, 0.9))
-    assert run(gt, pred)["tp"] == 1  # >= 0.5 counts (gotcha 11)
+    assert run(gt, pred).tp == 1  # >= 0.5 counts (gotcha 11)
     r = run(gt, pred, iou=0.55)
-    assert (r["tp"], r["fp"], r["fn"]) == (0, 1, 1)
+    assert (r.tp, r.fp, r.fn) == (0, 1, 1)
     # In the sweep the match exists only at t = 0.50: AP = 1 there, 0 at the other nine -> mAP 0.1
-    assert run(gt, pred)["mAP"] == pytest.approx(1 / 10, abs=1e-12)
+    assert run(gt, pred).mAP == pytest.approx(1 / 10, abs=1e-12)
 
 
 def test_classwise_matching_needs_identical_label():
     gt = gt_frame(("a", "cup", 0.0, 0.0, 0.5, 0.5))
     pred = pred_frame(("a", "Cup", 0.0, 0.0, 0.5, 0.5, 0.9))  # case differs -> another class
     r = run(gt, pred)
-    assert (r["tp"], r["fp"], r["fn"]) == (0, 1, 1)
+    assert (r.tp, r.fp, r.fn) == (0, 1, 1)
 
 
 def test_matching_is_per_image():
     gt = gt_frame(("a", "cup", 0.0, 0.0, 0.5, 0.5))
     pred = pred_frame(("b", "cup", 0.0, 0.0, 0.5, 0.5, 0.9))  # same box, other image
     r = run(gt, pred)
-    assert (r["tp"], r["fp"], r["fn"]) == (0, 1, 1)
-    per_image = r["per_image"].set_index("image_id")
+    assert (r.tp, r.fp, r.fn) == (0, 1, 1)
+    per_image = r.per_image.set_index("image_id")
     assert per_image.loc["a"].tolist() == [0, 0, 1] and per_image.loc["b"].tolist() == [0, 1, 0]
 
 
@@ -115,10 +115,10 @@ def test_greedy_tie_goes_to_the_later_ground_truth():
     r = run(gt, pred)
     # A (first by confidence) ties G1/G2 at 0.6 and takes the later one, G2 (spec §2.4 step 4).
     # B then finds G2 taken and G1 at 1/3 -> FP; G1 stays unmatched -> FN. Greedy, not optimal.
-    assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 1)
-    assert r["prediction_matches"]["gt_row"].tolist() == [1, -1]
-    assert r["prediction_matches"]["iou"].iloc[0] == 0.6
-    assert r["ground_truth_matches"]["status"].tolist() == ["fn", "tp"]
+    assert (r.tp, r.fp, r.fn) == (1, 1, 1)
+    assert r.prediction_matches["gt_row"].tolist() == [1, -1]
+    assert r.prediction_matches["iou"].iloc[0] == 0.6
+    assert r.ground_truth_matches["status"].tolist() == ["fn", "tp"]
 
 
 def test_greedy_tie_with_ground_truth_order_swapped():
@@ -126,8 +126,8 @@ def test_greedy_tie_with_ground_truth_order_swapped():
     pred = pred_frame(("i", "x", *A, 0.9), ("i", "x", *G2, 0.8))
     r = run(gt, pred)
     # Now G1 is later: A takes G1, B takes G2 at IoU 1 -> two TPs.
-    assert (r["tp"], r["fp"], r["fn"]) == (2, 0, 0)
-    assert r["prediction_matches"]["gt_row"].tolist() == [1, 0]
+    assert (r.tp, r.fp, r.fn) == (2, 0, 0)
+    assert r.prediction_matches["gt_row"].tolist() == [1, 0]
 
 
 def test_higher_confidence_wins_even_with_lower_iou():
@@ -135,7 +135,7 @@ def test_higher_confidence_wins_even_with_lower_iou():
     pred = pred_frame(("i", "x", *G2, 0.1), ("i", "x", *A, 0.9))  # exact box, low confidence first in rows
     r = run(gt, pred)
     # A (0.9, IoU 0.6) is processed first and takes G2; the exact box becomes FP.
-    assert r["prediction_matches"]["status"].tolist() == ["fp", "tp"]
+    assert r.prediction_matches["status"].tolist() == ["fp", "tp"]
 
 
 def test_duplicate_predictions():
@@ -143,11 +143,11 @@ def test_duplicate_predictions():
     pred = pred_frame(("i", "x", 0.0, 0.0, 0.5, 0.5, 0.7), ("i", "x", 0.0, 0.0, 0.5, 0.5, 0.7))
     r = run(gt, pred)
     # Equal confidence: stable order, the first row matches, the duplicate is a FP.
-    assert r["prediction_matches"]["status"].tolist() == ["tp", "fp"]
-    assert (r["precision"], r["recall"]) == (0.5, 1.0)
+    assert r.prediction_matches["status"].tolist() == ["tp", "fp"]
+    assert (r.precision, r.recall) == (0.5, 1.0)
     # F1 = 2PR/(P+R) = 2*.5*1/1.5 = 2/3; accuracy = TP/(TP+FP+FN) = 1/2
-    assert r["fscore"] == pytest.approx(2 / 3, abs=1e-15)
-    assert r["accuracy"] == 0.5
+    assert r.fscore == pytest.approx(2 / 3, abs=1e-15)
+    assert r.accuracy == 0.5
 
 
 def test_missing_and_zero_confidence_sort_as_minus_one():
@@ -158,14 +158,14 @@ def test_missing_and_zero_confidence_sort_as_minus_one():
         ("i", "x", *A, -0.5),  # -0.5 > -1: processed first although its IoU is only 0.6
     )
     r = run(gt, pred)
-    assert r["prediction_matches"]["status"].tolist() == ["fp", "fp", "tp"]
-    assert r["prediction_matches"]["rank"].tolist() == [1, 2, 0]  # stable among the two -1 keys
+    assert r.prediction_matches["status"].tolist() == ["fp", "fp", "tp"]
+    assert r.prediction_matches["rank"].tolist() == [1, 2, 0]  # stable among the two -1 keys
 
 
 def test_missing_confidence_before_zero_keeps_row_order():
     gt = gt_frame(("i", "x", *G2))
     pred = pred_frame(("i", "x", *G2, 0.0), ("i", "x", *G2, None))
-    assert run(gt, pred)["prediction_matches"]["status"].tolist() == ["tp", "fp"]
+    assert run(gt, pred).prediction_matches["status"].tolist() == ["tp", "fp"]
 
 
 # ---- P / R / F1 ------------------------------------------------------------------------------------
@@ -183,12 +183,12 @@ def test_pooled_micro_metrics_over_images_and_classes():
     )  # fmt: skip
     r = run(gt, pred)
     # TP 2, FP 1, FN 2 -> P = 2/3, R = 2/4, F1 = 2*2/(2*2+1+2) = 4/7, accuracy 2/5, support 4
-    assert (r["tp"], r["fp"], r["fn"], r["support"]) == (2, 1, 2, 4)
-    assert r["precision"] == pytest.approx(2 / 3, abs=1e-15)
-    assert r["recall"] == 0.5
-    assert r["fscore"] == pytest.approx(4 / 7, abs=1e-15)
-    assert r["accuracy"] == pytest.approx(2 / 5, abs=1e-15)
-    pc = r["per_class"]
+    assert (r.tp, r.fp, r.fn, r.support) == (2, 1, 2, 4)
+    assert r.precision == pytest.approx(2 / 3, abs=1e-15)
+    assert r.recall == 0.5
+    assert r.fscore == pytest.approx(4 / 7, abs=1e-15)
+    assert r.accuracy == pytest.approx(2 / 5, abs=1e-15)
+    pc = r.per_class
     # cup: tp 1, fp 0, fn 2 -> P 1, R 1/3, F1 2/(1+3)... 2*1/(3+1) = 0.5, support 3
     assert pc["cup"] == {"precision": 1.0, "recall": pytest.approx(1 / 3), "f1-score": 0.5, "support": 3}
     # cat: tp 0, fp 1, fn 0 -> all 0 (zero_division=0), support 0
@@ -206,12 +206,12 @@ def test_no_predictions_and_no_ground_truth():
     gt = gt_frame(("a", "cup", 0.0, 0.0, 0.25, 0.25))
     r = run(gt, pred_frame())
     # zero_division=0 everywhere; the class with GT has AP 0 -> mAP 0 (FiftyOne's behaviour)
-    assert (r["precision"], r["recall"], r["fscore"], r["tp"], r["fn"]) == (0.0, 0.0, 0.0, 0, 1)
-    assert (r["mAP"], r["mAR"], r["mAP_available"]) == (0.0, 0.0, True)
+    assert (r.precision, r.recall, r.fscore, r.tp, r.fn) == (0.0, 0.0, 0.0, 0, 1)
+    assert (r.mAP, r.mAR, r.mAP_available) == (0.0, 0.0, True)
     empty = run(gt_frame(), pred_frame())
-    assert (empty["precision"], empty["fscore"], empty["support"]) == (0.0, 0.0, 0)
-    assert empty["mAP_available"] is False and math.isnan(empty["mAP"])
-    assert "no class has ground truth" in empty["mAP_unavailable_reason"]
+    assert (empty.precision, empty.fscore, empty.support) == (0.0, 0.0, 0)
+    assert empty.mAP_available is False and math.isnan(empty.mAP)
+    assert "no class has ground truth" in empty.mAP_unavailable_reason
 
 
 # ---- mAP / mAR -------------------------------------------------------------------------------------
@@ -230,8 +230,8 @@ def test_ap_ties_rank_true_positives_first():
     # Sweep order [TP .5, FP .5, TP .3]: precision 1, 1/2, 2/3 -> monotone 1, 2/3, 2/3; recall .5, .5, 1.
     # Recall points 0.00..0.50 (51 of them) hit index 0 -> 1; 0.51..1.00 (50) hit index 2 -> 2/3.
     # AP = (51 * 1 + 50 * 2/3) / 101 = 253/303. (FP-first order would give 2/3.)
-    assert r["mAP"] == pytest.approx(253 / 303, abs=1e-12)
-    assert r["mAR"] == 1.0
+    assert r.mAP == pytest.approx(253 / 303, abs=1e-12)
+    assert r.mAR == 1.0
 
 
 def test_ap_without_ties():
@@ -246,8 +246,8 @@ def test_ap_without_ties():
     # precision 1, 1/2, 2/3 -> monotone 1, 2/3, 2/3; recall 1/3, 1/3, 2/3.
     # r <= 1/3 (r = 0.00..0.33: 34 points) -> 1; 1/3 < r <= 2/3 (0.34..0.66: 33 points) -> 2/3; rest 0.
     # AP = (34 + 33 * 2/3) / 101 = 56/101; mAR = 2/3
-    assert r["mAP"] == pytest.approx(56 / 101, abs=1e-12)
-    assert r["mAR"] == pytest.approx(2 / 3, abs=1e-12)
+    assert r.mAP == pytest.approx(56 / 101, abs=1e-12)
+    assert r.mAR == pytest.approx(2 / 3, abs=1e-12)
 
 
 def test_iou_sweep_over_ten_thresholds():
@@ -257,8 +257,8 @@ def test_iou_sweep_over_ten_thresholds():
     gt = gt_frame(("i", "x", 0.0, 0.0, 0.5, 1.0))
     pred = pred_frame(("i", "x", 0.0, 0.0, 0.375, 1.0, 0.9))
     r = run(gt, pred)
-    assert r["mAP"] == pytest.approx(0.6, abs=1e-12)
-    assert r["mAR"] == pytest.approx(0.6, abs=1e-12)
+    assert r.mAP == pytest.approx(0.6, abs=1e-12)
+    assert r.mAR == pytest.approx(0.6, abs=1e-12)
 
 
 def test_classes_without_ground_truth_or_without_predictions():
@@ -266,20 +266,20 @@ def test_classes_without_ground_truth_or_without_predictions():
     pred = pred_frame(("i", "cat", 0.0, 0.0, 0.25, 0.25, 0.9), ("i", "ghost", 0.5, 0.0, 0.25, 0.25, 0.95))
     r = run(gt, pred)
     # ghost has no GT: excluded from mAP (but its FP lowers precision). cat AP 1, dog (no predictions) AP 0.
-    assert r["mAP"] == 0.5 and r["mAR"] == 0.5
-    assert r["class_ap"] == {"cat": 1.0, "dog": 0.0}
-    assert r["num_classes_with_ground_truth"] == 2
-    assert (r["precision"], r["recall"]) == (0.5, 0.5)
+    assert r.mAP == 0.5 and r.mAR == 0.5
+    assert r.class_ap == {"cat": 1.0, "dog": 0.0}
+    assert r.num_classes_with_ground_truth == 2
+    assert (r.precision, r.recall) == (0.5, 0.5)
 
 
 def test_missing_confidence_makes_map_unavailable():
     gt = gt_frame(("i", "cat", 0.0, 0.0, 0.25, 0.25))
     pred = pred_frame(("i", "cat", 0.0, 0.0, 0.25, 0.25, 0.9), ("i", "cat", 0.5, 0.5, 0.25, 0.25, None))
     r = run(gt, pred)
-    assert r["mAP_available"] is False and math.isnan(r["mAP"]) and math.isnan(r["mAR"])
-    assert "confidence" in r["mAP_unavailable_reason"]
+    assert r.mAP_available is False and math.isnan(r.mAP) and math.isnan(r.mAR)
+    assert "confidence" in r.mAP_unavailable_reason
     assert r.performance_metrics()["mAP"] is None and r.performance_metrics()["mAR"] is None
-    assert (r["tp"], r["fp"], r["precision"]) == (1, 1, 0.5)  # P/R/F1 are still computed
+    assert (r.tp, r.fp, r.precision) == (1, 1, 0.5)  # P/R/F1 are still computed
 
 
 def test_missing_confidence_in_a_class_without_ground_truth_keeps_map():
@@ -287,7 +287,7 @@ def test_missing_confidence_in_a_class_without_ground_truth_keeps_map():
     gt = gt_frame(("i", "cat", 0.0, 0.0, 0.25, 0.25))
     pred = pred_frame(("i", "cat", 0.0, 0.0, 0.25, 0.25, 0.9), ("i", "ghost", 0.5, 0.5, 0.25, 0.25, None))
     r = run(gt, pred)
-    assert r["mAP_available"] is True and r["mAP"] == 1.0
+    assert r.mAP_available is True and r.mAP == 1.0
 
 
 def test_only_100_predictions_per_image_and_class_in_the_sweep():
@@ -297,13 +297,13 @@ def test_only_100_predictions_per_image_and_class_in_the_sweep():
     fps = [("i", "x", 0.5, 0.5, 0.0625, 0.0625, 0.9)] * 100
     pred = pred_frame(*fps, ("i", "x", 0.0, 0.0, 0.0625, 0.0625, 0.1))
     r = run(gt, pred)
-    assert (r["tp"], r["fp"], r["recall"]) == (1, 100, 1.0)
-    assert r["mAP"] == 0.0 and r["mAR"] == 0.0
+    assert (r.tp, r.fp, r.recall) == (1, 100, 1.0)
+    assert r.mAP == 0.0 and r.mAR == 0.0
     # A missing confidence sorts last (-1) and falls outside the top 100 too: mAP stays available.
     pred2 = pred_frame(("i", "x", 0.0, 0.0, 0.0625, 0.0625, 0.5), *[("i", "x", 0.5, 0.5, 0.0625, 0.0625, 0.4)] * 99,
                        ("i", "x", 0.5, 0.5, 0.0625, 0.0625, None))  # fmt: skip
     r2 = run(gt, pred2)
-    assert r2["mAP_available"] is True and r2["mAP"] == 1.0  # the TP ranks first: precision 1 at recall 1
+    assert r2.mAP_available is True and r2.mAP == 1.0  # the TP ranks first: precision 1 at recall 1
 
 
 def test_crowd_ground_truth():
@@ -318,14 +318,14 @@ def test_crowd_ground_truth():
     )
     r = run(gt, pred)
     # Crowds can be matched several times; FiftyOne counts each as a TP: TP 3, FP 0, FN 0, support 3.
-    assert (r["tp"], r["fp"], r["fn"], r["support"]) == (3, 0, 0, 3)
-    assert r["prediction_matches"]["gt_row"].tolist() == [0, 1, 1]
-    assert r["ground_truth_matches"]["pred_row"].tolist() == [0, 1]  # first (highest-confidence) match
+    assert (r.tp, r.fp, r.fn, r.support) == (3, 0, 0, 3)
+    assert r.prediction_matches["gt_row"].tolist() == [0, 1, 1]
+    assert r.ground_truth_matches["pred_row"].tolist() == [0, 1]  # first (highest-confidence) match
     # In the sweep crowd matches are skipped and crowds are not counted as GT: num_gt 1, one TP -> AP 1.
-    assert r["mAP"] == 1.0
+    assert r.mAP == 1.0
     # Unmatched crowd GT is a FN in P/R (it is an ordinary GT tuple there).
     r2 = run(gt, pred.iloc[:1])
-    assert (r2["tp"], r2["fn"]) == (1, 1)
+    assert (r2.tp, r2.fn) == (1, 1)
 
 
 def test_non_crowd_match_beats_a_better_crowd_match():
@@ -335,21 +335,23 @@ def test_non_crowd_match_beats_a_better_crowd_match():
     gt = gt_frame(("i", "x", *A), ("i", "x", 0.0, 0.0, 1.0, 1.0, 1))
     pred = pred_frame(("i", "x", *G1, 0.9))
     r = run(gt, pred)
-    assert r["prediction_matches"]["gt_row"].tolist() == [0]
-    assert r["prediction_matches"]["iou"].tolist() == [0.6]
+    assert r.prediction_matches["gt_row"].tolist() == [0]
+    assert r.prediction_matches["iou"].tolist() == [0.6]
 
 
-def test_mapping_interface_and_scalars():
+def test_typed_fields_and_scalars():
     gt = gt_frame(("a", "cup", 0.0, 0.0, 0.5, 0.5))
     r = run(gt, pred_frame(("a", "cup", 0.0, 0.0, 0.5, 0.5, 0.9)))
     for key in ("precision", "recall", "fscore", "accuracy", "support", "tp", "fp", "fn", "mAP", "mAR"):
-        assert key in r
-    assert dict(r)["fscore"] == 1.0
+        assert key in r.scalars()
+    assert r.fscore == 1.0 and isinstance(r.tp, int)
+    with pytest.raises(TypeError):
+        r["fscore"]  # a plain typed object, not a mapping
     assert "per_image" not in r.scalars() and r.scalars()["tp"] == 1
-    assert r["coco_unavailable"]["bbox"].startswith("not computed")
+    assert r.coco_unavailable["bbox"].startswith("not computed")
     # Nothing unmatched: sklearn's report (and so FiftyOne's) has "accuracy" instead of "micro avg".
-    assert r["per_class"]["accuracy"] == 1.0 and "micro avg" not in r["per_class"]
-    assert r["per_class"]["cup"] == {"precision": 1.0, "recall": 1.0, "f1-score": 1.0, "support": 1}
+    assert r.per_class["accuracy"] == 1.0 and "micro avg" not in r.per_class
+    assert r.per_class["cup"] == {"precision": 1.0, "recall": 1.0, "f1-score": 1.0, "support": 1}
 
 
 # ---- input validation ------------------------------------------------------------------------------

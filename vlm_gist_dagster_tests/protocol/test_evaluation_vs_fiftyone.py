@@ -147,30 +147,30 @@ def fiftyone_reference(
 
 def assert_same_as_fiftyone(ours, ref, images: pd.DataFrame) -> None:
     for key in METRICS:
-        assert ours[key] == pytest.approx(ref[key], abs=1e-9), key
-    assert (ours["tp"], ours["fp"], ours["fn"]) == (ref["tp"], ref["fp"], ref["fn"])
+        assert getattr(ours, key) == pytest.approx(ref[key], abs=1e-9), key
+    assert (ours.tp, ours.fp, ours.fn) == (ref["tp"], ref["fp"], ref["fn"])
     if ref["mAP"] is None:
-        assert ours["mAP_available"] is False and np.isnan(ours["mAP"])
+        assert ours.mAP_available is False and np.isnan(ours.mAP)
     else:
-        assert ours["mAP_available"] is True
-        assert ours["mAP"] == pytest.approx(ref["mAP"], abs=1e-9)
-        assert ours["mAR"] == pytest.approx(ref["mAR"], abs=1e-9)
+        assert ours.mAP_available is True
+        assert ours.mAP == pytest.approx(ref["mAP"], abs=1e-9)
+        assert ours.mAR == pytest.approx(ref["mAR"], abs=1e-9)
     # Per-class report (sklearn's classification_report inside FiftyOne).
-    assert set(ours["per_class"]) == set(ref["report"])
+    assert set(ours.per_class) == set(ref["report"])
     for cls, entry in ref["report"].items():
         if not isinstance(entry, dict):  # sklearn's scalar "accuracy" when nothing is unmatched
-            assert ours["per_class"][cls] == pytest.approx(entry, abs=1e-9)
+            assert ours.per_class[cls] == pytest.approx(entry, abs=1e-9)
             continue
         for k, v in entry.items():
-            assert ours["per_class"][cls][k] == pytest.approx(v, abs=1e-9), (cls, k)
+            assert ours.per_class[cls][k] == pytest.approx(v, abs=1e-9), (cls, k)
     # Per sample and per object.
     path_of = dict(zip(images["image_id"], images["path"]))
-    per_image = {path_of[r.image_id]: (r.tp, r.fp, r.fn) for r in ours["per_image"].itertuples()}
+    per_image = {path_of[r.image_id]: (r.tp, r.fp, r.fn) for r in ours.per_image.itertuples()}
     for path, counts in ref["per_image"].items():
         assert per_image.get(path, (0, 0, 0)) == counts, path
-    pm = ours["prediction_matches"]
+    pm = ours.prediction_matches
     assert {i: (s, g) for i, (s, g) in enumerate(zip(pm["status"], pm["gt_row"]))} == ref["pred_status"]
-    gm = ours["ground_truth_matches"]
+    gm = ours.ground_truth_matches
     assert {i: (s, p) for i, (s, p) in enumerate(zip(gm["status"], gm["pred_row"]))} == ref["gt_status"]
 
 
@@ -407,22 +407,22 @@ def test_coco_standard_columns_match_pycocotools(which, vlm_gist_dataset, coco_d
     gt = ds.ground_truth
     pred = rectangle_mask_predictions(gt, ds.images, seed=31)
     ours = evaluate(gt, pred, image_sizes=ds.images)
-    assert ours["coco_unavailable"] == {}
+    assert ours.coco_unavailable == {}
     for iou_type in ("bbox", "segm"):
         stats = pycocotools_stats(gt, pred, ds.images, iou_type)
-        assert ours[f"coco_{iou_type}_AP"] == pytest.approx(stats[0], abs=1e-9)
-        assert ours[f"coco_{iou_type}_AP50"] == pytest.approx(stats[1], abs=1e-9)
-        assert ours[f"coco_{iou_type}_AP75"] == pytest.approx(stats[2], abs=1e-9)
+        assert getattr(ours, f"coco_{iou_type}_AP") == pytest.approx(stats[0], abs=1e-9)
+        assert getattr(ours, f"coco_{iou_type}_AP50") == pytest.approx(stats[1], abs=1e-9)
+        assert getattr(ours, f"coco_{iou_type}_AP75") == pytest.approx(stats[2], abs=1e-9)
     # Rectangles are coarser than the GT masks: mask AP must come out lower than box AP here.
-    assert ours["coco_segm_AP"] < ours["coco_bbox_AP"]
+    assert ours.coco_segm_AP < ours.coco_bbox_AP
 
 
 def test_coco_standard_columns_report_why_they_are_missing(vlm_gist_dataset):
     gt = vlm_gist_dataset.ground_truth
     pred = random_predictions(gt, seed=41, missing_confidence=0.05)
     ours = evaluate(gt, pred)
-    assert np.isnan(ours["coco_bbox_AP"]) and "confidence" in ours["coco_unavailable"]["bbox"]
+    assert np.isnan(ours.coco_bbox_AP) and "confidence" in ours.coco_unavailable["bbox"]
     pred = random_predictions(gt, seed=42)  # no mask column
     ours = evaluate(gt, pred)
-    assert not np.isnan(ours["coco_bbox_AP"])
-    assert np.isnan(ours["coco_segm_AP"]) and "mask" in ours["coco_unavailable"]["segm"]
+    assert not np.isnan(ours.coco_bbox_AP)
+    assert np.isnan(ours.coco_segm_AP) and "mask" in ours.coco_unavailable["segm"]

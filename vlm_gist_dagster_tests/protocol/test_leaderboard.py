@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from vlm_gist_dagster.protocol.leaderboard import (
     COLUMNS,
@@ -15,7 +14,6 @@ from vlm_gist_dagster.protocol.leaderboard import (
     format_number,
     format_table,
     make_row,
-    render_png,
     sort_rows,
     weighted,
 )
@@ -184,21 +182,6 @@ def test_markdown_table():
     assert lines[1] == "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     assert lines[2].startswith("| C | 0.600 |")
     assert lines[3] == "| A\\|B | 0.541 | 0.500 | 0.500 | 0.300 | 10.0 | 0.50 | 14.5s | nan | 0.10 |"
-
-
-def test_render_png(tmp_path):
-    text = (PUBLISHED / "coco.txt").read_text()
-    path = render_png(text, tmp_path / "coco.png")
-    image = Image.open(path)
-    assert image.size == (1315, 1414)  # round(57 * 24.8) = round(1413.6)
-    assert image.mode == "RGB"
-    pixels = np.asarray(image)
-    assert pixels.max() == 255 and 0.01 < (pixels > 128).mean() < 0.5  # white text on black, not blank
-    weighted_png = render_png((PUBLISHED / "weighted.txt").read_text(), tmp_path / "w.png")
-    assert Image.open(weighted_png).size == (1315, 1364)  # 55 lines * 24.8 = 1364.0
-    colored = render_png(format_table([row("A"), row("B", f1=0.1)], highlight=True), tmp_path / "c.png")
-    plain = render_png(format_table([row("A"), row("B", f1=0.1)]), tmp_path / "p.png")
-    assert (np.asarray(Image.open(colored)) == np.asarray(Image.open(plain))).all()  # ANSI stripped
 
 
 # ---- the weighted table ----------------------------------------------------------------------------

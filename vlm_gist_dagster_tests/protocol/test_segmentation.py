@@ -70,15 +70,13 @@ def test_png_holds_0_and_255():
 def test_decode_track_pastes_the_short_crop_into_the_full_image():
     full = block_mask(6, 8, slice(1, 4), slice(2, 6))
     box, png_b64 = encode_sam2_mask(full)
-    decoded = decode_sam2_track(
-        Sam2Track(track_id=4, box_xyxy=box, mask_png_b64=png_b64), image_width=8, image_height=6
-    )
-    assert decoded.track_id == 4
-    assert decoded.box_xyxy == (2, 1, 5, 3)
+    track = Sam2Track(track_id=4, box_xyxy=box, mask_png_b64=png_b64)
+    rle = decode_sam2_track(track, image_width=8, image_height=6)
+    assert track.box_xyxy == (2, 1, 5, 3)  # the mask box is the track's
     # Expected by hand: rows 1–2, columns 2–4 (the last row 3 and column 5 are lost): 2 × 3 = 6 pixels.
     expected = block_mask(6, 8, slice(1, 3), slice(2, 5))
-    assert decoded.rle["size"] == [6, 8]
-    as_coco = {"size": decoded.rle["size"], "counts": decoded.rle["counts"].encode("ascii")}
+    assert rle["size"] == [6, 8]
+    as_coco = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
     assert coco_mask.decode(as_coco).astype(bool).tolist() == expected.tolist()
     assert int(coco_mask.area(as_coco)) == 6
 

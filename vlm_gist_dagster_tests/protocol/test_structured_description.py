@@ -17,13 +17,10 @@ from vlm_gist_dagster.protocol.structured_description import (
     DescriptionAttempts,
     InvalidDescription,
     UnsupportedSettings,
-    apply_task_relevancy,
-    build_decoupled_request,
     build_request,
     build_scene_request,
     evaluate_completion,
     parse,
-    parse_task_relevancy,
     parse_with_report,
     rename_duplicates,
     require_supported,
@@ -381,28 +378,11 @@ def test_direct_task_relevancy(bench_raw: dict) -> None:
     require_supported(settings)  # the direct variant is handled here
 
 
-def test_decoupled_task_relevancy(bench_raw: dict) -> None:
+def test_decoupled_task_relevancy_is_refused(bench_raw: dict) -> None:
     settings = DescriptionSettings.model_validate({**bench_raw, "task": "drink coffee"})
-    objects = [
-        {"object_name": "cup", "description": "a cup"},
-        {"object_name": "plate 1", "description": "a plate"},
-        {"object_name": "plate 2", "description": "a plate"},
-    ]
-    request = build_decoupled_request(URI, objects, settings)
-    assert [m["role"] for m in request.messages] == ["system", "user", "assistant", "user"]
-    assert request.messages[2]["content"] == json.dumps(objects, indent=4)
-    assert request.messages[3]["content"][0]["text"].startswith(
-        "Examine for each listed object whether it is relevant for accomplishing the following task: 'drink coffee'Respond"
-    )
-    # "plate" is one edit from "plate1" (threshold 0): unmatched; "cup" twice: counted once
-    relevant, report = parse_task_relevancy({"relevant": ["Cup", "plate", "cup", "spoon"]}, objects, settings)
-    assert relevant == ["cup"] and len(report) == 5
-    assert [o["task_relevant"] for o in apply_task_relevancy(objects, relevant, settings)] == [True, False, False]
-    with pytest.raises(InvalidDescription, match="invalid_task_relevancy"):
-        parse_task_relevancy({"a": [], "b": []}, objects, settings)
+    assert settings.decoupled_task_relevancy_active and not settings.direct_task_relevancy
     with pytest.raises(UnsupportedSettings, match="decoupled"):
         require_supported(settings)
-    require_supported(settings, decoupled=True)
 
 
 def test_scene_description_request_and_guard(bench_raw: dict) -> None:
@@ -415,7 +395,9 @@ def test_scene_description_request_and_guard(bench_raw: dict) -> None:
 
 
 def test_shipped_settings_are_all_supported(reference_settings_dir: Path) -> None:
-    for path in sorted((reference_settings_dir / "description").glob("*.json")):
+    paths = sorted((reference_settings_dir / "description").glob("*.json"))
+    assert len(paths) == 47  # the paper's 47 description files: an empty folder must not pass
+    for path in paths:
         require_supported(load_description_settings(path))
 
 

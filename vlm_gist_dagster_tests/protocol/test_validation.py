@@ -112,6 +112,7 @@ def test_reject_invalid_and_error_on_none():
     assert actions.labels_validated(["chair 1", "chair 2", "table"]) == [None, None, "table"]
     assert actions.actions[0] == "Reject detection 'chair 1' after completion error."
     assert actions.actions[1] == "Reject invalidated detection 'chair 2'."
+    assert actions.outcomes == ("error", "reject", "keep")  # the decision as a field, not prose
 
 
 def test_agreement_duplicates_resolved_by_confidence():
@@ -127,6 +128,7 @@ def test_agreement_duplicates_resolved_by_confidence():
     assert actions.reject == () and actions.error == ()
     assert actions.labels_validated(labels) == ["cup 2", "cup 1", "plate"]
     assert actions.surviving(labels) == [(0, "cup 2"), (1, "cup 1"), (2, "plate")]
+    assert actions.outcomes == ("update", "keep", "keep")
     assert actions.actions[1] == "Accept best duplicate validation of detection 'cup 1'."
     assert actions.actions[0] == (
         "Update duplicate validation of detection 'cup 1' to unassigned group member 'cup 2' "

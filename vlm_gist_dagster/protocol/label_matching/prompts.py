@@ -23,22 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-#: System prompt sent before every definition request (role "system", fresh context).
-DEFINITION_PROMPT_SYSTEM = (
-    "You are a helpful assistant. Follow all the instructions you are given as carefully as you can."
+from vlm_gist_dagster.protocol.settings.label_matching import (
+    DEFAULT_DEFINITION_PROMPT_ITEM,
+    DEFAULT_DEFINITION_PROMPT_LABEL,
+    DEFAULT_DEFINITION_PROMPT_SYSTEM,
 )
 
-#: The "item category" prompt (``{item}`` is replaced by the text to define).
-DEFINITION_PROMPT_ITEM = (
-    "Please define and describe the characteristic properties of the item category of the item described "
-    "below in 5 sentences:\n{item}\n\nYour description must not refer to the given task or include the "
-    "words 'item', 'category' and 'context'."
-)
-
-#: The "term" prompt (``{label}`` is replaced by the text to define).
-DEFINITION_PROMPT_LABEL = (
-    "Please define and describe the characteristic properties of the following term in 5 sentences: {label}"
-)
+#: The paper's three definition prompts (their defaults live with the settings): the system prompt sent
+#: before every definition request (fresh context), the "item category" prompt (``{item}`` is replaced
+#: by the text to define) and the "term" prompt (``{label}``).
+DEFINITION_PROMPT_SYSTEM = DEFAULT_DEFINITION_PROMPT_SYSTEM
+DEFINITION_PROMPT_ITEM = DEFAULT_DEFINITION_PROMPT_ITEM
+DEFINITION_PROMPT_LABEL = DEFAULT_DEFINITION_PROMPT_LABEL
 
 PromptTemplateName = Literal["definition_prompt_item", "definition_prompt_label"]
 
