@@ -8,7 +8,9 @@ import pandas as pd
 from .. import paths
 from ..protocol.leaderboard import COLUMNS
 from ..stages.leaderboard import build_leaderboard, write_leaderboard
-from ..stages.metrics import compute_metrics, metrics_markdown
+from ..stages.metrics import compute_metrics, metrics_markdown, metrics_statistics_markdown
+from ..stages.statistics import EXTRA_METRICS, INTERVAL_COLUMNS
+from ..stages.statistics import load_settings as load_statistics_settings
 from ..stages.tables import LEADERBOARD, METRICS
 from .automation import LEADERBOARD_CONDITION, STAGE_CONDITION
 from .common import finite, pair
@@ -22,10 +24,11 @@ from .resources import ModelsResource, ServicesResource
     group_name="benchmark",
     kinds={"parquet"},
     automation_condition=STAGE_CONDITION,
-    code_version="1",
+    code_version="2",
     check_specs=[dg.AssetCheckSpec("metrics_in_range", asset="metrics")],
     description="Stage E: the paper's nine columns (F1, Rec., Prec., mAP, Ins., Mat., Time, Fail, Ret.) plus "
-    "TP/FP/FN, mAR, COCO-standard bbox and mask AP (pycocotools), tokens and cost.",
+    "TP/FP/FN, mAR, COCO-standard bbox and mask AP (pycocotools), tokens and cost; not the paper's: bootstrap "
+    "intervals of F1/Prec./Rec./mAP, mask-based and class-agnostic F1, F1@[.5:.95] (settings/statistics.json).",
 )
 def metrics(
     context: dg.AssetExecutionContext,
@@ -49,6 +52,7 @@ def metrics(
         descriptions=descriptions,
         detection_images=detection_images,
         label_matches=label_matches,
+        statistics=load_statistics_settings(),
     )
     values = row.iloc[0]
     table = metrics_markdown(values)
@@ -66,6 +70,10 @@ def metrics(
             "tokens_in": finite(values["tokens_in"]),
             "cost_usd": finite(values["cost_usd"]),
             "table": dg.MetadataValue.md(table),
+            **{c: finite(values[c]) for c in (*INTERVAL_COLUMNS, *EXTRA_METRICS)},
+            "bootstrap_resamples": int(values["bootstrap_resamples"]),
+            "bootstrap_seed": int(values["bootstrap_seed"]),
+            "statistics": dg.MetadataValue.md(metrics_statistics_markdown(values)),
         },
     )
     bad = [
@@ -100,9 +108,11 @@ def _png_md(path) -> str:
     group_name="benchmark",
     kinds={"parquet", "markdown"},
     automation_condition=LEADERBOARD_CONDITION,
-    code_version="1",
+    code_version="2",
     description="The paper's three tables (COCO, VLM-GIST, weighted) from every pair's metrics, in the paper's "
-    "text format, Markdown, PNG and plots; written to data/leaderboard/. Missing pairs are listed, not fatal.",
+    "text format, Markdown, PNG and plots; written to data/leaderboard/. Missing pairs are listed, not fatal. "
+    "Not the paper's: intervals, paired F1 tests, rank ranges and groups, extra metrics (leaderboard.md/.csv, "
+    "pairwise_f1.csv, f1_intervals.png).",
 )
 def leaderboard(
     context: dg.AssetExecutionContext, metrics: dict[str, pd.DataFrame], services: ServicesResource
@@ -110,7 +120,9 @@ def leaderboard(
     expected = [
         str(k) for k in model_dataset_partitions.get_partition_keys(dynamic_partitions_store=context.instance)
     ]
-    board = build_leaderboard(list(metrics.values()), expected_pairs=expected)
+    board = build_leaderboard(
+        list(metrics.values()), expected_pairs=expected, statistics=load_statistics_settings()
+    )
     if board.missing:
         context.log.warning(f"{len(board.missing)} pairs have no metrics: {', '.join(board.missing)}")
     directory = leaderboard_dir(services.services().data_dir)
@@ -125,7 +137,8 @@ def leaderboard(
     }
     for name, text in board.texts.items():
         metadata[f"{name}_text"] = dg.MetadataValue.md(f"```\n{text}\n```")
-    for key in ("f1", "precision_recall", "f1_time"):
+    metadata["significant_pairs"] = int(board.pairwise["significant"].sum()) if len(board.pairwise) else 0
+    for key in ("f1", "precision_recall", "f1_time", "f1_intervals"):
         if key in written:
             metadata[f"plot_{key}"] = dg.MetadataValue.md(_png_md(written[key]))
     return dg.Output(board.rows, metadata=metadata)

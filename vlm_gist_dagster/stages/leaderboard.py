@@ -21,6 +21,8 @@ from ..protocol.leaderboard import (
     sort_rows,
     weighted,
 )
+from ..protocol.statistics import StatisticsSettings
+from .statistics import leaderboard_statistics, plot_f1_intervals, statistics_markdown
 from .tables import LEADERBOARD
 
 #: The weights of the paper's weighted table (COCO and VLM-GIST, 0.5 each).
@@ -35,6 +37,7 @@ class Leaderboard:
     texts: dict[str, str] = field(default_factory=dict)  # table → paper-format text
     markdown: str = ""
     missing: list[str] = field(default_factory=list)  # "dataset|model" pairs without metrics
+    pairwise: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired F1 tests, one row per pair
 
 
 def row_name(metrics_row: Mapping) -> str:
@@ -50,6 +53,7 @@ def build_leaderboard(
     *,
     expected_pairs: Sequence[str] = (),
     weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+    statistics: StatisticsSettings | None = None,
 ) -> Leaderboard:
     frame = (
         metrics
@@ -73,6 +77,8 @@ def build_leaderboard(
         for r in tables["weighted"]:
             r["model"] = by_name.get(r["name"])
     texts = {name: format_table(rows) for name, rows in tables.items() if rows}
+    # Not the paper's: intervals, paired tests, rank ranges, extra metrics (stages/statistics.py).
+    stats = leaderboard_statistics(frame, tables, weights, statistics or StatisticsSettings())
     markdown = []
     for name, rows in tables.items():
         if rows:
@@ -80,15 +86,31 @@ def build_leaderboard(
                 name, "Weighted (0.5 COCO + 0.5 VLM-GIST)" if name == "weighted" else name
             )
             markdown.append(f"### {title}\n\n{format_markdown(rows)}\n")
+            if name in stats:
+                markdown.append(
+                    f"Uncertainty and extra metrics (not in the paper):\n\n{statistics_markdown(rows, stats[name])}\n"
+                )
     if missing:
         markdown.append("Missing (no metrics yet, or failed): " + ", ".join(f"`{p}`" for p in missing) + "\n")
     records = [
-        {"table": name, "rank": i + 1, **row}
+        {"table": name, "rank": i + 1, **row, **_statistics_of(stats, name, row.get("model"))}
         for name, rows in tables.items()
         for i, row in enumerate(sort_rows(rows))
     ]
     out = pd.DataFrame(records, columns=list(LEADERBOARD.names))
-    return Leaderboard(rows=out, texts=texts, markdown="\n".join(markdown), missing=missing)
+    pairwise = [s.pairwise for s in stats.values() if len(s.pairwise)]
+    return Leaderboard(
+        rows=out, texts=texts, markdown="\n".join(markdown), missing=missing,
+        pairwise=pd.concat(pairwise, ignore_index=True) if pairwise else pd.DataFrame(),
+    )  # fmt: skip
+
+
+def _statistics_of(stats: Mapping, table: str, model: object) -> dict:
+    """A leaderboard row's statistics columns (empty when the table has none for the model)."""
+    table_stats = stats.get(table)
+    if table_stats is None or model not in table_stats.columns.index:
+        return {}
+    return table_stats.columns.loc[model].to_dict()
 
 
 #: The paper's table font, where Debian's fonts-liberation puts it.
@@ -175,7 +197,8 @@ def plot_files(board: Leaderboard, directory: Path) -> dict[str, Path]:
 
 def write_leaderboard(board: Leaderboard, directory: Path) -> dict[str, Path]:
     """``<table>.txt`` in the paper's format (no trailing newline, like the published files), PNG
-    renderings of them, ``leaderboard.md``, ``leaderboard.csv`` and the plots."""
+    renderings of them, ``leaderboard.md``, ``leaderboard.csv``, the plots, and (not the paper's)
+    ``pairwise_f1.csv`` (the paired tests) and ``f1_intervals.png``."""
     directory.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for name, text in board.texts.items():
@@ -189,4 +212,12 @@ def write_leaderboard(board: Leaderboard, directory: Path) -> dict[str, Path]:
     written["leaderboard.csv"] = csv
     for key, path in plot_files(board, directory).items():
         written[key] = path
+    if len(board.pairwise):
+        pairwise = directory / "pairwise_f1.csv"
+        with atomic_path(pairwise) as temporary:
+            board.pairwise.to_csv(temporary, index=False)
+        written["pairwise_f1.csv"] = pairwise
+    intervals = plot_f1_intervals(board.rows, directory)
+    if intervals is not None:
+        written["f1_intervals"] = intervals
     return written

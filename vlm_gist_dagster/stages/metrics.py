@@ -1,5 +1,6 @@
 """Stage E, evaluation, for one (model, dataset) pair: the paper's nine table columns plus TP/FP/FN, mAR,
-COCO-standard bbox and mask AP (pycocotools), tokens and cost (spec/evaluation.md §2)."""
+COCO-standard bbox and mask AP (pycocotools), tokens and cost (spec/evaluation.md §2), and the statistics
+columns of ``stages/statistics.py`` (bootstrap intervals, mask-based and class-agnostic metrics)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pandas as pd
 from ..protocol.columns import metadata_columns
 from ..protocol.evaluation import EvaluationResult, evaluate
 from ..protocol.leaderboard import COLUMNS, format_markdown
+from ..protocol.statistics import StatisticsSettings
 from .leaderboard import row_name
+from .statistics import EXTRA_METRICS, INTERVAL_COLUMNS, TableStatistics, pair_statistics, statistics_markdown
 from .tables import METRICS
 
 #: Column names of the one-row table (meaning: ``stages.tables.METRICS``).
@@ -60,6 +63,26 @@ def metrics_markdown(metrics_row: Mapping[str, Any]) -> str:
     return format_markdown([{"name": row_name(metrics_row), **{k: float(metrics_row[k]) for k in COLUMNS}}])
 
 
+def metrics_statistics_markdown(metrics_row: Mapping[str, Any]) -> str:
+    """One ``metrics`` row's intervals and extra metrics as the leaderboard's statistics table (without
+    rank and group, which need the other models)."""
+    model = str(metrics_row["model"])
+    columns = pd.DataFrame(
+        {c: [metrics_row.get(c, math.nan)] for c in (*INTERVAL_COLUMNS, *EXTRA_METRICS)},
+        index=pd.Index([model], name="model"),
+    ).astype(float)
+    columns["rank_low"] = pd.array([pd.NA], dtype="Int64")
+    columns["rank_high"] = pd.array([pd.NA], dtype="Int64")
+    columns["group"] = ""
+    level = float(metrics_row.get("confidence_level") or 0.95)
+    legend = (
+        f"Intervals: {level * 100:g} % percentile bootstrap over images "
+        f"({int(metrics_row.get('bootstrap_resamples') or 0):,} resamples, seed {metrics_row.get('bootstrap_seed')})."
+    )
+    row = {"name": row_name(metrics_row), "model": model, **{k: float(metrics_row[k]) for k in COLUMNS}}
+    return statistics_markdown([row], TableStatistics(columns=columns, legend=legend))
+
+
 def compute_metrics(
     *,
     dataset: str,
@@ -73,9 +96,12 @@ def compute_metrics(
     detection_images: pd.DataFrame,
     label_matches: pd.DataFrame,
     coco_standard: bool = True,
+    statistics: StatisticsSettings | None = None,
 ) -> tuple[pd.DataFrame, EvaluationResult]:
-    """One metrics row and the full evaluation result (per-class report etc.)."""
-    predictions = predictions_from_label_matches(label_matches)
+    """One metrics row and the full evaluation result (per-class report etc.). ``statistics`` sets the
+    bootstrap (default: ``StatisticsSettings()``)."""
+    with_masks = predictions_from_label_matches(label_matches)
+    predictions = with_masks
     if not ground_truth["mask"].notna().all() or not predictions["mask"].notna().all():
         # pycocotools' segm AP needs masks on both sides; boxes only otherwise.
         predictions = predictions.drop(columns="mask")
@@ -84,6 +110,14 @@ def compute_metrics(
         predictions,
         coco_standard=coco_standard,
         image_sizes=images[["image_id", "width", "height"]],
+    )
+    extras = pair_statistics(
+        dataset=dataset,
+        image_ids=images["image_id"].tolist(),
+        ground_truth=ground_truth,
+        predictions=with_masks,
+        result=result,
+        settings=statistics or StatisticsSettings(),
     )
     columns = metadata_columns(descriptions, detection_images, per_image_matches(label_matches))
     row = {
@@ -116,5 +150,6 @@ def compute_metrics(
         "tokens_out": columns.tokens_out,
         "cost_usd": columns.cost_usd,
         "map_unavailable_reason": result.mAP_unavailable_reason,
+        **extras,
     }
     return METRICS.from_rows([row]), result

@@ -211,6 +211,22 @@ _NINE = {
     "ret": "mean failed attempts per image (Ret.)",
 }
 
+#: Not the paper's (issue 17, ``stages.statistics``): intervals and extra metrics, in the metrics rows and
+#: the leaderboard's rows.
+_STATISTICS = (
+    *(
+        (f"{key}_{end}", None, f"{end} end of the 95 % bootstrap interval of {title} (settings/statistics.json)")
+        for key, title in (("f1", "F1"), ("prec", "Prec."), ("rec", "Rec."), ("map", "mAP"))
+        for end in ("low", "high")
+    ),
+    ("mask_f1", None, "F1 with the SAM2 masks matched to the ground truth's (FiftyOne's use_masks=True)"),
+    ("mask_prec", None, "precision with masks"),
+    ("mask_rec", None, "recall with masks"),
+    ("mask_map", None, "mAP with masks"),
+    ("agnostic_f1", None, "F1 with labels ignored in the matching (class-agnostic)"),
+    ("f1_50_95", None, "F1 averaged over IoU 0.50:0.05:0.95"),
+)
+
 METRICS = TableSpec(
     "metrics",
     _columns(
@@ -235,6 +251,19 @@ METRICS = TableSpec(
         ("tokens_out", None, "output tokens of the descriptions"),
         ("cost_usd", None, "USD of the descriptions"),
         ("map_unavailable_reason", None, "why mAP is NaN"),
+        *_STATISTICS,
+        ("bootstrap_resamples", None, "bootstrap resamples of the images (settings/statistics.json)"),
+        ("bootstrap_seed", None, "seed of the resampling (settings/statistics.json)"),
+        ("confidence_level", None, "level of the intervals (settings/statistics.json)"),
+        ("mask_unavailable_reason", None, "why the mask columns are NaN"),
+        ("image_ids", None, "the dataset's image ids, sorted: the order of the image_* lists"),
+        ("image_tp", None, "true positives per image (for the leaderboard's paired tests)"),
+        ("image_fp", None, "false positives per image"),
+        ("image_fn", None, "false negatives per image"),
+        ("bootstrap_f1", None, "F1 of every bootstrap resample (for the weighted table's intervals)"),
+        ("bootstrap_prec", None, "precision of every bootstrap resample"),
+        ("bootstrap_rec", None, "recall of every bootstrap resample"),
+        ("bootstrap_map", None, "mAP of every bootstrap resample"),
     ),
 )
 
@@ -246,5 +275,10 @@ LEADERBOARD = TableSpec(
         ("name", None, "the model's name in the tables"),
         ("model", None, "model partition"),
         *((name, None, doc) for name, doc in _NINE.items()),
+        *_STATISTICS[:8],
+        ("rank_low", None, "best rank the model could hold at 95 % (paired permutation tests of F1, Holm)"),
+        ("rank_high", None, "worst rank the model could hold at 95 %"),
+        ("group", None, "letters: models sharing one are not distinguishable"),
+        *_STATISTICS[8:],
     ),
 )

@@ -325,6 +325,40 @@ def test_one_pair_agrees_with_fiftyone_evaluate_detections(full_run):
     assert row["map"] == pytest.approx(reference_map, abs=1e-12)
 
 
+def test_statistics_in_the_metrics_metadata_and_the_leaderboard(full_run):
+    """Not the paper's (issue 17): each pair's materialisation shows its bootstrap intervals and extra
+    metrics (mask-based from the simulated SAM2 masks, class-agnostic, F1@[.5:.95]); the leaderboard's
+    Markdown and CSV carry intervals, rank ranges and groups, next to the pairwise tests and the plot."""
+    bench, instance = full_run
+    for key in pair_keys(MODELS):
+        dataset, model = key.split("|")
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("metrics"), asset_partitions=[key]), limit=1
+        ).records
+        meta = records[0].asset_materialization.metadata
+        row = bench.read("metrics", dataset, model).iloc[0]
+        for column in ("f1_low", "f1_high", "prec_low", "rec_high", "map_low", "map_high", "mask_f1",
+                       "mask_map", "agnostic_f1", "f1_50_95"):  # fmt: skip
+            assert meta[column].value == pytest.approx(row[column]), (key, column)
+        assert row["f1_low"] < row["f1"] < row["f1_high"] and row["map_low"] < row["map"] < row["map_high"]
+        assert row["mask_unavailable_reason"] is None and 0 < row["mask_f1"] <= 1
+        assert row["f1_50_95"] < row["f1"] and row["agnostic_f1"] >= row["f1"] - 0.05
+        assert len(row["image_ids"]) == row["num_images"] and len(row["bootstrap_f1"]) == 1000
+        assert "F1 (95 % CI)" in meta["statistics"].value and meta["bootstrap_resamples"].value == 1000
+    csv = pd.read_csv(bench.leaderboard_dir / "leaderboard.csv")
+    assert csv["rank_low"].notna().all() and csv["group"].notna().all()
+    assert ((csv["f1_low"] <= csv["f1"]) & (csv["f1"] <= csv["f1_high"])).all()
+    assert (csv["rank_low"] <= csv["rank"]).all() and (csv["rank"] <= csv["rank_high"]).all()
+    markdown = (bench.leaderboard_dir / "leaderboard.md").read_text()
+    assert markdown.count("Uncertainty and extra metrics (not in the paper)") == 3
+    pairwise = pd.read_csv(bench.leaderboard_dir / "pairwise_f1.csv")
+    assert sorted(pairwise["table"]) == ["coco", "vlm_gist", "weighted"]  # one pair per table
+    with Image.open(bench.leaderboard_dir / "f1_intervals.png") as image:
+        assert image.format == "PNG"
+    leaderboard = instance.fetch_materializations(dg.AssetKey("leaderboard"), limit=1).records[0]
+    assert "plot_f1_intervals" in leaderboard.asset_materialization.metadata
+
+
 def test_cli_backfill_over_two_model_partitions(full_run, simulator):
     """A user backfills both models from the command line (one run per (dataset, model) partition):
 

@@ -48,6 +48,7 @@ def test_write_leaderboard_writes_every_file_atomically(tmp_path):
     names = {
         "coco.txt", "coco.png", "vlm_gist.txt", "vlm_gist.png", "weighted.txt", "weighted.png",
         "leaderboard.md", "leaderboard.csv", "f1_per_model.png", "precision_recall.png", "f1_time.png",
+        "f1_intervals.png",
     }  # fmt: skip
     # Every file is in place and no temporary file is left next to them (hidden names included).
     assert {p.name for p in directory.iterdir()} == names

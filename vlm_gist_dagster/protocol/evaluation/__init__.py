@@ -31,16 +31,20 @@ of images without ground truth take part as usual (all FN / all FP).
 
 Modules: ``inputs`` (the tables' checks), ``matching`` (box IoU and FiftyOne's greedy matching),
 ``average_precision`` (the mAP / mAR sweep), ``metrics`` (:func:`evaluate`: P / R / F1 and the rest),
-``result`` (:class:`EvaluationResult`), ``coco`` (pycocotools' AP, an extra column).
+``result`` (:class:`EvaluationResult`), ``coco`` (pycocotools' AP, an extra column), ``mask_iou``
+(FiftyOne's ``use_masks=True`` IoU, for the mask-based extra columns), ``variants`` (class-agnostic
+matching, an extra column).
 """
 
 from __future__ import annotations
 
-from .average_precision import IOU_THRESHOLDS, MAX_PREDICTIONS, RECALL_POINTS
+from .average_precision import IOU_THRESHOLDS, MAX_PREDICTIONS, RECALL_POINTS, SweepEntries
 from .coco import CocoStandardAP, coco_standard_ap
+from .mask_iou import MaskIoU
 from .matching import box_iou
 from .metrics import evaluate
 from .result import EvaluationResult
+from .variants import evaluate_class_agnostic
 
 __all__ = [
     "IOU_THRESHOLDS",
@@ -48,7 +52,10 @@ __all__ = [
     "RECALL_POINTS",
     "CocoStandardAP",
     "EvaluationResult",
+    "MaskIoU",
+    "SweepEntries",
     "box_iou",
     "coco_standard_ap",
     "evaluate",
+    "evaluate_class_agnostic",
 ]

@@ -8,6 +8,8 @@ at most 100 predictions per image and class, TPs ranked before FPs at equal conf
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 #: FiftyOne's default mAP thresholds ``[x / 100 for x in range(50, 100, 5)]`` (exact Python floats).
@@ -16,6 +18,30 @@ IOU_THRESHOLDS: tuple[float, ...] = tuple(x / 100 for x in range(50, 100, 5))
 RECALL_POINTS: np.ndarray = np.linspace(0, 1, 101)
 #: FiftyOne keeps at most this many predictions per (image, class) in the mAP sweep (``max_preds``).
 MAX_PREDICTIONS = 100
+
+
+@dataclass(frozen=True)
+class SweepEntries:
+    """The PR sweep's inputs, kept so that mAP can be recomputed for any reweighting of the images (the
+    bootstrap, ``protocol.statistics``) without matching again: one entry per (counted prediction, IoU
+    threshold), and the counted ground truth.
+
+    Entries are the predictions that enter FiftyOne's sweep (top 100 of their image and class, not
+    matched to a crowd region, class with ground truth) at each of the ``n_thresholds`` thresholds.
+    ``class_index`` indexes ``classes`` (the classes with ground truth), ``image`` / ``gt_image`` index
+    ``image_ids``.
+    """
+
+    threshold: np.ndarray  # (E,) int: index into IOU_THRESHOLDS
+    class_index: np.ndarray  # (E,) int
+    confidence: np.ndarray  # (E,) float
+    is_tp: np.ndarray  # (E,) bool
+    image: np.ndarray  # (E,) int
+    gt_class: np.ndarray  # (G,) int: class of each non-crowd ground-truth object
+    gt_image: np.ndarray  # (G,) int
+    classes: tuple[str, ...]
+    image_ids: tuple
+    n_thresholds: int
 
 
 def _min_tp_for_recall(num_gt: np.ndarray) -> np.ndarray:

@@ -9,9 +9,14 @@ uses, operation for operation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+#: IoU of (prediction row, GT row, GT crowd flag) triples, element-wise: the box IoU by default; the mask
+#: IoU for ``use_masks=True`` (``mask_iou.MaskIoU``).
+PairIoU = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def _rtree_leaf_capacity() -> int:
@@ -88,6 +93,7 @@ def match(
     n_groups: int,
     thresholds: np.ndarray,
     max_preds: np.ndarray,
+    pair_iou: PairIoU | None = None,
 ) -> Matching:
     """FiftyOne's ``_compute_matches`` for every image and class at once, for K thresholds.
 
@@ -105,6 +111,10 @@ def match(
     the tree is one leaf and the order is the insertion order (GT rows, crowds last). Larger groups
     are matched by a sequential loop over the real ``rtree`` query order (rare: >100 objects of one
     class in one image).
+
+    ``pair_iou(pred_rows, gt_rows, gt_crowd)`` replaces the box IoU of the candidate pairs (input rows),
+    e.g. by the instance masks' IoU; candidates and their order stay the boxes' (FiftyOne queries its
+    R-tree with the boxes for masks too).
     """
     n_pred, n_gt, K = len(pred_box), len(gt_box), len(thresholds)
     pred_match = np.full((n_pred, K), -1, dtype=np.int64)
@@ -136,7 +146,10 @@ def match(
         offsets = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         pair_g = g_order[np.repeat(g_start[p_group_sorted], cnt) + offsets]  # GT input row
         pair_crowd = gt_crowd[pair_g]
-        iou = box_iou(pred_box[p_order[pair_p]], gt_box[pair_g], pair_crowd)
+        if pair_iou is None:
+            iou = box_iou(pred_box[p_order[pair_p]], gt_box[pair_g], pair_crowd)
+        else:
+            iou = np.asarray(pair_iou(p_order[pair_p], pair_g, pair_crowd), dtype=np.float64)
         # A pair below every threshold can never be chosen (and cannot trigger FiftyOne's crowd break).
         keep = iou >= thresholds.min()
         pair_p, pair_g, pair_crowd, iou = pair_p[keep], pair_g[keep], pair_crowd[keep], iou[keep]
@@ -179,7 +192,7 @@ def match(
         _match_group_rtree(
             grp, p_order, p_group_start, p_group_sorted, include, pred_box,
             g_order[g_start[grp] : g_start[grp] + g_count[grp]], gt_box, gt_crowd, thresholds,
-            pred_match, pred_iou, gt_matched_by,
+            pred_match, pred_iou, gt_matched_by, pair_iou,
         )  # fmt: skip
     return Matching(pred_match, pred_iou, gt_matched_by, pred_rank)
 
@@ -198,6 +211,7 @@ def _match_group_rtree(
     pred_match: np.ndarray,
     pred_iou: np.ndarray,
     gt_matched_by: np.ndarray,
+    pair_iou: PairIoU | None = None,
 ) -> None:
     """FiftyOne's matching loop, statement for statement, over the real R-tree candidate order.
     Used only for (image, label) groups with more GT boxes than one R-tree leaf holds."""
@@ -220,9 +234,14 @@ def _match_group_rtree(
         if not cands:
             continue
         crowd = gt_crowd[gt_rows[cands]]
-        ious = box_iou(
-            np.broadcast_to(pred_box[prow], (len(cands), 4)), gt_box[gt_rows[cands]], crowd
-        ).tolist()
+        if pair_iou is None:
+            ious = box_iou(
+                np.broadcast_to(pred_box[prow], (len(cands), 4)), gt_box[gt_rows[cands]], crowd
+            ).tolist()
+        else:
+            ious = np.asarray(
+                pair_iou(np.full(len(cands), prow), gt_rows[cands], crowd), dtype=np.float64
+            ).tolist()
         for k in range(K):
             if not include[pos, k]:
                 continue

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .average_precision import IOU_THRESHOLDS, MAX_PREDICTIONS, average_precision
+from .average_precision import IOU_THRESHOLDS, MAX_PREDICTIONS, SweepEntries, average_precision
 from .coco import coco_standard_ap
 from .inputs import GT_REQUIRED, PRED_REQUIRED, check_frame, confidences, crowd_flags
+from .mask_iou import MaskIoU
 from .matching import Matching, match
 from .result import EvaluationResult, classification_report
 
@@ -126,21 +127,35 @@ def _pooled_counts(
     }  # fmt: skip
 
 
-def _mean_average_precision(enc: _Encoded, m: Matching, compute_mAP: bool) -> dict[str, Any]:
+def _fscore_per_threshold(m: Matching, columns: list[int]) -> tuple[float, ...]:
+    """Pooled F1 (spec §2.5) of the given threshold columns of the matching."""
+    out = []
+    n_pred = m.pred_match.shape[0]
+    for c in columns:
+        tp = int((m.pred_match[:, c] >= 0).sum())
+        fn = int((m.gt_matched_by[:, c] < 0).sum())
+        fp = n_pred - tp
+        out.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return tuple(out)
+
+
+def _mean_average_precision(
+    enc: _Encoded, m: Matching, compute_mAP: bool, sweep_columns: slice = slice(1, None)
+) -> dict[str, Any]:
     """FiftyOne's mAP / mAR over the classes with ground truth (spec §2.6), or NaN with the reason
-    FiftyOne would have none."""
+    FiftyOne would have none; and the sweep's entries (``SweepEntries``) for resampling."""
     n_lab = len(enc.label_uniques)
     num_gt = np.bincount(enc.gt_label[~enc.gt_crowd], minlength=n_lab)
     classes_with_gt = np.flatnonzero(num_gt > 0)
     out: dict[str, Any] = {
         "mAP": math.nan, "mAR": math.nan, "mAP_available": False,
         "mAP_unavailable_reason": "not computed (compute_mAP=False)", "class_ap": {},
-        "num_classes_with_ground_truth": len(classes_with_gt),
+        "num_classes_with_ground_truth": len(classes_with_gt), "sweep": None,
     }  # fmt: skip
     if not compute_mAP:
         return out
     K = len(IOU_THRESHOLDS)
-    sweep = m.pred_match[:, 1:]  # (n_pred, K)
+    sweep = m.pred_match[:, sweep_columns]  # (n_pred, K)
     included = (m.pred_rank[:, None] < MAX_PREDICTIONS) & np.ones((1, K), dtype=bool)
     matched_crowd = (sweep >= 0) & enc.gt_crowd[np.maximum(sweep, 0)]
     counted = included & ~matched_crowd & (num_gt[enc.pred_label] > 0)[:, None]  # crowd matches are skipped
@@ -163,12 +178,25 @@ def _mean_average_precision(enc: _Encoded, m: Matching, compute_mAP: bool) -> di
     ap = np.mean(prec, axis=(0, 2))
     ar = np.mean(rec_sweep, axis=0)
     names = enc.label_uniques.tolist()
+    gt_kept = ~enc.gt_crowd
     out.update(
         mAP=float(np.mean(ap)),
         mAR=float(np.mean(ar)),
         mAP_available=True,
         mAP_unavailable_reason=None,
         class_ap={str(names[c]): float(a) for c, a in zip(classes_with_gt.tolist(), ap.tolist())},
+        sweep=SweepEntries(
+            threshold=k_idx.astype(np.int64),
+            class_index=remap[enc.pred_label[p_idx]],
+            confidence=enc.conf[p_idx],
+            is_tp=sweep[p_idx, k_idx] >= 0,
+            image=enc.pred_image[p_idx].astype(np.int64),
+            gt_class=remap[enc.gt_label[gt_kept]],
+            gt_image=enc.gt_image[gt_kept].astype(np.int64),
+            classes=tuple(str(names[c]) for c in classes_with_gt.tolist()),
+            image_ids=tuple(enc.image_uniques.tolist()),
+            n_thresholds=K,
+        ),
     )
     return out
 
@@ -201,6 +229,7 @@ def evaluate(
     compute_mAP: bool = True,
     coco_standard: bool = True,
     image_sizes: pd.DataFrame | None = None,
+    use_masks: bool = False,
 ) -> EvaluationResult:
     """Evaluate predictions against ground truth as the paper does (FiftyOne ``evaluate_detections``
     with ``method="coco"``, ``classwise=True``, ``use_masks=False``, ``compute_mAP=True``).
@@ -211,6 +240,14 @@ def evaluate(
     for large datasets (see benchmarks/eval_speed.py). ``image_sizes`` (``image_id, width, height``)
     makes those columns use pixel boxes, as COCO does (see ``coco_standard_ap``); the paper's metrics
     always use the relative boxes, as FiftyOne does.
+
+    ``use_masks=True`` is FiftyOne's ``use_masks=True`` (not the paper's protocol: an extra column):
+    matching and the mAP sweep use the IoU of the instance masks (``mask`` column, a COCO RLE on every
+    row of both tables; ``mask_iou.MaskIoU``) instead of the boxes'.
+
+    Besides the paper's numbers the result holds ``fscore_per_iou``, the pooled F1 at each of the ten
+    mAP thresholds 0.50:0.05:0.95 (full greedy matching at each, no 100-per-class cut), and ``sweep``,
+    the mAP sweep's entries for resampling images (``protocol.statistics``).
 
     >>> import pandas as pd
     >>> gt = pd.DataFrame({"image_id": ["a"], "label": ["cup"], "x": [0.1], "y": [0.1], "w": [0.2], "h": [0.2]})
@@ -223,22 +260,43 @@ def evaluate(
         raise ValueError(f"iou must be in (0, 1], got {iou!r}")
     check_frame(ground_truth, GT_REQUIRED, "ground_truth")
     check_frame(predictions, PRED_REQUIRED, "predictions")
+    pair_iou = None
+    if use_masks:
+        for what, df in (("ground_truth", ground_truth), ("predictions", predictions)):
+            if len(df) and ("mask" not in df.columns or df["mask"].isna().any()):
+                raise ValueError(f"{what}: use_masks=True needs a 'mask' (COCO RLE) on every row")
+        pair_iou = MaskIoU(
+            predictions["mask"].tolist() if len(predictions) else [],
+            predictions[["x", "y", "w", "h"]].to_numpy(dtype=np.float64),
+            ground_truth["mask"].tolist() if len(ground_truth) else [],
+            ground_truth[["x", "y", "w", "h"]].to_numpy(dtype=np.float64),
+        )
     enc = _encode(ground_truth, predictions)
 
     main_thresh = min(float(iou), 1 - 1e-10)
+    unbounded = np.iinfo(np.int64).max
+    K = len(IOU_THRESHOLDS)
+    thresholds, max_preds = [main_thresh], [unbounded]
     if compute_mAP:
-        thresholds = np.array((main_thresh, *IOU_THRESHOLDS))
-        max_preds = np.array([np.iinfo(np.int64).max] + [MAX_PREDICTIONS] * len(IOU_THRESHOLDS))
+        thresholds += IOU_THRESHOLDS
+        max_preds += [MAX_PREDICTIONS] * K
+    # F1 per mAP threshold: the sweep's columns when no (image, class) holds more than 100 predictions
+    # (the cut changes nothing then), else ten more columns without the cut.
+    group_sizes = np.bincount(enc.pred_group, minlength=1) if len(enc.pred_group) else np.zeros(1, int)
+    if compute_mAP and int(group_sizes.max()) <= MAX_PREDICTIONS:
+        f1_columns = list(range(1, 1 + K))
     else:
-        thresholds = np.array([main_thresh])
-        max_preds = np.array([np.iinfo(np.int64).max])
+        f1_columns = list(range(len(thresholds), len(thresholds) + K))
+        thresholds += IOU_THRESHOLDS
+        max_preds += [unbounded] * K
     m = match(
         enc.pred_box, enc.sort_key, enc.pred_group, enc.gt_box, enc.gt_crowd, enc.gt_group, enc.n_groups,
-        thresholds, max_preds,
+        np.array(thresholds), np.array(max_preds), pair_iou,
     )  # fmt: skip
     return EvaluationResult(
         iou=float(iou),
         **_pooled_counts(enc, m, ground_truth.index, predictions.index),
-        **_mean_average_precision(enc, m, compute_mAP),
+        **_mean_average_precision(enc, m, compute_mAP, slice(1, 1 + K)),
         **_coco_columns(ground_truth, predictions, coco_standard, image_sizes),
+        fscore_per_iou=_fscore_per_threshold(m, f1_columns),
     )

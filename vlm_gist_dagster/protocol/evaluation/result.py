@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .average_precision import SweepEntries
+
 
 @dataclass(frozen=True)
 class EvaluationResult:
@@ -36,7 +38,11 @@ class EvaluationResult:
 
     Extra columns (not in the paper): ``coco_bbox_AP / AP50 / AP75`` and ``coco_segm_AP / AP50 /
     AP75`` from pycocotools' ``COCOeval`` (NaN with a reason in ``coco_unavailable`` when not
-    computable, e.g. masks missing).
+    computable, e.g. masks missing); ``fscore_per_iou``, the pooled F1 at each IoU threshold
+    0.50:0.05:0.95, and their mean ``fscore_50_95``.
+
+    ``sweep`` keeps the mAP sweep's entries (``SweepEntries``; None when mAP is unavailable) for the
+    bootstrap over images.
     """
 
     precision: float
@@ -65,6 +71,13 @@ class EvaluationResult:
     coco_segm_AP50: float = math.nan
     coco_segm_AP75: float = math.nan
     coco_unavailable: dict[str, str] = field(default_factory=dict)
+    fscore_per_iou: tuple[float, ...] = ()
+    sweep: SweepEntries | None = field(default=None, repr=False)
+
+    @property
+    def fscore_50_95(self) -> float:
+        """F1 averaged over the IoU thresholds 0.50:0.05:0.95 (NaN if not computed)."""
+        return float(np.mean(self.fscore_per_iou)) if self.fscore_per_iou else math.nan
 
     def performance_metrics(self) -> dict[str, Any]:
         """The paper's ``evaluation.json`` ``results.performance_metrics`` block (spec §5): mAP/mAR
@@ -92,8 +105,12 @@ class EvaluationResult:
             "prediction_matches",
             "ground_truth_matches",
             "coco_unavailable",
+            "fscore_per_iou",
+            "sweep",
         }
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        out["fscore_50_95"] = self.fscore_50_95
+        return out
 
 
 def classification_report(
