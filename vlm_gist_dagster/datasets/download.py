@@ -100,9 +100,11 @@ def download_vlm_gist(
                             done += len(chunk)
                     _report(progress, f"Downloaded {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
         except httpx.HTTPError as exc:
+            reason = f"not in {target}, and the download from {url} failed ({_short_reason(exc)})"
             raise DatasetDownloadError(
-                f"Could not download the VLM-GIST dataset from {url} ({_short_reason(exc)}). "
-                f"{local_copy_hint('vlm_gist')}"
+                f"The VLM-GIST dataset is {reason}. {local_copy_hint('vlm_gist')}",
+                dataset="vlm_gist",
+                reason=reason,
             ) from exc
 
         staging = Path(tmp) / "vlm_gist"
@@ -229,10 +231,12 @@ def download_coco_subset(
     except DatasetDownloadError:
         raise
     except Exception as exc:  # noqa: BLE001 - FiftyOne raises many types for network failures
+        reason = f"not in {target}, and the download with the FiftyOne zoo failed ({_short_reason(exc)})"
         raise DatasetDownloadError(
-            f"Could not download COCO val2017 with the FiftyOne zoo ({_short_reason(exc)}). "
-            f"{local_copy_hint('coco')} A local copy is a COCO detection directory (data/ + labels.json) "
-            "or a FiftyOne export."
+            f"The COCO subset is {reason}. {local_copy_hint('coco')} A local copy is a COCO detection "
+            "directory (data/ + labels.json) or a FiftyOne export.",
+            dataset="coco",
+            reason=reason,
         ) from exc
     ids = write_coco_subset(annotations_file, images_dir, target, max_samples=max_samples)
     write_provenance(
