@@ -7,6 +7,7 @@ then refreshes the downstream stages (not the descriptions, which do not depend 
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +18,12 @@ from ..protocol.settings import load_settings
 from .partitions import dataset_partitions
 
 SETTINGS_COLUMNS = ("path", "sha256", "settings_json")
+
+# The settings assets report the file's hash as their data version on purpose (Output(data_version=)),
+# a parameter Dagster marks beta: its BetaWarning on every materialisation says nothing to a user.
+warnings.filterwarnings(
+    "ignore", message=r"Parameter `data_version` of initializer `Output.__init__`", category=dg.BetaWarning
+)
 
 
 def detection_settings_file() -> Path:
