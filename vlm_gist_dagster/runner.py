@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -272,13 +273,21 @@ def _missing_api_key(settings) -> str | None:
     return None
 
 
+def _error_text(error) -> str:
+    """The first line of the innermost cause of a Dagster error (the user code's own exception, not
+    Dagster's "Error occurred while executing op" wrapper), without its dotted class name."""
+    while error is not None and getattr(error, "cause", None) is not None:
+        error = error.cause
+    lines = (getattr(error, "message", None) or "failed").strip().splitlines()
+    first = lines[0] if lines else "failed"
+    return re.sub(r"^(?:[A-Za-z_][\w]*\.)+[A-Za-z_]\w*: ", "", first)
+
+
 def _failure_reason(result) -> str:
     """The first failed step of an in-process run and the first line of its error."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data is not None:
-            error = event.step_failure_data.error
-            message = (error.message if error else "failed").strip().splitlines()
-            return f"{event.step_key}: {message[0] if message else 'failed'}"
+            return f"{event.step_key}: {_error_text(event.step_failure_data.error)}"
     failure = next((e for e in result.all_events if e.is_run_failure), None)
     if failure is not None and failure.message:
         return failure.message.strip().splitlines()[0]
@@ -433,7 +442,9 @@ def run_benchmark(
             if not result.success:
                 report.dataset_problems[dataset] = f"could not be loaded: {_failure_reason(result)}"
         if run_settings:
-            execute("settings_job", None, "detection settings")
+            result = execute("settings_job", None, "detection settings")
+            if not result.success:  # every pair needs them: nothing can run
+                raise UserFixableError(f"The detection settings cannot be used: {_failure_reason(result)}")
         runnable = [key for key in pairs if key.split("|", 1)[0] not in report.dataset_problems]
         report.not_run = [key for key in pairs if key not in runnable]
         if report.not_run:

@@ -196,3 +196,18 @@ def test_a_broken_coco_image_fails_only_the_coco_pairs(deployment, capsys):
     assert "(1 pair(s) not run)" in summary
     assert (deployment / "data" / "leaderboard" / "vlm_gist.txt").is_file()
     assert "Traceback" not in err
+
+
+def test_a_bad_detection_settings_file_is_one_message(deployment, monkeypatch, capsys):
+    settings = deployment / "settings"
+    shutil.copytree(REPO / "settings", settings, ignore=shutil.ignore_patterns("models"))
+    path = settings / "detection" / "detection.json"
+    raw = json.loads(path.read_text())
+    raw["over_detekt"] = 1.0
+    path.write_text(json.dumps(raw))
+    monkeypatch.setenv("VLM_GIST_SETTINGS_DIR", str(settings))
+    assert cli.main(["run", "--datasets", "coco"]) == cli.EXIT_USER_ERROR
+    out, err = capsys.readouterr()
+    assert "vlm-gist run: The detection settings cannot be used: detection_settings: detection.json:" in err
+    assert "over_detekt" in err and "Traceback" not in err
+    assert "pairs done" not in out
