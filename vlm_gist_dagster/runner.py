@@ -435,6 +435,8 @@ def run_benchmark(
         for dataset, reason in failed_in_sim.items():
             log(f"error: dataset {dataset}: {reason}")
             report.dataset_problems[dataset] = reason
+        if needed and set(needed) <= set(report.dataset_problems):
+            raise UserFixableError(datasets_problem_message(report.dataset_problems, len(needed), missing))
         for dataset in run_datasets:
             if dataset in report.dataset_problems:
                 continue

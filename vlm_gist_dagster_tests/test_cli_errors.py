@@ -196,6 +196,10 @@ def test_a_broken_coco_image_fails_only_the_coco_pairs(deployment, capsys):
     assert "(1 pair(s) not run)" in summary
     assert (deployment / "data" / "leaderboard" / "vlm_gist.txt").is_file()
     assert "Traceback" not in err
+    # Only the broken dataset requested: nothing can run, one message, status 2.
+    assert cli.main(["run", "--datasets", "coco"]) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "vlm-gist run: No dataset can be used (coco):" in err and "not a readable image" in err
 
 
 def test_a_bad_detection_settings_file_is_one_message(deployment, monkeypatch, capsys):
