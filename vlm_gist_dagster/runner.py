@@ -263,7 +263,7 @@ def _missing_api_key(settings) -> str | None:
     run, so that a model without a key is reported at once instead of failing in every pair."""
     if settings.kind != "vlm":
         return None
-    from .clients.chat import resolve
+    from .clients.endpoints import resolve
     from .clients.errors import ConfigurationError
 
     try:
