@@ -2,6 +2,9 @@
 
 ``vlm-gist run`` runs the main job into the local Dagster instance (``$DAGSTER_HOME``, default
 ``data/dagster_home``), so that ``dagster dev`` shows the runs, lineage and metadata afterwards.
+
+Problems a user can fix (a missing dataset, a bad settings or model file, a missing API key) are printed
+as one message and exit with status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,6 +16,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import paths
+
+#: Exit status for a problem the user can fix (bad input, missing dataset or key).
+EXIT_USER_ERROR = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that describe bad input rather than a bug: printed as their message."""
+    from .clients.errors import ConfigurationError
+    from .datasets import DatasetDownloadError, DatasetError
+    from .model_registry import ModelRegistryError
+    from .protocol.settings import SettingsError
+    from .runner import UserFixableError
+    from .sim import SimControlsError, SimulatorStartError
+
+    return (
+        UserFixableError,
+        DatasetError,
+        DatasetDownloadError,
+        SettingsError,
+        ModelRegistryError,
+        ConfigurationError,
+        SimControlsError,
+        SimulatorStartError,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,40 +55,142 @@ def run(args: argparse.Namespace) -> int:
         only_missing=args.only_missing,
     )
     for name, text in report.texts.items():
-        print(f"\n{name}\n{text}")
+        print(f"\n{report.headings.get(name, name)}\n{text}")
     print(
         f"\n{len(report.pairs) - len(report.failed)}/{len(report.pairs)} (dataset, model) pairs done in {report.seconds:.0f} s"
         + (f" ({len(report.up_to_date)} already up to date)" if report.up_to_date else "")
     )
-    if report.failed:
-        print(f"failed: {', '.join(report.failed)} (see their runs in the UI)", file=sys.stderr)
     print(
         f"Leaderboard:      {report.leaderboard_dir}  (coco.txt, vlm_gist.txt, weighted.txt, leaderboard.md, plots)"
     )
     print(f"Parquet assets:   {paths.assets_dir()}")
     print(f"Dagster instance: {os.environ['DAGSTER_HOME']}  (open the UI with `make dev`)")
-    return 1 if report.failed else 0
+    if report.ok:
+        return 0
+    lines = ["Not everything requested ran:"]
+    lines += [f"  model {key}: {reason}" for key, reason in report.model_problems.items()]
+    for dataset, reason in report.dataset_problems.items():
+        pairs = [p for p in report.not_run if p.startswith(f"{dataset}|")]
+        lines.append(f"  dataset {dataset}: {reason}" + (f" ({len(pairs)} pair(s) not run)" if pairs else ""))
+    lines += [
+        f"  pair {key}: {report.failure_reasons.get(key, 'failed')} (its run is in the UI)" for key in report.failed
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return 1
+
+
+def _wait_for_dev_server(command: list[str], *, grace_s: float = 30.0, log=print) -> int:
+    """Run ``dg dev`` until it exits or this process gets SIGINT / SIGTERM, then stop it and everything
+    it started, within seconds.
+
+    The child gets a session of its own, so a terminal's Ctrl-C (SIGINT to the foreground process
+    group) reaches only this process, which then sends exactly one SIGINT to ``dg dev``: a second
+    one, arriving while it stops its webserver, daemon and code servers, would abort that and leave
+    them running. A second signal here, or a child still running after ``grace_s``, kills the child's
+    whole process group; so does anything of the group left behind after the child exited.
+    """
+    import signal
+    import subprocess
+    import time
+
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        child = subprocess.Popen(command, start_new_session=True)
+        try:
+            while child.poll() is None and not received:
+                time.sleep(0.2)
+            if not received:
+                return child.returncode
+            log("vlm-gist dev: stopping the Dagster services", flush=True)
+            child.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + grace_s
+            while child.poll() is None and len(received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if child.poll() is None:
+                log("vlm-gist dev: the Dagster services did not stop; killing them", flush=True)
+        finally:
+            if _group_alive(child.pid):
+                _kill_group(child.pid)
+            child.wait()
+        return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _kill_group(pgid: int) -> None:
+    import signal
+
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def dev(args: argparse.Namespace) -> int:
-    """`dagster dev` on the local instance, with the simulator running and the pipeline pointed at it."""
-    import subprocess
+    """`dg dev` on the local instance, with the simulator running and the pipeline pointed at it."""
+    from .runner import datasets_problem_message, ensure_instance_yaml, simulator
 
-    from .datasets import resolve_dataset_dir
-    from .defs.partitions import DATASETS
-    from .runner import default_instance, simulator
-
-    default_instance()
+    home = os.environ.get("DAGSTER_HOME") or str(paths.data_dir() / "dagster_home")
+    os.environ["DAGSTER_HOME"] = home
+    ensure_instance_yaml(home)
+    # `dg dev` runs Dagster's dev server without `dagster dev`'s SupersessionWarning ("use dg dev").
     command = [
-        str(Path(sys.executable).with_name("dagster")),
+        str(Path(sys.executable).with_name("dg")),
         "dev",
         "-w",
         str(paths.project_dir() / "workspace.yaml"),
+        *(["--port", str(args.port)] if args.port else []),
+        *(["--host", args.host] if args.host else []),
     ]
     if args.no_simulator:
-        return subprocess.call(command)
-    with simulator({d: resolve_dataset_dir(d, progress=print) for d in DATASETS}):
-        return subprocess.call(command)
+        return _wait_for_dev_server(command)
+    roots, problems, missing = _resolve_datasets()
+    if problems:
+        message = datasets_problem_message(problems, len(roots) + len(problems), missing)
+        if not roots:
+            from .runner import UserFixableError
+
+            raise UserFixableError(message)
+        print(f"warning: {message}", file=sys.stderr)
+    failed: dict[str, str] = {}
+    with simulator(roots, failed_datasets=failed) as handle:
+        for name, reason in failed.items():
+            print(f"warning: dataset {name}: {reason}; the simulator serves the others", file=sys.stderr)
+        if handle is None:
+            from .runner import UserFixableError
+
+            raise UserFixableError("the simulator could load no dataset:\n" + "\n".join(failed.values()))
+        return _wait_for_dev_server(command)
+
+
+def _resolve_datasets() -> tuple[dict[str, Path], dict[str, str], list[str]]:
+    """Every benchmark dataset's directory (downloaded once when missing), the problems of those that
+    cannot be used, and which of those are missing (rather than broken)."""
+    from .datasets import DatasetDownloadError, DatasetError, resolve_dataset_dir
+    from .defs.partitions import DATASETS
+
+    roots: dict[str, Path] = {}
+    problems: dict[str, str] = {}
+    missing: list[str] = []
+    for name in DATASETS:
+        try:
+            roots[name] = resolve_dataset_dir(name, progress=print)
+        except DatasetDownloadError as exc:
+            problems[name] = exc.reason or str(exc)
+            missing.append(name)
+        except DatasetError as exc:
+            problems[name] = str(exc)
+    return roots, problems, missing
 
 
 def sim(args: argparse.Namespace) -> int:
@@ -69,17 +198,11 @@ def sim(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .datasets import DatasetDownloadError, DatasetError, load_datasets_settings, resolve_dataset_dir
+    from .datasets import load_datasets_settings, resolve_dataset_dir
     from .sim import DEFAULT_PORTS, SERVER_NAMES, controls_from_model_files, start_simulator
 
-    try:
-        names = args.datasets or list(load_datasets_settings().datasets)
-        datasets = {
-            name: resolve_dataset_dir(name, download=not args.no_download, progress=print) for name in names
-        }
-    except (DatasetError, DatasetDownloadError) as exc:
-        print(f"vlm-gist sim: {exc}", file=sys.stderr)
-        return 2
+    names = args.datasets or list(load_datasets_settings().datasets)
+    datasets = {name: resolve_dataset_dir(name, download=not args.no_download, progress=print) for name in names}
     ports = dict(DEFAULT_PORTS)
     for item in args.port or []:
         server, _, value = item.partition("=")
@@ -88,7 +211,7 @@ def sim(args: argparse.Namespace) -> int:
                 f"--port expects SERVER=PORT with SERVER in {list(SERVER_NAMES)}, got {item!r}",
                 file=sys.stderr,
             )
-            return 2
+            return EXIT_USER_ERROR
         ports[server] = int(value)
     models_dir = Path(args.models_dir) if args.models_dir else paths.settings_dir() / "models"
     model_controls = (
@@ -177,8 +300,14 @@ def review(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlm-gist", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks instead of one-line messages for input errors"
+    )
+    # Accepted after the subcommand too (`vlm-gist run --debug`); SUPPRESS keeps a global --debug.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run the whole benchmark into the local Dagster instance")
+    p_run = sub.add_parser("run", parents=[common], help="run the whole benchmark into the local Dagster instance")
     p_run.add_argument("--datasets", nargs="*", help="datasets to run (default: all)")
     p_run.add_argument("--models", nargs="*", help="model keys to run (default: all for the chosen mode)")
     p_run.add_argument(
@@ -193,11 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.set_defaults(func=run)
     p_dev = sub.add_parser(
-        "dev", help="open the Dagster UI on the local instance, with the simulator running"
+        "dev", parents=[common], help="open the Dagster UI on the local instance, with the simulator running"
     )
     p_dev.add_argument("--no-simulator", action="store_true", help="do not start the simulator")
+    p_dev.add_argument("--port", type=int, help="port of the Dagster UI (default 3000)")
+    p_dev.add_argument("--host", help="host of the Dagster UI (default 127.0.0.1)")
     p_dev.set_defaults(func=dev)
-    p_sim = sub.add_parser("sim", help="serve the offline simulator (chat + vision servers) on 127.0.0.1")
+    p_sim = sub.add_parser(
+        "sim", parents=[common], help="serve the offline simulator (chat + vision servers) on 127.0.0.1"
+    )
     p_sim.add_argument(
         "--datasets", nargs="*", help="datasets to serve (default: all in settings/datasets.json)"
     )
@@ -237,7 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"vlm-gist {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug or not isinstance(exc, _user_errors()):
+            raise
+        print(f"vlm-gist {args.command}: {exc}", file=sys.stderr)
+        print("(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -6,12 +6,16 @@ The environment is set at import time, before any test imports dagster or fiftyo
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from . import fiftyone_db
 
 REPO = Path(__file__).resolve().parents[1]
 #: The shared reference data (never copied into the project): ``$VLM_GIST_SHARED_DIR`` or ``../shared``.
@@ -39,6 +43,21 @@ os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
 # Registered before fiftyone is imported, so it runs after FiftyOne's own atexit hook has stopped the
 # MongoDB it started in this directory (atexit runs hooks last-in, first-out).
 atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
+# The session's MongoDB stops after FiftyOne's exit hook (which queries it) and before the rmtree.
+atexit.register(fiftyone_db.stop)
+
+#: A test module that uses FiftyOne (its database: datasets, evaluations) imports it.
+_IMPORTS_FIFTYONE = re.compile(r"^\s*(?:import fiftyone|from fiftyone)\b", re.M)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fiftyone_database(request) -> str | None:
+    """The session's own MongoDB for FiftyOne, started once and answering before the first test, when
+    any collected test module imports FiftyOne (see ``fiftyone_db``); None otherwise."""
+    modules = {item.module for item in request.session.items if getattr(item, "module", None) is not None}
+    if not any(_IMPORTS_FIFTYONE.search(inspect.getsource(module)) for module in modules):
+        return None
+    return fiftyone_db.start(_SESSION_TMP / "fiftyone_db")
 
 
 @pytest.fixture(scope="session")

@@ -101,9 +101,9 @@ def resolve_dataset_dir(
     if is_complete(root):
         return root
     if not download or source.download is None:
+        reason = f"not at {root}, and downloading is {'off' if not download else 'not configured'}"
         raise DatasetDownloadError(
-            f"Dataset {name!r} is not at {root} and downloading is {'off' if not download else 'not configured'}. "
-            + local_copy_hint(name, settings_file)
+            f"Dataset {name!r} is {reason}. " + local_copy_hint(name, settings_file), dataset=name, reason=reason
         )
     downloader = DOWNLOADERS[source.download]
     kwargs = {"progress": progress}

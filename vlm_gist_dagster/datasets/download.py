@@ -13,9 +13,11 @@ local copy. Nothing is ever skipped silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -27,6 +29,7 @@ import httpx
 
 from ..files import file_sha256
 from .model import DatasetDownloadError
+from .provenance import DatasetProvenance, write_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +42,27 @@ VLM_GIST_SUBDIR = "data/datasets/vlm_gist"
 VLM_GIST_SAMPLES_SHA256 = "cf3c9715e95c2ef7ddb649055e112d0324ea60c7ccceb3330956bcdecc59a8d8"
 
 COCO_MAX_SAMPLES = 500
+#: What FiftyOne's zoo downloads for COCO val2017 (named in messages and the provenance file).
+COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
+COCO_SOURCE = "COCO val2017 (cocodataset.org) via the FiftyOne zoo"
 
 
 def local_copy_hint(name: str, settings_file: Path | None = None) -> str:
     var = f"VLM_GIST_DATASET_DIR_{name.upper()}"
     where = f" or change its 'path' in {settings_file}" if settings_file else ""
     return f"To use a local copy instead, set {var}=/path/to/{name}{where}."
+
+
+def _short_reason(exc: BaseException) -> str:
+    """One line for a failed download: the OS-level reason when there is one ("[Errno -3] Temporary
+    failure in name resolution"), not the HTTP library's nested repr of its connection pool."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\][^)\"'\]]*", text)
+    if errno:
+        host = re.search(r"host='([^']+)'", text)
+        return (f"cannot reach {host.group(1)}: " if host else "") + errno.group(0).strip()
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def _report(progress: Callable[[str], None] | None, message: str) -> None:
@@ -82,8 +100,11 @@ def download_vlm_gist(
                             done += len(chunk)
                     _report(progress, f"Downloaded {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
         except httpx.HTTPError as exc:
+            reason = f"not in {target}, and the download from {url} failed ({_short_reason(exc)})"
             raise DatasetDownloadError(
-                f"Could not download the VLM-GIST dataset from {url}: {exc}. {local_copy_hint('vlm_gist')}"
+                f"The VLM-GIST dataset is {reason}. {local_copy_hint('vlm_gist')}",
+                dataset="vlm_gist",
+                reason=reason,
             ) from exc
 
         staging = Path(tmp) / "vlm_gist"
@@ -114,6 +135,16 @@ def download_vlm_gist(
                     f"samples.json from {url} has sha256 {digest}, expected {expected_samples_sha256}: "
                     "the download is corrupt or the repository changed."
                 )
+        write_provenance(
+            staging,
+            DatasetProvenance(
+                dataset="vlm_gist",
+                source=f"github.com/{VLM_GIST_REPOSITORY} at {VLM_GIST_COMMIT[:7]}, {VLM_GIST_SUBDIR}",
+                url=url,
+                images=len(list((staging / "data").iterdir())) if (staging / "data").is_dir() else None,
+                selection="the published dataset",
+            ),
+        )
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -165,38 +196,63 @@ def download_coco_subset(
 ) -> Path:
     """The paper's "COCO minival (subset)": the ``max_samples`` val2017 images with the lowest ids.
 
-    FiftyOne's zoo downloads the annotations and images into a dedicated zoo directory (a pre-populated
-    shared zoo directory could change FiftyOne's selection, spec §9.1, so the ids are re-derived here from
-    the full annotation file and any missing image is fetched by id).
+    FiftyOne's zoo (``fiftyone.zoo.get_zoo_dataset("coco-2017", ...).download_and_prepare(dir, split=...)``,
+    the zoo's own download step, pointed at a directory of ours: ``download_zoo_dataset`` always writes
+    to ``fo.config.dataset_zoo_dir`` and takes no directory) downloads the annotation archive and the
+    images into a dedicated zoo directory. Its ``max_samples`` selection counts images already on disk
+    first (spec §9.1), so the ids are re-derived here from the full annotation file and any of the
+    lowest ids still missing is fetched by id. The zoo directory (about 1 GB of annotation files for
+    all splits) is removed once the subset is written; an interrupted download resumes from it.
     """
     target = Path(target)
     zoo_dir = Path(zoo_dir) if zoo_dir else target.parent / ".fiftyone_zoo" / "coco-2017"
-    _report(progress, f"Downloading COCO val2017 (the {max_samples} lowest image ids) with the FiftyOne zoo into {zoo_dir}")
+    _report(
+        progress,
+        f"Downloading COCO val2017 (annotations, then the {max_samples} images with the lowest ids) "
+        f"with the FiftyOne zoo into {zoo_dir}",
+    )
+    label_types = ["detections", "segmentations"]
     try:
         import fiftyone.zoo as foz
 
-        kwargs = dict(split="validation", label_types=["detections", "segmentations"], dataset_dir=str(zoo_dir))
-        foz.download_zoo_dataset("coco-2017", max_samples=max_samples, shuffle=False, **kwargs)
-        candidates = sorted(zoo_dir.rglob("instances_val2017.json"))
-        if not candidates:
-            raise DatasetDownloadError(f"FiftyOne's zoo left no instances_val2017.json under {zoo_dir}")
-        annotations_file = candidates[0]
+        zoo = foz.get_zoo_dataset("coco-2017", label_types=label_types, max_samples=max_samples, shuffle=False)
+        zoo.download_and_prepare(str(zoo_dir), split="validation")
+        annotations_file = zoo_dir / "raw" / "instances_val2017.json"
+        if not annotations_file.is_file():
+            raise DatasetDownloadError(f"FiftyOne's zoo left no {annotations_file}")
         document = json.loads(annotations_file.read_text())
         lowest = sorted(document["images"], key=lambda im: int(im["id"]))[:max_samples]
         images_dir = zoo_dir / "validation" / "data"
         missing = [int(im["id"]) for im in lowest if not (images_dir / im["file_name"]).is_file()]
         if missing:
-            _report(progress, f"Fetching {len(missing)} images the zoo did not select")
-            foz.download_zoo_dataset("coco-2017", image_ids=missing, **kwargs)
+            _report(progress, f"Fetching {len(missing)} of the lowest ids the zoo did not select")
+            by_id = foz.get_zoo_dataset("coco-2017", label_types=label_types, image_ids=missing)
+            by_id.download_and_prepare(str(zoo_dir), split="validation")
     except DatasetDownloadError:
         raise
     except Exception as exc:  # noqa: BLE001 - FiftyOne raises many types for network failures
+        reason = f"not in {target}, and the download with the FiftyOne zoo failed ({_short_reason(exc)})"
         raise DatasetDownloadError(
-            f"Could not download COCO val2017 with the FiftyOne zoo: {exc}. {local_copy_hint('coco')} "
-            "A local copy is a COCO detection directory (data/ + labels.json) or a FiftyOne export."
+            f"The COCO subset is {reason}. {local_copy_hint('coco')} A local copy is a COCO detection "
+            "directory (data/ + labels.json) or a FiftyOne export.",
+            dataset="coco",
+            reason=reason,
         ) from exc
-    write_coco_subset(annotations_file, images_dir, target, max_samples=max_samples)
-    _report(progress, f"COCO subset ready in {target}")
+    ids = write_coco_subset(annotations_file, images_dir, target, max_samples=max_samples)
+    write_provenance(
+        target,
+        DatasetProvenance(
+            dataset="coco",
+            source=COCO_SOURCE,
+            url=COCO_ANNOTATIONS_URL,
+            images=len(ids),
+            selection=f"the {max_samples} lowest image ids",
+        ),
+    )
+    shutil.rmtree(zoo_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the default zoo directory's parent, when nothing else is in it
+        zoo_dir.parent.rmdir()
+    _report(progress, f"COCO subset ready in {target} ({len(ids)} images)")
     return target
 
 

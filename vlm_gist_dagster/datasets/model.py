@@ -32,7 +32,15 @@ class DatasetError(ValueError):
 
 
 class DatasetDownloadError(RuntimeError):
-    """A dataset could not be downloaded (offline, server error, checksum mismatch)."""
+    """A dataset is missing and could not be downloaded (offline, server error, checksum mismatch, or
+    downloading is off). ``str()`` is the whole message with how to use a local copy; ``dataset`` and
+    ``reason`` (what went wrong, without the advice) let a caller list several missing datasets at once.
+    """
+
+    def __init__(self, message: str, *, dataset: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.reason = reason
 
 
 @dataclass(frozen=True)

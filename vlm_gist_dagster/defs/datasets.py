@@ -5,8 +5,11 @@ Both come from one load of the dataset directory (a ``multi_asset``), so masks a
 
 from collections.abc import Iterator
 
+import dataclasses
+
 import dagster as dg
 
+from ..datasets.provenance import heading, read_provenance
 from .automation import MISSING_CONDITION
 from .metadata import column_schema, counts_table, preview
 from .partitions import dataset_partitions
@@ -55,6 +58,7 @@ def dataset_tables(context: dg.AssetExecutionContext, datasets: DatasetsResource
         f"{name}: {len(images)} images, {len(gt)} instances from {dataset.root} ({dataset.format})"
     )
 
+    provenance = read_provenance(dataset.root)
     sizes = images.groupby(["width", "height"]).size().sort_values(ascending=False)
     per_image = gt.groupby("image_id").size().reindex(images["image_id"], fill_value=0)
     yield dg.Output(
@@ -65,6 +69,9 @@ def dataset_tables(context: dg.AssetExecutionContext, datasets: DatasetsResource
             "dagster/column_schema": column_schema(images, IMAGE_COLUMN_DOCS),
             "source": dg.MetadataValue.path(str(dataset.root)),
             "format": dataset.format,
+            # Which data this is (the paper's download or a local copy), for the leaderboard's headings.
+            "heading": heading(name, images=len(images), root=dataset.root, provenance=provenance),
+            **({"provenance": dg.MetadataValue.json(dataclasses.asdict(provenance))} if provenance else {}),
             "images_per_size": counts_table(
                 {f"{w}×{h}": int(n) for (w, h), n in sizes.items()}, "size", "images"
             ),

@@ -1,11 +1,13 @@
 """Stage E assets: ``metrics`` per (dataset, model) and the unpartitioned ``leaderboard``."""
 
 import base64
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
 from .. import paths
+from ..datasets.provenance import DatasetProvenance, heading
 from ..protocol.leaderboard import COLUMNS
 from ..stages.leaderboard import build_leaderboard, write_leaderboard
 from ..stages.metrics import compute_metrics, metrics_markdown, metrics_statistics_markdown
@@ -94,6 +96,30 @@ def leaderboard_dir(data_dir=None):
     return (data_dir or paths.data_dir()) / "leaderboard"
 
 
+def dataset_headings(instance: dg.DagsterInstance, metrics: pd.DataFrame) -> dict[str, str]:
+    """Dataset → heading naming the data the metrics were computed on, from the latest ``dataset_images``
+    materialisation (its directory and the download's provenance) when its image count is the one in
+    the metrics rows; otherwise none (the leaderboard then names the image count only)."""
+    out: dict[str, str] = {}
+    for dataset in dict.fromkeys(metrics.get("dataset", [])):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("dataset_images"), asset_partitions=[dataset]), limit=1
+        ).records
+        if not records or records[0].asset_materialization is None:
+            continue
+        meta = records[0].asset_materialization.metadata
+        images = getattr(meta.get("dagster/row_count"), "value", None)
+        counts = set(metrics.loc[metrics["dataset"] == dataset, "num_images"].dropna().astype(int))
+        source = getattr(meta.get("source"), "path", None)
+        if images is None or counts != {int(images)} or source is None:
+            continue
+        raw = getattr(meta.get("provenance"), "data", None)
+        fields = DatasetProvenance.__dataclass_fields__
+        provenance = DatasetProvenance(**{k: v for k, v in raw.items() if k in fields}) if isinstance(raw, dict) else None
+        out[dataset] = heading(dataset, images=int(images), root=Path(source), provenance=provenance)
+    return out
+
+
 def _png_md(path) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
     return f"![{path.stem}](data:image/png;base64,{encoded})"
@@ -120,8 +146,13 @@ def leaderboard(
     expected = [
         str(k) for k in model_dataset_partitions.get_partition_keys(dynamic_partitions_store=context.instance)
     ]
+    frames = [m for m in metrics.values() if len(m)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     board = build_leaderboard(
-        list(metrics.values()), expected_pairs=expected, statistics=load_statistics_settings()
+        list(metrics.values()),
+        expected_pairs=expected,
+        statistics=load_statistics_settings(),
+        headings=dataset_headings(context.instance, frame),
     )
     if board.missing:
         context.log.warning(f"{len(board.missing)} pairs have no metrics: {', '.join(board.missing)}")
@@ -134,6 +165,7 @@ def leaderboard(
         "pairs": len(metrics),
         "missing_pairs": dg.MetadataValue.json(board.missing),
         "tables": dg.MetadataValue.md(board.markdown or "_(no metrics yet)_"),
+        "headings": dg.MetadataValue.json(board.headings),
     }
     for name, text in board.texts.items():
         metadata[f"{name}_text"] = dg.MetadataValue.md(f"```\n{text}\n```")

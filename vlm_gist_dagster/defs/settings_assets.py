@@ -6,6 +6,7 @@ then refreshes the downstream stages (not the descriptions, which do not depend 
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -23,6 +24,12 @@ SETTINGS_COLUMN_DOCS = {
     "sha256": "content hash of the file (the asset's data version)",
     "settings_json": "the validated settings, every default filled in, as canonical JSON",
 }
+
+# The settings assets report the file's hash as their data version on purpose (Output(data_version=)),
+# a parameter Dagster marks beta: its BetaWarning on every materialisation says nothing to a user.
+warnings.filterwarnings(
+    "ignore", message=r"Parameter `data_version` of initializer `Output.__init__`", category=dg.BetaWarning
+)
 
 
 def detection_settings_file() -> Path:

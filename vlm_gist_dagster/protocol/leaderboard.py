@@ -187,13 +187,15 @@ def format_table(rows: Sequence[Mapping[str, Any]], *, highlight: bool = False) 
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The same table as GitHub Markdown (same order, same rounding; numbers right-aligned).
+    """The same table as GitHub Markdown (same order, same rounding; numbers right-aligned). A value
+    that does not exist (NaN: a baseline's description time, an unavailable mAP) is an empty cell, not
+    the text table's ``nan`` (``nans`` in the Time column).
 
     >>> print(format_markdown([{"name": "M", "f1": 0.5, "rec": 0.5, "prec": 0.5, "map": float("nan"),
-    ...                          "ins": 3, "mat": 1, "time": 2.25, "fail": 0, "ret": 0}]))
+    ...                          "ins": 3, "mat": 1, "time": float("nan"), "fail": 0, "ret": 0}]))
     | Model | F1 | Rec. | Prec. | mAP | Ins. | Mat. | Time | Fail | Ret. |
     |:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|
-    | M | 0.500 | 0.500 | 0.500 | nan | 3.0 | 1.00 | 2.3s | 0.00 | 0.00 |
+    | M | 0.500 | 0.500 | 0.500 |  | 3.0 | 1.00 |  | 0.00 | 0.00 |
     """
     _check_rows(rows)
     lines = [
@@ -201,9 +203,9 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         "|:--|" + "--:|" * len(COLUMNS),
     ]
     for row in sort_rows(rows):
-        cells = _cells(row)
+        cells = {k: "" if math.isnan(_value(row, k)) else v.strip() for k, v in _cells(row).items()}
         name = row["name"].replace("|", "\\|")
-        lines.append(f"| {name} | " + " | ".join(cells[k].strip() for k in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells[k] for k in COLUMNS) + " |")
     return "\n".join(lines)
 
 

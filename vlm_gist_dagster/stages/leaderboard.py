@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..datasets.provenance import SHORT_TITLES
+from ..datasets.provenance import heading as dataset_heading
 from ..files import atomic_path, atomic_write
 from ..protocol.leaderboard import (
     COLUMNS,
@@ -27,8 +28,8 @@ from .tables import LEADERBOARD
 
 #: The weights of the paper's weighted table (COCO and VLM-GIST, 0.5 each).
 DEFAULT_WEIGHTS: Mapping[str, float] = {"coco": 0.5, "vlm_gist": 0.5}
-#: Table names per dataset, in the paper's order.
-DATASET_TITLES: Mapping[str, str] = {"coco": "COCO minival (subset)", "vlm_gist": "VLM-GIST"}
+#: The datasets in the paper's table order, with their short names.
+DATASET_TITLES: Mapping[str, str] = {"coco": SHORT_TITLES["coco"], "vlm_gist": SHORT_TITLES["vlm_gist"]}
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Leaderboard:
     markdown: str = ""
     missing: list[str] = field(default_factory=list)  # "dataset|model" pairs without metrics
     pairwise: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired F1 tests, one row per pair
+    #: Table → heading naming the data actually used ("COCO, local copy coco_val2017_32: 32 images").
+    headings: dict[str, str] = field(default_factory=dict)
 
 
 def row_name(metrics_row: Mapping) -> str:
@@ -48,13 +51,39 @@ def row_name(metrics_row: Mapping) -> str:
     return name
 
 
+def default_headings(frame: pd.DataFrame) -> dict[str, str]:
+    """Headings from the metrics rows alone: the dataset's short name and the number of images its
+    metrics were computed on (several counts, when pairs were computed on different copies)."""
+    out: dict[str, str] = {}
+    for dataset in dict.fromkeys(frame.get("dataset", [])):
+        values = frame.loc[frame["dataset"] == dataset, "num_images"] if "num_images" in frame else []
+        counts = sorted({int(n) for n in pd.Series(values, dtype=float).dropna()})
+        title = DATASET_TITLES.get(dataset, dataset)
+        if len(counts) == 1:
+            out[dataset] = dataset_heading(dataset, images=counts[0], root=None, provenance=None)
+        elif counts:
+            out[dataset] = f"{title}: {' / '.join(map(str, counts))} images (pairs computed on different copies)"
+        else:
+            out[dataset] = title
+    return out
+
+
+def weighted_heading(weights: Mapping[str, float]) -> str:
+    """ "Weighted: 0.5 COCO + 0.5 VLM-GIST" (the datasets' own headings say which copies)."""
+    total = sum(weights.values()) or 1.0
+    return "Weighted: " + " + ".join(f"{weights[d] / total:g} {DATASET_TITLES.get(d, d)}" for d in weights)
+
+
 def build_leaderboard(
     metrics: Sequence[pd.DataFrame] | pd.DataFrame,
     *,
     expected_pairs: Sequence[str] = (),
     weights: Mapping[str, float] = DEFAULT_WEIGHTS,
     statistics: StatisticsSettings | None = None,
+    headings: Mapping[str, str] | None = None,
 ) -> Leaderboard:
+    """The tables from every pair's metrics rows. ``headings`` (dataset → heading) name the data used,
+    e.g. from the dataset assets' metadata; missing ones are derived from the rows' image counts."""
     frame = (
         metrics
         if isinstance(metrics, pd.DataFrame)
@@ -77,15 +106,16 @@ def build_leaderboard(
         for r in tables["weighted"]:
             r["model"] = by_name.get(r["name"])
     texts = {name: format_table(rows) for name, rows in tables.items() if rows}
+    titles = {**default_headings(frame), **(headings or {})}
+    if "weighted" in tables:
+        titles["weighted"] = weighted_heading(weights)
+    titles = {name: titles.get(name, name) for name in tables}
     # Not the paper's: intervals, paired tests, rank ranges, extra metrics (stages/statistics.py).
     stats = leaderboard_statistics(frame, tables, weights, statistics or StatisticsSettings())
     markdown = []
     for name, rows in tables.items():
         if rows:
-            title = DATASET_TITLES.get(
-                name, "Weighted (0.5 COCO + 0.5 VLM-GIST)" if name == "weighted" else name
-            )
-            markdown.append(f"### {title}\n\n{format_markdown(rows)}\n")
+            markdown.append(f"### {titles[name]}\n\n{format_markdown(rows)}\n")
             if name in stats:
                 markdown.append(
                     f"Uncertainty and extra metrics (not in the paper):\n\n{statistics_markdown(rows, stats[name])}\n"
@@ -100,7 +130,7 @@ def build_leaderboard(
     out = pd.DataFrame(records, columns=list(LEADERBOARD.names))
     pairwise = [s.pairwise for s in stats.values() if len(s.pairwise)]
     return Leaderboard(
-        rows=out, texts=texts, markdown="\n".join(markdown), missing=missing,
+        rows=out, texts=texts, markdown="\n".join(markdown), missing=missing, headings=titles,
         pairwise=pd.concat(pairwise, ignore_index=True) if pairwise else pd.DataFrame(),
     )  # fmt: skip
 
@@ -140,59 +170,10 @@ def write_table_png(text: str, path: str | os.PathLike[str]) -> Path:
 
 
 def plot_files(board: Leaderboard, directory: Path) -> dict[str, Path]:
-    """F1 per model, precision vs recall, F1 vs median time (one PNG each, all tables)."""
-    import matplotlib
+    """F1 per model, precision vs recall, F1 vs median time (one PNG each, a panel per table)."""
+    from .plots import write_plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: dict[str, Path] = {}
-    rows = board.rows
-    if rows.empty:
-        return out
-    tables = [t for t in rows["table"].unique()]
-
-    fig, axes = plt.subplots(
-        1,
-        len(tables),
-        figsize=(5 * len(tables), 0.4 * rows.groupby("table").size().max() + 1.5),
-        squeeze=False,
-    )
-    for ax, table in zip(axes[0], tables):
-        sub = rows[rows["table"] == table].sort_values("f1")
-        ax.barh(sub["name"], sub["f1"].fillna(0), color="#4c72b0")
-        ax.set_xlim(0, 1)
-        ax.set_title(f"F1 — {table}")
-    fig.tight_layout()
-    out["f1"] = directory / "f1_per_model.png"
-    with atomic_path(out["f1"]) as temporary:
-        fig.savefig(temporary, dpi=100, format="png")
-    plt.close(fig)
-
-    for key, (xcol, ycol, xlabel, ylabel) in {
-        "precision_recall": ("rec", "prec", "recall", "precision"),
-        "f1_time": ("time", "f1", "median description time (s)", "F1"),
-    }.items():
-        fig, ax = plt.subplots(figsize=(7, 5))
-        for table, marker in zip(tables, "os^D"):
-            sub = rows[rows["table"] == table]
-            ax.scatter(sub[xcol], sub[ycol], label=table, marker=marker)
-            for r in sub.itertuples():
-                x, y = getattr(r, xcol), getattr(r, ycol)
-                if not (math.isnan(x) or math.isnan(y)):
-                    ax.annotate(r.name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        if key == "precision_recall":
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1)
-        ax.legend()
-        fig.tight_layout()
-        out[key] = directory / f"{key}.png"
-        with atomic_path(out[key]) as temporary:
-            fig.savefig(temporary, dpi=100, format="png")
-        plt.close(fig)
-    return out
+    return write_plots(board.rows, board.headings, directory)
 
 
 def write_leaderboard(board: Leaderboard, directory: Path) -> dict[str, Path]:

@@ -44,7 +44,7 @@ def test_download_vlm_gist_extracts_only_the_dataset(tmp_path, archive):
 
     target = download_vlm_gist(tmp_path / "vlm_gist", transport=httpx.MockTransport(handler))
     assert len(requests) == 1 and requests[0].startswith("https://codeload.github.com/AIS-Bonn/vlm_gist/tar.gz/")
-    assert sorted(p.name for p in target.iterdir()) == ["LICENSE", "data", "metadata.json", "samples.json"]
+    assert sorted(p.name for p in target.iterdir()) == ["LICENSE", "data", "metadata.json", "samples.json", "vlm_gist_download.json"]
     ds = load_dataset(target)
     assert (ds.num_images, ds.num_instances) == (64, 1178)
     assert not any(p.name.startswith(".vlm_gist_download_") for p in tmp_path.iterdir())

@@ -262,8 +262,14 @@ def test_leaderboard_files_are_written(full_run):
     for name in ("coco.txt", "vlm_gist.txt", "weighted.txt", "leaderboard.md", "leaderboard.csv"):
         assert (directory / name).stat().st_size > 0, name
     markdown = (directory / "leaderboard.md").read_text()
-    for title in ("### COCO minival (subset)", "### VLM-GIST", "### Weighted"):
+    # Headings name the data used: the tests' 32-image COCO copy is not the paper's 500-image subset.
+    for title in (
+        "### COCO, local copy coco_val2017_32: 32 images",
+        "### VLM-GIST, local copy vlm_gist: 64 images",
+        "### Weighted: 0.5 COCO + 0.5 VLM-GIST",
+    ):
         assert title in markdown
+    assert "COCO minival" not in markdown
     assert all(name in markdown for name in DISPLAY.values())
     assert "Missing" not in markdown  # all four pairs have metrics
     csv = pd.read_csv(directory / "leaderboard.csv")

@@ -181,7 +181,7 @@ def test_markdown_table():
     assert lines[0] == "| Model | F1 | Rec. | Prec. | mAP | Ins. | Mat. | Time | Fail | Ret. |"
     assert lines[1] == "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     assert lines[2].startswith("| C | 0.600 |")
-    assert lines[3] == "| A\\|B | 0.541 | 0.500 | 0.500 | 0.300 | 10.0 | 0.50 | 14.5s | nan | 0.10 |"
+    assert lines[3] == "| A\\|B | 0.541 | 0.500 | 0.500 | 0.300 | 10.0 | 0.50 | 14.5s |  | 0.10 |"
 
 
 # ---- the weighted table ----------------------------------------------------------------------------
