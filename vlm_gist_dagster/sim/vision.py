@@ -13,8 +13,8 @@ simulator's datasets → 400.
   misses it with probability 1 − ``recall``); a prompt recognised only by class / head noun scores
   lower; plus ``distractors`` wrong boxes per prompt (another GT instance's box or a random box) with
   scores in [0.05, 0.4). Then the paper's server-side selection rule
-  (:func:`vlm_gist_dagster.protocol.detection.select_detections`) and response format
-  (:func:`~vlm_gist_dagster.protocol.detection.gdino_response`, boxes truncated to int).
+  (:func:`.gdino.select_detections`) and response format
+  (:func:`.gdino.gdino_response`, boxes truncated to int).
 * **sam2_realtime** — ``/update`` stores the prompts (object id + box, in relative coordinates) and
   answers frame 0; ``/infer`` answers every image for the stored objects (empty ``tracks`` if never
   initialised). The mask of an object is the GT mask of the instance whose box overlaps the prompt box
@@ -39,7 +39,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..protocol.detection import DetectorBox, gdino_response, select_detections
 from ..protocol.segmentation import sam2_response
 from . import language as lang
 from ._http import (
@@ -53,6 +52,7 @@ from ._http import (
 )
 from .controls import CHAT_ONLY_FAULTS, FAULT_TYPES, ModelControls
 from .faults import rng
+from .gdino import DetectorBox, gdino_response, select_detections
 from .world import Identified, SimImage, UnknownImageError
 
 FLAVORS: dict[str, tuple[str, ...]] = {
