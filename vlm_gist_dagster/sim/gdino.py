@@ -3,8 +3,9 @@ de-duplication and chunking, the confidence filter, class-agnostic NMS, the sele
 requested prompt and the over-detection padding, and the ``/infer`` response body (docs/nimbro_vision_api.md,
 "mmgroundingdino"; ``models/mmgroundingdino/mmgroundingdino/model.py`` of AIS-Bonn/nimbro_vision_servers).
 
-The simulated detector (:mod:`.vision`) runs it on its raw boxes; users of another detector who want the
-benchmark's selection can call :func:`select_detections` on theirs.
+The module also holds the server's request validation (:func:`parse_infer_request`, same rules, order and
+messages) and the simulated model itself (:func:`detect`): each chunk of prompts is "one model call"
+whose boxes come from the ground truth (:func:`ground_chunk`). :mod:`.vision` serves it.
 
 >>> raw = [DetectorBox("a cat", (0.0, 0.0, 10.5, 10.9), 0.9), DetectorBox("a cat", (5.0, 5.0, 20.0, 20.0), 0.8),
 ...        DetectorBox("a dog", (50.0, 50.0, 60.0, 60.0), 0.1)]
@@ -24,20 +25,33 @@ from typing import Any
 
 import numpy as np
 
+from ._http import RejectedRequest
+from .controls import ModelControls
+from .faults import rng
+from .geometry import jitter_box, random_box
+from .world import Identified
+
 __all__ = [
+    "DEFAULT_MIN_CONFIDENCE",
     "MAX_PROMPT_CHARS",
     "DetectorBox",
+    "GdinoParameters",
     "chunk_prompts",
     "chunk_width",
+    "detect",
     "gdino_response",
+    "ground_chunk",
     "nms",
+    "parse_infer_request",
     "prompt_text",
     "select_detections",
     "unique_prompts",
 ]
 
-#: The server's per-call character budget for one chunk of prompts (``max_count_per_prompt``).
+#: The server's per-call character budget for one chunk of prompts (``max_count_per_prompt``, model.py:43).
 MAX_PROMPT_CHARS = 1000
+#: ``min_confidence`` when a request leaves it out (``default_min_confidence``, model.py:39).
+DEFAULT_MIN_CONFIDENCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -258,3 +272,153 @@ def gdino_response(selected: Sequence[DetectorBox]) -> dict[str, Any]:
             "model": "mmgroundingdino",
         }
     }
+
+
+# =====================================================================================================
+# The request, as the server's ``preprocess`` checks it (model.py:123-195)
+# =====================================================================================================
+
+
+@dataclass(frozen=True)
+class GdinoParameters:
+    """One image's inference parameters after the server's standardisation: defaults filled in, a single
+    prompt string wrapped. ``prompts`` is the request's list, duplicates kept (they count)."""
+
+    prompts: tuple[Any, ...]
+    min_confidence: float
+    nms_iou: float | None
+    overdetect_factor: float | None
+
+
+def _checked_float(params: dict[str, Any], name: str, default: float | None, i: int) -> float | None:
+    """The server's check (model.py:169-180): ``min_confidence`` must be a float, ``nms_iou`` and
+    ``overdetect_factor`` a float or null; a JSON int or bool is neither."""
+    value = params.get(name, default)
+    if (value is not None or default is not None) and not isinstance(value, float):
+        raise RejectedRequest(f"Invalid '{name}' in inference_parameters[{i}]")
+    return value
+
+
+def parse_infer_request(payload: Any) -> tuple[list[Any], list[GdinoParameters]]:
+    """The images (still base64, one per parameter set) and parameters of an ``/infer`` body.
+
+    Raises :class:`RejectedRequest` with the server's message, checked in the server's order:
+
+    >>> parse_infer_request({"images": "QUJD", "inference_parameters": {"prompts": "a cat"}})[1]
+    [GdinoParameters(prompts=('a cat',), min_confidence=0.05, nms_iou=None, overdetect_factor=None)]
+    >>> parse_infer_request({"images": ["QUJD"], "inference_parameters": [{"prompts": ["a"], "min_confidence": 0}]})
+    Traceback (most recent call last):
+    ...
+    vlm_gist_dagster.sim._http.RejectedRequest: Invalid 'min_confidence' in inference_parameters[0]
+    """
+    if not isinstance(payload, dict):
+        raise RejectedRequest(f"'{type(payload).__name__}' object has no attribute 'get'")
+    parameters = payload.get("inference_parameters")
+    if parameters is None:
+        raise RejectedRequest("Missing 'inference_parameters' in payload")
+    images = payload.get("images")
+    if images is None:
+        raise RejectedRequest("Missing 'images' in payload")
+    if not isinstance(images, list):
+        if not isinstance(images, str):
+            raise RejectedRequest("Invalid 'images' in payload")
+        images = [images]
+    if not isinstance(parameters, list):
+        if not isinstance(parameters, dict):
+            raise RejectedRequest("Invalid 'inference_parameters' in payload")
+        parameters = [parameters]
+    if len(images) > 1 and len(parameters) == 1:
+        parameters = parameters * len(images)
+    elif len(images) != len(parameters) and not (len(images) == 1 and len(parameters) > 1):
+        raise RejectedRequest("Mismatch between number of images and inference_parameters")
+    parsed: list[GdinoParameters] = []
+    for i, params in enumerate(parameters):
+        if not isinstance(params, dict):  # the server calls params.copy()
+            raise RejectedRequest(f"'{type(params).__name__}' object has no attribute 'copy'")
+        if "prompts" not in params:
+            raise RejectedRequest(f"Missing 'prompts' in inference_parameters[{i}]")
+        prompts = params["prompts"]
+        if not isinstance(prompts, list):
+            if not isinstance(prompts, str):
+                raise RejectedRequest(f"Invalid 'prompts' in inference_parameters[{i}]")
+            prompts = [prompts]
+        min_confidence = _checked_float(params, "min_confidence", DEFAULT_MIN_CONFIDENCE, i)
+        nms_iou = _checked_float(params, "nms_iou", None, i)
+        factor = _checked_float(params, "overdetect_factor", None, i)
+        try:
+            Counter(prompts)  # the server counts duplicates: an unhashable prompt fails here
+        except TypeError as exc:
+            raise RejectedRequest(str(exc)) from None
+        parsed.append(GdinoParameters(tuple(prompts), float(min_confidence), nms_iou, factor))  # type: ignore[arg-type]
+    if len(images) == 1 and len(parsed) > 1:  # one image, several parameter sets: the image is reused
+        images = images * len(parsed)
+    return images, parsed
+
+
+# =====================================================================================================
+# The simulated model
+# =====================================================================================================
+
+
+def ground_chunk(
+    identified: Identified, chunk: Sequence[str], controls: ModelControls, parts: tuple
+) -> list[DetectorBox]:
+    """Raw boxes of one model call on one chunk of prompts (text ``"p1. p2. … pk."``).
+
+    Each prompt is mapped to the GT instance(s) it was derived from
+    (:meth:`~.world.SimImage.candidates_for_prompt`): an exactly recognised prompt yields its GT box, each
+    edge shifted by ``N(0, box_jitter × box size)``, with a score in [0.55, 0.95) (missed with probability
+    1 − ``recall``); a prompt recognised only by class / head noun scores lower; plus ``distractors``
+    wrong boxes per prompt (another GT instance's box or a random box) scored in [0.05, 0.4). The draws
+    of a prompt depend on the chunk's text, as a real call's scores depend on the whole text prompt.
+    """
+    image, width, height = identified.image, identified.width, identified.height
+    text = prompt_text(chunk)
+    raw: list[DetectorBox] = []
+    for prompt in chunk:
+        gen = rng(*parts, "ground", text, prompt)
+        candidates, exact = image.candidates_for_prompt(prompt)
+        used: set[int] = set()
+        for rank, index in enumerate(candidates[:8]):
+            if gen.random() >= controls.recall:
+                continue
+            inst = image.instances[index]
+            box = jitter_box(image.box_xyxy(inst, width, height), controls.box_jitter, gen, width, height)
+            if exact:
+                score = 0.55 + 0.4 * gen.random()
+            else:
+                score = (0.42 + 0.2 * gen.random()) * 0.85**rank
+            raw.append(DetectorBox(prompt, tuple(box), score))
+            used.add(index)
+        others = [i for i in range(len(image.instances)) if i not in used]
+        for _ in range(controls.distractors):
+            if others and gen.random() < 0.6:
+                inst = image.instances[others[int(gen.integers(0, len(others)))]]
+                box = jitter_box(image.box_xyxy(inst, width, height), controls.box_jitter, gen, width, height)
+            else:
+                box = random_box(gen, width, height)
+            raw.append(DetectorBox(prompt, tuple(box), 0.05 + 0.35 * gen.random()))
+    return raw
+
+
+def detect(
+    identified: Identified, params: GdinoParameters, controls: ModelControls, parts: tuple
+) -> list[DetectorBox]:
+    """What the server answers for one image: its unique prompts in chunks of at most
+    :data:`MAX_PROMPT_CHARS` characters, one :func:`ground_chunk` per chunk, then
+    :func:`select_detections` over the request's prompt list. ``parts`` seed the draws and must not
+    contain the attempt: the same request always gets the same boxes."""
+    try:
+        chunks = chunk_prompts(list(params.prompts))
+        for chunk in chunks:
+            prompt_text(chunk)  # the server joins each chunk: a non-string prompt fails there
+    except TypeError as exc:
+        raise RejectedRequest(str(exc)) from None
+    raw = [box for chunk in chunks for box in ground_chunk(identified, chunk, controls, parts)]
+    return select_detections(
+        raw,
+        list(params.prompts),
+        min_confidence=params.min_confidence,
+        nms_iou=params.nms_iou,
+        overdetect_factor=params.overdetect_factor,
+    )

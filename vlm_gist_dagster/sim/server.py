@@ -149,16 +149,16 @@ class SimulatorHandle:
         if server not in SERVER_NAMES:
             raise ValueError(f"unknown server {server!r} (known: {list(SERVER_NAMES)})")
         updated = self._controls.update(server, model, **changes)
-        self._context.counter.reset()
+        self._context.attempts.reset()
         return updated
 
     def replace_controls(self, server: str, controls: ServerControls) -> None:
         self._controls.set(server, controls)
-        self._context.counter.reset()
+        self._context.attempts.reset()
 
     def reset_counters(self) -> None:
-        """Forget how many times each request was seen (the next request of each key is attempt 0)."""
-        self._context.counter.reset()
+        """Forget every run of attempts in progress (the next request of each kind is attempt 0)."""
+        self._context.attempts.reset()
 
     def stop(self) -> None:
         if self._stopped:
