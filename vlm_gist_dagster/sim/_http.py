@@ -151,21 +151,6 @@ class RequestTimer:
         )
 
 
-def decode_b64_image(value: Any, field_name: str) -> bytes:
-    """Image bytes from base64 (a ``data:`` prefix is tolerated). Raises ValueError naming the field."""
-    import base64
-    import binascii
-
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{field_name} must be a non-empty base64 string")
-    if value.startswith("data:"):
-        _, _, value = value.partition(",")
-    try:
-        return base64.b64decode(value, validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{field_name} is not valid base64: {exc}") from None
-
-
 def body_digest(request: Request) -> str:
     """A short hash of the request body as received (after the handler has read it): what makes two
     requests "the same request" for :class:`~.faults.AttemptTracker`."""
