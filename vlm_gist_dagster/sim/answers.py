@@ -156,40 +156,51 @@ def _label(image: SimImage, inst: GtInstance) -> str:
     return inst.label if image.mode == "class" else lang.head_noun(inst.label)
 
 
+def _ten_sentences(
+    label: str, first: str, box_rel: tuple[float, float, float, float], neighbour: str | None
+) -> str:
+    """Ten sentences about one object (nimbro-api's prompt asks for ten to twenty): what it is, its
+    category, size and position, its nearest neighbour, and a few plain observations."""
+    x, y, w, h = box_rel
+    first = first.rstrip(".")
+    relation = (
+        f"The {label} is closest to {lang.with_article(neighbour)}."
+        if neighbour
+        else f"The {label} stands apart from everything else in the image."
+    )
+    return " ".join(
+        [
+            f"{first[:1].upper() + first[1:]}.",
+            f"It belongs to the general category {label}.",
+            f"It is {lang.size_word(w * h)} in the frame and located {lang.position_phrase(x + w / 2, y + h / 2)}.",
+            relation,
+            "Its outline is clearly visible against the surrounding area.",
+            f"The surface of the {label} looks intact, without visible damage.",
+            f"The lighting on the {label} is even, so its colours are easy to judge.",
+            "No writing or labels can be read on it.",
+            "It faces roughly towards the camera.",
+            f"Most of the {label} is visible and not covered by other objects.",
+        ]
+    )
+
+
 def _long_description(identified: Identified, index: int, choice: int) -> str:
-    """Ten sentences about one instance, from what the simulator knows: its description, category, size,
-    position and nearest neighbour."""
+    """Ten sentences about one GT instance, from its description variant, category, size, position and
+    nearest neighbour."""
     image = identified.image
     inst = image.instances[index]
-    label = _label(image, inst)
     options = image.variants()[index]
-    first = options[choice % len(options)].description.rstrip(".")
     x, y, w, h = inst.box_rel
     others = [o for o in image.instances if o.index != index]
-    if others:
-        near = min(
-            others,
-            key=lambda o: (
-                (o.box_rel[0] + o.box_rel[2] / 2 - x - w / 2) ** 2
-                + (o.box_rel[1] + o.box_rel[3] / 2 - y - h / 2) ** 2
-            ),
-        )
-        relation = f"The {label} is closest to {lang.with_article(_label(image, near))}."
-    else:
-        relation = f"The {label} stands apart from everything else in the image."
-    sentences = [
-        f"{first[:1].upper() + first[1:]}.",
-        f"It belongs to the general category {label}.",
-        f"It is {lang.size_word(w * h)} in the frame and located {lang.position_phrase(x + w / 2, y + h / 2)}.",
-        relation,
-        "Its outline is clearly visible against the surrounding area.",
-        f"The surface of the {label} looks intact, without visible damage.",
-        f"The lighting on the {label} is even, so its colours are easy to judge.",
-        "No writing or labels can be read on it.",
-        "It faces roughly towards the camera.",
-        f"Most of the {label} is visible and not covered by other objects.",
-    ]
-    return " ".join(sentences)
+
+    def distance(o: GtInstance) -> float:
+        ox, oy, ow, oh = o.box_rel
+        return (ox + ow / 2 - x - w / 2) ** 2 + (oy + oh / 2 - y - h / 2) ** 2
+
+    neighbour = _label(image, min(others, key=distance)) if others else None
+    return _ten_sentences(
+        _label(image, inst), options[choice % len(options)].description, inst.box_rel, neighbour
+    )
 
 
 def _box_2d(identified: Identified, box: np.ndarray) -> list[int]:
@@ -222,10 +233,14 @@ def describe_labelled_boxes(
     for _ in range(_invented_count(controls, gen)):
         name, description = lang.INVENTED_OBJECTS[int(gen.integers(0, len(lang.INVENTED_OBJECTS)))]
         box = random_box(gen, width, height)
-        sentence = description[:1].upper() + description[1:] + "."
+        box_rel = (box[0] / width, box[1] / height, (box[2] - box[0]) / width, (box[3] - box[1]) / height)
         objects.insert(
             int(gen.integers(0, len(objects) + 1)),
-            {"label": name, "description": sentence, "box_2d": _box_2d(identified, box)},
+            {
+                "label": name,
+                "description": _ten_sentences(name, description, box_rel, None),
+                "box_2d": _box_2d(identified, box),
+            },
         )
     return objects
 
