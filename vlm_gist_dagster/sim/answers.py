@@ -163,6 +163,7 @@ def _ten_sentences(
     category, size and position, its nearest neighbour, and a few plain observations."""
     x, y, w, h = box_rel
     first = first.rstrip(".")
+    where = lang.position_phrase(x + w / 2, y + h / 2)
     relation = (
         f"The {label} is closest to {lang.with_article(neighbour)}."
         if neighbour
@@ -172,7 +173,7 @@ def _ten_sentences(
         [
             f"{first[:1].upper() + first[1:]}.",
             f"It belongs to the general category {label}.",
-            f"It is {lang.size_word(w * h)} in the frame and located {lang.position_phrase(x + w / 2, y + h / 2)}.",
+            f"It is {lang.size_word(w * h)} in the frame and located {where}.",
             relation,
             "Its outline is clearly visible against the surrounding area.",
             f"The surface of the {label} looks intact, without visible damage.",

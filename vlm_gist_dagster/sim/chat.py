@@ -277,8 +277,9 @@ class ChatServer:
         if scheme.lower() != "bearer" or not token.strip():
             raise ChatError(
                 401,
-                "You didn't provide an API key. You need to provide your API key in an Authorization header using "
-                f"Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from {_OPENAI_KEYS_URL}.",
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
+                f"{_OPENAI_KEYS_URL}.",
             )
         token = token.strip()
         if self.api_key is not None and token != self.api_key:
@@ -298,8 +299,9 @@ class ChatServer:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ChatError(
                 400,
-                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
-                "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+                "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
+                "valid JSON.)",
             ) from None
 
     # ---------------------------------------------------------------- /v1/models

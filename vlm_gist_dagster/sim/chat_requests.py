@@ -1,9 +1,9 @@
 """Request bodies of the simulated OpenAI-compatible API, as pydantic models, and the providers' error bodies.
 
 What is checked is what OpenAI and vLLM reject with HTTP 400 for the fields the benchmark and
-``nimbro-api`` send: types (a string ``"1.0"`` is not a temperature), ranges (``n ≥ 1``, ``temperature``
-0–2, ``top_p`` 0–1, token limits ≥ 1, penalties −2–2), message roles and content parts, ``response_format``
-types, ``stream_options`` without ``stream``. Other fields pass, as vLLM and OpenRouter let unknown ones
+``nimbro-api`` send: types (a string ``"1.0"`` is not a temperature), ranges (``n ≥ 1``,
+``temperature`` 0–2, ``top_p`` 0–1, token limits ≥ 1, penalties −2–2), message roles and content
+parts, ``response_format`` types, ``stream_options`` without ``stream``. Other fields pass, as vLLM and OpenRouter let unknown ones
 through (OpenAI would refuse some; the simulator serves every flavour on one URL).
 
 >>> ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).n

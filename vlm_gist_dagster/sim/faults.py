@@ -12,7 +12,9 @@ share draws. The vision servers' results do not depend on the attempt at all, on
 
 One uniform number per request picks at most one fault: the rates partition [0, 1) in the order of
 :data:`~vlm_gist_dagster.sim.controls.FAULT_TYPES`, so each fault occurs with exactly its configured
-probability. What each fault does on the wire:
+probability. That number (and the latency) is drawn from the attempt's parts and a hash of the request
+body, so two different requests about one image (two models' prompts, two crops) fail independently.
+What each fault does on the wire:
 
 ==========================  ==================================================================================
 fault                       chat completions (SSE / JSON)                    vision servers, embeddings

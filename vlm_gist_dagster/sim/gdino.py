@@ -1,7 +1,8 @@
 """The MM-Grounding-DINO server's own rule, as the public server applies it after the model: prompt
 de-duplication and chunking, the confidence filter, class-agnostic NMS, the selection of one box per
 requested prompt and the over-detection padding, and the ``/infer`` response body (docs/nimbro_vision_api.md,
-"mmgroundingdino"; ``models/mmgroundingdino/mmgroundingdino/model.py`` of AIS-Bonn/nimbro_vision_servers).
+"mmgroundingdino"; ``model.py`` below is ``models/mmgroundingdino/mmgroundingdino/model.py`` of
+AIS-Bonn/nimbro_vision_servers at 35b229d).
 
 The module also holds the server's request validation (:func:`parse_infer_request`, same rules, order and
 messages) and the simulated model itself (:func:`detect`): each chunk of prompts is "one model call"
@@ -74,7 +75,7 @@ class DetectorBox:
 
 
 def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], dict[str, int]]:
-    """De-duplicate prompts keeping first-occurrence order, and count each one (spec §4.2 step 1).
+    """De-duplicate prompts keeping first-occurrence order, and count each one (model.py:104-121).
 
     >>> unique_prompts(["a cat", "a dog", "a cat"])
     (['a cat', 'a dog'], {'a cat': 2, 'a dog': 1})
@@ -89,8 +90,8 @@ def chunk_width(lengths: Sequence[int], max_chars: int = MAX_PROMPT_CHARS) -> in
     A width ``w`` is feasible when every run of ``w`` consecutive prompts (the last run may be shorter)
     sums to ≤ ``max_chars`` characters (separators not counted). Among feasible widths the smallest
     ``n mod w`` wins, ties going to the larger ``w``; ``w = 1`` is only used when nothing else is
-    feasible, and also when nothing at all is (a single prompt longer than ``max_chars``): spec §4.2
-    step 2.
+    feasible, and also when nothing at all is (a single prompt longer than ``max_chars``):
+    ``determine_bin_width``, model.py:200-233.
 
     >>> chunk_width([400, 400, 400, 400, 400])   # w=2: 800 ≤ 1000, w≥3: 1200 > 1000; 5 mod 2 = 1
     2
@@ -115,7 +116,7 @@ def chunk_width(lengths: Sequence[int], max_chars: int = MAX_PROMPT_CHARS) -> in
 def chunk_prompts(prompts: Sequence[str], max_chars: int = MAX_PROMPT_CHARS) -> list[list[str]]:
     """Split the *unique* prompts into the chunks the server sends to the model one call each.
 
-    Duplicates are removed first (spec §4.2 step 1), then consecutive runs of :func:`chunk_width`
+    Duplicates are removed first (model.py:181-184), then consecutive runs of :func:`chunk_width`
     prompts form the chunks (step 2). Character counts are Python ``len`` (code points).
 
     >>> chunks = chunk_prompts(["a" * 400, "b" * 400, "c" * 400, "a" * 400])  # 3 unique; w=3 needs 1200
@@ -185,7 +186,7 @@ def select_detections(
     nms_iou: float | None = None,
     overdetect_factor: float | None = 1.0,
 ) -> list[DetectorBox]:
-    """The MM-Grounding-DINO server's selection rule (spec §4.2 steps 1 and 3–5).
+    """The MM-Grounding-DINO server's selection rule (``filter_detections``, model.py:235-323).
 
     1. ``prompts`` (the request's list, duplicates allowed) become a target multiset.
     2. Keep raw boxes with ``confidence > min_confidence`` (strictly greater).
@@ -223,7 +224,7 @@ def select_detections(
     targets = Counter(prompts)
     num_targets = len(prompts)
     scores = np.asarray([d.confidence for d in candidates], dtype=np.float64)
-    # spec §4.2 step 4: descending confidence = a reversed ascending sort (see docstring on ties).
+    # model.py:271-272: descending confidence = a reversed ascending sort (see docstring on ties).
     order = [int(i) for i in np.argsort(scores, kind="stable")[::-1]]
 
     picked: list[int] = []
@@ -237,7 +238,7 @@ def select_detections(
             remaining -= 1
             picked.append(i)
 
-    # spec §4.2 step 5: the float product is rounded up exactly as the server does (math.ceil).
+    # model.py:292: the float product is rounded up exactly as the server does (math.ceil).
     desired = math.ceil(num_targets * float(overdetect_factor))
     if overdetect_factor > 0.0 and desired > len(picked):
         already = set(picked)
@@ -250,9 +251,10 @@ def select_detections(
 
 
 def gdino_response(selected: Sequence[DetectorBox]) -> dict[str, Any]:
-    """The ``/infer`` response body of the MM-Grounding-DINO server for one image (spec §4.2 step 6).
+    """The ``/infer`` response body of the MM-Grounding-DINO server for one image (``postprocess``,
+    model.py:359-374).
 
-    Boxes are **truncated** to int (toward zero, like ``torch.Tensor.int()``; gotcha 11).
+    Boxes are **truncated** to int (toward zero, like ``torch.Tensor.int()``).
 
     >>> gdino_response([DetectorBox("a cat", (1.9, 2.5, 30.99, -0.7), 0.75)])
     {'artifact': {'detections': [[{'box_xyxy': [1, 2, 30, 0], 'confidence': 0.75, 'prompt': 'a cat'}]], 'model': 'mmgroundingdino'}}

@@ -8,7 +8,7 @@ answers the ``object_name`` whose description it wrote for that instance. A box 
 any instance (IoU below :data:`TIGHT_IOU`), or around an instance no object of the description names,
 gets the invalid token: a hallucinated object's detection is rejected, as a good validator would.
 
->>> validation_invalid_token(["Is this cropped image ... Otherwise, respond with 'n/a'."])
+>>> validation_invalid_token([DEFAULT_VALIDATION_PROMPT.format(invalid="n/a")])
 'n/a'
 >>> validation_invalid_token(["Provide a JSON description of all object instances."]) is None
 True
