@@ -202,3 +202,26 @@ def test_gdino_response_truncates_boxes_to_int():
 def test_detector_box_rejects_bad_box():
     with pytest.raises(ValueError, match="box_xyxy"):
         DetectorBox("a", (0.0, 1.0, 2.0), 0.5)  # type: ignore[arg-type]
+
+
+# --- the server's request checks (model.py:123-195) ----------------------------------------------------
+
+
+def test_parse_infer_request_defaults_and_wrapping():
+    from vlm_gist_dagster.sim.gdino import GdinoParameters, parse_infer_request
+
+    # a single image string, a single parameter dict and a single prompt string are wrapped; min_confidence
+    # defaults to 0.05 (model.py:39), nms_iou and overdetect_factor to None (:40-41)
+    images, params = parse_infer_request({"images": "QUJD", "inference_parameters": {"prompts": "a cat"}})
+    assert images == ["QUJD"]
+    assert params == [GdinoParameters(("a cat",), 0.05, None, None)]
+    # one image with two parameter sets: the image is used twice (:151-153, :193-194)
+    images, params = parse_infer_request(
+        {"images": ["A"], "inference_parameters": [{"prompts": []}, {"prompts": ["b"]}]}
+    )
+    assert images == ["A", "A"] and [p.prompts for p in params] == [(), ("b",)]
+    # two images with one parameter set: the parameters are reused (:154-156)
+    images, params = parse_infer_request(
+        {"images": ["A", "B"], "inference_parameters": [{"prompts": ["c", "c"]}]}
+    )
+    assert images == ["A", "B"] and [p.prompts for p in params] == [("c", "c"), ("c", "c")]
