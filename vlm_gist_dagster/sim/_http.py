@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import hashlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -15,14 +14,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .controls import ModelControls, ServerControls
-from .faults import AttemptCounter, choose_fault, latency_seconds
+from .controls import SERVER_WIDE_CONTROLS, ModelControls, ServerControls
+from .faults import AttemptTracker, choose_fault, latency_seconds
 from .log import RequestLog, RequestRecord
 from .world import World
 
 ABORT_KEY = "vlm_gist_sim.abort"
 #: Scope key under which :class:`AbortableApp` collects the request body's chunks as they are received.
 BODY_KEY = "vlm_gist_sim.body"
+
+
+class RejectedRequest(ValueError):
+    """A request the real server's ``preprocess`` (or model) rejects: it answers HTTP 500 with
+    ``{"detail": "Inference failed: <message>"}`` (``Update failed: ...`` on sam2's ``/update``)."""
 
 
 class ControlsStore:
@@ -43,8 +47,10 @@ class ControlsStore:
     def update(self, server: str, model: str | None, **changes: Any) -> ServerControls:
         with self._lock:
             current = self._controls.get(server) or ServerControls()
-            if "seed" in changes and model is None:  # the server's seed; with a model: that model's seed
-                current = current.model_copy(update={"seed": int(changes.pop("seed"))})
+            if model is None:  # the server's seed and behaviours; with a model, ``seed=`` is that model's
+                server_wide = {k: changes.pop(k) for k in list(changes) if k in SERVER_WIDE_CONTROLS}
+                if server_wide:
+                    current = ServerControls.model_validate({**current.model_dump(), **server_wide})
             if changes:
                 current = current.with_model(model, **changes)
             self._controls[server] = current
@@ -58,7 +64,7 @@ class SimContext:
     world: World
     controls: ControlsStore
     log: RequestLog
-    counter: AttemptCounter = field(default_factory=AttemptCounter)
+    attempts: AttemptTracker = field(default_factory=AttemptTracker)
     #: Keep each request's body in its log record (tests assert on what the server received).
     capture_bodies: bool = False
 
@@ -145,21 +151,19 @@ class RequestTimer:
         )
 
 
-def decode_b64_image(value: Any, field_name: str) -> bytes:
-    """Image bytes from base64 (a ``data:`` prefix is tolerated). Raises ValueError naming the field."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{field_name} must be a non-empty base64 string")
-    if value.startswith("data:"):
-        _, _, value = value.partition(",")
-    try:
-        return base64.b64decode(value, validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{field_name} is not valid base64: {exc}") from None
+def body_digest(request: Request) -> str:
+    """A short hash of the request body as received (after the handler has read it): what makes two
+    requests "the same request" for :class:`~.faults.AttemptTracker`."""
+    chunks = request.scope.get(BODY_KEY) or ()
+    return hashlib.blake2b(b"".join(chunks), digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True)
 class FaultPlan:
-    """The fault (or none) and latency chosen for one request."""
+    """The fault (or none) and latency chosen for one request, and its attempt number.
+
+    ``parts`` seed every draw of the answer: ``(seed, server, model, key, attempt)``. ``chain`` identifies
+    the request for the attempt tracker (see :func:`settle`)."""
 
     fault: str | None
     latency_s: float
@@ -167,20 +171,50 @@ class FaultPlan:
     seed: int
     attempt: int
     parts: tuple
+    chain: tuple = ()
 
 
 def plan_request(
-    ctx: SimContext, server: str, model: str | None, key: str, *, allowed: frozenset[str] | None = None
+    ctx: SimContext,
+    server: str,
+    model: str | None,
+    key: str,
+    *,
+    content: str | None = None,
+    allowed: frozenset[str] | None = None,
 ) -> FaultPlan:
-    """Count the attempt for (server, model, key) and draw its fault and latency deterministically."""
+    """The attempt number of this request, and its fault and latency drawn deterministically from
+    ``(seed, server, model, key, attempt, content)``.
+
+    ``content`` (usually :func:`body_digest`) tells identical requests apart from other requests about the
+    same image: only an identical request continues a run of attempts. A fault ends the attempt at once
+    (the next identical request is the next attempt); otherwise the handler calls :func:`settle` once it
+    knows whether its answer is usable."""
     server_controls = ctx.controls.get(server)
     controls = server_controls.for_model(model)
-    attempt = ctx.counter.next((server, model, key))
+    chain = (server, model, key, content)
+    attempt = ctx.attempts.current(chain)
     seed = server_controls.seed if controls.seed is None else controls.seed
     parts = (seed, server, model, key, attempt)
-    fault = choose_fault(controls.faults, *parts, allowed=allowed)
-    latency = latency_seconds(controls.latency_mean_s, controls.latency_jitter_s, *parts)
-    return FaultPlan(fault, latency, controls, seed, attempt, parts)
+    # Faults and latency are drawn per request (its content too): two different requests about the same
+    # image (another model's prompts, another crop) are independent; the answer's draws use ``parts``.
+    fault = choose_fault(controls.faults, *parts, content, allowed=allowed)
+    if fault is not None:
+        ctx.attempts.failed(chain, attempt)
+    latency = latency_seconds(controls.latency_mean_s, controls.latency_jitter_s, *parts, content)
+    return FaultPlan(fault, latency, controls, seed, attempt, parts, chain)
+
+
+def settle(ctx: SimContext, plan: FaultPlan, *, usable: bool = True) -> None:
+    """After an answer without a fault: a usable answer ends the run of attempts; an unusable one (e.g. a
+    description with no objects, which a client rejects and asks again for) makes the next identical
+    request the next attempt, with fresh draws."""
+    if plan.fault is not None:
+        return
+    if usable:
+        ctx.attempts.succeeded(plan.chain)
+    else:
+        ctx.attempts.failed(plan.chain, plan.attempt)
 
 
 async def http_fault_response(

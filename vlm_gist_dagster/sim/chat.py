@@ -1,33 +1,41 @@
 """The simulated OpenAI-compatible server: ``POST /v1/chat/completions`` (JSON and SSE),
-``GET /v1/models``, ``POST /v1/embeddings``.
+``GET /v1/models``, ``POST /v1/embeddings``; the same under ``/api/v1`` as OpenRouter serves them.
 
-What it answers (spec/pipeline.md §1.3–1.4, spec/evaluation.md §1.5):
+As strict as the providers for what the benchmark and ``nimbro-api`` send:
 
-* **Structured description** — a request with an image and a prompt that asks for ``object_name`` /
-  ``description`` fields (the paper's ``dict_prompt``). The image is recognised (:mod:`.world`); each
-  GT instance is described with probability ``recall`` plus about ``hallucinations`` invented objects.
-  With ``response_format: {"type": "json_object"}`` the text is ``{"objects": [...]}``; otherwise the
-  bare JSON list, or with probability ``fenced_rate`` prose around a ```` ```json ```` fence (both are
-  what real models send, and both survive the client's longest-first JSON extraction). An unknown
-  image is answered with HTTP 400 (``code: "sim_unknown_image"``): the simulator cannot describe
-  what it has no ground truth for, and a clear error beats a silent random answer.
-* **Definition** — a prompt starting with one of the two definition prompts of spec/evaluation.md
-  §1.5: a deterministic 5-sentence definition of the term (:func:`.language.definition_for`).
-* Anything else — a short generic text.
+* **Auth:** ``Authorization: Bearer <key>``; a missing or malformed header, or a wrong key when the
+  simulator has one, is OpenAI's 401 with its texts.
+* **Requests** are validated by the pydantic models of :mod:`.chat_requests` (types, ranges, roles,
+  content parts, ``stream_options`` only with ``stream``): a bad body is a 400 naming the field.
+  Images must be ``data:`` URIs (the simulator works offline and cannot fetch URLs).
+* **Models:** ``/v1/models`` lists every model the server answers: the simulated VLMs (presets, model
+  files, models given controls at run time), the label-matching LLM, the embedding model and the
+  validation VLM (:data:`AUXILIARY_MODELS`), and any ``served_models``. Any other model gets the
+  provider's 404 (OpenAI's ``model_not_found`` body; vLLM's when the request looks like vLLM's).
+* **Choices:** ``n`` > 1 returns ``n`` choices (OpenAI, vLLM and Mistral honour it, each a separate draw);
+  OpenRouter's ``/api/v1`` path ignores it and answers one, as OpenRouter does.
 
-Every draw depends only on (seed, model, image key, attempt), see :mod:`.faults`. ``reasoning``
-models also return reasoning text (``message.reasoning``; ``reasoning_content`` when the request
-looks like vLLM's, i.e. carries ``chat_template_kwargs``).
+What it answers follows the prompt (:mod:`.answers`): the paper's structured description, nimbro-api's
+``label``/``description``/``box_2d`` one, scene descriptions, definitions for label matching
+(:data:`DEFINITION_PROMPT_ITEM_PREFIX`), the validation VLM's answers (:mod:`.validation`), or a plain
+answer. An image that is in none of the datasets is a 400 (``code: "sim_unknown_image"``): the simulator
+cannot describe what it has no ground truth for. ``reasoning`` models also return reasoning text
+(``message.reasoning``; ``reasoning_content`` for vLLM-style requests).
+
+Every draw depends only on (seed, model, image key, attempt), see :mod:`.faults`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -36,25 +44,39 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from . import answers
 from . import language as lang
 from ._http import (
     AbortableApp,
+    FaultPlan,
     RequestTimer,
     SimContext,
-    decode_b64_image,
+    body_digest,
     http_fault_response,
     plan_request,
+    settle,
     truncated_json_response,
+)
+from .chat_requests import (
+    ChatRequest,
+    EmbeddingsRequest,
+    ErrorStyle,
+    ValidationError,
+    error_body,
+    validation_message,
 )
 from .controls import FAULT_TYPES, ModelControls
 from .embeddings import get_embedder
-from .faults import hash64, rng, uniform
+from .faults import hash64
 from .validation import validation_answer, validation_invalid_token
 from .world import Identified, ImageDecodeError, UnknownImageError
 
 SERVER = "chat"
-#: Share of the invented objects on a class dataset (COCO) that are scene stuff outside its classes.
-SCENE_STUFF_SHARE = 0.5
+
+#: Models every simulator answers besides the simulated VLMs: the label-matching LLM and embedding model
+#: of ``settings/label_matching/*.json`` (the paper's), and the validation VLM of
+#: ``settings/validation/validation.json``.
+AUXILIARY_MODELS: tuple[str, ...] = ("gpt-4o-2024-11-20", "text-embedding-3-large", "google/gemini-2.5-flash")
 
 #: The fixed beginnings of the two definition prompts (spec/evaluation.md §1.5, exact strings).
 DEFINITION_PROMPT_ITEM_PREFIX = (
@@ -77,125 +99,59 @@ EMBEDDING_FAULTS = frozenset(FAULT_TYPES) - {
     "finish_length",
     "finish_content_filter",
 }
+_OPENAI_KEYS_URL = "https://platform.openai.com/account/api-keys"
 
 
-def openai_error(status: int, message: str, code: str | None = None) -> dict[str, Any]:
-    kind = {
-        400: "invalid_request_error",
-        401: "invalid_request_error",
-        404: "invalid_request_error",
-        429: "rate_limit_exceeded",
-        500: "server_error",
-        503: "server_error",
-    }.get(status, "server_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": code or kind}}
+class ChatError(Exception):
+    """An error answered with the provider's error body."""
 
-
-class BadRequest(Exception):
-    def __init__(self, message: str, code: str = "invalid_request_error", status: int = 400) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        kind: str | None = None,
+    ) -> None:
         super().__init__(message)
-        self.code = code
-        self.status = status
+        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
 
-
-@dataclass(frozen=True)
-class ParsedChat:
-    model: str
-    texts: list[str]
-    images: list[bytes]
-    stream: bool
-    include_usage: bool
-    json_mode: bool
-    vllm_style: bool
-    #: Text of the assistant turns (a validation conversation carries the structured description there).
-    assistant_texts: tuple[str, ...] = ()
+    def response(self, style: ErrorStyle) -> JSONResponse:
+        body = error_body(
+            self.status, self.message, style=style, code=self.code, param=self.param, kind=self.kind
+        )
+        return JSONResponse(body, status_code=self.status)
 
 
 @dataclass(frozen=True)
 class Answer:
+    """One choice of a completion."""
+
     text: str
     reasoning: str | None
     finish_reason: str
-    prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int
 
 
-def _parse_chat(body: Any) -> ParsedChat:
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' must be a non-empty string", "missing_model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty list", "invalid_messages")
-    texts: list[str] = []
-    assistant_texts: list[str] = []
-    images: list[bytes] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in (
-            "system",
-            "user",
-            "assistant",
-            "developer",
-            "tool",
-        ):
-            raise BadRequest(f"messages[{i}] must be an object with a valid 'role'", "invalid_messages")
-        content = message.get("content")
-        if isinstance(content, str):
-            (assistant_texts if message["role"] == "assistant" else texts).append(content)
-            continue
-        if not isinstance(content, list):
-            raise BadRequest(f"messages[{i}].content must be a string or a list of parts", "invalid_messages")
-        for j, part in enumerate(content):
-            if not isinstance(part, dict):
-                raise BadRequest(f"messages[{i}].content[{j}] must be an object", "invalid_messages")
-            if part.get("type") == "text":
-                (assistant_texts if message["role"] == "assistant" else texts).append(
-                    str(part.get("text", ""))
-                )
-            elif part.get("type") == "image_url":
-                url = (
-                    (part.get("image_url") or {}).get("url")
-                    if isinstance(part.get("image_url"), dict)
-                    else None
-                )
-                if not isinstance(url, str):
-                    raise BadRequest(
-                        f"messages[{i}].content[{j}].image_url.url must be a string", "invalid_image"
-                    )
-                if not url.startswith("data:"):
-                    raise BadRequest(
-                        f"messages[{i}].content[{j}]: the simulator works offline and cannot fetch image URLs; "
-                        "send a data:image/...;base64 URI",
-                        "invalid_image",
-                    )
-                try:
-                    images.append(decode_b64_image(url, f"messages[{i}].content[{j}].image_url.url"))
-                except ValueError as exc:
-                    raise BadRequest(str(exc), "invalid_image") from None
-            else:
-                raise BadRequest(
-                    f"messages[{i}].content[{j}]: unsupported part type {part.get('type')!r}",
-                    "invalid_messages",
-                )
-    response_format = body.get("response_format") or {}
-    json_mode = isinstance(response_format, dict) and response_format.get("type") in (
-        "json_object",
-        "json_schema",
-    )
-    stream_options = body.get("stream_options") or {}
-    return ParsedChat(
-        model=model,
-        texts=texts,
-        images=images,
-        stream=bool(body.get("stream", False)),
-        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
-        json_mode=json_mode,
-        vllm_style="chat_template_kwargs" in body,
-        assistant_texts=tuple(assistant_texts),
-    )
+@dataclass(frozen=True)
+class Completion:
+    """All choices of one completion, and whether a client can use them (see :func:`.settle`)."""
+
+    choices: tuple[Answer, ...]
+    prompt_tokens: int
+    usable: bool
+
+    def usage(self) -> dict[str, Any]:
+        completion = sum(a.completion_tokens for a in self.choices)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": sum(a.reasoning_tokens for a in self.choices)},
+        }
 
 
 def _definition_term(texts: list[str]) -> tuple[str, str | None] | None:
@@ -207,11 +163,6 @@ def _definition_term(texts: list[str]) -> tuple[str, str | None] | None:
         if text.startswith(DEFINITION_PROMPT_LABEL_PREFIX):
             return lang.parse_definition_item(text[len(DEFINITION_PROMPT_LABEL_PREFIX) :])
     return None
-
-
-def _asks_for_objects(texts: list[str]) -> bool:
-    joined = " ".join(texts).lower()
-    return "object_name" in joined and "description" in joined
 
 
 def _tokens(text: str) -> int:
@@ -227,77 +178,43 @@ def _image_tokens(width: int, height: int) -> int:
     return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
 
 
-# --------------------------------------------------------------------------------------------------
-# Descriptions
+def _data_uri_bytes(url: str, where: str) -> bytes:
+    if not url.startswith("data:"):
+        raise ChatError(
+            400,
+            f"Invalid '{where}': the simulator works offline and cannot fetch image URLs; send a "
+            "data:image/...;base64 URI",
+            code="invalid_image_url",
+            param=where,
+        )
+    header, _, payload = url.partition(",")
+    try:
+        return base64.b64decode(payload, validate=False) if header.endswith(";base64") else payload.encode()
+    except (binascii.Error, ValueError) as exc:
+        raise ChatError(
+            400, f"Invalid '{where}': not valid base64 ({exc})", code="invalid_image_url", param=where
+        ) from None
 
 
-def describe_objects(
-    identified: Identified, controls: ModelControls, parts: tuple, all_class_names: tuple[str, ...]
-) -> list[dict[str, str]]:
-    """The simulated structured description of an image: a list of ``{object_name, description}``."""
-    image = identified.image
-    variants = image.variants()
-    gen = rng(*parts, "describe")
-    n = len(image.instances)
-    keep = gen.random(n) < controls.recall
-    choice = gen.integers(0, 2, size=n)
-    synonym_draw = gen.random(n)
-    objects: list[dict[str, str]] = []
-    for index in np.flatnonzero(keep):
-        options = variants[index]
-        variant = options[int(choice[index]) % len(options)]
-        name = variant.object_name
-        synonyms = lang.SYNONYMS.get(name, ())
-        if image.mode == "class" and synonyms and synonym_draw[index] < controls.synonym_rate:
-            name = synonyms[int(gen.integers(0, len(synonyms)))]
-        objects.append({"object_name": name, "description": variant.description})
+@dataclass(frozen=True)
+class _Parsed:
+    """What the handlers need from a validated chat request."""
 
-    count = int(controls.hallucinations) + int(
-        gen.random() < controls.hallucinations - int(controls.hallucinations)
-    )
-    for _ in range(count):
-        objects.insert(int(gen.integers(0, len(objects) + 1)), _invented_object(image, gen, all_class_names))
-    return objects
+    request: ChatRequest
+    texts: list[str]
+    assistant_texts: tuple[str, ...]
+    images: list[bytes]
 
 
-def _invented_object(image, gen: np.random.Generator, all_class_names: tuple[str, ...]) -> dict[str, str]:
-    if image.mode == "class":
-        present = {inst.label for inst in image.instances}
-        pool = [c for c in all_class_names if c not in present and c != "person"] or list(all_class_names)
-        # Half of what a model invents on a class dataset is scene "stuff" outside its classes (a wall, a
-        # window): real VLMs list those, and label matching rejects them (Mat. < 1); the other half are
-        # classes of the dataset that are not in the image (false positives if grounded).
-        if gen.random() < SCENE_STUFF_SHARE:
-            pool = [c for c in lang.SCENE_STUFF if c not in all_class_names] or pool
-        name = pool[int(gen.integers(0, len(pool)))]
-        colour = ("black", "white", "red", "blue", "green", "gray", "brown", "yellow")[
-            int(gen.integers(0, 8))
-        ]
-        where = lang.position_phrase(float(gen.random()), float(gen.random()))
-        return {"object_name": name, "description": lang.with_article(f"{colour} {name} {where}")}
-    name, description = lang.INVENTED_OBJECTS[int(gen.integers(0, len(lang.INVENTED_OBJECTS)))]
-    return {"object_name": name, "description": description[:1].upper() + description[1:] + "."}
-
-
-def _format_objects(
-    objects: list[dict[str, str]], json_mode: bool, controls: ModelControls, parts: tuple
-) -> str:
-    if json_mode:
-        return json.dumps({"objects": objects}, indent=2)
-    listing = json.dumps(objects, indent=2)
-    if uniform(*parts, "fence") < controls.fenced_rate:
-        return f"Here is the list of objects visible in the image:\n\n```json\n{listing}\n```\n"
-    return listing
-
-
-def _reasoning_for(objects: list[dict[str, str]] | None, subject: str) -> str:
-    if objects is None:
-        return f"The user asks about {subject}. I will answer concisely and factually."
-    names = ", ".join(o["object_name"] for o in objects[:12]) or "nothing recognisable"
-    return (
-        f"I need to list every object in the image as JSON. Scanning the image from left to right, I can see: "
-        f"{names}. Each gets a short, distinct description starting with 'a' or 'an'."
-    )
+def _parse_chat(request: ChatRequest) -> _Parsed:
+    texts: list[str] = []
+    assistant: list[str] = []
+    images: list[bytes] = []
+    for i, message in enumerate(request.messages):
+        (assistant if message.role == "assistant" else texts).extend(message.texts())
+        for j, url in enumerate(message.image_urls()):
+            images.append(_data_uri_bytes(url, f"messages[{i}].content[{j}].image_url.url"))
+    return _Parsed(request, texts, tuple(assistant), images)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,60 +222,99 @@ def _reasoning_for(objects: list[dict[str, str]] | None, subject: str) -> str:
 
 
 class ChatServer:
-    """Builds the starlette app of the OpenAI-compatible simulator."""
+    """Builds the starlette app of the OpenAI-compatible simulator.
+
+    ``served_models``: model names answered besides the simulated VLMs and :data:`AUXILIARY_MODELS`."""
 
     def __init__(
-        self, ctx: SimContext, api_key: str | None = None, embedding_backend: str = "hashed"
+        self,
+        ctx: SimContext,
+        api_key: str | None = None,
+        embedding_backend: str = "hashed",
+        served_models: Iterable[str] = (),
     ) -> None:
         self.ctx = ctx
         self.api_key = api_key
         self.embedding_backend = embedding_backend
+        self.extra_models = frozenset(served_models)
 
     def app(self) -> AbortableApp:
         # "/v1/..." as OpenAI, Mistral and vLLM serve it; "/api/v1/..." as OpenRouter does, so that a named
         # endpoint moved onto the simulator (``VLM_GIST_ENDPOINT_URL_OPENROUTER``) keeps its path.
         routes = [
             route
-            for prefix in ("/v1", "/api/v1")
+            for prefix, openrouter in (("/v1", False), ("/api/v1", True))
             for route in (
-                Route(f"{prefix}/chat/completions", self.chat_completions, methods=["POST"]),
+                Route(
+                    f"{prefix}/chat/completions",
+                    partial(self.chat_completions, openrouter=openrouter),
+                    methods=["POST"],
+                ),
                 Route(f"{prefix}/models", self.models, methods=["GET"]),
                 Route(f"{prefix}/embeddings", self.embeddings, methods=["POST"]),
             )
         ]
         return AbortableApp(Starlette(routes=routes))
 
+    def served_models(self) -> list[str]:
+        """Every model name this server answers (what ``/v1/models`` lists)."""
+        return sorted(set(self.ctx.controls.get(SERVER).models) | set(AUXILIARY_MODELS) | self.extra_models)
+
+    def _require_served(self, model: str, style: ErrorStyle) -> None:
+        if model in self.served_models():
+            return
+        if style == "vllm":
+            raise ChatError(404, f"The model `{model}` does not exist.")
+        raise ChatError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+
     # ---------------------------------------------------------------- auth
-    def _auth_error(self, request: Request) -> JSONResponse | None:
-        header = request.headers.get("authorization")
-        if not header:
-            return JSONResponse(
-                openai_error(401, "Missing bearer authentication in header", "missing_api_key"),
-                status_code=401,
-            )
-        scheme, _, token = header.partition(" ")
+    def _auth(self, request: Request) -> None:
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return JSONResponse(
-                openai_error(401, "Authorization header must be 'Bearer <key>'", "invalid_api_key"),
-                status_code=401,
+            raise ChatError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
+                f"{_OPENAI_KEYS_URL}.",
             )
-        if self.api_key is not None and token.strip() != self.api_key:
-            return JSONResponse(
-                openai_error(401, "Incorrect API key provided (simulator)", "invalid_api_key"),
-                status_code=401,
+        token = token.strip()
+        if self.api_key is not None and token != self.api_key:
+            shown = (
+                f"{token[:3]}{'*' * (len(token) - 7)}{token[-4:]}" if len(token) >= 20 else "*" * len(token)
             )
-        return None
+            raise ChatError(
+                401,
+                f"Incorrect API key provided: {shown}. You can find your API key at {_OPENAI_KEYS_URL}.",
+                code="invalid_api_key",
+            )
+
+    @staticmethod
+    async def _body(request: Request) -> Any:
+        try:
+            return await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ChatError(
+                400,
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+                "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
+                "valid JSON.)",
+            ) from None
 
     # ---------------------------------------------------------------- /v1/models
     async def models(self, request: Request) -> Response:
         timer = RequestTimer(self.ctx, SERVER, request)
-        error = self._auth_error(request)
-        if error is not None:
-            timer.finish(error.status_code)
-            return error
-        names = sorted(self.ctx.controls.get(SERVER).models)
+        try:
+            self._auth(request)
+        except ChatError as exc:
+            timer.finish(exc.status, exc.message)
+            return exc.response("openai")
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "vlm-gist-simulator"} for name in names
+            {"id": name, "object": "model", "created": 0, "owned_by": "vlm-gist-simulator"}
+            for name in self.served_models()
         ]
         timer.finish(200)
         return JSONResponse({"object": "list", "data": data})
@@ -366,153 +322,174 @@ class ChatServer:
     # ---------------------------------------------------------------- /v1/embeddings
     async def embeddings(self, request: Request) -> Response:
         timer = RequestTimer(self.ctx, SERVER, request)
-        error = self._auth_error(request)
-        if error is not None:
-            timer.finish(error.status_code)
-            return error
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            timer.finish(400, "body is not JSON")
-            return JSONResponse(openai_error(400, "request body is not valid JSON"), status_code=400)
-        inputs = body.get("input") if isinstance(body, dict) else None
-        model = body.get("model") if isinstance(body, dict) else None
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        problem = None
-        if not isinstance(model, str) or not model:
-            problem = "'model' must be a non-empty string"
-        elif not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) for t in inputs):
-            problem = "'input' must be a string or a non-empty list of strings"
-        elif any(not t.strip() for t in inputs):
-            problem = "'input' must not contain empty strings"
-        dimensions = body.get("dimensions") if isinstance(body, dict) else None
-        if problem is None and dimensions is not None and (not isinstance(dimensions, int) or dimensions < 1):
-            problem = "'dimensions' must be a positive integer"
-        if problem is not None:
-            timer.finish(400, problem)
-            return JSONResponse(openai_error(400, problem), status_code=400)
-        timer.model = model
+            self._auth(request)
+            try:
+                parsed = EmbeddingsRequest.model_validate(await self._body(request))
+            except ValidationError as exc:
+                param, message = validation_message(exc)
+                raise ChatError(400, message, param=param) from None
+            timer.model = parsed.model
+            self._require_served(parsed.model, "openai")
+        except ChatError as exc:
+            timer.finish(exc.status, exc.message)
+            return exc.response("openai")
+        inputs = parsed.texts()
         key = f"text:{hash64(*inputs):016x}"
         timer.image_key = key
-        plan = plan_request(self.ctx, SERVER, model, key, allowed=EMBEDDING_FAULTS)
+        plan = plan_request(
+            self.ctx, SERVER, parsed.model, key, content=body_digest(request), allowed=EMBEDDING_FAULTS
+        )
         timer.attempt, timer.fault = plan.attempt, plan.fault
-        faulted = await http_fault_response(plan, request, lambda s, m: openai_error(s, m))
+        faulted = await http_fault_response(plan, request, lambda s, m: error_body(s, m))
         if faulted is not None:
             timer.finish(None if plan.fault == "connection_drop" else faulted.status_code)
             return faulted
+        settle(self.ctx, plan)
         await self._sleep(
             plan.latency_s
             + (plan.controls.faults.stall_seconds if plan.fault == "stall_first_chunk" else 0.0)
         )
-        vectors = await asyncio.to_thread(get_embedder(self.embedding_backend).embed, inputs, dimensions)
+        vectors = await asyncio.to_thread(
+            get_embedder(self.embedding_backend).embed, inputs, parsed.dimensions
+        )
         tokens = sum(_tokens(t) for t in inputs)
+
+        def encoded(vec: np.ndarray) -> list[float] | str:
+            if parsed.encoding_format == "base64":  # little-endian float32, as OpenAI sends it
+                return base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode("ascii")
+            return [float(x) for x in vec]
+
         content = {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": [float(x) for x in vec]}
+                {"object": "embedding", "index": i, "embedding": encoded(vec)}
                 for i, vec in enumerate(vectors)
             ],
-            "model": model,
+            "model": parsed.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        if plan.fault == "truncated_stream":
-            timer.finish(200)
-            return truncated_json_response(content)
         timer.finish(200)
+        if plan.fault == "truncated_stream":
+            return truncated_json_response(content)
         return JSONResponse(content)
 
     # ---------------------------------------------------------------- /v1/chat/completions
-    async def chat_completions(self, request: Request) -> Response:
+    async def chat_completions(self, request: Request, *, openrouter: bool = False) -> Response:
         timer = RequestTimer(self.ctx, SERVER, request)
-        error = self._auth_error(request)
-        if error is not None:
-            timer.finish(error.status_code)
-            return error
+        style: ErrorStyle = "openai"
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            timer.finish(400, "body is not JSON")
-            return JSONResponse(openai_error(400, "request body is not valid JSON"), status_code=400)
-        try:
-            parsed = _parse_chat(body)
-            timer.model = parsed.model
+            self._auth(request)
+            body = await self._body(request)
+            if isinstance(body, dict) and "chat_template_kwargs" in body:
+                style = "vllm"
+            try:
+                chat = ChatRequest.model_validate(body)
+            except ValidationError as exc:
+                param, message = validation_message(exc)
+                raise ChatError(400, message, param=param) from None
+            timer.model = chat.model
+            self._require_served(chat.model, style)
+            parsed = _parse_chat(chat)
             identified = await asyncio.to_thread(self._identify, parsed)
-        except BadRequest as exc:
-            timer.finish(exc.status, str(exc))
-            return JSONResponse(openai_error(exc.status, str(exc), exc.code), status_code=exc.status)
+        except ChatError as exc:
+            timer.finish(exc.status, exc.message)
+            return exc.response(style)
 
-        definition = _definition_term(parsed.texts)
-        if identified is not None:
-            key = identified.image.key
-        else:
-            key = f"text:{hash64(*parsed.texts):016x}"
+        key = identified.image.key if identified is not None else f"text:{hash64(*parsed.texts):016x}"
         timer.image_key = key
-        plan = plan_request(self.ctx, SERVER, parsed.model, key)
+        plan = plan_request(self.ctx, SERVER, chat.model, key, content=body_digest(request))
         timer.attempt, timer.fault = plan.attempt, plan.fault
-
-        faulted = await http_fault_response(plan, request, lambda s, m: openai_error(s, m))
+        faulted = await http_fault_response(plan, request, lambda s, m: error_body(s, m, style=style))
         if faulted is not None:
             timer.finish(None if plan.fault == "connection_drop" else faulted.status_code)
             return faulted
 
-        answer = self._answer(parsed, identified, definition, plan.controls, plan.parts, plan.fault)
+        choices = 1 if openrouter else chat.choices  # OpenRouter ignores n
+        completion = self._complete(parsed, identified, plan, choices, body_digest(request))
+        settle(self.ctx, plan, usable=completion.usable)
         completion_id = f"chatcmpl-sim-{hash64(*plan.parts):016x}"
         created = int(time.time())
-        if parsed.stream:
+        if chat.stream:
             return StreamingResponse(
-                self._sse(parsed, answer, plan, completion_id, created, timer),
+                self._sse(chat, completion, plan, completion_id, created, timer),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-
         stall = (
             plan.controls.faults.stall_seconds
             if plan.fault in ("stall_first_chunk", "stall_mid_stream")
             else 0.0
         )
         await self._sleep(plan.latency_s + stall)
-        message: dict[str, Any] = {"role": "assistant", "content": answer.text}
-        if answer.reasoning is not None:
-            message["reasoning_content" if parsed.vllm_style else "reasoning"] = answer.reasoning
+        reasoning_key = "reasoning_content" if chat.vllm_style else "reasoning"
         content = {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
-            "model": parsed.model,
+            "model": chat.model,
             "system_fingerprint": "vlm-gist-sim",
             "choices": [
-                {"index": 0, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}
+                {
+                    "index": i,
+                    "message": {
+                        "role": "assistant",
+                        "content": answer.text,
+                        **({reasoning_key: answer.reasoning} if answer.reasoning is not None else {}),
+                    },
+                    "finish_reason": answer.finish_reason,
+                    "logprobs": None,
+                }
+                for i, answer in enumerate(completion.choices)
             ],
-            "usage": self._usage(answer),
+            "usage": completion.usage(),
         }
         timer.finish(200)
         if plan.fault == "truncated_stream":
             return truncated_json_response(content)
         return JSONResponse(content)
 
-    # ---------------------------------------------------------------- helpers
-    def _identify(self, parsed: ParsedChat) -> Identified | None:
+    # ---------------------------------------------------------------- answers
+    def _identify(self, parsed: _Parsed) -> Identified | None:
         if not parsed.images:
             return None
         try:
             return self.ctx.world.identify(parsed.images[0])
         except UnknownImageError as exc:
-            raise BadRequest(f"simulator: {exc}", "sim_unknown_image") from None
+            raise ChatError(400, f"simulator: {exc}", code="sim_unknown_image") from None
         except ImageDecodeError as exc:
-            raise BadRequest(f"simulator: {exc}", "invalid_image") from None
+            raise ChatError(400, f"simulator: {exc}", code="invalid_image") from None
+
+    def _complete(
+        self, parsed: _Parsed, identified: Identified | None, plan: FaultPlan, n: int, digest: str
+    ) -> Completion:
+        prompt_tokens = sum(_tokens(t) for t in parsed.texts)
+        if identified is not None:
+            prompt_tokens += _image_tokens(identified.width, identified.height)
+        choices, usable = [], True
+        for i in range(n):
+            parts = plan.parts if i == 0 else (*plan.parts, "choice", i)  # choice 0 is the n = 1 answer
+            answer, ok = self._answer(parsed, identified, plan.controls, parts, plan.fault, digest)
+            choices.append(answer)
+            usable = usable and ok
+        return Completion(tuple(choices), prompt_tokens, usable)
 
     def _answer(
         self,
-        parsed: ParsedChat,
+        parsed: _Parsed,
         identified: Identified | None,
-        definition: tuple[str, str | None] | None,
         controls: ModelControls,
         parts: tuple,
         fault: str | None,
-    ) -> Answer:
-        objects = None
+        digest: str,
+    ) -> tuple[Answer, bool]:
+        """One choice, and whether a client can use it (a structured description with no objects cannot)."""
+        objects: list[dict[str, Any]] | None = None
+        usable = True
+        json_mode = parsed.request.json_mode
+        definition = _definition_term(parsed.texts)
         invalid = validation_invalid_token(parsed.texts) if len(parsed.images) >= 2 else None
+        kind = answers.prompt_kind(parsed.texts, identified is not None)
         if definition is not None:
             text = lang.definition_for(*definition)
             subject = f"the definition of {definition[0]!r}"
@@ -525,19 +502,28 @@ class ChatServer:
                 parsed.assistant_texts[-1] if parsed.assistant_texts else None,
                 invalid,
                 controls,
-                parts,
+                (*parts, digest),  # each crop of an image gets its own draws
             )
             subject = "which described object the crop shows"
-        elif identified is not None and _asks_for_objects(parsed.texts):
-            objects = describe_objects(identified, controls, parts, self.ctx.world.all_class_names())
-            text = _format_objects(objects, parsed.json_mode, controls, parts)
+        elif identified is not None and kind in ("objects", "labelled_boxes"):
+            if kind == "objects":
+                objects = answers.describe_objects(
+                    identified, controls, parts, self.ctx.world.all_class_names()
+                )
+            else:
+                objects = answers.describe_labelled_boxes(identified, controls, parts)
+            text = answers.format_objects(objects, json_mode, controls, parts)
             subject = "the objects in the image"
+            usable = bool(objects)
+        elif identified is not None and kind == "scene":
+            text = answers.scene_description(identified, controls, parts)
+            subject = "the whole image"
         else:
-            text = f"This is a simulated answer from {parsed.model}."
-            if parsed.json_mode:
+            text = answers.plain_answer(identified, parsed.request.model, controls, parts)
+            if json_mode:
                 text = json.dumps({"answer": text})
             subject = "a general question"
-        reasoning = _reasoning_for(objects, subject) if controls.reasoning else None
+        reasoning = answers.reasoning_for(objects, subject) if controls.reasoning else None
         finish = "stop"
         if fault == "invalid_json":
             text = INVALID_JSON_TEXT
@@ -547,23 +533,8 @@ class ChatServer:
         elif fault == "finish_content_filter":
             text = ""
             finish = "content_filter"
-        prompt_tokens = sum(_tokens(t) for t in parsed.texts)
-        if identified is not None:
-            prompt_tokens += _image_tokens(identified.width, identified.height)
         reasoning_tokens = _tokens(reasoning or "")
-        return Answer(
-            text, reasoning, finish, prompt_tokens, _tokens(text) + reasoning_tokens, reasoning_tokens
-        )
-
-    @staticmethod
-    def _usage(answer: Answer) -> dict[str, Any]:
-        return {
-            "prompt_tokens": answer.prompt_tokens,
-            "completion_tokens": answer.completion_tokens,
-            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": answer.reasoning_tokens},
-        }
+        return Answer(text, reasoning, finish, _tokens(text) + reasoning_tokens, reasoning_tokens), usable
 
     @staticmethod
     async def _sleep(seconds: float) -> None:
@@ -571,36 +542,52 @@ class ChatServer:
             await asyncio.sleep(seconds)
 
     async def _sse(
-        self, parsed: ParsedChat, answer: Answer, plan, completion_id: str, created: int, timer: RequestTimer
+        self,
+        chat: ChatRequest,
+        completion: Completion,
+        plan: FaultPlan,
+        completion_id: str,
+        created: int,
+        timer: RequestTimer,
     ) -> AsyncIterator[bytes]:
         controls: ModelControls = plan.controls
         fault = plan.fault
 
-        def chunk(
-            delta: dict[str, Any] | None, finish: str | None = None, usage: dict | None = None
-        ) -> bytes:
+        def chunk(deltas: list[tuple[int, dict[str, Any], str | None]], usage: dict | None = None) -> bytes:
             payload: dict[str, Any] = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": parsed.model,
+                "model": chat.model,
                 "system_fingerprint": "vlm-gist-sim",
-                "choices": []
-                if delta is None
-                else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                "choices": [
+                    {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+                    for index, delta, finish in deltas
+                ],
             }
             if usage is not None:
                 payload["usage"] = usage
             return b"data: " + json.dumps(payload).encode("utf-8") + b"\n\n"
 
-        reasoning_key = "reasoning_content" if parsed.vllm_style else "reasoning"
+        reasoning_key = "reasoning_content" if chat.vllm_style else "reasoning"
         size = controls.chunk_chars
-        pieces: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-        if answer.reasoning:
-            pieces += [
-                {reasoning_key: answer.reasoning[i : i + size]} for i in range(0, len(answer.reasoning), size)
-            ]
-        pieces += [{"content": answer.text[i : i + size]} for i in range(0, len(answer.text), size)]
+        streams: list[list[dict[str, Any]]] = []
+        for answer in completion.choices:
+            pieces: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+            if answer.reasoning:
+                pieces += [
+                    {reasoning_key: answer.reasoning[i : i + size]}
+                    for i in range(0, len(answer.reasoning), size)
+                ]
+            pieces += [{"content": answer.text[i : i + size]} for i in range(0, len(answer.text), size)]
+            streams.append(pieces)
+        # The choices' pieces interleaved, as a provider streams n > 1 choices.
+        pieces_in_order = [
+            (index, stream[k])
+            for k in range(max(len(s) for s in streams))
+            for index, stream in enumerate(streams)
+            if k < len(stream)
+        ]
         status = 200
         try:
             if fault == "stall_first_chunk":
@@ -613,21 +600,25 @@ class ChatServer:
                 waited += step
                 if waited < plan.latency_s:
                     yield KEEPALIVE
-            half = max(1, len(pieces) // 2)
-            for index, delta in enumerate(pieces):
-                if index == half and fault == "stall_mid_stream":
+            half = max(1, len(pieces_in_order) // 2)
+            for position, (index, delta) in enumerate(pieces_in_order):
+                if position == half and fault == "stall_mid_stream":
                     await asyncio.sleep(controls.faults.stall_seconds)
-                if index == half and fault == "truncated_stream":
+                if position == half and fault == "truncated_stream":
                     return  # clean end of the HTTP body without finish chunk, usage or [DONE]
-                if index and controls.chunk_interval_s > 0:
+                if position and controls.chunk_interval_s > 0:
                     await asyncio.sleep(controls.chunk_interval_s)
-                yield chunk(delta)
-            usage = self._usage(answer)
-            if parsed.include_usage:
-                yield chunk({}, answer.finish_reason)
-                yield chunk(None, usage=usage)
+                yield chunk([(index, delta, None)])
+            usage = completion.usage()
+            finishes = [(i, {}, answer.finish_reason) for i, answer in enumerate(completion.choices)]
+            if chat.include_usage:
+                for finish in finishes:
+                    yield chunk([finish])
+                yield chunk([], usage=usage)
             else:
-                yield chunk({}, answer.finish_reason, usage=usage)
+                for finish in finishes[:-1]:
+                    yield chunk([finish])
+                yield chunk([finishes[-1]], usage=usage)
             yield b"data: [DONE]\n\n"
         except asyncio.CancelledError:
             status = 499  # the client went away mid-stream (nginx's code for it)

@@ -146,13 +146,29 @@ class ModelControls(BaseModel):
 
 
 class ServerControls(BaseModel):
-    """Controls of one simulated server: a seed, defaults and per-model overrides."""
+    """Controls of one simulated server: a seed, defaults, per-model overrides, and the server-wide
+    behaviours below (the vision ones are ignored by the chat server)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = 0
     default: ModelControls = Field(default_factory=ModelControls)
     models: dict[str, ModelControls] = Field(default_factory=dict)
+    cuda_available: bool = Field(
+        True,
+        description="vision servers: what GET /health reports; a healthy GPU server says true, and "
+        "nimbro-api refuses every vision call when it is false",
+    )
+    thin_mask_error: bool = Field(
+        True,
+        description="sam2_realtime: a mask one pixel wide or tall fails the whole request with HTTP 500, as "
+        "on the real server (its crop is empty and cv2.imencode raises); false: such masks grow to two pixels",
+    )
+    status_reports_flavor: bool = Field(
+        False,
+        description="sam2_realtime: once loaded, /status reports {flavor, tracker_initialized}, as nimbro-api "
+        "expects; the public server never records its flavor and always reports status null",
+    )
 
     def for_model(self, model: str | None) -> ModelControls:
         if model is not None and model in self.models:
@@ -166,6 +182,12 @@ class ServerControls(BaseModel):
         models = dict(self.models)
         models[model] = self.for_model(model).updated(**changes)
         return self.model_copy(update={"models": models})
+
+
+#: Fields of :class:`ServerControls` that ``set_controls(server, **changes)`` without a model changes.
+SERVER_WIDE_CONTROLS: frozenset[str] = frozenset(
+    {"seed", "cuda_available", "thin_mask_error", "status_reports_flavor"}
+)
 
 
 def default_controls(seed: int = 0) -> dict[str, ServerControls]:

@@ -1,13 +1,20 @@
 """Deterministic randomness and fault decisions.
 
 Every random choice of the simulator comes from a hash of ``(seed, server, model, key, attempt, tag)``,
-never from a global RNG, so a run is reproducible whatever order concurrent requests arrive in:
-``key`` is the image key (or a hash of the request text), ``attempt`` counts earlier requests of the
-same (server, model, key) — so a retry of a failed request gets a fresh draw and can succeed.
+never from a global RNG, so a run is reproducible whatever order concurrent requests arrive in and
+whatever else the simulator answers: ``key`` is the image key (or a hash of the request text) and
+``attempt`` is the attempt number of *this request*: how many times in a row the same request (same
+model, same bytes) got an unusable answer (a fault, or an answer a client must reject). A retry after a
+fault therefore gets a fresh draw and can succeed, while a usable answer ends the run of attempts: the
+next identical request, from a re-run or from an identical copy of the model, is attempt 0 again and
+gets the same answer (:class:`AttemptTracker`). Two models, or one model alone and in a full run, never
+share draws. The vision servers' results do not depend on the attempt at all, only their faults do.
 
 One uniform number per request picks at most one fault: the rates partition [0, 1) in the order of
 :data:`~vlm_gist_dagster.sim.controls.FAULT_TYPES`, so each fault occurs with exactly its configured
-probability. What each fault does on the wire:
+probability. That number (and the latency) is drawn from the attempt's parts and a hash of the request
+body, so two different requests about one image (two models' prompts, two crops) fail independently.
+What each fault does on the wire:
 
 ==========================  ==================================================================================
 fault                       chat completions (SSE / JSON)                    vision servers, embeddings
@@ -37,8 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 import numpy as np
 
@@ -92,18 +98,32 @@ def choose_fault(
     return None
 
 
-class AttemptCounter:
-    """Thread-safe counter per key: ``next(key)`` returns 0, 1, 2, … for successive calls."""
+class AttemptTracker:
+    """Attempt numbers of requests, keyed by what makes two requests "the same one" (thread-safe).
+
+    ``current(key)`` is 0 for a new request; :meth:`failed` makes the next identical request the next
+    attempt, :meth:`succeeded` ends the run of attempts, so the next identical request is attempt 0.
+
+    >>> t = AttemptTracker()
+    >>> t.current("r"), t.failed("r", 0), t.current("r"), t.succeeded("r"), t.current("r")
+    (0, None, 1, None, 0)
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple, int] = defaultdict(int)
+        self._counts: dict[Hashable, int] = {}
 
-    def next(self, key: tuple) -> int:
+    def current(self, key: Hashable) -> int:
         with self._lock:
-            value = self._counts[key]
-            self._counts[key] = value + 1
-            return value
+            return self._counts.get(key, 0)
+
+    def failed(self, key: Hashable, attempt: int) -> None:
+        with self._lock:
+            self._counts[key] = max(self._counts.get(key, 0), attempt + 1)
+
+    def succeeded(self, key: Hashable) -> None:
+        with self._lock:
+            self._counts.pop(key, None)
 
     def reset(self) -> None:
         with self._lock:

@@ -19,8 +19,8 @@ class RequestRecord:
     """One handled request.
 
     ``status`` is None when the connection was dropped without a response; ``fault`` names the injected
-    fault (None: a normal answer); ``attempt`` is the per-(server, model, key) request counter used for
-    the deterministic draws; ``duration_s`` runs until the last byte was sent (or the stream ended).
+    fault (None: a normal answer); ``attempt`` is the request's attempt number used for the deterministic
+    draws (0, then 1, 2, ... while the same request keeps getting unusable answers; :mod:`.faults`); ``duration_s`` runs until the last byte was sent (or the stream ended).
     ``body`` is the request body as received, kept only when the simulator runs with ``capture_bodies``.
     """
 

@@ -149,16 +149,16 @@ class SimulatorHandle:
         if server not in SERVER_NAMES:
             raise ValueError(f"unknown server {server!r} (known: {list(SERVER_NAMES)})")
         updated = self._controls.update(server, model, **changes)
-        self._context.counter.reset()
+        self._context.attempts.reset()
         return updated
 
     def replace_controls(self, server: str, controls: ServerControls) -> None:
         self._controls.set(server, controls)
-        self._context.counter.reset()
+        self._context.attempts.reset()
 
     def reset_counters(self) -> None:
-        """Forget how many times each request was seen (the next request of each key is attempt 0)."""
-        self._context.counter.reset()
+        """Forget every run of attempts in progress (the next request of each kind is attempt 0)."""
+        self._context.attempts.reset()
 
     def stop(self) -> None:
         if self._stopped:
@@ -198,6 +198,7 @@ def start_simulator(
     vision_token: str | None = None,
     embedding_backend: str = "hashed",
     capture_bodies: bool = False,
+    served_models: Iterable[str] = (),
 ) -> SimulatorHandle:
     """Start the simulator's servers and return a handle (call ``stop()``; or use :func:`run_simulator`).
 
@@ -207,7 +208,9 @@ def start_simulator(
     ``ports``: per server, default :data:`DEFAULT_PORTS`; 0 picks a free port. ``servers``: which to
     start. ``chat_api_key`` / ``vision_token``: required credentials (None: any bearer token is accepted).
     ``capture_bodies``: keep every request body in its :class:`~.log.RequestRecord` (for tests that
-    assert on the wire payload; off by default because image bodies are large).
+    assert on the wire payload; off by default because image bodies are large). ``served_models``: chat
+    model names answered besides the simulated VLMs and :data:`~.chat.AUXILIARY_MODELS` (any other name
+    gets the provider's 404, as it would from a real provider).
     """
     wanted = list(servers)
     unknown = [s for s in wanted if s not in SERVER_NAMES]
@@ -227,7 +230,12 @@ def start_simulator(
     try:
         for name in wanted:
             if name == "chat":
-                app = ChatServer(context, api_key=chat_api_key, embedding_backend=embedding_backend).app()
+                app = ChatServer(
+                    context,
+                    api_key=chat_api_key,
+                    embedding_backend=embedding_backend,
+                    served_models=served_models,
+                ).app()
             else:
                 app = VisionServer(name, context, token=vision_token).app()
             thread = _ServerThread(name, app, int(port_map[name]))

@@ -27,7 +27,7 @@ import numpy as np
 from ..protocol.settings import DEFAULT_VALIDATION_PROMPT
 from .controls import ModelControls
 from .faults import rng
-from .vision import box_iou
+from .geometry import box_iou
 from .world import Identified, decode_image
 
 #: The start of the paper's validation prompt, which identifies a validation request.

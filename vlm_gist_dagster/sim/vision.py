@@ -1,60 +1,68 @@
-"""Simulated NimbRo Vision Servers (spec/pipeline.md §3, §4.2–4.3, §6): one app per model family.
+"""Simulated NimbRo vision servers, one app per model family, as strict as the public servers
+(docs/nimbro_vision_api.md; AIS-Bonn/nimbro_vision_servers, ``nimbro_vision_server/router_base.py``).
 
-Common routes: ``GET /health`` (open), ``GET /model_flavors``, ``GET /status``, ``POST /load``,
-``POST /unload``, ``POST /infer``; sam2_realtime adds ``POST /update`` and ``POST /reset``. Every route
-but ``/health`` needs ``Authorization: Bearer <token>``: a missing header or another scheme → 401;
-a wrong token (when the server has one) → 403. ``/infer`` (and ``/update``) without a loaded model →
-503. Errors carry ``{"detail": ...}`` as FastAPI writes them. An image that is in none of the
-simulator's datasets → 400.
+* **Routes:** ``GET /health`` (open; ``cuda_available`` from the ``cuda_available`` control, true by
+  default), ``GET /model_flavors``, ``GET /status``, ``POST /load``, ``POST /unload``, ``POST /infer``;
+  sam2_realtime adds ``POST /update`` and ``POST /reset``. Unknown paths: 404 ``{"detail": "Not Found"}``.
+* **Auth:** every route but ``/health`` needs ``Authorization: Bearer <token>``: a missing header, another
+  scheme or an empty token → 401 ``{"detail": "Missing or invalid auth scheme"}`` with
+  ``WWW-Authenticate: Bearer``; a wrong token (when the server has one) → 403 ``{"detail": "Invalid token"}``.
+* **Errors:** ``/infer``, ``/update``, ``/unload``, ``/reset`` with nothing loaded → 503
+  ``{"detail": "No model loaded"}``; ``/load`` with an unknown flavour → 500 ``Model load error: ...`` and
+  nothing loaded afterwards (the server unloads first); a body that is not JSON on ``/load`` → plain-text
+  500; every request the server's ``preprocess`` rejects, and every model failure → 500
+  ``{"detail": "Inference failed: <message>"}`` (``Update failed: ...`` on ``/update``): no 4xx.
+* **Images** are decoded as the server does (``base64.b64decode``, then Pillow): a ``data:`` URI is not an
+  image. mmgroundingdino and sam2_realtime convert RGB to BGR with OpenCV, so an image the installed
+  OpenCV cannot convert (grayscale + alpha; with older releases grayscale too) fails as on the real server.
+  An image the simulator does not know → 400 (its one error of its own: it can only answer images of its
+  datasets).
+* **Flavours** are the real servers' (:data:`FLAVORS`). sam2_realtime's ``/status`` is always
+  ``status: null``, like the public server's (it never records its flavour), unless the
+  ``status_reports_flavor`` control is on.
 
-* **mmgroundingdino** — each prompt is mapped to the GT instance(s) it was derived from
-  (:meth:`.world.SimImage.candidates_for_prompt`). An exactly recognised prompt yields its GT box,
-  each edge shifted by ``N(0, box_jitter × box size)``, with a score in [0.55, 0.95) (the detector
-  misses it with probability 1 − ``recall``); a prompt recognised only by class / head noun scores
-  lower; plus ``distractors`` wrong boxes per prompt (another GT instance's box or a random box) with
-  scores in [0.05, 0.4). Then the paper's server-side selection rule
-  (:func:`vlm_gist_dagster.protocol.detection.select_detections`) and response format
-  (:func:`~vlm_gist_dagster.protocol.detection.gdino_response`, boxes truncated to int).
-* **sam2_realtime** — ``/update`` stores the prompts (object id + box, in relative coordinates) and
-  answers frame 0; ``/infer`` answers every image for the stored objects (empty ``tracks`` if never
-  initialised). The mask of an object is the GT mask of the instance whose box overlaps the prompt box
-  best (IoU ≥ 0.3), clipped to the prompt box, else the filled prompt box; encoded by
-  :func:`vlm_gist_dagster.protocol.segmentation.sam2_response` (inclusive-max box, PNG crop, empty
-  masks dropped). ``/status`` always reports ``status: null``, like the real server (§7 caveat).
-* **florence2** — ``<OD>``: a label per detected GT instance (the class, or a sentence's head noun);
-  ``<DENSE_REGION_CAPTION>``: a short caption instead; ``captions: [null]``. **kosmos2** — entity
-  phrases (``"a car"``) with boxes and a caption listing them. Both detect each GT instance with
-  probability ``recall`` and add ``hallucinations`` random boxes.
+The family-specific parts live in :mod:`.gdino` (MM-Grounding-DINO: validation, chunking, the selection
+rule), :mod:`.sam2` (prompts, masks and the thin-mask failure) and :mod:`.baselines` (Florence-2,
+Kosmos-2). A result depends only on the seed, the family, the flavour and the request; faults (429, 500,
+503, dropped connections, stalls, truncated bodies) depend on the attempt (:mod:`.faults`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import io
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..protocol.detection import DetectorBox, gdino_response, select_detections
-from ..protocol.segmentation import sam2_response
-from . import language as lang
+from . import baselines, gdino, sam2
 from ._http import (
     AbortableApp,
+    FaultPlan,
+    RejectedRequest,
     RequestTimer,
     SimContext,
-    decode_b64_image,
+    body_digest,
     http_fault_response,
     plan_request,
+    settle,
     truncated_json_response,
 )
-from .controls import CHAT_ONLY_FAULTS, FAULT_TYPES, ModelControls
-from .faults import rng
-from .world import Identified, SimImage, UnknownImageError
+from .controls import CHAT_ONLY_FAULTS, FAULT_TYPES, ServerControls
+from .world import Identified, ImageDecodeError, UnknownImageError
 
+#: Each family's flavours, as ``get_available_flavors`` lists them (docs/nimbro_vision_api.md, "Flavours").
 FLAVORS: dict[str, tuple[str, ...]] = {
     "mmgroundingdino": (
         "tiny",
@@ -65,188 +73,44 @@ FLAVORS: dict[str, tuple[str, ...]] = {
         "llmdet_base",
         "llmdet_large",
     ),
-    "sam2_realtime": ("tiny", "small", "base_plus", "large"),
-    "florence2": ("base", "large", "base-ft", "large-ft"),
+    "sam2_realtime": ("tiny", "small", "base", "large"),
+    "florence2": ("base", "large", "base_ft", "large_ft"),
     "kosmos2": ("patch14-224",),
 }
 VISION_FAULTS = frozenset(FAULT_TYPES) - CHAT_ONLY_FAULTS
-FLORENCE_CAPTION_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
+#: Families whose server converts the decoded image with ``cv2.cvtColor(..., COLOR_RGB2BGR)``.
+_RGB2BGR_FAMILIES = frozenset({"mmgroundingdino", "sam2_realtime"})
+AUTH_FAILED = "Missing or invalid auth scheme"
+NO_MODEL = "No model loaded"
 
 
 class VisionError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    """An HTTP error answered as FastAPI writes it: ``{"detail": ...}``."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
 
 
-def _detail(status: int, message: str) -> dict[str, Any]:
-    return {"detail": message}
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry helpers
-
-
-def jitter_box(
-    box: np.ndarray, jitter: float, gen: np.random.Generator, width: int, height: int
-) -> np.ndarray:
-    """``box`` (pixel xyxy floats) with each edge moved by ``N(0, jitter × box size)``, kept inside the
-    image and at least 1 px wide and tall."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
-    shift = gen.normal(0.0, jitter, 4) * np.array([w, h, w, h]) if jitter > 0 else np.zeros(4)
-    out = np.array([x1, y1, x2, y2]) + shift
-    out[[0, 2]] = np.clip(out[[0, 2]], 0.0, float(width))
-    out[[1, 3]] = np.clip(out[[1, 3]], 0.0, float(height))
-    if out[2] - out[0] < 1.0 or out[3] - out[1] < 1.0:
-        out = np.array([x1, y1, x2, y2])
-    return out
-
-
-def random_box(gen: np.random.Generator, width: int, height: int) -> np.ndarray:
-    w = width * gen.uniform(0.05, 0.4)
-    h = height * gen.uniform(0.05, 0.4)
-    x = gen.uniform(0, width - w)
-    y = gen.uniform(0, height - h)
-    return np.array([x, y, x + w, y + h])
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-# --------------------------------------------------------------------------------------------------
-# What each family computes
-
-
-def ground_prompts(
-    identified: Identified, prompts: list[str], controls: ModelControls, parts: tuple
-) -> list[DetectorBox]:
-    """Raw MM-Grounding-DINO output for an image before the selection rule (see the module docstring)."""
-    image, width, height = identified.image, identified.width, identified.height
-    raw: list[DetectorBox] = []
-    for prompt in dict.fromkeys(prompts):
-        gen = rng(*parts, "ground", prompt)  # per prompt: independent of the other prompts
-        candidates, exact = image.candidates_for_prompt(prompt)
-        used: set[int] = set()
-        for rank, index in enumerate(candidates[:8]):
-            if gen.random() >= controls.recall:
-                continue
-            inst = image.instances[index]
-            box = jitter_box(image.box_xyxy(inst, width, height), controls.box_jitter, gen, width, height)
-            if exact:
-                score = 0.55 + 0.4 * gen.random()
-            else:
-                score = (0.42 + 0.2 * gen.random()) * 0.85**rank
-            raw.append(DetectorBox(prompt, tuple(box), score))
-            used.add(index)
-        others = [i for i in range(len(image.instances)) if i not in used]
-        for _ in range(controls.distractors):
-            if others and gen.random() < 0.6:
-                inst = image.instances[others[int(gen.integers(0, len(others)))]]
-                box = jitter_box(image.box_xyxy(inst, width, height), controls.box_jitter, gen, width, height)
-            else:
-                box = random_box(gen, width, height)
-            raw.append(DetectorBox(prompt, tuple(box), 0.05 + 0.35 * gen.random()))
-    return raw
-
-
-def _ensure_encodable(mask: np.ndarray, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """Grow a one-pixel-thin mask to two pixels: the real server fails (HTTP 500) on such masks, which
-    would make a client retry forever (protocol/segmentation.py ``DegenerateMaskError``).
-
-    ``window`` (x1, y1, x2, y2, exclusive ends) bounds the foreground when known, so only that part of a
-    full-image mask is scanned."""
-    wx, wy = (window[0], window[1]) if window is not None else (0, 0)
-    part = mask[window[1] : window[3], window[0] : window[2]] if window is not None else mask
-    rows = np.flatnonzero(part.any(axis=1))
-    if rows.size == 0:
-        return mask
-    cols = np.flatnonzero(part.any(axis=0))
-    height, width = mask.shape
-    y1, y2, x1, x2 = int(rows[0]) + wy, int(rows[-1]) + wy, int(cols[0]) + wx, int(cols[-1]) + wx
-    if y2 > y1 and x2 > x1:
-        return mask
-    out = mask.copy()
-    ys = (y1, y1 + 1) if y1 + 1 < height else (max(y1 - 1, 0), y1)
-    xs = (x1, x1 + 1) if x1 + 1 < width else (max(x1 - 1, 0), x1)
-    out[ys[0] : max(y2, ys[1]) + 1, xs[0] : max(x2, xs[1]) + 1] = True
-    return out
-
-
-def mask_for_box(image: SimImage, width: int, height: int, box: np.ndarray) -> np.ndarray:
-    """The simulated SAM2 mask for a prompt box (full image, bool): the best-overlapping GT instance's
-    mask cut to the box, or the box itself when none overlaps enough."""
-    x1 = int(np.clip(np.floor(box[0]), 0, width))
-    y1 = int(np.clip(np.floor(box[1]), 0, height))
-    x2 = int(np.clip(np.ceil(box[2]), 0, width))
-    y2 = int(np.clip(np.ceil(box[3]), 0, height))
-    best, best_iou = None, 0.0
-    for inst in image.instances:
-        iou = box_iou(image.box_xyxy(inst, width, height), np.asarray(box, dtype=np.float64))
-        if iou > best_iou:
-            best, best_iou = inst, iou
-    mask = np.zeros((height, width), dtype=bool)
-    # Only the box is ever foreground, so everything below works on that window of the image (a full
-    # 1920 x 1080 AND and scan per box made the simulated SAM2 the slowest part of a pair run).
-    crop = None
-    if best is not None and best_iou >= 0.3:
-        gt = image.full_mask(best, width, height)
-        if gt is not None:
-            crop = gt[y1:y2, x1:x2]
-    mask[y1:y2, x1:x2] = crop if crop is not None and crop.any() else True
-    return _ensure_encodable(mask, (x1, y1, x2, y2))
-
-
-def baseline_detections(
-    identified: Identified, controls: ModelControls, parts: tuple, style: str
-) -> list[dict[str, Any]]:
-    """Florence-2 / Kosmos-2 style labelled boxes (ints) for one image. ``style``: od, drc or kosmos."""
-    image, width, height = identified.image, identified.width, identified.height
-    gen = rng(*parts, "baseline", style)
-    variants = image.variants()
-    out: list[dict[str, Any]] = []
-    for inst in image.instances:
-        if gen.random() >= controls.recall:
-            continue
-        box = jitter_box(image.box_xyxy(inst, width, height), controls.box_jitter, gen, width, height)
-        name = inst.label if image.mode == "class" else lang.head_noun(inst.label)
-        if style == "od":
-            label = name
-        elif style == "drc":
-            phrase = variants[inst.index][-1].description
-            label = phrase[2:] if phrase.lower().startswith("a ") else phrase
-            label = lang.shorten_sentence(label, 6).lower()
-        else:
-            label = lang.with_article(name)
-        out.append({"box_xyxy": [int(v) for v in box], "label": label})
-    count = int(controls.hallucinations) + int(
-        gen.random() < controls.hallucinations - int(controls.hallucinations)
-    )
-    for _ in range(count):
-        name = lang.INVENTED_OBJECTS[int(gen.integers(0, len(lang.INVENTED_OBJECTS)))][0]
-        label = name if style != "kosmos" else lang.with_article(name)
-        out.append({"box_xyxy": [int(v) for v in random_box(gen, width, height)], "label": label})
-    return out
-
-
-def kosmos_caption(detections: list[dict[str, Any]]) -> str:
-    phrases = [d["label"] for d in detections]
-    if not phrases:
-        return "An image of a scene."
-    listing = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    return f"An image of {listing}."
-
-
-# --------------------------------------------------------------------------------------------------
-# The app
+def decode_server_image(value: Any, *, rgb2bgr: bool) -> bytes:
+    """The image bytes of one base64 field, failing exactly where the server's decoding fails
+    (``base64.b64decode``, ``PIL.Image.open``, and for ``rgb2bgr`` ``cv2.cvtColor(np.array(img),
+    COLOR_RGB2BGR)``, tried on a 1×1 image of the same mode so that nothing large is decoded here).
+    Raises :class:`RejectedRequest` with the library's message."""
+    try:
+        data = base64.b64decode(value)
+        with Image.open(io.BytesIO(data)) as image:
+            mode = image.mode
+    except (TypeError, binascii.Error, UnidentifiedImageError, OSError) as exc:
+        raise RejectedRequest(str(exc)) from None
+    if rgb2bgr:
+        try:
+            cv2.cvtColor(np.asarray(Image.new(mode, (1, 1))), cv2.COLOR_RGB2BGR)
+        except cv2.error as exc:
+            raise RejectedRequest(str(exc).strip()) from None
+    return data
 
 
 class VisionServer:
@@ -258,9 +122,11 @@ class VisionServer:
         self.family = family
         self.ctx = ctx
         self.token = token
+        #: The loaded flavour (None: nothing loaded, the server's ``manager`` is None).
         self.flavor: str | None = None
-        # sam2_realtime tracker state: (object id, relative xyxy box) per stored prompt.
-        self.tracker: list[tuple[int, np.ndarray]] | None = None
+        #: sam2_realtime tracker: object id → relative xyxy box, in the order SAM2 keeps its objects
+        #: (None: never initialised since the last load or reset).
+        self.tracker: dict[Any, np.ndarray] | None = None
 
     def app(self) -> AbortableApp:
         routes = [
@@ -276,66 +142,77 @@ class VisionServer:
                 Route("/update", self.update, methods=["POST"]),
                 Route("/reset", self.reset, methods=["POST"]),
             ]
-        return AbortableApp(Starlette(routes=routes))
+        return AbortableApp(Starlette(routes=routes, exception_handlers={HTTPException: _fastapi_http_error}))
+
+    @property
+    def controls(self) -> ServerControls:
+        return self.ctx.controls.get(self.family)
 
     # ---------------------------------------------------------------- plumbing
     def _auth(self, request: Request) -> None:
-        header = request.headers.get("authorization")
-        if not header:
-            raise VisionError(401, "Not authenticated")
-        scheme, _, credentials = header.partition(" ")
+        # router_base.py:17-35: HTTPBearer(auto_error=False) yields nothing for a missing header, another
+        # scheme or an empty token; the token is compared only when the server was started with one.
+        scheme, _, credentials = (request.headers.get("authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
-            raise VisionError(401, "Invalid authentication credentials")
-        if self.token is not None and credentials.strip() != self.token:
+            raise VisionError(401, AUTH_FAILED, {"WWW-Authenticate": "Bearer"})
+        if self.token and credentials.strip() != self.token:
             raise VisionError(403, "Invalid token")
 
-    async def _json(self, request: Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise VisionError(422, "request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise VisionError(422, "request body must be a JSON object")
-        return body
-
-    async def _handle(self, request: Request, handler, *, needs_auth: bool = True) -> Response:
+    async def _handle(
+        self,
+        request: Request,
+        handler: Callable[[Request, RequestTimer], Awaitable[Response]],
+        *,
+        auth: bool = True,
+        needs_model: bool = False,
+        failure: str = "Inference failed",
+    ) -> Response:
         timer = RequestTimer(self.ctx, self.family, request)
         timer.model = self.flavor
         try:
-            if needs_auth:
+            if auth:
                 self._auth(request)
+            if needs_model and self.flavor is None:  # get_manager_dep, router_base.py:39-43
+                raise VisionError(503, NO_MODEL)
             response = await handler(request, timer)
         except VisionError as exc:
             timer.finish(exc.status, exc.detail)
-            return JSONResponse(_detail(exc.status, exc.detail), status_code=exc.status)
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+        except RejectedRequest as exc:
+            detail = f"{failure}: {exc}"
+            timer.finish(500, detail)
+            return JSONResponse({"detail": detail}, status_code=500)
         timer.finish(None if timer.fault == "connection_drop" else response.status_code)
         return response
 
-    def _identify_all(self, images: Any, field: str = "images") -> list[Identified]:
-        if isinstance(images, str):
-            images = [images]
-        if not isinstance(images, list) or not images:
-            raise VisionError(422, f"'{field}' must be a non-empty list of base64 images")
+    @staticmethod
+    async def _payload(request: Request) -> Any:
+        try:
+            return await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RejectedRequest(str(exc)) from None
+
+    def _identify(self, images: list[Any]) -> list[Identified]:
+        rgb2bgr = self.family in _RGB2BGR_FAMILIES
+        decoded = [decode_server_image(value, rgb2bgr=rgb2bgr) for value in images]
         out = []
-        for i, value in enumerate(images):
+        for i, data in enumerate(decoded):
             try:
-                data = decode_b64_image(value, f"{field}[{i}]")
                 out.append(self.ctx.world.identify(data))
-            except ValueError as exc:
-                raise VisionError(400, f"{field}[{i}]: {exc}") from None
-            except UnknownImageError as exc:
-                raise VisionError(400, f"{field}[{i}]: simulator: {exc}") from None
+            except (UnknownImageError, ImageDecodeError) as exc:
+                raise VisionError(400, f"simulator: image {i}: {exc}") from None
         return out
 
-    def _require_model(self) -> None:
-        if self.flavor is None:
-            raise VisionError(503, "No model loaded. POST /load first.")
-
-    async def _faulted(self, request: Request, timer: RequestTimer, key: str):
-        plan = plan_request(self.ctx, self.family, self.flavor, key, allowed=VISION_FAULTS)
+    async def _plan(self, request: Request, timer: RequestTimer, identified: list[Identified]):
+        key = "+".join(item.image.key for item in identified)
+        timer.image_key = key
+        plan = plan_request(
+            self.ctx, self.family, self.flavor, key, content=body_digest(request), allowed=VISION_FAULTS
+        )
         timer.attempt, timer.fault = plan.attempt, plan.fault
-        response = await http_fault_response(plan, request, _detail)
+        response = await http_fault_response(plan, request, lambda status, message: {"detail": message})
         if response is None:
+            settle(self.ctx, plan)  # the result does not depend on the attempt: nothing to redraw
             delay = plan.latency_s + (
                 plan.controls.faults.stall_seconds if plan.fault == "stall_first_chunk" else 0.0
             )
@@ -343,8 +220,12 @@ class VisionServer:
                 await asyncio.sleep(delay)
         return plan, response
 
+    def _parts(self, plan: FaultPlan, item: Identified) -> tuple:
+        """What seeds a result: never the attempt, so the same request always gets the same result."""
+        return (plan.seed, self.family, self.flavor, item.image.key)
+
     @staticmethod
-    def _respond(plan, content: dict[str, Any]) -> Response:
+    def _respond(plan: FaultPlan, content: dict[str, Any]) -> Response:
         if plan.fault == "truncated_stream":
             return truncated_json_response(content)
         return JSONResponse(content)
@@ -352,9 +233,9 @@ class VisionServer:
     # ---------------------------------------------------------------- common routes
     async def health(self, request: Request) -> Response:
         async def handler(request: Request, timer: RequestTimer) -> Response:
-            return JSONResponse({"status": "ok", "cuda_available": False})
+            return JSONResponse({"status": "ok", "cuda_available": self.controls.cuda_available})
 
-        return await self._handle(request, handler, needs_auth=False)
+        return await self._handle(request, handler, auth=False)
 
     async def model_flavors(self, request: Request) -> Response:
         async def handler(request: Request, timer: RequestTimer) -> Response:
@@ -364,26 +245,33 @@ class VisionServer:
 
     async def status(self, request: Request) -> Response:
         async def handler(request: Request, timer: RequestTimer) -> Response:
-            if self.family == "sam2_realtime" or self.flavor is None:
-                # The real sam2_realtime server never stores its flavor (spec §7 caveat): always null.
-                return JSONResponse({"model_family": self.family, "status": None})
-            return JSONResponse(
-                {
-                    "model_family": self.family,
-                    "status": {"flavor": self.flavor, "device": "cpu", "simulated": True},
-                }
-            )
+            status: dict[str, Any] | None = None
+            if self.flavor is not None and self.family != "sam2_realtime":
+                status = {"flavor": self.flavor}
+            elif self.flavor is not None and self.controls.status_reports_flavor:
+                status = {"flavor": self.flavor, "tracker_initialized": self.tracker is not None}
+            return JSONResponse({"model_family": self.family, "status": status})
 
         return await self._handle(request, handler)
 
     async def load(self, request: Request) -> Response:
         async def handler(request: Request, timer: RequestTimer) -> Response:
-            body = await self._json(request)
-            flavor = body.get("flavor")
+            try:
+                payload = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError):  # raised outside the server's try: bare 500
+                return PlainTextResponse("Internal Server Error", status_code=500)
+            self.flavor, self.tracker = None, None  # the current model is unloaded before loading
+            if not isinstance(payload, dict):
+                raise VisionError(
+                    500, f"Model load error: '{type(payload).__name__}' object has no attribute 'get'"
+                )
+            flavor = payload.get("flavor")
             if flavor not in FLAVORS[self.family]:
-                raise VisionError(400, f"Unknown flavor {flavor!r}; available: {list(FLAVORS[self.family])}")
+                raise VisionError(
+                    500,
+                    f"Model load error: Unknown flavor '{flavor}', valid flavors: {list(FLAVORS[self.family])}",
+                )
             self.flavor = flavor
-            self.tracker = None  # loading re-instantiates the model: tracker state is lost (spec §7)
             timer.model = flavor
             return JSONResponse({"loaded_model": "Model", "flavor": flavor})
 
@@ -391,11 +279,10 @@ class VisionServer:
 
     async def unload(self, request: Request) -> Response:
         async def handler(request: Request, timer: RequestTimer) -> Response:
-            self.flavor = None
-            self.tracker = None
+            self.flavor, self.tracker = None, None
             return JSONResponse({"unloaded": True})
 
-        return await self._handle(request, handler)
+        return await self._handle(request, handler, needs_model=True)
 
     async def infer(self, request: Request) -> Response:
         handlers = {
@@ -404,188 +291,117 @@ class VisionServer:
             "florence2": self._infer_florence,
             "kosmos2": self._infer_kosmos,
         }
-        return await self._handle(request, handlers[self.family])
+        return await self._handle(request, handlers[self.family], needs_model=True)
 
     # ---------------------------------------------------------------- mmgroundingdino
     async def _infer_gdino(self, request: Request, timer: RequestTimer) -> Response:
-        self._require_model()
-        body = await self._json(request)
-        identified = await asyncio.to_thread(self._identify_all, body.get("images"))
-        params = body.get("inference_parameters")
-        if isinstance(params, dict):
-            params = [params] * len(identified)
-        if not isinstance(params, list) or len(params) not in (1, len(identified)):
-            raise VisionError(422, "'inference_parameters' must be a list with one entry per image")
-        if len(params) == 1:
-            params = params * len(identified)
-        parsed = []
-        for i, p in enumerate(params):
-            prompts = p.get("prompts") if isinstance(p, dict) else None
-            if not isinstance(prompts, list) or not all(isinstance(s, str) and s for s in prompts):
-                raise VisionError(
-                    422, f"inference_parameters[{i}].prompts must be a list of non-empty strings"
-                )
-            parsed.append(
-                (
-                    prompts,
-                    float(p.get("min_confidence") or 0.0),
-                    p.get("nms_iou"),
-                    p.get("overdetect_factor", 1.0),
-                )
-            )
-        key = "+".join(item.image.key for item in identified)
-        timer.image_key = key
-        plan, faulted = await self._faulted(request, timer, key)
+        images, parameters = gdino.parse_infer_request(await self._payload(request))
+        identified = await asyncio.to_thread(self._identify, images)
+        plan, faulted = await self._plan(request, timer, identified)
         if faulted is not None:
             return faulted
-        detections = []
-        for item, (prompts, min_conf, nms_iou, factor) in zip(identified, parsed, strict=True):
-            raw = ground_prompts(item, prompts, plan.controls, (*plan.parts, item.image.key))
-            selected = select_detections(
-                raw, prompts, min_confidence=min_conf, nms_iou=nms_iou, overdetect_factor=factor
-            )
-            detections.append(gdino_response(selected)["artifact"]["detections"][0])
+
+        def run() -> list[list[dict[str, Any]]]:
+            return [
+                gdino.gdino_response(gdino.detect(item, params, plan.controls, self._parts(plan, item)))[
+                    "artifact"
+                ]["detections"][0]
+                for item, params in zip(identified, parameters, strict=True)
+            ]
+
+        detections = await asyncio.to_thread(run)
         return self._respond(plan, {"artifact": {"detections": detections, "model": "mmgroundingdino"}})
 
     # ---------------------------------------------------------------- sam2_realtime
-    def _masks_for_frame(self, item: Identified) -> list[tuple[int, np.ndarray]]:
+    def _frame(self, item: Identified) -> list[tuple[Any, np.ndarray]]:
         assert self.tracker is not None
         scale = np.array([item.width, item.height, item.width, item.height], dtype=np.float64)
+        grow = not self.controls.thin_mask_error
         return [
-            (object_id, mask_for_box(item.image, item.width, item.height, rel * scale))
-            for object_id, rel in self.tracker
+            (object_id, sam2.mask_for_box(item.image, item.width, item.height, rel * scale, grow_thin=grow))
+            for object_id, rel in self.tracker.items()
         ]
 
     async def update(self, request: Request) -> Response:
         async def handler(request: Request, timer: RequestTimer) -> Response:
-            self._require_model()
-            body = await self._json(request)
-            identified = (await asyncio.to_thread(self._identify_all, body.get("image"), "image"))[0]
-            prompts = body.get("prompts")
-            if not isinstance(prompts, list):
-                raise VisionError(422, "'prompts' must be a list")
-            size = np.array(
-                [identified.width, identified.height, identified.width, identified.height], dtype=np.float64
-            )
-            tracker: list[tuple[int, np.ndarray]] = []
-            for i, prompt in enumerate(prompts):
-                if not isinstance(prompt, dict) or not isinstance(prompt.get("object_id"), int):
-                    raise VisionError(422, f"prompts[{i}] must be an object with an integer object_id")
-                box = self._prompt_box(prompt, i, identified)
-                tracker.append((prompt["object_id"], box / size))
-            timer.image_key = identified.image.key
-            plan, faulted = await self._faulted(request, timer, identified.image.key)
+            image, prompts = sam2.parse_update_request(await self._payload(request))
+            (item,) = await asyncio.to_thread(self._identify, [image])
+            plan, faulted = await self._plan(request, timer, [item])
             if faulted is not None:
                 return faulted
-            self.tracker = tracker  # the real server always resets and adds every prompt (spec §4.3)
-            frames = await asyncio.to_thread(lambda: [self._masks_for_frame(identified)])
-            return self._respond(plan, sam2_response(frames))
+            size = np.array([item.width, item.height, item.width, item.height], dtype=np.float64)
+            # Every /update resets the tracker and adds every prompt (model.py:114-130); a repeated
+            # object id adds to the same object, which keeps its first position.
+            self.tracker = {}
+            for prompt in prompts:
+                self.tracker[prompt.object_id] = sam2.prompt_box(prompt, item) / size
+            if not prompts:  # the server's outputs stay unset: UnboundLocalError
+                raise RejectedRequest(
+                    "cannot access local variable 'out_obj_ids' where it is not associated with a value"
+                )
+            odd = next((p.object_id for p in prompts if not isinstance(p.object_id, int)), None)
+            if odd is not None:  # torch.tensor(out_obj_ids) needs numbers
+                raise RejectedRequest(f"new(): invalid data type '{type(odd).__name__}'")
+            body = await asyncio.to_thread(lambda: sam2.encode_frames([self._frame(item)]))
+            return self._respond(plan, body)
 
-        return await self._handle(request, handler)
-
-    @staticmethod
-    def _prompt_box(prompt: dict[str, Any], i: int, item: Identified) -> np.ndarray:
-        bbox = prompt.get("bbox")
-        if bbox is not None:
-            if (
-                not isinstance(bbox, list)
-                or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) for v in bbox)
-            ):
-                raise VisionError(422, f"prompts[{i}].bbox must be [x1, y1, x2, y2]")
-            return np.asarray(bbox, dtype=np.float64)
-        points = prompt.get("points")
-        labels = prompt.get("labels") or [1] * len(points or [])
-        if not isinstance(points, list) or not points:
-            raise VisionError(422, f"prompts[{i}] needs a bbox or points")
-        positive = [p for p, label in zip(points, labels, strict=False) if label] or points
-        x, y = float(positive[0][0]), float(positive[0][1])
-        for inst in item.image.instances:  # the smallest GT box containing the first positive point
-            box = item.image.box_xyxy(inst, item.width, item.height)
-            if box[0] <= x <= box[2] and box[1] <= y <= box[3]:
-                return box
-        r = 0.05 * min(item.width, item.height)
-        return np.array([x - r, y - r, x + r, y + r])
+        return await self._handle(request, handler, needs_model=True, failure="Update failed")
 
     async def _infer_sam2(self, request: Request, timer: RequestTimer) -> Response:
-        self._require_model()
-        body = await self._json(request)
-        identified = await asyncio.to_thread(self._identify_all, body.get("images"))
-        key = "+".join(item.image.key for item in identified)
-        timer.image_key = key
-        plan, faulted = await self._faulted(request, timer, key)
+        images = sam2.parse_track_request(await self._payload(request))
+        identified = await asyncio.to_thread(self._identify, images)
+        plan, faulted = await self._plan(request, timer, identified)
         if faulted is not None:
             return faulted
-        if self.tracker is None:  # never initialised: an empty tracks list (spec §4.3)
-            return self._respond(plan, sam2_response([]))
-        frames = await asyncio.to_thread(lambda: [self._masks_for_frame(item) for item in identified])
-        return self._respond(plan, sam2_response(frames))
+        if self.tracker is None:  # never initialised: no frames at all (model.py:235-236)
+            return self._respond(plan, {"artifact": {"tracks": [], "model": "sam2_realtime", "metadata": []}})
+        body = await asyncio.to_thread(lambda: sam2.encode_frames([self._frame(item) for item in identified]))
+        return self._respond(plan, body)
 
     async def reset(self, request: Request) -> Response:
         async def handler(request: Request, timer: RequestTimer) -> Response:
             self.tracker = None
             return JSONResponse({"reset": True})
 
-        return await self._handle(request, handler)
+        return await self._handle(request, handler, needs_model=True)
 
     # ---------------------------------------------------------------- florence2 / kosmos2
-    def _baseline_common(self, body: dict[str, Any], identified: list[Identified]) -> list[Any]:
-        prompts = body.get("prompts")
-        if not isinstance(prompts, list) or len(prompts) not in (1, len(identified)):
-            raise VisionError(422, "'prompts' must be a list with one prompt (or one per image)")
-        return prompts * len(identified) if len(prompts) == 1 else prompts
-
     async def _infer_florence(self, request: Request, timer: RequestTimer) -> Response:
-        self._require_model()
-        body = await self._json(request)
-        identified = await asyncio.to_thread(self._identify_all, body.get("images"))
-        prompts = self._baseline_common(body, identified)
-        tasks = []
-        for i, prompt in enumerate(prompts):
-            task = prompt.get("task_prompt") if isinstance(prompt, dict) else None
-            if task not in ("<OD>", "<DENSE_REGION_CAPTION>", *FLORENCE_CAPTION_TASKS):
-                raise VisionError(
-                    500, f"prompts[{i}]: task_prompt {task!r} is not supported by the simulator"
-                )
-            tasks.append(task)
-        key = "+".join(item.image.key for item in identified)
-        timer.image_key = key
-        plan, faulted = await self._faulted(request, timer, key)
+        images, prompts = baselines.parse_florence_request(await self._payload(request))
+        identified = await asyncio.to_thread(self._identify, images)
+        plan, faulted = await self._plan(request, timer, identified)
         if faulted is not None:
             return faulted
-        detections, captions = [], []
-        for item, task in zip(identified, tasks, strict=True):
-            parts = (*plan.parts, item.image.key)
-            if task in FLORENCE_CAPTION_TASKS:
-                found = baseline_detections(item, plan.controls, parts, "kosmos")
-                detections.append([])
-                captions.append(kosmos_caption(found))
-            else:
-                detections.append(
-                    baseline_detections(item, plan.controls, parts, "od" if task == "<OD>" else "drc")
-                )
-                captions.append(None)
-        return self._respond(
-            plan, {"artifact": {"detections": detections, "captions": captions, "model": "florence2"}}
-        )
+        answers = [
+            baselines.florence_answer(item, prompt, plan.controls, self._parts(plan, item))
+            for item, prompt in zip(identified, prompts, strict=True)
+        ]
+        artifact = {
+            "detections": [d for d, _ in answers],
+            "captions": [c for _, c in answers],
+            "model": "florence2",
+        }
+        return self._respond(plan, {"artifact": artifact})
 
     async def _infer_kosmos(self, request: Request, timer: RequestTimer) -> Response:
-        self._require_model()
-        body = await self._json(request)
-        identified = await asyncio.to_thread(self._identify_all, body.get("images"))
-        prompts = self._baseline_common(body, identified)
-        if not all(isinstance(p, str) for p in prompts):
-            raise VisionError(422, "kosmos2 prompts must be strings")
-        key = "+".join(item.image.key for item in identified)
-        timer.image_key = key
-        plan, faulted = await self._faulted(request, timer, key)
+        images, prompts = baselines.parse_kosmos_request(await self._payload(request))
+        identified = await asyncio.to_thread(self._identify, images)
+        plan, faulted = await self._plan(request, timer, identified)
         if faulted is not None:
             return faulted
-        detections, captions = [], []
-        for item in identified:
-            found = baseline_detections(item, plan.controls, (*plan.parts, item.image.key), "kosmos")
-            detections.append(found)
-            captions.append(kosmos_caption(found))
-        return self._respond(
-            plan, {"artifact": {"detections": detections, "captions": captions, "model": "kosmos2"}}
-        )
+        answers = [
+            baselines.kosmos_answer(item, prompt, plan.controls, self._parts(plan, item))
+            for item, prompt in zip(identified, prompts, strict=True)
+        ]
+        artifact = {
+            "detections": [d for d, _ in answers],
+            "captions": [c for _, c in answers],
+            "model": "kosmos2",
+        }
+        return self._respond(plan, {"artifact": artifact})
+
+
+async def _fastapi_http_error(request: Request, exc: Exception) -> Response:
+    """404 / 405 as FastAPI writes them (``{"detail": "Not Found"}``), not Starlette's plain text."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)

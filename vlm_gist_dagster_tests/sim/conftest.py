@@ -12,6 +12,9 @@ from vlm_gist_dagster.sim import SERVER_NAMES, run_simulator
 #: Any bearer token passes when the server has none configured (spec/pipeline.md §3).
 AUTH = {"Authorization": "Bearer test-token"}
 EPHEMERAL = {name: 0 for name in SERVER_NAMES}
+#: A chat model with the default controls that the tests' simulator serves (it lists, and answers, only
+#: the models it knows: others get the provider's 404).
+TEST_MODEL = "sim/test"
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +24,7 @@ def sim_datasets(vlm_gist_dataset, coco_dataset):
 
 @pytest.fixture(scope="module")
 def simulator(sim_datasets):
-    with run_simulator(sim_datasets, ports=EPHEMERAL) as handle:
+    with run_simulator(sim_datasets, ports=EPHEMERAL, served_models=[TEST_MODEL]) as handle:
         yield handle
 
 

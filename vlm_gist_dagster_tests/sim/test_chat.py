@@ -112,15 +112,16 @@ def test_non_streaming_description_shape(simulator, client, coco_image):
     assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
-def test_text_mode_answers_survive_longest_first_json_extraction(simulator, client, coco_image):
+def test_text_mode_answers_survive_longest_first_json_extraction(simulator, client, coco_dataset):
     """Text mode: a bare list or prose around a ```json fence; both contain one valid JSON list
     (spec/pipeline.md §1.4 extract_json: longest parseable substring from [ to ])."""
     simulator.set_controls("chat", model="sim/text", fenced_rate=0.5, recall=1.0, hallucinations=0.0)
     kinds = set()
-    for _ in range(12):
-        content = client.post(
-            simulator.chat_completions_url, json=describe_body(coco_image, "sim/text", json_mode=False)
-        ).json()["choices"][0]["message"]["content"]
+    for image_id in list(coco_dataset.images["image_id"])[:12]:  # 12 images, each its own draw
+        body = describe_body(b64_file(image_path(coco_dataset, image_id)), "sim/text", json_mode=False)
+        content = client.post(simulator.chat_completions_url, json=body).json()["choices"][0]["message"][
+            "content"
+        ]
         kinds.add(content.lstrip().startswith("["))
         start, end = content.index("["), content.rindex("]") + 1
         objects = json.loads(content[start:end])
@@ -135,7 +136,8 @@ def test_invented_objects_on_coco_are_absent_classes_or_scene_stuff(simulator, c
 
     simulator.set_controls("chat", model="sim/inventive", recall=0.0, hallucinations=4.0, synonym_rate=0.0)
     names = []
-    for _ in range(4):  # each request is a new attempt, with its own draws
+    for seed in range(4):  # each seed its own draws
+        simulator.set_controls("chat", model="sim/inventive", seed=seed)
         content = client.post(
             simulator.chat_completions_url, json=describe_body(coco_image, "sim/inventive")
         ).json()["choices"][0]["message"]["content"]
@@ -249,18 +251,123 @@ def test_embeddings_shape_and_input_order(simulator, client):
 
 
 def test_auth_and_bad_requests(simulator, coco_image):
+    """OpenAI's 401 texts and 400 bodies (``{"error": {"message", "type", "param", "code"}}``)."""
     url = simulator.chat_completions_url
     body = describe_body(coco_image)
-    assert httpx.post(url, json=body).status_code == 401
+    r = httpx.post(url, json=body)
+    assert r.status_code == 401 and r.json()["error"]["message"].startswith("You didn't provide an API key.")
     r = httpx.post(url, json=body, headers={"Authorization": "Basic abc"})
-    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
     assert httpx.get(simulator.models_url).status_code == 401
-    assert httpx.post(url, content=b"{not json", headers=AUTH).status_code == 400
+    r = httpx.post(url, content=b"{not json", headers=AUTH)
+    assert r.status_code == 400 and "could not parse the JSON body" in r.json()["error"]["message"]
     r = httpx.post(url, json={"messages": []}, headers=AUTH)
-    assert r.status_code == 400 and set(r.json()["error"]) >= {"message", "type", "code"}
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert r.json()["error"]["param"] == "model"
     web = describe_body(coco_image)
     web["messages"][1]["content"][0]["image_url"]["url"] = "https://example.org/x.jpg"
-    assert httpx.post(url, json=web, headers=AUTH).status_code == 400
+    r = httpx.post(url, json=web, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[1].content[0].image_url.url"
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "words"),
+    [
+        ({"temperature": "1.0"}, "temperature", "valid number"),  # a string is not a number
+        ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"top_p": -0.1}, "top_p", "greater than or equal to 0"),
+        ({"n": 0}, "n", "greater than or equal to 1"),
+        ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"stream": "yes"}, "stream", "valid boolean"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type", "'json_object'"),
+        ({"stream_options": {"include_usage": True}}, None, "only allowed when 'stream' is enabled"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "'assistant'"),
+        ({"messages": [{"role": "user"}]}, "messages[0]", "needs content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+            "messages[0].content[0]",
+            "'image_url'",
+        ),
+    ],
+)
+def test_request_validation(simulator, client, coco_image, change, param, words):
+    """What OpenAI and vLLM reject with a 400, the simulator rejects too (sim/chat_requests.py)."""
+    r = client.post(simulator.chat_completions_url, json=describe_body(coco_image, **change))
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and words in error["message"]
+
+
+def test_unlisted_model_is_the_providers_404(simulator, client, coco_image):
+    listed = {m["id"] for m in client.get(simulator.models_url).json()["data"]}
+    # the simulated VLMs, the label-matching LLM, the embedding model and the validation VLM
+    assert {"sim/strong", "sim/medium", "sim/weak", "sim/test"} <= listed
+    assert {"gpt-4o-2024-11-20", "text-embedding-3-large", "google/gemini-2.5-flash"} <= listed
+    assert "gpt-9" not in listed
+    r = client.post(simulator.chat_completions_url, json=describe_body(coco_image, "gpt-9"))
+    # OpenAI's body for a model that does not exist
+    assert r.status_code == 404 and r.json() == {
+        "error": {
+            "message": "The model `gpt-9` does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+    }
+    # vLLM's, for a vLLM-style request
+    r = client.post(
+        simulator.chat_completions_url,
+        json=describe_body(coco_image, "gpt-9", chat_template_kwargs={"enable_thinking": False}),
+    )
+    assert r.status_code == 404 and r.json() == {
+        "object": "error",
+        "message": "The model `gpt-9` does not exist.",
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
+    r = client.post(simulator.embeddings_url, json={"model": "gpt-9", "input": "chair"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    # a model given controls at run time is served from then on
+    simulator.set_controls("chat", model="sim/late", recall=0.5)
+    assert "sim/late" in {m["id"] for m in client.get(simulator.models_url).json()["data"]}
+    assert (
+        client.post(simulator.chat_completions_url, json=describe_body(coco_image, "sim/late")).status_code
+        == 200
+    )
+
+
+def test_n_choices(simulator, client, coco_image):
+    """n = 3 → three choices, separate draws, choice 0 the n = 1 answer; the stream carries each choice's
+    index and finish reason; OpenRouter's path answers one choice (it ignores n)."""
+    simulator.set_controls("chat", model="sim/choices", recall=0.6, hallucinations=1.5)
+    one = client.post(simulator.chat_completions_url, json=describe_body(coco_image, "sim/choices")).json()
+    three = client.post(
+        simulator.chat_completions_url, json=describe_body(coco_image, "sim/choices", n=3)
+    ).json()
+    assert [c["index"] for c in three["choices"]] == [0, 1, 2]
+    texts = [c["message"]["content"] for c in three["choices"]]
+    assert texts[0] == one["choices"][0]["message"]["content"]
+    assert len(set(texts)) == 3
+    assert three["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+    assert three["usage"]["completion_tokens"] > one["usage"]["completion_tokens"]
+    body = describe_body(coco_image, "sim/choices", n=3, stream=True, stream_options={"include_usage": True})
+    with client.stream("POST", simulator.chat_completions_url, json=body) as r:
+        _, chunks, done = read_sse(r)
+    assert done
+    streamed = {i: "" for i in range(3)}
+    finishes = {}
+    for c in chunks:
+        for choice in c["choices"]:
+            streamed[choice["index"]] += choice["delta"].get("content", "")
+            if choice["finish_reason"]:
+                finishes[choice["index"]] = choice["finish_reason"]
+    assert [streamed[i] for i in range(3)] == texts and finishes == {0: "stop", 1: "stop", 2: "stop"}
+    openrouter = simulator.chat_url.replace("/v1", "/api/v1") + "/chat/completions"
+    assert (
+        len(client.post(openrouter, json=describe_body(coco_image, "sim/choices", n=3)).json()["choices"])
+        == 1
+    )
 
 
 def test_unknown_image_is_a_clear_400(simulator, client):
@@ -278,8 +385,16 @@ def test_unknown_image_is_a_clear_400(simulator, client):
 
 def test_required_api_key(sim_datasets, coco_image):
     with run_simulator(sim_datasets, ports=EPHEMERAL, servers=["chat"], chat_api_key="s3cret") as sim:
-        body = describe_body(coco_image)
-        assert httpx.post(sim.chat_completions_url, json=body, headers=AUTH).status_code == 401
+        body = describe_body(coco_image, "sim/strong")
+        wrong = httpx.post(sim.chat_completions_url, json=body, headers=AUTH)
+        # OpenAI's text; a short key is not shown at all (a long one keeps 3 + 4 characters)
+        assert wrong.status_code == 401 and wrong.json()["error"] == {
+            "message": "Incorrect API key provided: **********. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
         ok = httpx.post(sim.chat_completions_url, json=body, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
 
@@ -290,7 +405,9 @@ def _run_answers(sim_datasets, seed: int, images: list[str]) -> list[str]:
         with httpx.Client(headers=AUTH) as c:
             answers = []
             for image in images:
-                for _ in range(2):  # attempt 0 and attempt 1 of the same image differ but are reproducible
+                for _ in range(
+                    2
+                ):  # the same request twice: a usable answer ends the attempts, so twice the same
                     r = c.post(sim.chat_completions_url, json=describe_body(image, "sim/det"))
                     answers.append(r.json()["choices"][0]["message"]["content"])
             return answers
@@ -306,7 +423,24 @@ def test_determinism_per_seed(sim_datasets, coco_dataset, vlm_gist_dataset):
     other = _run_answers(sim_datasets, 8, images)
     assert first == second
     assert first != other
-    assert first[0] != first[1]  # a retry of the same image gets a fresh draw
+    assert first[0] == first[1] and first[2] == first[3]  # what a re-run, or an identical model, gets
+
+
+def test_an_unusable_answer_is_followed_by_fresh_attempts(simulator, client, coco_image):
+    """A description without objects is what a client rejects and asks again for: the same request is then
+    the next attempt (fresh draws), as after a fault; a usable answer ends the run of attempts."""
+    simulator.set_controls("chat", model="sim/blind", recall=0.0, hallucinations=0.0)
+    before = len(simulator.request_log)
+    for _ in range(3):
+        content = client.post(
+            simulator.chat_completions_url, json=describe_body(coco_image, "sim/blind")
+        ).json()
+        assert json.loads(content["choices"][0]["message"]["content"]) == {"objects": []}
+    assert [r.attempt for r in simulator.request_log.snapshot()[before:]] == [0, 1, 2]
+    simulator.set_controls("chat", model="sim/blind", hallucinations=1.0)  # resets the attempts
+    for _ in range(2):
+        client.post(simulator.chat_completions_url, json=describe_body(coco_image, "sim/blind"))
+    assert [r.attempt for r in simulator.request_log.snapshot()[before + 3 :]] == [0, 0]
 
 
 def test_per_model_seed_overrides_the_server_seed(simulator, client, coco_image):

@@ -2,13 +2,14 @@
 
 Rates are checked with a binomial tolerance: for n requests at rate p the count has mean n·p and
 standard deviation sqrt(n·p·(1−p)); we accept mean ± 4 sd. The counts are deterministic per seed, so
-the tolerance only guards against a wrong rate, never against chance between runs.
+the tolerance only guards against a wrong rate, never against chance between runs. Each of the n
+requests is a different request (its own text): an identical request after a usable answer is attempt 0
+again and gets the same draw (sim/faults.py), so n copies of one request would test nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 
 import httpx
@@ -25,10 +26,12 @@ RATE = 0.3
 LOW, HIGH = 35, 85
 
 
-def _chat_body(stream: bool) -> dict:
+def _chat_body(stream: bool, number: int = 0) -> dict:
     body = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "Say something about chairs."}]}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": f"Say something about chair {number}."}]}
+        ],
         "stream": stream,
         "response_format": {"type": "json_object"},
     }
@@ -37,10 +40,10 @@ def _chat_body(stream: bool) -> dict:
     return body
 
 
-def classify_non_streaming(client: httpx.Client, url: str) -> str:
+def classify_non_streaming(client: httpx.Client, url: str, number: int = 0) -> str:
     """What a client observes for one non-streaming chat request."""
     try:
-        r = client.post(url, json=_chat_body(False))
+        r = client.post(url, json=_chat_body(False, number))
     except httpx.TransportError:
         return "connection_drop"
     if r.status_code == 429:
@@ -94,7 +97,7 @@ def test_fault_rate_non_streaming(simulator, fault):
     _set_fault(simulator, fault, RATE)
     before = len(simulator.request_log)
     with httpx.Client(headers=AUTH, timeout=10.0) as client:
-        outcomes = [classify_non_streaming(client, simulator.chat_completions_url) for _ in range(N)]
+        outcomes = [classify_non_streaming(client, simulator.chat_completions_url, i) for i in range(N)]
     assert set(outcomes) <= {"ok", fault}
     count = outcomes.count(fault)
     assert LOW <= count <= HIGH, count
@@ -110,13 +113,27 @@ def test_faults_are_reproducible_per_seed_and_retries_can_succeed(simulator):
     def run(seed: int) -> list[str]:
         _set_fault(simulator, "server_error", RATE, seed=seed)
         with httpx.Client(headers=AUTH) as client:
-            return [classify_non_streaming(client, simulator.chat_completions_url) for _ in range(60)]
+            return [classify_non_streaming(client, simulator.chat_completions_url, i) for i in range(60)]
 
     first, second, other = run(3), run(3), run(4)
     assert first == second
     assert first != other
-    # the same request repeated: a failed attempt is followed by a successful one somewhere
-    assert any(a == "server_error" and b == "ok" for a, b in itertools.pairwise(first))
+    # The same request repeated after a fault is the next attempt, with a fresh draw: every request
+    # succeeds eventually (P(5 faults in a row) = 0.3**5), and the log numbers its attempts 0, 1, ...
+    failed = [i for i, outcome in enumerate(first) if outcome == "server_error"]
+    assert failed
+    _set_fault(simulator, "server_error", RATE, seed=3)
+    with httpx.Client(headers=AUTH) as client:
+        for number in failed[:5]:
+            before = len(simulator.request_log)
+            outcomes = []
+            while not outcomes or outcomes[-1] != "ok":
+                outcomes.append(classify_non_streaming(client, simulator.chat_completions_url, number))
+            assert outcomes[0] == "server_error" and 2 <= len(outcomes) <= 6
+            attempts = [r.attempt for r in simulator.request_log.snapshot()[before:]]
+            assert attempts == list(range(len(outcomes)))
+            # after the usable answer the run of attempts is over: the next identical request is attempt 0
+            assert classify_non_streaming(client, simulator.chat_completions_url, number) == "server_error"
 
 
 def test_streaming_truncation_and_finish_reasons(simulator):
@@ -146,16 +163,18 @@ def test_streaming_truncation_and_finish_reasons(simulator):
 def test_stall_rate_streaming(simulator, fault):
     """Stalls of 12 s against a client read timeout of 3 s (wide margins both ways, so a loaded
     machine cannot blur the two), 60 concurrent requests at rate 0.3 → mean 18,
-    sd sqrt(60 · 0.3 · 0.7) ≈ 3.55, accept [4, 32]. Concurrency changes which request gets which
-    attempt number, not the set of attempts 0..59, so the count stays reproducible."""
+    sd sqrt(60 · 0.3 · 0.7) ≈ 3.55, accept [4, 32]. Each request is a different one (attempt 0 with its
+    own draw), so concurrency cannot change the count."""
     _set_fault(simulator, fault, RATE, stall_seconds=12.0)
     timeout = httpx.Timeout(30.0, read=3.0)
 
-    async def one(client: httpx.AsyncClient, semaphore: asyncio.Semaphore) -> str:
+    async def one(client: httpx.AsyncClient, semaphore: asyncio.Semaphore, number: int) -> str:
         saw_data = done = False
         async with semaphore:
             try:
-                async with client.stream("POST", simulator.chat_completions_url, json=_chat_body(True)) as r:
+                async with client.stream(
+                    "POST", simulator.chat_completions_url, json=_chat_body(True, number)
+                ) as r:
                     assert r.status_code == 200
                     async for line in r.aiter_lines():
                         saw_data = saw_data or line.startswith("data: ")
@@ -167,7 +186,7 @@ def test_stall_rate_streaming(simulator, fault):
     async def run() -> list[str]:
         semaphore = asyncio.Semaphore(30)
         async with httpx.AsyncClient(headers=AUTH, timeout=timeout) as client:
-            return await asyncio.gather(*(one(client, semaphore) for _ in range(60)))
+            return await asyncio.gather(*(one(client, semaphore, i) for i in range(60)))
 
     outcomes = asyncio.run(run())
     assert set(outcomes) <= {"ok", fault}
@@ -201,18 +220,20 @@ def test_vision_fault_rate(simulator, coco_dataset, fault):
     faults.update({fault: RATE, "retry_after_s": 1})
     simulator.set_controls("mmgroundingdino", model="large", faults=faults)
     image = b64_file(image_path(coco_dataset, "000000037777"))
-    body = {"images": [image], "inference_parameters": [{"prompts": ["a chair"], "min_confidence": 0.0,
-                                                         "nms_iou": None, "overdetect_factor": 1.0}]}  # fmt: skip
+
+    def body(number: int) -> dict:  # a different request each time (see the module docstring)
+        return {"images": [image], "inference_parameters": [{"prompts": [f"a chair {number}"], "min_confidence": 0.0,
+                                                             "nms_iou": None, "overdetect_factor": 1.0}]}  # fmt: skip
 
     async def run() -> list[str]:
         async with httpx.AsyncClient(headers=AUTH, timeout=10.0) as client:
             await client.post(url + "/load", json={"flavor": "large"})
             semaphore = asyncio.Semaphore(8)
 
-            async def one() -> str:
+            async def one(number: int) -> str:
                 async with semaphore:
                     try:
-                        r = await client.post(url + "/infer", json=body)
+                        r = await client.post(url + "/infer", json=body(number))
                     except httpx.TransportError:
                         return "connection_drop"
                 if r.status_code == 429:
@@ -226,7 +247,7 @@ def test_vision_fault_rate(simulator, coco_dataset, fault):
                     return "truncated_stream"
                 return "ok"
 
-            return await asyncio.gather(*(one() for _ in range(100)))
+            return await asyncio.gather(*(one(i) for i in range(100)))
 
     outcomes = asyncio.run(run())
     assert set(outcomes) <= {"ok", fault}
