@@ -16,9 +16,11 @@ ALLOWED: dict[str, set[str]] = {
     "clients": {"protocol", "files", "paths"},
     "datasets": {"protocol", "files", "paths"},
     "sim": {"protocol", "files", "paths", "datasets", "clients"},
-    "stages": {"protocol", "clients", "files", "paths"},
+    # stages may name the dataset copies (datasets/provenance.py) in the tables they write
+    "stages": {"protocol", "clients", "datasets", "files", "paths", "parquet"},
     "model_registry": {"protocol", "files", "paths"},
     "files": set(),
+    "parquet": {"files"},
     "paths": set(),
 }
 #: Calls that write files; protocol/ makes none (writers live in stages/ and files.py).

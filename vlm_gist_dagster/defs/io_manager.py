@@ -8,61 +8,35 @@ later run would read.
 
 from __future__ import annotations
 
-from pathlib import Path
+import typing
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-from dagster._core.storage.upath_io_manager import escape_dotdot_segments, is_dict_type
 from upath import UPath
 
 from .. import paths
-from ..files import atomic_path
+from ..parquet import read_parquet, write_parquet
+
+__all__ = ["ParquetIOManager", "ParquetIOManagerFactory", "read_parquet", "write_parquet"]
 
 
-def _is_local(path: UPath) -> bool:
-    return getattr(path, "protocol", "") in ("", "file", "local")
+def _escape_parent_segments(partition: str) -> str:
+    """A partition key as a relative path: a whole ``..`` segment becomes ``%2E%2E``, so a model named
+    ``..`` cannot write above its asset's folder (``my..model`` stays as it is)."""
+    return "/".join("%2E%2E" if part == ".." else part for part in partition.lstrip("/").split("/"))
 
 
-def write_parquet(df: pd.DataFrame, path: UPath | Path | str) -> None:
-    """Write ``df`` to ``path`` atomically where the filesystem allows it."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    upath = UPath(path)
-    if _is_local(upath):
-        with atomic_path(upath.path) as temporary:
-            pq.write_table(table, temporary)
-    else:  # object stores: a single PUT is already all-or-nothing
-        with upath.open("wb") as f:
-            pq.write_table(table, f)
-
-
-def read_parquet(path: UPath | Path | str) -> pd.DataFrame:
-    """Read a Parquet file; nested columns (RLE masks, lists) come back as plain Python objects, so a
-    frame read back equals the frame written."""
-    upath = UPath(path)
-    if _is_local(upath):
-        table = pq.read_table(upath.path)
-    else:
-        with upath.open("rb") as f:
-            table = pq.read_table(f)
-    df = table.to_pandas()
-    for name, column in zip(table.column_names, table.columns):
-        if (
-            pa.types.is_struct(column.type)
-            or pa.types.is_list(column.type)
-            or pa.types.is_large_list(column.type)
-        ):
-            df[name] = pd.Series(column.to_pylist(), index=df.index, dtype=object)
-    return df
+def _is_dict_annotation(annotation: Any) -> bool:
+    return annotation is dict or typing.get_origin(annotation) in (dict, Mapping)
 
 
 class ParquetIOManager(dg.UPathIOManager):
     extension = ".parquet"
 
     def make_safe_partition_path(self, base_path: UPath, partition: str) -> UPath:
-        return base_path / escape_dotdot_segments(partition.lstrip("/"))
+        return base_path / _escape_parent_segments(partition)
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         if not isinstance(obj, pd.DataFrame):
@@ -78,7 +52,7 @@ class ParquetIOManager(dg.UPathIOManager):
         # Dagster returns the bare object when exactly one upstream partition is mapped (dagster#28942);
         # an input annotated as a dict always gets a dict keyed by partition key.
         loaded = super().load_partitions(context)
-        if is_dict_type(context.dagster_type.typing_type) and not isinstance(loaded, dict):
+        if _is_dict_annotation(context.dagster_type.typing_type) and not isinstance(loaded, dict):
             return {context.asset_partition_keys[0]: loaded}
         return loaded
 

@@ -32,7 +32,7 @@ def _file_hash(path: UPath) -> str:
 
 
 def _read(path: UPath):
-    from ..defs.io_manager import read_parquet
+    from ..parquet import read_parquet
 
     try:
         return read_parquet(path)

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..protocol.columns import metadata_columns
@@ -41,13 +42,24 @@ def predictions_from_label_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_image_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
-    """Accepted / rejected labels per label-matched image (the ``label_matches.json`` entries)."""
+    """Accepted / rejected labels per label-matched image (the ``label_matches.json`` entries).
+
+    >>> lm = pd.DataFrame({"image_id": ["a", "a", "b"], "skipped": [False, False, True],
+    ...                    "dataset_match": ["cup", None, None]})
+    >>> per_image_matches(lm).to_dict("records")
+    [{'image_id': 'a', 'accepted': 1, 'rejected': 1}]
+    >>> len(per_image_matches(lm.iloc[:0]))   # a model that described nothing
+    0
+    """
     matched = label_matches[~label_matches["skipped"].fillna(False).astype(bool)]
-    grouped = matched.groupby("image_id", sort=False)["dataset_match"]
-    accepted = grouped.apply(lambda s: int(s.notna().sum()))
-    total = grouped.size()
+    accepted = matched["dataset_match"].notna().groupby(matched["image_id"], sort=False).sum()
+    total = matched.groupby("image_id", sort=False).size()
     return pd.DataFrame(
-        {"image_id": total.index, "accepted": accepted.to_numpy(), "rejected": (total - accepted).to_numpy()}
+        {
+            "image_id": total.index.to_numpy(dtype=object),
+            "accepted": accepted.reindex(total.index).to_numpy(dtype=np.int64),
+            "rejected": (total - accepted.reindex(total.index)).to_numpy(dtype=np.int64),
+        }
     )
 
 
@@ -58,7 +70,7 @@ def metrics_markdown(metrics_row: Mapping[str, Any]) -> str:
     >>> row = {"model": "m", "display_name": "M", "simulated": True, "f1": 0.1245, "rec": 0.5,
     ...        "prec": 0.5, "map": float("nan"), "ins": 3, "mat": 1, "time": 2.25, "fail": 0, "ret": 0}
     >>> print(metrics_markdown(row).splitlines()[2])
-    | M (simulated) | 0.125 | 0.500 | 0.500 | nan | 3.0 | 1.00 | 2.3s | 0.00 | 0.00 |
+    | M (simulated) | 0.125 | 0.500 | 0.500 |  | 3.0 | 1.00 | 2.3s | 0.00 | 0.00 |
     """
     return format_markdown([{"name": row_name(metrics_row), **{k: float(metrics_row[k]) for k in COLUMNS}}])
 

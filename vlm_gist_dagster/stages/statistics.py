@@ -25,6 +25,7 @@ from .. import paths
 from ..files import atomic_path
 from ..protocol.evaluation import EvaluationResult, evaluate, evaluate_class_agnostic
 from ..protocol.leaderboard import format_number, sort_rows
+from ..protocol.masks import encode_rle
 from ..protocol.statistics import (
     PerImageResults,
     StatisticsSettings,
@@ -63,6 +64,7 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "bootstrap_seed",
     "confidence_level",
     "mask_unavailable_reason",
+    "masks_missing",
     "image_ids",
     "image_tp",
     "image_fp",
@@ -87,14 +89,54 @@ def load_settings(path: str | Path | None = None) -> StatisticsSettings:
 # ---- per (dataset, model) pair ----------------------------------------------------------------------
 
 
-def _mask_metrics(ground_truth: pd.DataFrame, predictions: pd.DataFrame) -> tuple[EvaluationResult | None, str | None]:
-    """The mask-based evaluation, or None and why not."""
-    for what, df in (("ground truth", ground_truth), ("predictions", predictions)):
-        if len(df) and ("mask" not in df.columns or df["mask"].isna().any()):
-            return None, f"{what}: not every object has a mask"
-    if "mask" not in ground_truth.columns or "mask" not in predictions.columns:
-        return None, "no masks"
-    return evaluate(ground_truth, predictions, use_masks=True, coco_standard=False), None
+def _with_empty_masks(ground_truth: pd.DataFrame, predictions: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """``predictions`` where a detection without a mask (its image's SAM2 call failed for good) gets an
+    empty mask of its image's size, and how many did.
+
+    An empty mask overlaps nothing, so such a detection is a false positive of the mask metrics: a
+    failed segmentation costs the model there, as a missing detection would, instead of dropping the
+    mask columns of the whole pair. The size is taken from another mask of the same image (ground truth
+    first); an image without any mask gets 1 × 1 (it has no ground-truth mask to be compared with).
+
+    >>> gt = pd.DataFrame({"image_id": ["a"], "mask": [{"size": [4, 6], "counts": "0"}]})
+    >>> pred = pd.DataFrame({"image_id": ["a", "b"], "mask": [None, None]})
+    >>> filled, missing = _with_empty_masks(gt, pred)
+    >>> missing, [m["size"] for m in filled["mask"]]
+    (2, [[4, 6], [1, 1]])
+    """
+    missing = (
+        predictions["mask"].isna().to_numpy()
+        if "mask" in predictions.columns
+        else np.ones(len(predictions), bool)
+    )
+    if not missing.any():
+        return predictions, 0
+    sizes: dict[str, list[int]] = {}
+    for frame in (ground_truth, predictions):
+        if "mask" not in frame.columns:
+            continue
+        for image_id, mask in zip(frame["image_id"].astype(str), frame["mask"]):
+            if isinstance(mask, Mapping) and image_id not in sizes:
+                sizes[image_id] = [int(v) for v in mask["size"]]
+    filled = predictions.copy()
+    masks = list(filled["mask"]) if "mask" in filled.columns else [None] * len(filled)
+    for i in np.flatnonzero(missing):
+        height, width = sizes.get(str(filled["image_id"].iloc[i]), [1, 1])
+        masks[i] = encode_rle(np.zeros((height, width), dtype=bool))
+    filled["mask"] = pd.Series(masks, index=filled.index, dtype=object)
+    return filled, int(missing.sum())
+
+
+def _mask_metrics(
+    ground_truth: pd.DataFrame, predictions: pd.DataFrame
+) -> tuple[EvaluationResult | None, str | None, int]:
+    """The mask-based evaluation (or None and why not) and the number of predictions without a mask."""
+    if len(ground_truth) and ("mask" not in ground_truth.columns or ground_truth["mask"].isna().any()):
+        return None, "ground truth: not every object has a mask", 0
+    predictions, missing = _with_empty_masks(ground_truth, predictions)
+    if "mask" not in ground_truth.columns:
+        return None, "no masks", missing
+    return evaluate(ground_truth, predictions, use_masks=True, coco_standard=False), None, missing
 
 
 def pair_statistics(
@@ -138,7 +180,7 @@ def pair_statistics(
     for metric, values in samples.items():
         out[f"{metric}_low"], out[f"{metric}_high"] = percentile_interval(values, settings.confidence_level)
 
-    mask_result, mask_reason = _mask_metrics(ground_truth, predictions)
+    mask_result, mask_reason, masks_missing = _mask_metrics(ground_truth, predictions)
     out["mask_f1"] = mask_result.fscore if mask_result else math.nan
     out["mask_prec"] = mask_result.precision if mask_result else math.nan
     out["mask_rec"] = mask_result.recall if mask_result else math.nan
@@ -153,6 +195,7 @@ def pair_statistics(
         bootstrap_seed=int(settings.seed),
         confidence_level=float(settings.confidence_level),
         mask_unavailable_reason=mask_reason,
+        masks_missing=masks_missing,
         image_ids=ids,
         image_tp=tp.tolist(),
         image_fp=fp.tolist(),
@@ -201,11 +244,18 @@ def _per_image(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str] | None, Per
     ids = [_array(r.get("image_ids")) for r in rows]
     if any(i is None for i in ids):
         missing = [r["model"] for r, i in zip(rows, ids) if i is None]
-        return None, None, f"no per-image results for {', '.join(map(str, missing))} (metrics from an older version)"
+        return (
+            None,
+            None,
+            f"no per-image results for {', '.join(map(str, missing))} (metrics from an older version)",
+        )
     first = ids[0]
     if any(len(i) != len(first) or (i != first).any() for i in ids[1:]):
         return None, None, "the models were evaluated on different image lists"
-    tp, fp, fn = (np.stack([np.asarray(r[c], dtype=np.int64) for r in rows]) for c in ("image_tp", "image_fp", "image_fn"))
+    tp, fp, fn = (
+        np.stack([np.asarray(r[c], dtype=np.int64) for r in rows])
+        for c in ("image_tp", "image_fp", "image_fn")
+    )
     try:
         return [str(i) for i in first], PerImageResults.from_counts(tp, fp, fn), ""
     except ValueError as exc:
@@ -299,8 +349,9 @@ def table_statistics(
         )  # fmt: skip
         how = "all swaps enumerated" if tests.exact else f"{tests.permutations:,} random swaps"
         correction = (
-            f"Holm-corrected over {pairs:,} pairs" if tests.correction == "holm" else "not corrected for the "
-            f"{pairs:,} pairs"
+            f"Holm-corrected over {pairs:,} pairs"
+            if tests.correction == "holm"
+            else f"not corrected for the {pairs:,} pairs"
         )
         legend += (
             f" Rank: the ranks a model could hold at {level}; Group: models that share a letter are not "
@@ -397,8 +448,10 @@ def plot_f1_intervals(rows: pd.DataFrame, directory: Path) -> Path | None:
         ax.errorbar(f1, y, xerr=err, fmt="o", color="#4c72b0", ecolor="#8da0cb", capsize=3)
         labels = []
         for r in sub.itertuples():
-            rank = "" if pd.isna(r.rank_low) else (
-                f"#{r.rank_low}" if r.rank_low == r.rank_high else f"#{r.rank_low}–{r.rank_high}"
+            rank = (
+                ""
+                if pd.isna(r.rank_low)
+                else (f"#{r.rank_low}" if r.rank_low == r.rank_high else f"#{r.rank_low}–{r.rank_high}")
             )
             extra = " ".join(part for part in (rank, str(r.group or "")) if part)
             labels.append(f"{r.name}  [{extra}]" if extra else r.name)

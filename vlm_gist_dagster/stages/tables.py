@@ -256,6 +256,7 @@ METRICS = TableSpec(
         ("bootstrap_seed", None, "seed of the resampling (settings/statistics.json)"),
         ("confidence_level", None, "level of the intervals (settings/statistics.json)"),
         ("mask_unavailable_reason", None, "why the mask columns are NaN"),
+        ("masks_missing", None, "evaluated predictions without a mask (SAM2 failed): empty masks in the mask columns"),
         ("image_ids", None, "the dataset's image ids, sorted: the order of the image_* lists"),
         ("image_tp", None, "true positives per image (for the leaderboard's paired tests)"),
         ("image_fp", None, "false positives per image"),

@@ -348,6 +348,11 @@ def test_statistics_in_the_metrics_metadata_and_the_leaderboard(full_run):
             assert meta[column].value == pytest.approx(row[column]), (key, column)
         assert row["f1_low"] < row["f1"] < row["f1_high"] and row["map_low"] < row["map"] < row["map_high"]
         assert row["mask_unavailable_reason"] is None and 0 < row["mask_f1"] <= 1
+        # predictions whose image's SAM2 call failed (a one-pixel mask is a 500, as on the real server)
+        # enter the mask metrics with an empty mask, counted here
+        matches = bench.read("label_matches", dataset, model)
+        kept = matches[matches["dataset_match"].notna()]
+        assert row["masks_missing"] == int(kept["mask"].isna().sum())
         assert row["f1_50_95"] < row["f1"] and row["agnostic_f1"] >= row["f1"] - 0.05
         assert len(row["image_ids"]) == row["num_images"] and len(row["bootstrap_f1"]) == 1000
         assert "F1 (95 % CI)" in meta["statistics"].value and meta["bootstrap_resamples"].value == 1000

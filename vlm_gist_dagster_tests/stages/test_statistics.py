@@ -89,6 +89,33 @@ def test_mask_columns_when_masks_exist():
         assert row[mask_column] == pytest.approx(row[box_column]), mask_column
 
 
+def test_a_prediction_whose_segmentation_failed_is_a_false_positive_of_the_mask_metrics():
+    """The real SAM2 server answers 500 on a one-pixel-wide mask, so some detections have no mask. With
+    box-shaped masks everywhere but on b's cat (a true positive by its box), the mask metrics count TP 1
+    (a's cat), FP 2 (the cat on a's dog, b's cat with an empty mask) and FN 2 (a's dog, b's cat):
+    precision = recall = F1 = 1/3, while the box metrics stay TP 2, FP 1, FN 1."""
+    from vlm_gist_dagster.protocol.masks import encode_rle
+
+    def rect(r) -> dict:
+        mask = np.zeros((100, 100), dtype=bool)
+        mask[round(r.y * 100) : round((r.y + r.h) * 100), round(r.x * 100) : round((r.x + r.w) * 100)] = True
+        return encode_rle(mask)
+
+    gt = GROUND_TRUTH.assign(mask=[rect(r) for r in GROUND_TRUTH.itertuples()])
+    masks = [rect(r) for r in LABEL_MATCHES.itertuples()]
+    masks[3] = None
+    matches = LABEL_MATCHES.assign(mask=masks)
+    table, _ = compute_metrics(
+        dataset="coco", model="m", display_name="M", kind="vlm", simulated=False, images=IMAGES, ground_truth=gt,
+        descriptions=DESCRIPTIONS, detection_images=DETECTION_IMAGES, label_matches=matches,
+    )  # fmt: skip
+    row = table.iloc[0]
+    assert row["mask_unavailable_reason"] is None and row["masks_missing"] == 1
+    assert (row["tp"], row["fp"], row["fn"]) == (2, 1, 1)
+    assert row["mask_prec"] == pytest.approx(1 / 3) and row["mask_rec"] == pytest.approx(1 / 3)
+    assert row["mask_f1"] == pytest.approx(1 / 3)
+
+
 def metrics_row(dataset: str, model: str, tp: list[int], fp: list[int], fn: list[int], f1_replicates=None) -> dict:
     t, p, f = sum(tp), sum(fp), sum(fn)
     f1 = 2 * t / (2 * t + p + f)
