@@ -115,7 +115,7 @@ def simulator(
 
 def select_models(use_simulator: bool, wanted: Sequence[str] | None) -> tuple[list[str], list[str]]:
     """Model keys to run and keys skipped (real models under the simulator, simulated ones without)."""
-    from .model_registry import discover_models
+    from .model_registry import discover_models, models_dir
     from .protocol.settings import SettingsError, load_model_settings
 
     models, problems = discover_models()
@@ -134,7 +134,7 @@ def select_models(use_simulator: bool, wanted: Sequence[str] | None) -> tuple[li
         (run if settings.simulated == use_simulator else skipped).append(model.key)
     unknown = sorted(set(wanted or ()) - {m.key for m in models})
     if unknown:
-        raise SystemExit(f"unknown model(s): {', '.join(unknown)} (files in settings/models/)")
+        raise SystemExit(f"unknown model(s): {', '.join(unknown)} (no such file in {models_dir()})")
     return run, skipped
 
 
@@ -169,6 +169,15 @@ def run_benchmark(
     report = RunReport()
     datasets = list(datasets or DATASETS)
     model_keys, report.skipped_models = select_models(use_simulator, models)
+    if not use_simulator:
+        from .preflight import missing_keys
+
+        missing = missing_keys(model_keys, datasets)
+        if missing:
+            raise SystemExit(
+                "nothing was run: these API keys are not set (see README, Running real models):\n  "
+                + "\n  ".join(missing)
+            )
     if report.skipped_models:
         mode = "simulator" if use_simulator else "real servers"
         log(
