@@ -118,6 +118,11 @@ class Services:
         path = self.paper_definitions or resolve_paper_definitions(env=self.environment, progress=progress)
         return DefinitionsCache.read(path, missing_ok=False)
 
+    @property
+    def lock_dir(self) -> Path:
+        """Cross-process locks of stateful servers (``<data dir>/locks/vision``)."""
+        return (self.data_dir or paths.data_dir()) / "locks" / "vision"
+
     def response_cache(self) -> ResponseCache:
         return ResponseCache(self.cache_dir / "responses", mode=self.cache_mode)
 
@@ -142,6 +147,7 @@ class Services:
             retry=self.retry,
             cache=self.response_cache(),
             service_identity=self.service_identity,
+            lock_dir=self.lock_dir,
         )
 
     def embeddings_client(self) -> EmbeddingBackend:
