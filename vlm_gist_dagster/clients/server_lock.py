@@ -93,9 +93,8 @@ class ServerLease:
             except Timeout:
                 now = time.monotonic()
                 if now - last_report >= REPORT_EVERY_S:
-                    log.info(
-                        "waiting %.0f s for %s: another run's sequence is using it", now - started, self.base_url
-                    )
+                    waited = now - started
+                    log.info("waiting %.0f s for %s: another run's sequence uses it", waited, self.base_url)
                     last_report = now
                 await asyncio.sleep(POLL_S)
         try:

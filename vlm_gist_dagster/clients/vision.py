@@ -217,9 +217,8 @@ class VisionClient(ServiceClient):
         #: Diagnostics: /load calls.
         self.loads = 0
         #: Exclusive use of a stateful server across processes (SAM2 only; None: this client's lock only).
-        self.lease = (
-            ServerLease(lock_dir, self.base_url) if lock_dir is not None and family == "sam2_realtime" else None
-        )
+        stateful = family == "sam2_realtime"
+        self.lease = ServerLease(lock_dir, self.base_url) if lock_dir is not None and stateful else None
 
     @property
     def service(self) -> str:

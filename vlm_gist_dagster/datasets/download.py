@@ -135,8 +135,9 @@ def download_vlm_gist(
             shutil.rmtree(target)
         os.replace(staging, target)
         if definitions.is_file():
-            os.replace(definitions, target.parent / VLM_GIST_DEFINITIONS_FILE_NAME)
-            _report(progress, f"The paper's definitions cache is in {target.parent / VLM_GIST_DEFINITIONS_FILE_NAME}")
+            placed = target.parent / VLM_GIST_DEFINITIONS_FILE_NAME
+            os.replace(definitions, placed)
+            _report(progress, f"The paper's definitions cache is in {placed}")
     _report(progress, f"VLM-GIST dataset ready in {target}")
     return target
 

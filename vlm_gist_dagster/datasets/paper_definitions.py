@@ -8,7 +8,8 @@ do the same (``initial_definitions`` in the label-matching settings, see ``stage
 
 Where the file is found, first match wins:
 
-1. ``$VLM_GIST_PAPER_DEFINITIONS``: a local copy (offline use, tests: ``../shared/reference/definitions.json``);
+1. ``$VLM_GIST_PAPER_DEFINITIONS``: a local copy (offline use; the tests name
+   ``../shared/reference/definitions.json``);
 2. ``vlm_gist_definitions.json`` next to the VLM-GIST dataset directory of ``settings/datasets.json``
    (``data/datasets/``), where the VLM-GIST download puts it;
 3. a download of that single file from the same pinned commit, checksum-verified, to the place of 2.

@@ -85,7 +85,8 @@ def match(stub: StubServer, data_dir: Path, initial: str, paper_file: Path):
         paper_definitions=paper_file,
     )
     validations, descriptions, ground_truth, image_ids = frames()
-    return run_label_matches(validations, descriptions, ground_truth, image_ids, coco_settings(initial), services)
+    settings = coco_settings(initial)
+    return run_label_matches(validations, descriptions, ground_truth, image_ids, settings, services)
 
 
 def definition_prompts(stub: StubServer) -> list[str]:
@@ -142,11 +143,14 @@ def test_opting_out_defines_every_target_with_the_llm(tmp_path, paper_file):
         ("none", False, None, False),
     ],
 )
-def test_which_services_start_from_the_papers_definitions(initial, simulated, openai_url, uses_paper, paper, paper_file):
+def test_which_services_start_from_the_papers_definitions(
+    initial, simulated, openai_url, uses_paper, paper, paper_file
+):
     env = {PAPER_DEFINITIONS_ENV: str(paper_file)}
     if openai_url:
         env["VLM_GIST_ENDPOINT_URL_OPENAI"] = openai_url
-    store = Services(env=env, simulated=simulated, data_dir=Path("/nonexistent")).definitions_store("OpenAI", initial)
+    services = Services(env=env, simulated=simulated, data_dir=Path("/nonexistent"))
+    store = services.definitions_store("OpenAI", initial)
     assert (store.initial is not None) == uses_paper
     if uses_paper:
         assert dict(store.initial) == paper
@@ -198,11 +202,12 @@ def test_resolving_the_file(tmp_path, paper_file):
         requests.append(str(request.url))
         return httpx.Response(200, content=content)
 
-    found = resolve_paper_definitions(env={}, settings_file=settings_file, transport=httpx.MockTransport(serve))
+    transport = httpx.MockTransport(serve)
+    found = resolve_paper_definitions(env={}, settings_file=settings_file, transport=transport)
     assert found == tmp_path / "datasets" / "vlm_gist_definitions.json" and found.read_bytes() == content
     assert requests == [PAPER_DEFINITIONS_URL] and "55f898172df5021820d1061ad112ad7989c51ade" in requests[0]
     # Found there from now on: no second download.
-    assert resolve_paper_definitions(env={}, settings_file=settings_file, transport=httpx.MockTransport(serve)) == found
+    assert resolve_paper_definitions(env={}, settings_file=settings_file, transport=transport) == found
     assert len(requests) == 1
     assert hashlib.sha256(found.read_bytes()).hexdigest() == hashlib.sha256(content).hexdigest()
 

@@ -50,7 +50,8 @@ CHILD = textwrap.dedent(
     name, inputs, data_dir, sam2_url, barrier, out, lease, settings = sys.argv[1:9]
     if lease == "off":
         Services.lock_dir = property(lambda self: None)  # the control: each client on its own
-    images, detections, per_image = (pd.read_pickle(Path(inputs) / f"{t}.pkl") for t in ("images", "detections", "per_image"))
+    tables = ("images", "detections", "per_image")
+    images, detections, per_image = (pd.read_pickle(Path(inputs) / f"{t}.pkl") for t in tables)
     model = load_model_settings(Path(settings) / "models" / "sim_medium.json")
     detection = load_detection_settings(Path(settings) / "detection" / "detection.json")
     env = {"NIMBRO_VISION_API_KEY": "stub", "VLM_GIST_VISION_URL_SAM2_REALTIME": sam2_url}
