@@ -33,8 +33,9 @@ from ..stubs import Reply, StubServer, openai_route, vision_route
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = REPO / "settings"
-#: How long the stub keeps a sequence open after its /update.
-HOLD_S = 0.15
+#: How long the stub keeps a sequence open after its /update (the first one: see ExclusiveSam2).
+HOLD_S = 0.1
+FIRST_HOLD_S = 3.0
 
 CHILD = textwrap.dedent(
     """
@@ -68,12 +69,17 @@ CHILD = textwrap.dedent(
 
 
 class ExclusiveSam2:
-    """A stateful SAM2 stub that refuses (409) whatever would disturb an open sequence."""
+    """A stateful SAM2 stub that refuses (409) whatever would disturb an open sequence. It keeps the
+    first sequence open until another /update or /load arrives (at most FIRST_HOLD_S), so that two
+    clients started together that do not take turns are sure to collide, however the machine
+    schedules them; later sequences stay open HOLD_S."""
 
     def __init__(self) -> None:
         self.inner = vision_route("sam2_realtime")
         self.lock = threading.Lock()
         self.open = False
+        self.updates = 0
+        self.intruder = threading.Event()
         self.conflicts: list[str] = []
 
     def __call__(self, method: str, path: str, body) -> Reply:
@@ -81,9 +87,14 @@ class ExclusiveSam2:
             with self.lock:
                 if self.open:
                     self.conflicts.append(path)
+                    self.intruder.set()
                     return Reply(409, {"detail": f"{path} while another client's sequence is open"})
                 self.open = path == "/update"
-            if path == "/update":
+                self.updates += path == "/update"
+                first = self.updates == 1 and path == "/update"
+            if first:
+                self.intruder.wait(FIRST_HOLD_S)
+            elif path == "/update":
                 time.sleep(HOLD_S)
             return self.inner(method, path, body)
         reply = self.inner(method, path, body)
@@ -149,7 +160,7 @@ def sequential(tmp_path: Path, pairs: dict) -> dict:
     model = load_model_settings(SETTINGS / "models" / "sim_medium.json")
     detection = load_detection_settings(SETTINGS / "detection" / "detection.json")
     results = {}
-    with StubServer(ExclusiveSam2()) as sam2:
+    with StubServer(vision_route("sam2_realtime")) as sam2:
         env = {"NIMBRO_VISION_API_KEY": "stub", "VLM_GIST_VISION_URL_SAM2_REALTIME": sam2.url}
         for name, inputs in pairs.items():
             frames = [pd.read_pickle(inputs / f"{t}.pkl") for t in ("images", "detections", "per_image")]
