@@ -45,6 +45,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def run(args: argparse.Namespace) -> int:
     from .runner import default_instance, run_benchmark
 
+    if args.models_dir:
+        # Read by everything that looks for model files (runner, resources, sensors) in this process.
+        os.environ["VLM_GIST_MODELS_DIR"] = str(Path(args.models_dir).expanduser().resolve())
     instance = default_instance()
     report = run_benchmark(
         instance=instance,
@@ -312,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--models", nargs="*", help="model keys to run (default: all for the chosen mode)")
     p_run.add_argument(
         "--no-simulator", action="store_true", help="run the real models against real servers (keys needed)"
+    )
+    p_run.add_argument(
+        "--models-dir",
+        help="model settings folder (default: $VLM_GIST_MODELS_DIR or settings/models; the paper's "
+        "models: settings/paper)",
     )
     p_run.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     p_run.add_argument(

@@ -70,3 +70,15 @@ def find_model(key: str, directory: Path | None = None) -> ModelFile:
             return model
     hint = f" (problems: {'; '.join(problems)})" if problems else ""
     raise ModelRegistryError(f"no settings file for model {key!r} in {directory or models_dir()}{hint}")
+
+
+def validation_settings_path(validation: bool | str, model_file: Path) -> Path | None:
+    """The validation settings a model's header selects: None (``false``), the project's
+    ``settings/validation/validation.json`` (``true``), or the named file, relative to the model file's
+    folder (``"validation/validation_settings_gpt_5_mini_none.json"`` in ``settings/paper/``)."""
+    if validation is False or validation == "":
+        return None
+    if validation is True:
+        return paths.settings_dir() / "validation" / "validation.json"
+    path = Path(validation).expanduser()
+    return path if path.is_absolute() else (Path(model_file).parent / path).resolve()

@@ -215,8 +215,8 @@ def select_models(use_simulator: bool, wanted: Sequence[str] | None) -> ModelSel
 
     A file that cannot be used (bad name, JSON syntax error, unknown key, wrong type) is a *problem*,
     reported under its key (or file name) with the reason, never a silent skip. So is a model named in
-    ``wanted`` that does not exist or is not for this mode, and, without the simulator, a model whose
-    API key is not set. Models of the other mode are skipped when not asked for by name."""
+    ``wanted`` that does not exist or is not for this mode. Models of the other mode are skipped when not
+    asked for by name. API keys are checked for the whole run by ``preflight.missing_keys``."""
     from .model_registry import discover_models, models_dir
     from .protocol.settings import SettingsError, load_model_settings
 
@@ -248,29 +248,9 @@ def select_models(use_simulator: bool, wanted: Sequence[str] | None) -> ModelSel
             else:
                 selection.skipped.append(model.key)
             continue
-        if not use_simulator:
-            missing_key = _missing_api_key(settings)
-            if missing_key:
-                selection.problems[model.key] = missing_key
-                continue
         selection.run.append(model.key)
         selection.files[model.key] = model.path
     return selection
-
-
-def _missing_api_key(settings) -> str | None:
-    """Why a real VLM's endpoint cannot be used (its key variable not set), or None. Checked before the
-    run, so that a model without a key is reported at once instead of failing in every pair."""
-    if settings.kind != "vlm":
-        return None
-    from .clients.endpoints import resolve
-    from .clients.errors import ConfigurationError
-
-    try:
-        resolve(settings.description.vlm_structured_description.api_endpoint)
-    except ConfigurationError as exc:
-        return str(exc)
-    return None
 
 
 def _error_text(error) -> str:
@@ -355,6 +335,15 @@ def run_benchmark(
     selection = select_models(use_simulator, models)
     report.skipped_models, report.model_problems = selection.skipped, selection.problems
     model_keys = selection.run
+    if not use_simulator:
+        from .preflight import missing_keys
+
+        missing = missing_keys(model_keys, datasets)
+        if missing:
+            raise UserFixableError(
+                "nothing was run: these API keys are not set (see README, Running real models):\n  "
+                + "\n  ".join(missing)
+            )
     if report.skipped_models:
         mode = "simulator" if use_simulator else "real servers"
         log(

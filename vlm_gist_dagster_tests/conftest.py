@@ -35,6 +35,8 @@ os.environ.update(
         "VLM_GIST_DATA_DIR": str(_SESSION_TMP / "data"),
         "VLM_GIST_DATASET_DIR_VLM_GIST": str(VLM_GIST_DIR),
         "VLM_GIST_DATASET_DIR_COCO": str(COCO_DIR),
+        # The paper's label-matching definitions, read where real runs would download them.
+        "VLM_GIST_PAPER_DEFINITIONS": str(REFERENCE_DIR / "definitions.json"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }

@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from vlm_gist_dagster import cli
+from vlm_gist_dagster.preflight import missing_keys
 from vlm_gist_dagster.runner import UserFixableError, patched_environ, select_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,17 +166,19 @@ def test_bad_model_files_are_reported_and_the_others_run(deployment, capsys):
     assert "Traceback" not in err
 
 
-def test_real_model_without_its_key_is_a_problem_not_a_skip(tmp_path, monkeypatch, reference_settings_dir):
+def test_real_model_without_its_key_stops_the_run_naming_the_key(tmp_path, monkeypatch, reference_settings_dir):
     paper_file = sorted((reference_settings_dir / "description").glob("description_settings_*.json"))[0]
     raw = json.loads(paper_file.read_text())
     raw["vlm_structured_description"]["api_endpoint"] = "OpenRouter"
     (tmp_path / "real_model.json").write_text(json.dumps(raw))
     monkeypatch.setenv("VLM_GIST_MODELS_DIR", str(tmp_path))
-    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
-    selection = select_models(use_simulator=False, wanted=None)
-    assert selection.run == [] and "OPENROUTER_API_KEY" in selection.problems["real_model"]
-    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-test")
     assert select_models(use_simulator=False, wanted=None).run == ["real_model"]
+    # the key is checked for the whole run before anything starts (preflight), naming who needs it
+    missing = missing_keys(["real_model"], ["coco"], env={}, models_directory=tmp_path)
+    assert "OPENROUTER_API_KEY (real_model descriptions)" in missing
+    assert not any("OPENROUTER" in line for line in missing_keys(
+        ["real_model"], ["coco"], env={"OPENROUTER_API_KEY": "sk-or-test"}, models_directory=tmp_path
+    ))  # fmt: skip
     # Under the simulator the real model is skipped when not asked for, and a problem when asked for.
     assert select_models(use_simulator=True, wanted=None).skipped == ["real_model"]
     problems = select_models(use_simulator=True, wanted=["real_model"]).problems

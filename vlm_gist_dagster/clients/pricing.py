@@ -3,7 +3,8 @@
 Prices are USD per **1 million** tokens, per model name as sent in the request (``model_name``):
 ``input`` (uncached prompt tokens), ``cached_input`` (prompt tokens served from the provider's prompt
 cache; defaults to ``input``) and ``output`` (completion tokens, reasoning included, as OpenAI-style
-providers count them).
+providers count them). ``read`` says when the price was read from the provider (``YYYY-MM`` or
+``YYYY-MM-DD``): prices change, so an entry says how old it is.
 
 The table ships in ``settings/prices.json``. Override it per entry with a JSON file of the same shape
 given by path (``load_price_table(path)``) or by ``$VLM_GIST_PRICES``; its entries replace the shipped
@@ -24,8 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from .errors import ConfigurationError
 __all__ = ["PRICES_ENV", "Cost", "ModelPrice", "PriceTable", "default_prices_path", "load_price_table"]
 
 PRICES_ENV = "VLM_GIST_PRICES"
+_READ_DATE = re.compile(r"20\d\d-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class ModelPrice:
     input: float
     output: float
     cached_input: float | None = None
+    #: When the price was read from the provider (``YYYY-MM`` or ``YYYY-MM-DD``), if known: provenance,
+    #: not part of the price (two entries with equal prices are equal).
+    read: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ class PriceTable:
                 raise ConfigurationError(
                     f"{source}: field '{field}' must be an object with 'input' and 'output'"
                 )
-            unknown = sorted(set(entry) - {"input", "output", "cached_input", "note"})
+            unknown = sorted(set(entry) - {"input", "output", "cached_input", "read", "note"})
             if unknown:
                 raise ConfigurationError(f"{source}: field '{field}' has unknown key(s) {unknown}")
 
@@ -114,10 +120,17 @@ class PriceTable:
                     )
                 return float(value)
 
+            read = entry.get("read")
+            if read is not None and not (isinstance(read, str) and _READ_DATE.fullmatch(read)):
+                raise ConfigurationError(
+                    f"{source}: field '{field}.read' must be the date the price was read, YYYY-MM or "
+                    f"YYYY-MM-DD, got {read!r}"
+                )
             prices[str(name)] = ModelPrice(
                 input=number("input"),
                 output=number("output"),
                 cached_input=None if entry.get("cached_input") is None else number("cached_input"),
+                read=read,
             )
         return cls(prices)
 

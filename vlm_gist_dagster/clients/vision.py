@@ -19,7 +19,9 @@ SAM2-realtime, Florence-2 and Kosmos-2, one server per model family.
   :class:`~.errors.TransportRetriesExhausted`; 401/403 raise :class:`~.errors.AuthenticationError` at
   once; other 4xx raise :class:`~.errors.ResponseError`.
 * **SAM2 state:** ``/update`` followed by ``/infer`` (track) must not interleave with another image's
-  ``/update``; :meth:`VisionClient.segment` runs the pair under a lock.
+  ``/update``; :meth:`VisionClient.segment` runs the pair under a lock. With a ``lock_dir`` the pair
+  (and any ``/load``) also holds the server's :class:`~.server_lock.ServerLease`, so sequences of other
+  processes never interleave either, and a ``/load`` never rebuilds the tracker another run is using.
 
 Server URLs: :func:`vision_server_urls` — ``settings/vision_servers.json`` (defaults as the paper's
 client: mmgroundingdino ``http://localhost:9000``, sam2_realtime ``:9001``, florence2 ``:9003``;
@@ -50,6 +52,7 @@ from ..protocol.settings import BaselineSettings
 from .base import ServiceClient
 from .cache import ResponseCache
 from .errors import ConfigurationError, ResponseError, get_logger, register_secret
+from .server_lock import ServerLease
 from .transport import RetryPolicy, json_body, transport_error
 
 __all__ = [
@@ -166,7 +169,8 @@ class VisionClient(ServiceClient):
     server can take long); ``concurrency`` bounds requests in flight (default 1: the servers run one
     model instance). With a ``cache``, :meth:`infer_cached` and :meth:`segment_cached` answer repeated
     requests from it (keyed by the server's identity, the route, the flavour and the body) and load the
-    model on the first miss only.
+    model on the first miss only. With a ``lock_dir``, SAM2 sequences hold the server's cross-process
+    :class:`~.server_lock.ServerLease` there.
     """
 
     default_retry = RetryPolicy(max_retries=4)
@@ -186,6 +190,7 @@ class VisionClient(ServiceClient):
         concurrency: int = 1,
         http_client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        lock_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if family not in VISION_FAMILIES:
             raise ConfigurationError(
@@ -212,6 +217,9 @@ class VisionClient(ServiceClient):
         self._wanted_flavor: str | None = None
         #: Diagnostics: /load calls.
         self.loads = 0
+        #: Exclusive use of a stateful server across processes (SAM2 only; None: this client's lock only).
+        stateful = family == "sam2_realtime"
+        self.lease = ServerLease(lock_dir, self.base_url) if lock_dir is not None and stateful else None
 
     @property
     def service(self) -> str:
@@ -392,10 +400,36 @@ class VisionClient(ServiceClient):
         if self._sam2_lock is None:
             self._sam2_lock = asyncio.Lock()
         async with self._sam2_lock:
-            await self.ensure_loaded(flavor)
-            updated = await self.update(update_body)
-            tracked = await self.infer(track_body) if track_body is not None else None
+            if self.lease is None:
+                await self.ensure_loaded(flavor)
+                updated = await self.update(update_body)
+                tracked = await self.infer(track_body) if track_body is not None else None
+                return {"update": updated, "track": tracked}
+            async with self.lease.hold():
+                self._adopt_server_state(flavor)
+                try:
+                    await self.ensure_loaded(flavor)
+                    updated = await self.update(update_body)
+                    tracked = await self.infer(track_body) if track_body is not None else None
+                finally:
+                    # What the server has now, for the next holder: the flavour this client loaded (None
+                    # when a failure left it unknown, e.g. a 503 with no successful reload).
+                    self.lease.record(self.loaded_flavor)
         return {"update": updated, "track": tracked}
+
+    def _adopt_server_state(self, flavor: str) -> None:
+        """Under the lease: what the last holder left on the server decides whether to ``/load``.
+        Another flavour since this client's own load → load again; this flavour, used moments ago by
+        another client → loaded, do not rebuild the tracker it is using; nothing recent → this client's
+        own knowledge (one load per client)."""
+        assert self.lease is not None
+        state = self.lease.state()
+        if state is None:
+            return
+        if state.flavor != self.loaded_flavor and self.loaded_flavor is not None:
+            self.loaded_flavor = None
+        if self.loaded_flavor is None and state.flavor == flavor and state.in_use():
+            self.loaded_flavor = flavor
 
     # ---------------------------------------------------------------- cached calls (the stages use these)
     async def infer_cached(self, flavor: str, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,11 @@ VLM_GIST_ARCHIVE_URL = f"https://codeload.github.com/{VLM_GIST_REPOSITORY}/tar.g
 VLM_GIST_SUBDIR = "data/datasets/vlm_gist"
 #: sha256 of ``samples.json`` at that commit (64 images, 1178 instances with masks).
 VLM_GIST_SAMPLES_SHA256 = "cf3c9715e95c2ef7ddb649055e112d0324ea60c7ccceb3330956bcdecc59a8d8"
+#: The paper's label-matching definitions cache in the same archive (357 COCO target definitions by
+#: gpt-4o-2024-11-20), written next to the dataset directory: real runs start label matching from it.
+VLM_GIST_DEFINITIONS_PATH = "data/definitions.json"
+VLM_GIST_DEFINITIONS_SHA256 = "260fcf6e7144011728a5eeab93589e7c7eb1b65e0a1583b7954de5dfef6e463e"
+VLM_GIST_DEFINITIONS_FILE_NAME = "vlm_gist_definitions.json"
 
 COCO_MAX_SAMPLES = 500
 #: What FiftyOne's zoo downloads for COCO val2017 (named in messages and the provenance file).
@@ -116,6 +121,10 @@ def download_vlm_gist(
                     parts = Path(member.name).parts
                     # GitHub archives wrap everything in one "<repo>-<ref>/" directory.
                     rel = Path(*parts[1:]) if len(parts) > 1 else None
+                    if rel is not None and str(rel) == VLM_GIST_DEFINITIONS_PATH and member.isfile():
+                        member.name = VLM_GIST_DEFINITIONS_FILE_NAME
+                        tar.extract(member, tmp, filter="data")
+                        continue
                     if rel is None or not str(rel).startswith(VLM_GIST_SUBDIR + "/"):
                         continue
                     if not (member.isfile() or member.isdir()):
@@ -135,6 +144,14 @@ def download_vlm_gist(
                     f"samples.json from {url} has sha256 {digest}, expected {expected_samples_sha256}: "
                     "the download is corrupt or the repository changed."
                 )
+        definitions = Path(tmp) / VLM_GIST_DEFINITIONS_FILE_NAME
+        if definitions.is_file() and expected_samples_sha256:
+            digest = file_sha256(definitions)
+            if digest != VLM_GIST_DEFINITIONS_SHA256:
+                raise DatasetDownloadError(
+                    f"{VLM_GIST_DEFINITIONS_PATH} from {url} has sha256 {digest}, expected "
+                    f"{VLM_GIST_DEFINITIONS_SHA256}: the download is corrupt or the repository changed."
+                )
         write_provenance(
             staging,
             DatasetProvenance(
@@ -148,6 +165,10 @@ def download_vlm_gist(
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
+        if definitions.is_file():
+            placed = target.parent / VLM_GIST_DEFINITIONS_FILE_NAME
+            os.replace(definitions, placed)
+            _report(progress, f"The paper's definitions cache is in {placed}")
     _report(progress, f"VLM-GIST dataset ready in {target}")
     return target
 

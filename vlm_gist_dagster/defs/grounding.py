@@ -8,7 +8,7 @@ from ..protocol.settings import DetectionSettings
 from ..stages.grounding import run_detections, run_masks
 from ..stages.tables import DETECTION_IMAGES, DETECTIONS, MASKS
 from .automation import STAGE_CONDITION
-from .common import API_RETRY, VISION_POOL, api_errors, check_model_mode, md_table, pair
+from .common import API_RETRY, SAM2_POOL, VISION_POOL, api_errors, check_model_mode, md_table, pair
 from .metadata import column_schema
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource, ServicesResource
@@ -110,7 +110,7 @@ def detections(
     partitions_def=model_dataset_partitions,
     group_name="benchmark",
     kinds={"parquet", "vision"},
-    pool=VISION_POOL,
+    pool=SAM2_POOL,  # one per SAM2 server: its global tracker serves one sequence at a time
     retry_policy=API_RETRY,
     automation_condition=STAGE_CONDITION,
     code_version="1",

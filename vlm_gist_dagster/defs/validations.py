@@ -3,8 +3,8 @@
 import dagster as dg
 import pandas as pd
 
-from .. import paths
-from ..protocol.settings import ValidationSettings, load_validation_settings
+from ..model_registry import validation_settings_path
+from ..protocol.settings import SettingsError, ValidationSettings, load_validation_settings
 from ..stages.tables import VALIDATIONS
 from ..stages.validation import run_validations
 from .automation import STAGE_CONDITION
@@ -12,10 +12,6 @@ from .common import API_RETRY, VLM_POOL, api_errors, md_table, pair
 from .metadata import column_schema
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource, ServicesResource
-
-
-def validation_settings_file():
-    return paths.settings_dir() / "validation" / "validation.json"
 
 
 @dg.asset(
@@ -38,10 +34,15 @@ def validations(
     services: ServicesResource,
 ) -> dg.Output[pd.DataFrame]:
     _, key = pair(context)
-    _, model = models.load(key)
+    found, model = models.load(key)
     settings: ValidationSettings | None = None
-    if model.validation and model.kind == "vlm":
-        settings = load_validation_settings(validation_settings_file())
+    settings_path = validation_settings_path(model.validation, found.path)
+    if settings_path is not None and model.kind == "vlm":
+        try:
+            settings = load_validation_settings(settings_path)
+        except SettingsError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        context.log.info(f"validation settings: {settings_path}")
     else:
         context.log.info("validation is off for this model: detections pass through unchanged")
     with api_errors():

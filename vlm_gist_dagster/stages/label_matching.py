@@ -2,7 +2,9 @@
 
 The definitions LLM writes a definition for every text missing from the shared definitions cache of
 its service (``data/cache/definitions/<service>.json``, the paper's flat key → text format, merged under
-a lock by concurrent partitions: :mod:`.definitions_store`); the embeddings endpoint (or a local model)
+a lock by concurrent partitions: :mod:`.definitions_store`). As in the paper, that cache starts from the
+paper's published definitions (its 357 COCO targets) when the service is the one that wrote them,
+OpenAI's API (setting ``initial_definitions``); the embeddings endpoint (or a local model)
 embeds the batch; ``protocol.label_matching`` scores and matches. Every detection keeps a row; the
 ones whose match is not a dataset target have ``dataset_match = None`` and are dropped before evaluation
 (not counted as false positives, gotcha 1).
@@ -144,13 +146,24 @@ def run_label_matches(
     options = lm.as_options(settings)
     sets, groups = label_sets(validations, descriptions, ground_truth, image_ids, options.use_per_set_targets)
     active, skipped = lm.partition_label_sets(sets, options)
-    store = services.definitions_store(options.llm.api_endpoint)
+    store = services.definitions_store(options.llm.api_endpoint, settings.initial_definitions, progress=log)
     cached = store.read()
-    requests = lm.definition_requests(cached.missing(lm.definition_items(active, options)), options)
+    items = lm.definition_items(active, options)
+    requests = lm.definition_requests(cached.missing(items), options)
+    from_paper = sum(item.cache_key in store.initial for item in items) if store.initial is not None else 0
     if log:
+        if store.initial is not None:
+            log(f"label matching: starting from the paper's {len(store.initial)} published definitions")
+        elif settings.initial_definitions == "paper":
+            identity = services.endpoint_identity(options.llm.api_endpoint)
+            log(
+                f"label matching: the paper's definitions are not used, they were written by OpenAI's API "
+                f"and the definitions here come from {identity} (initial_definitions: paper_any_service "
+                "uses them anyway)"
+            )
         log(
-            f"label matching: {len(active)} images, {len(cached)} cached definitions, "
-            f"{len(requests)} to generate"
+            f"label matching: {len(active)} images, {len(cached)} cached definitions "
+            f"({from_paper} of the {len(items)} needed from the paper's), {len(requests)} to generate"
         )
 
     async def main() -> tuple[lm.DefinitionsCache, dict[str, str], lm.EmbeddingTable | None]:
@@ -176,6 +189,7 @@ def run_label_matches(
         "definitions_generated": len(new),
         "definitions_cached": len(definitions) - len(new),
         "definitions_from_another_partition": adopted,
+        "definitions_from_paper": from_paper,
         "accepted": int(out["dataset_match"].notna().sum()),
         "rejected": int(out["dataset_match"].isna().sum()),
         "mapping_rules_applied": int(out["mapping_rule_applied"].fillna(False).astype(bool).sum()),

@@ -17,9 +17,16 @@ from ..clients.embeddings import EmbeddingBackend, EmbeddingsClient, SentenceTra
 from ..clients.endpoints import EndpointLike, resolve_urls
 from ..clients.transport import RetryPolicy
 from ..clients.vision import VisionClient, vision_server_urls
+from ..protocol.endpoints import ENDPOINTS
+from ..protocol.label_matching import DefinitionsCache
 from .definitions_store import DefinitionsStore
 
-__all__ = ["CacheMode", "Services", "progress_logger"]
+__all__ = ["PAPER_DEFINITIONS_SERVICE", "CacheMode", "InitialDefinitions", "Services", "progress_logger"]
+
+#: The service that wrote the paper's published definitions (gpt-4o-2024-11-20 via OpenAI's API).
+PAPER_DEFINITIONS_SERVICE = service_identity(ENDPOINTS["OpenAI"].completions_url)
+#: ``LabelMatchingSettings.initial_definitions``.
+InitialDefinitions = Literal["paper", "paper_any_service", "none"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,8 @@ class Services:
     * ``retry``: the transport retry policy of every client (None: each client's default).
     * ``embeddings``: ``endpoint`` (OpenAI-compatible, ``embeddings_endpoint``/``embeddings_model``)
       or ``local`` (sentence-transformers, extra ``local``).
+    * ``paper_definitions``: the paper's published definitions file (None: found or downloaded by
+      ``datasets.paper_definitions.resolve_paper_definitions``, ``$VLM_GIST_PAPER_DEFINITIONS`` first).
     """
 
     endpoint_urls: Mapping[str, str] = field(default_factory=dict)
@@ -55,6 +64,7 @@ class Services:
     embeddings_endpoint: str = "OpenAI"
     embeddings_model: str = "text-embedding-3-large"
     local_embeddings_model: str | None = None
+    paper_definitions: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_mode", CacheMode.parse(self.cache_mode))
@@ -80,12 +90,38 @@ class Services:
         urls = resolve_urls(endpoint, endpoint_urls=self.endpoint_urls, env=self.environment)
         return service_identity(urls.completions_url)
 
-    def definitions_store(self, endpoint: EndpointLike) -> DefinitionsStore:
+    def definitions_store(
+        self,
+        endpoint: EndpointLike,
+        initial: InitialDefinitions = "none",
+        *,
+        progress: Callable[[str], None] | None = None,
+    ) -> DefinitionsStore:
         """The label-matching definitions written by the LLM behind ``endpoint``:
-        ``<cache>/definitions/<service>.json`` (the paper's file format), one file per service."""
+        ``<cache>/definitions/<service>.json`` (the paper's file format), one file per service, over the
+        paper's published definitions when ``initial`` says this service starts from them (``paper``:
+        only OpenAI's API, which wrote them; ``paper_any_service``: any service)."""
         identity = self.endpoint_identity(endpoint)
         slug = re.sub(r"[^A-Za-z0-9.-]+", "_", identity).strip("_") or "_"
-        return DefinitionsStore(self.cache_dir / "definitions" / f"{slug}.json")
+        use_paper = initial == "paper_any_service" or (
+            initial == "paper" and identity == PAPER_DEFINITIONS_SERVICE
+        )
+        return DefinitionsStore(
+            self.cache_dir / "definitions" / f"{slug}.json",
+            initial=self.paper_definitions_cache(progress=progress) if use_paper else None,
+        )
+
+    def paper_definitions_cache(self, progress: Callable[[str], None] | None = None) -> DefinitionsCache:
+        """The paper's published definitions (see :attr:`paper_definitions`)."""
+        from ..datasets.paper_definitions import resolve_paper_definitions
+
+        path = self.paper_definitions or resolve_paper_definitions(env=self.environment, progress=progress)
+        return DefinitionsCache.read(path, missing_ok=False)
+
+    @property
+    def lock_dir(self) -> Path:
+        """Cross-process locks of stateful servers (``<data dir>/locks/vision``)."""
+        return (self.data_dir or paths.data_dir()) / "locks" / "vision"
 
     def response_cache(self) -> ResponseCache:
         return ResponseCache(self.cache_dir / "responses", mode=self.cache_mode)
@@ -111,6 +147,7 @@ class Services:
             retry=self.retry,
             cache=self.response_cache(),
             service_identity=self.service_identity,
+            lock_dir=self.lock_dir,
         )
 
     def embeddings_client(self) -> EmbeddingBackend:

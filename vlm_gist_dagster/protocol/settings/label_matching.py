@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
 
@@ -72,6 +72,12 @@ class LabelMatchingSettings(SettingsModel):
     #: targets) through the "item category" prompt (spec/evaluation.md §1.5). False keeps that swap
     #: (paper behaviour); True uses the intended prompt for each.
     fix_definition_prompt_swap: StrictBool = False
+    #: Ours. Where a service's definitions start. The paper's label matching starts from its published
+    #: cache (``definitions_file``: 357 COCO target definitions written by gpt-4o-2024-11-20 via OpenAI).
+    #: ``paper``: the service that wrote them (OpenAI's API) starts from them, any other (the simulator,
+    #: a local server) from nothing; ``paper_any_service``: every service starts from them;
+    #: ``none``: no service does, the LLM defines every text.
+    initial_definitions: Literal["paper", "paper_any_service", "none"] = "paper"
 
     @model_validator(mode="before")
     @classmethod

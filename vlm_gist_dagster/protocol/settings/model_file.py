@@ -100,7 +100,10 @@ class ModelHeader(SettingsModel):
     #: True for models answered by the simulator (their rows are labelled as simulated).
     simulated: StrictBool = False
     #: Run the optional validation stage (spec §5) for this model; off by default, as in the paper.
-    validation: StrictBool = False
+    #: ``true`` uses ``settings/validation/validation.json``; a string names another validation settings
+    #: file, relative to the model file's folder (e.g. ``validation/validation_settings_gpt_5_mini_none.json``
+    #: in ``settings/paper/``, the paper's second validation VLM).
+    validation: StrictBool | StrictStr = False
     #: Quality and fault controls of a simulated model (``vlm_gist_dagster.sim.ModelControls`` fields);
     #: validated by the simulator, ignored otherwise.
     simulator: dict[str, Any] | None = None
@@ -118,7 +121,7 @@ class ModelSettings(SettingsModel):
     kind: Literal["vlm", "baseline"]
     display_name: StrictStr
     simulated: StrictBool = False
-    validation: StrictBool = False
+    validation: StrictBool | StrictStr = False
     settings: DescriptionSettings | BaselineSettings
 
     @property
