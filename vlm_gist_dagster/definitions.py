@@ -8,17 +8,17 @@ from .defs.automation import benchmark_automation_sensor
 from .defs.datasets import dataset_tables
 from .defs.descriptions import descriptions
 from .defs.grounding import detections, masks
-from .defs.io_manager import ParquetIOManagerFactory
 from .defs.jobs import benchmark_pair_job, datasets_job, leaderboard_job, settings_job
 from .defs.label_matches import label_matches
 from .defs.metrics import leaderboard, metrics
-from .defs.resources import DatasetsResource, ModelsResource, ServicesResource
+from .defs.resources import resources_from_environment
 from .defs.schedules import nightly_benchmark_schedule
 from .defs.sensors import model_settings_sensor, settings_sensor
-from .defs.settings_assets import detection_settings, label_matching_settings
+from .defs.settings_assets import SETTINGS_FILES, detection_settings, label_matching_settings
 from .defs.validations import validations
 
 ASSETS = [
+    *SETTINGS_FILES,
     dataset_tables,
     detection_settings,
     label_matching_settings,
@@ -33,19 +33,15 @@ ASSETS = [
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
-    """The project's definitions; ``resources`` replaces defaults (tests point them at temp dirs)."""
+    """The project's definitions. The resources come from the environment
+    (``defs.resources.resources_from_environment``, read now); ``resources`` replaces some or all of them
+    (tests point them at temp dirs)."""
     return dg.Definitions(
         assets=ASSETS,
         jobs=[datasets_job, settings_job, benchmark_pair_job, leaderboard_job],
         sensors=[model_settings_sensor, settings_sensor, benchmark_automation_sensor],
         schedules=[nightly_benchmark_schedule],
-        resources={
-            "io_manager": ParquetIOManagerFactory(),
-            "datasets": DatasetsResource(),
-            "models": ModelsResource(),
-            "services": ServicesResource(),
-            **(resources or {}),
-        },
+        resources={**resources_from_environment(), **(resources or {})},
     )
 
 

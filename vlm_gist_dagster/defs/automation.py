@@ -27,8 +27,18 @@ MISSING_CONDITION = (
     .with_label("missing_since_last_requested")
     & ~dg.AutomationCondition.any_deps_missing()
 ).with_label("missing (initial evaluation included)")
+#: The settings-file assets (``defs.settings_assets``) are lineage: the stages neither wait for them nor
+#: react to them (``settings_sensor`` launches what a settings change needs).
+_SETTINGS_FILES = dg.AssetSelection.assets(
+    "model_settings_file",
+    "validation_settings_file",
+    "detection_settings_file",
+    "label_matching_settings_file",
+    "prices_file",
+)
+MISSING_CONDITION = MISSING_CONDITION.ignore(_SETTINGS_FILES)
 DESCRIPTIONS_CONDITION = MISSING_CONDITION
-STAGE_CONDITION = dg.AutomationCondition.eager()
+STAGE_CONDITION = dg.AutomationCondition.eager().ignore(_SETTINGS_FILES)
 LEADERBOARD_CONDITION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
 
 benchmark_automation_sensor = dg.AutomationConditionSensorDefinition(

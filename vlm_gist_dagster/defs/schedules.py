@@ -9,11 +9,11 @@ response cache a refresh never repeats a successful paid call.
 itself; spec/dagster.md §1.12.)
 """
 
-import dagster as dg
-
 from pathlib import Path
 
-from ..model_registry import discover_models, models_dir
+import dagster as dg
+
+from ..model_registry import discover_models
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource
 from .sensors import PAIR_ASSETS
@@ -32,12 +32,10 @@ def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -
     return dict(materialization.metadata) if materialization else None
 
 
-def pairs_to_refresh(
-    instance: dg.DagsterInstance, directory: Path | None = None
-) -> list[tuple[str, str]]:
+def pairs_to_refresh(instance: dg.DagsterInstance, directory: Path) -> list[tuple[str, str]]:
     """``(partition key, reason)`` for every pair whose metrics are missing or whose settings changed;
-    model files from ``directory`` (default ``$VLM_GIST_MODELS_DIR`` / ``settings/models``)."""
-    current = {m.key: m.sha256 for m in discover_models(directory or models_dir())[0]}
+    model files from ``directory`` (the ``models`` resource's folder)."""
+    current = {m.key: m.sha256 for m in discover_models(directory)[0]}
     materialized = instance.get_materialized_partitions(dg.AssetKey("metrics"))
     out: list[tuple[str, str]] = []
     for key in model_dataset_partitions.get_partition_keys(dynamic_partitions_store=instance):
