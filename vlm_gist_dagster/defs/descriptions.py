@@ -7,10 +7,9 @@ from ..stages.descriptions import run_descriptions
 from ..stages.tables import DESCRIPTIONS
 from .automation import DESCRIPTIONS_CONDITION
 from .common import API_RETRY, VLM_POOL, api_errors, check_model_mode, finite, md_table, pair
-from .metadata import column_schema
+from .metadata import SETTINGS_SHA_KEY, column_schema
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource, ServicesResource
-from .schedules import SETTINGS_SHA_KEY
 from .settings_assets import model_settings_file, prices_file
 
 #: Warn when more than this fraction of images has no valid description after all attempts.

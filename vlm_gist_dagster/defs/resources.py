@@ -4,12 +4,14 @@ every path and mode as plain fields.
 
 Environment variables are the documented way to fill them (README, "Configuration"):
 :func:`resources_from_environment` reads them once, when the definitions load, and a deployment (or a
-test) can instead pass resources with explicit values to ``build_definitions(resources=...)``.
+test) can instead pass resources with explicit values to ``build_definitions(resources=...)``. The README's
+"Configuration" section points here.
 
 =========================  ==========================================  ===============================
 variable                   resource field                              default
 =========================  ==========================================  ===============================
-``VLM_GIST_SETTINGS_DIR``  ``settings.settings_dir``                   ``<project>/settings``
+``VLM_GIST_SETTINGS_DIR``  ``settings.settings_dir``,                  ``<project>/settings``
+                           ``datasets.settings_file``
 ``VLM_GIST_MODELS_DIR``    ``models.models_dir``                       ``<settings>/models``
 ``VLM_GIST_DATA_DIR``      ``services.data_dir``                       ``<project>/data``
 ``VLM_GIST_ASSETS_DIR``    ``io_manager.base_path``                    ``<data>/assets``
@@ -181,3 +183,10 @@ def resources_from_environment(env: Mapping[str, str] | None = None) -> dict[str
             embeddings=env.get("VLM_GIST_EMBEDDINGS") or "endpoint",
         ),
     }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    """The resources as ``load_from_defs_folder`` finds them (``vlm_gist_dagster.definitions``): filled
+    from the environment when the definitions load."""
+    return dg.Definitions(resources=resources_from_environment())

@@ -22,27 +22,18 @@ from ..model_registry import discover_models
 from .partitions import DATASETS, model_partitions, pair_key
 from .resources import ModelsResource, SettingsResource
 from ..files import file_sha256
+from .selections import PAIR_ASSET_KEYS, PAIR_SELECTION, VALIDATION_ASSET_KEYS
 from .settings_assets import (
     DATA_VERSION_TAG,
     VALIDATION_OFF,
+    detection_settings,
     detection_settings_file,
+    label_matching_settings,
     label_matching_settings_file,
     model_settings_file,
     prices_file,
     validation_settings_file,
 )
-
-#: Per-pair assets refreshed when a model's settings file changes.
-PAIR_ASSETS = (
-    "descriptions",
-    "detections",
-    "detection_images",
-    "masks",
-    "validations",
-    "label_matches",
-    "metrics",
-)
-
 
 def _load_cursor(cursor: str | None) -> tuple[dict[str, str], dict[str, int]]:
     """``(content hash per file, changes acted on per file)``. The change count goes into run keys:
@@ -67,7 +58,7 @@ def _dump_cursor(hashes: dict[str, str], changes: dict[str, int]) -> str:
     name="model_settings_sensor",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=dg.AssetSelection.assets(*PAIR_ASSETS),
+    asset_selection=PAIR_SELECTION,
     description="Adds a models partition for every new settings/models/*.json and refreshes edited models.",
 )
 def model_settings_sensor(
@@ -87,7 +78,7 @@ def model_settings_sensor(
         dg.RunRequest(
             run_key=f"{m.key}:{changes[m.key]}:{m.sha256[:16]}:{dataset}",
             partition_key=pair_key(dataset, m.key),
-            asset_selection=[dg.AssetKey(a) for a in PAIR_ASSETS],
+            asset_selection=list(PAIR_ASSET_KEYS),
             tags={"vlm_gist/trigger": "model_settings_changed", "vlm_gist/model": m.key},
         )
         for m in changed
@@ -158,16 +149,12 @@ def settings_file_versions(
     return out, problems
 
 
-#: The assets re-run when a validation file changes: the validations and everything below them.
-VALIDATION_ASSETS = ("validations", "label_matches", "metrics")
-
-
 @dg.sensor(
     name="settings_sensor",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     asset_selection=dg.AssetSelection.assets(
-        "detection_settings", "label_matching_settings", *VALIDATION_ASSETS
+        detection_settings, label_matching_settings, *VALIDATION_ASSET_KEYS
     ),
     description="Records the content hash of every settings file as its asset's data version; on a change "
     "re-materialises the settings tables, or re-runs the validations of the models that use the file.",
@@ -196,19 +183,23 @@ def settings_sensor(
         # The run key names the version it replaces, so A -> B -> A -> B launches every change.
         run_key = f"{spec.key.to_user_string()}:{partition}:{recorded}->{version}"
         if spec is detection_settings_file:
-            if recorded is None and _materialized_sha256(context.instance, "detection_settings", None) == version:
+            if recorded is None and (
+                _materialized_sha256(context.instance, detection_settings.key, None) == version
+            ):
                 continue  # first record of a file the table was already made from (e.g. by `vlm-gist run`)
             run_requests.append(
-                dg.RunRequest(run_key=run_key, asset_selection=[dg.AssetKey("detection_settings")])
+                dg.RunRequest(run_key=run_key, asset_selection=[detection_settings.key])
             )
         elif spec is label_matching_settings_file:
-            if recorded is None and _materialized_sha256(context.instance, "label_matching_settings", partition) == version:
+            if recorded is None and (
+                _materialized_sha256(context.instance, label_matching_settings.key, partition) == version
+            ):
                 continue
             run_requests.append(
                 dg.RunRequest(
                     run_key=run_key,
                     partition_key=partition,
-                    asset_selection=[dg.AssetKey("label_matching_settings")],
+                    asset_selection=[label_matching_settings.key],
                 )
             )
         elif spec is validation_settings_file and recorded is not None:
@@ -216,7 +207,7 @@ def settings_sensor(
                 dg.RunRequest(
                     run_key=f"{run_key}:{dataset}",
                     partition_key=pair_key(dataset, partition),
-                    asset_selection=[dg.AssetKey(a) for a in VALIDATION_ASSETS],
+                    asset_selection=list(VALIDATION_ASSET_KEYS),
                     tags={"vlm_gist/trigger": "validation_settings_changed", "vlm_gist/model": partition},
                 )
                 for dataset in DATASETS
@@ -224,11 +215,13 @@ def settings_sensor(
     return dg.SensorResult(asset_events=events, run_requests=run_requests)
 
 
-def _materialized_sha256(instance: dg.DagsterInstance, asset: str, partition: str | None) -> str | None:
+def _materialized_sha256(
+    instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str | None
+) -> str | None:
     """The ``sha256`` metadata of the latest materialisation of a settings table (partition)."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition is not None else None
+            asset_key=asset, asset_partitions=[partition] if partition is not None else None
         ),
         limit=1,
     ).records

@@ -27,6 +27,7 @@ import pytest
 from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.defs.io_manager import ParquetIOManagerFactory, read_parquet
 from vlm_gist_dagster.defs.partitions import pair_key
+from vlm_gist_dagster.defs.selections import PAIR_ASSET_KEYS
 from vlm_gist_dagster.defs.resources import (
     SIMULATOR_ENV,
     DatasetsResource,
@@ -46,16 +47,9 @@ from vlm_gist_dagster.sim import (
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_SETTINGS = REPO / "settings"
 DATASETS = ("vlm_gist", "coco")
-#: Every per-pair asset of the graph (stages A-E), in graph order.
-PAIR_ASSETS = (
-    "descriptions",
-    "detections",
-    "detection_images",
-    "masks",
-    "validations",
-    "label_matches",
-    "metrics",
-)
+#: Every per-pair asset of the graph (stages A-E), in graph order: the project's one exported selection
+#: (``test_pair_selection_is_the_per_pair_stages`` checks it against the graph).
+PAIR_ASSETS = tuple(key.to_user_string() for key in PAIR_ASSET_KEYS)
 NO_FAULTS = {name: 0.0 for name in FAULT_TYPES}
 SIM_SEED = 0
 #: Chat requests in flight per endpoint during the tests (the default is the CPU count - 1, i.e. 1 here).

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import dagster as dg
 import pytest
 
-from vlm_gist_dagster.definitions import ASSETS
+from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.defs.metrics import leaderboard
 from vlm_gist_dagster.defs.settings_assets import detection_settings, label_matching_settings
 
@@ -176,7 +176,7 @@ def test_with_plain_eager_the_failed_pair_would_block_the_leaderboard(bench: Ben
     eager = leaderboard.map_asset_specs(
         lambda spec: spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
     )
-    assets = [eager if a is leaderboard else a for a in ASSETS]
+    assets = [eager if a is leaderboard else a for a in build_definitions().assets]
     defs = dg.Definitions(assets=assets, resources=bench.definitions().resources)
     assert _leaderboard_after_one_pair_failed(defs) == {}
 

@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 
 from vlm_gist_dagster.defs.partitions import pair_key
+from vlm_gist_dagster.defs.selections import PAIR_ASSET_KEYS
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import SERVER_NAMES, start_simulator
 
@@ -35,15 +36,7 @@ from .conftest import REPO, Deployment, run_job, write_model
 
 MODEL, KEY = "rel/resume", "resume"
 PAIR = str(pair_key("coco", KEY))
-PAIR_ASSETS = (
-    "descriptions",
-    "detections",
-    "detection_images",
-    "masks",
-    "validations",
-    "label_matches",
-    "metrics",
-)
+PAIR_ASSETS = tuple(key.to_user_string() for key in PAIR_ASSET_KEYS)
 #: Columns that record wall-clock time or how a value was obtained (live or from the cache).
 VOLATILE = {"duration_s", "attempt_log_json", "from_cache", "time"}
 CHILD = """
