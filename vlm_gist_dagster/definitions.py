@@ -1,52 +1,42 @@
-"""The one Dagster entry point: ``dagster dev -m vlm_gist_dagster.definitions`` / ``dg check defs``."""
+"""The one Dagster entry point, for ``dg check defs`` / ``dg dev``, ``dagster dev`` and ``workspace.yaml``
+alike (``[tool.dg.project]`` and ``[tool.dagster]`` in pyproject.toml name this module).
+
+Every definition lives in a module under ``defs/`` and is found there by ``dg.load_from_defs_folder``,
+the layout ``create-dagster project`` makes: a new asset, job, sensor or schedule needs no registration
+here. ``defs/resources.py`` fills the resources from the environment when the definitions load.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 
-from .defs.automation import benchmark_automation_sensor
-from .defs.datasets import dataset_tables
-from .defs.descriptions import descriptions
-from .defs.grounding import detections, masks
-from .defs.io_manager import ParquetIOManagerFactory
-from .defs.jobs import benchmark_pair_job, datasets_job, leaderboard_job, settings_job
-from .defs.label_matches import label_matches
-from .defs.metrics import leaderboard, metrics
-from .defs.resources import DatasetsResource, ModelsResource, ServicesResource
-from .defs.schedules import nightly_benchmark_schedule
-from .defs.sensors import model_settings_sensor, settings_sensor
-from .defs.settings_assets import detection_settings, label_matching_settings
-from .defs.validations import validations
-
-ASSETS = [
-    dataset_tables,
-    detection_settings,
-    label_matching_settings,
-    descriptions,
-    detections,
-    masks,
-    validations,
-    label_matches,
-    metrics,
-    leaderboard,
-]
+_PROJECT = Path(__file__).parent
 
 
-def build_definitions(resources: dict | None = None) -> dg.Definitions:
-    """The project's definitions; ``resources`` replaces defaults (tests point them at temp dirs)."""
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.load_from_defs_folder(path_within_project=_PROJECT)
+
+
+def build_definitions(resources: Mapping[str, Any] | None = None) -> dg.Definitions:
+    """The project's definitions, as :func:`defs` loads them (the environment is read now); ``resources``
+    replaces some or all of the resources (tests point them at temporary folders; the runner builds the
+    definitions inside the simulator's environment)."""
+    loaded = dg.load_from_defs_folder(path_within_project=_PROJECT)
+    if not resources:
+        return loaded
     return dg.Definitions(
-        assets=ASSETS,
-        jobs=[datasets_job, settings_job, benchmark_pair_job, leaderboard_job],
-        sensors=[model_settings_sensor, settings_sensor, benchmark_automation_sensor],
-        schedules=[nightly_benchmark_schedule],
-        resources={
-            "io_manager": ParquetIOManagerFactory(),
-            "datasets": DatasetsResource(),
-            "models": ModelsResource(),
-            "services": ServicesResource(),
-            **(resources or {}),
-        },
+        assets=loaded.assets,
+        asset_checks=loaded.asset_checks,
+        jobs=loaded.jobs,
+        sensors=loaded.sensors,
+        schedules=loaded.schedules,
+        executor=loaded.executor,
+        loggers=loaded.loggers,
+        metadata=loaded.metadata,
+        resources={**(loaded.resources or {}), **resources},
     )
-
-
-defs = build_definitions()

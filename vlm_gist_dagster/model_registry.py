@@ -11,7 +11,6 @@ they are). Two files mapping to one key is an error naming both.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +33,9 @@ class ModelFile:
 
 
 def models_dir() -> Path:
-    env = os.environ.get("VLM_GIST_MODELS_DIR")
-    return Path(env).expanduser().resolve() if env else paths.settings_dir() / "models"
+    """The default models folder of the command line (``paths.models_dir``); Dagster code passes the
+    ``models`` resource's folder instead."""
+    return paths.models_dir()
 
 
 def discover_models(directory: Path | None = None) -> tuple[list[ModelFile], list[str]]:
@@ -72,13 +72,16 @@ def find_model(key: str, directory: Path | None = None) -> ModelFile:
     raise ModelRegistryError(f"no settings file for model {key!r} in {directory or models_dir()}{hint}")
 
 
-def validation_settings_path(validation: bool | str, model_file: Path) -> Path | None:
+def validation_settings_path(
+    validation: bool | str, model_file: Path, project_file: Path | None = None
+) -> Path | None:
     """The validation settings a model's header selects: None (``false``), the project's
-    ``settings/validation/validation.json`` (``true``), or the named file, relative to the model file's
-    folder (``"validation/validation_settings_gpt_5_mini_none.json"`` in ``settings/paper/``)."""
+    ``settings/validation/validation.json`` (``true``; ``project_file`` when given), or the named file,
+    relative to the model file's folder (``"validation/validation_settings_gpt_5_mini_none.json"`` in
+    ``settings/paper/``)."""
     if validation is False or validation == "":
         return None
     if validation is True:
-        return paths.settings_dir() / "validation" / "validation.json"
+        return project_file or paths.settings_dir() / "validation" / "validation.json"
     path = Path(validation).expanduser()
     return path if path.is_absolute() else (Path(model_file).parent / path).resolve()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import paths
 
-#: Environment the pipeline reads when the simulator answers (see ``defs.common.SIMULATOR_ENV``).
+#: Environment the pipeline reads when the simulator answers (see ``defs.resources.SIMULATOR_ENV``).
 SIMULATED_KEY = "sim-local-key"
 
 
@@ -87,7 +87,7 @@ def simulator_environment(handle) -> dict[str, str]:
     "OpenRouter", ...), and the vision servers. Nothing leaves the machine while the simulator answers."""
     from .clients.chat import endpoint_env_var
     from .clients.vision import vision_url_env_var
-    from .defs.common import SIMULATOR_ENV
+    from .defs.resources import SIMULATOR_ENV
     from .protocol.endpoints import ENDPOINTS
 
     base = handle.chat_base_url
@@ -322,8 +322,7 @@ def run_benchmark(
     import dagster as dg
 
     from .datasets import DatasetDownloadError, DatasetError, resolve_dataset_dir
-    from .definitions import defs
-    from .defs.metrics import leaderboard_dir
+    from .definitions import build_definitions
     from .defs.partitions import DATASETS, model_partitions, pair_key
 
     started = time.monotonic()
@@ -382,7 +381,7 @@ def run_benchmark(
     if only_missing:
         from .defs.schedules import pairs_to_refresh
 
-        todo = {key for key, _ in pairs_to_refresh(instance)}
+        todo = {key for key, _ in pairs_to_refresh(instance, paths.models_dir())}
         report.up_to_date = [key for key in pairs if key not in todo]
         pairs = [key for key in pairs if key in todo]
         materialized = instance.get_materialized_partitions(dg.AssetKey("dataset_images"))
@@ -421,6 +420,8 @@ def run_benchmark(
         else contextlib.nullcontext()
     )
     with context:
+        # Built here, once the simulator's environment is set: the resources read it when they are made.
+        defs = build_definitions()
         for dataset, reason in failed_in_sim.items():
             log(f"error: dataset {dataset}: {reason}")
             report.dataset_problems[dataset] = reason
@@ -448,7 +449,7 @@ def run_benchmark(
                 report.failure_reasons[key] = _failure_reason(result)
         if run_leaderboard:
             execute("leaderboard_job", None, "leaderboard")
-    report.leaderboard_dir = leaderboard_dir()
+    report.leaderboard_dir = paths.data_dir() / "leaderboard"
     for name in ("coco", "vlm_gist", "weighted"):
         path = report.leaderboard_dir / f"{name}.txt"
         if path.is_file():

@@ -11,6 +11,8 @@
 
 import dagster as dg
 
+from .settings_assets import SETTINGS_FILES_SELECTION
+
 #: ``AutomationCondition.on_missing()`` without its reset on the *initial evaluation*. ``on_missing()`` only
 #: requests partitions that become missing after the automation sensor first evaluated the asset; the
 #: partitions that already exist and are missing then are never requested. Which partitions those are
@@ -27,8 +29,12 @@ MISSING_CONDITION = (
     .with_label("missing_since_last_requested")
     & ~dg.AutomationCondition.any_deps_missing()
 ).with_label("missing (initial evaluation included)")
+#: The settings-file assets (``defs.settings_assets``) are lineage: the stages neither wait for them nor
+#: react to them (``settings_sensor`` launches what a settings change needs).
+_SETTINGS_FILES = SETTINGS_FILES_SELECTION
+MISSING_CONDITION = MISSING_CONDITION.ignore(_SETTINGS_FILES)
 DESCRIPTIONS_CONDITION = MISSING_CONDITION
-STAGE_CONDITION = dg.AutomationCondition.eager()
+STAGE_CONDITION = dg.AutomationCondition.eager().ignore(_SETTINGS_FILES)
 LEADERBOARD_CONDITION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
 
 benchmark_automation_sensor = dg.AutomationConditionSensorDefinition(

@@ -2,7 +2,6 @@
 
 import contextlib
 import math
-import os
 from collections.abc import Iterator
 
 import dagster as dg
@@ -43,25 +42,20 @@ def vision_server_pool(family: str) -> str:
 
 #: The pool of the masks step: the SAM2 server's.
 SAM2_POOL = vision_server_pool("sam2_realtime")
-#: Set by `vlm-gist run` / `vlm-gist dev` when the simulator answers: real models are refused then, so a
-#: simulated answer can never be reported under a real model's name.
-SIMULATOR_ENV = "VLM_GIST_SIMULATOR"
 
 
 def pair(context: dg.AssetExecutionContext) -> tuple[str, str]:
     return split_pair_key(context.partition_key)
 
 
-def simulator_active() -> bool:
-    return os.environ.get(SIMULATOR_ENV, "") not in ("", "0", "false")
-
-
-def check_model_mode(model) -> None:
-    """Simulated models only against the simulator, real models only against real servers."""
-    if simulator_active() and not model.simulated:
+def check_model_mode(model, simulator: bool) -> None:
+    """Real models are refused while the simulator answers (``services.simulator``, set by
+    ``vlm-gist run`` / ``vlm-gist dev`` through ``VLM_GIST_SIMULATOR``): a simulated answer must never be
+    reported under a real model's name."""
+    if simulator and not model.simulated:
         raise dg.Failure(
-            description=f"model {model.name!r} is a real model but the simulator is answering ({SIMULATOR_ENV} is set); "
-            "run real models with `vlm-gist run --no-simulator`",
+            description=f"model {model.name!r} is a real model but the simulator is answering "
+            "(services.simulator, VLM_GIST_SIMULATOR); run real models with `vlm-gist run --no-simulator`",
             allow_retries=False,
         )
 

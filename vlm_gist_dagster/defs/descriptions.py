@@ -7,10 +7,10 @@ from ..stages.descriptions import run_descriptions
 from ..stages.tables import DESCRIPTIONS
 from .automation import DESCRIPTIONS_CONDITION
 from .common import API_RETRY, VLM_POOL, api_errors, check_model_mode, finite, md_table, pair
-from .metadata import column_schema
+from .metadata import SETTINGS_SHA_KEY, column_schema
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource, ServicesResource
-from .schedules import SETTINGS_SHA_KEY
+from .settings_assets import model_settings_file, prices_file
 
 #: Warn when more than this fraction of images has no valid description after all attempts.
 MAX_FAILURE_RATE = 0.2
@@ -24,6 +24,7 @@ MAX_FAILURE_RATE = 0.2
     retry_policy=API_RETRY,
     automation_condition=DESCRIPTIONS_CONDITION,
     code_version="1",
+    deps=[model_settings_file, prices_file],
     check_specs=[dg.AssetCheckSpec("description_failure_rate", asset="descriptions")],
     description=(
         "Stage A: the VLM's structured description of every image (the paper's prompt, up to 1 + retry "
@@ -38,7 +39,7 @@ def descriptions(
 ):
     dataset, key = pair(context)
     model_file, model = models.load(key)
-    check_model_mode(model)
+    check_model_mode(model, services.simulator)
     with api_errors():
         table = run_descriptions(dataset_images, model, services.services(), log=context.log.info)
     n = len(table)

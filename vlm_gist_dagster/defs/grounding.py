@@ -49,7 +49,7 @@ def detections(
 ):
     dataset, key = pair(context)
     _, model = models.load(key)
-    check_model_mode(model)
+    check_model_mode(model, services.simulator)
     settings = settings_from_table(detection_settings, DetectionSettings)
     with api_errors():
         table, per_image = run_detections(
@@ -128,7 +128,7 @@ def masks(
 ) -> dg.Output[pd.DataFrame]:
     dataset, key = pair(context)
     _, model = models.load(key)
-    check_model_mode(model)
+    check_model_mode(model, services.simulator)
     settings = settings_from_table(detection_settings, DetectionSettings)
     with api_errors():
         table = run_masks(

@@ -16,7 +16,6 @@ import dagster as dg
 import pandas as pd
 from upath import UPath
 
-from .. import paths
 from ..parquet import read_parquet, write_parquet
 
 __all__ = ["ParquetIOManager", "ParquetIOManagerFactory", "read_parquet", "write_parquet"]
@@ -63,9 +62,10 @@ class ParquetIOManager(dg.UPathIOManager):
 
 
 class ParquetIOManagerFactory(dg.ConfigurableIOManagerFactory):
-    """Parquet IO manager. ``base_path`` defaults to ``$VLM_GIST_ASSETS_DIR`` or ``data/assets``."""
+    """Parquet IO manager under ``base_path`` (``$VLM_GIST_ASSETS_DIR``, default ``data/assets``: see
+    ``defs.resources.resources_from_environment``)."""
 
-    base_path: str | None = None
+    base_path: str
 
     def create_io_manager(self, context: dg.InitResourceContext) -> ParquetIOManager:
-        return ParquetIOManager(base_path=UPath(self.base_path or paths.assets_dir()))
+        return ParquetIOManager(base_path=UPath(self.base_path))

@@ -9,26 +9,29 @@
 
 import dagster as dg
 
-from .sensors import PAIR_ASSETS
+from .datasets import dataset_tables
+from .metrics import leaderboard
+from .selections import PAIR_SELECTION
+from .settings_assets import detection_settings, label_matching_settings
 
 datasets_job = dg.define_asset_job(
     "datasets_job",
-    selection=dg.AssetSelection.assets("dataset_images", "ground_truth", "label_matching_settings"),
+    selection=dg.AssetSelection.assets(dataset_tables, label_matching_settings),
     description="Load (downloading once if needed) a benchmark dataset and its label-matching settings.",
 )
 settings_job = dg.define_asset_job(
     "settings_job",
-    selection=dg.AssetSelection.assets("detection_settings"),
+    selection=dg.AssetSelection.assets(detection_settings),
     description="Read the detection settings.",
 )
 benchmark_pair_job = dg.define_asset_job(
     "benchmark_pair_job",
-    selection=dg.AssetSelection.assets(*PAIR_ASSETS),
+    selection=PAIR_SELECTION,
     description="Stages A–E (descriptions → … → metrics) for one (dataset, model) partition.",
     tags={"vlm_gist/job": "pair"},
 )
 leaderboard_job = dg.define_asset_job(
     "leaderboard_job",
-    selection=dg.AssetSelection.assets("leaderboard"),
+    selection=dg.AssetSelection.assets(leaderboard),
     description="Rebuild the leaderboard.",
 )

@@ -8,6 +8,10 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+#: Metadata key under which ``descriptions`` records the sha256 of the model settings file it used (the
+#: nightly schedule compares it with the file's current hash).
+SETTINGS_SHA_KEY = "settings_sha256"
+
 #: Columns whose values are too large to show in a preview (masks, raw completions).
 _BULKY = ("mask", "masks", "raw", "completion")
 

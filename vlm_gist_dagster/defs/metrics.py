@@ -6,7 +6,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from .. import paths
 from ..datasets.provenance import DatasetProvenance, heading
 from ..protocol.leaderboard import COLUMNS
 from ..stages.leaderboard import build_leaderboard, write_leaderboard
@@ -18,7 +17,7 @@ from .automation import LEADERBOARD_CONDITION, STAGE_CONDITION
 from .common import finite, pair
 from .metadata import column_schema
 from .partitions import model_dataset_partitions
-from .resources import ModelsResource, ServicesResource
+from .resources import ModelsResource, ServicesResource, SettingsResource
 
 
 @dg.asset(
@@ -40,6 +39,7 @@ def metrics(
     detection_images: pd.DataFrame,
     label_matches: pd.DataFrame,
     models: ModelsResource,
+    settings: SettingsResource,
 ):
     dataset, key = pair(context)
     _, model = models.load(key)
@@ -54,7 +54,7 @@ def metrics(
         descriptions=descriptions,
         detection_images=detection_images,
         label_matches=label_matches,
-        statistics=load_statistics_settings(),
+        statistics=load_statistics_settings(settings.statistics_file()),
     )
     values = row.iloc[0]
     table = metrics_markdown(values)
@@ -89,11 +89,6 @@ def metrics(
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"out_of_range": dg.MetadataValue.json(bad)},
     )
-
-
-def leaderboard_dir(data_dir=None):
-    """``<data dir>/leaderboard``: the data dir of the services resource, else ``$VLM_GIST_DATA_DIR``."""
-    return (data_dir or paths.data_dir()) / "leaderboard"
 
 
 def dataset_headings(instance: dg.DagsterInstance, metrics: pd.DataFrame) -> dict[str, str]:
@@ -141,7 +136,10 @@ def _png_md(path) -> str:
     "pairwise_f1.csv, f1_intervals.png).",
 )
 def leaderboard(
-    context: dg.AssetExecutionContext, metrics: dict[str, pd.DataFrame], services: ServicesResource
+    context: dg.AssetExecutionContext,
+    metrics: dict[str, pd.DataFrame],
+    services: ServicesResource,
+    settings: SettingsResource,
 ) -> dg.Output[pd.DataFrame]:
     expected = [
         str(k) for k in model_dataset_partitions.get_partition_keys(dynamic_partitions_store=context.instance)
@@ -151,12 +149,12 @@ def leaderboard(
     board = build_leaderboard(
         list(metrics.values()),
         expected_pairs=expected,
-        statistics=load_statistics_settings(),
+        statistics=load_statistics_settings(settings.statistics_file()),
         headings=dataset_headings(context.instance, frame),
     )
     if board.missing:
         context.log.warning(f"{len(board.missing)} pairs have no metrics: {', '.join(board.missing)}")
-    directory = leaderboard_dir(services.services().data_dir)
+    directory = services.leaderboard_dir()
     written = write_leaderboard(board, directory)
     metadata: dict = {
         "dagster/row_count": len(board.rows),

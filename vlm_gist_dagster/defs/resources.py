@@ -1,14 +1,67 @@
-"""Resources shared by the assets. Settings come from environment variables with local defaults, so a
-deployment differs from a checkout only in its environment."""
+"""Resources shared by the assets, sensors and the schedule: the only place the Dagster layer learns where
+files are and which mode it runs in. Nothing below ``defs/`` reads the environment; the resources carry
+every path and mode as plain fields.
+
+Environment variables are the documented way to fill them (README, "Configuration"):
+:func:`resources_from_environment` reads them once, when the definitions load, and a deployment (or a
+test) can instead pass resources with explicit values to ``build_definitions(resources=...)``. The README's
+"Configuration" section points here.
+
+=========================  ==========================================  ===============================
+variable                   resource field                              default
+=========================  ==========================================  ===============================
+``VLM_GIST_SETTINGS_DIR``  ``settings.settings_dir``,                  ``<project>/settings``
+                           ``datasets.settings_file``
+``VLM_GIST_MODELS_DIR``    ``models.models_dir``                       ``<settings>/models``
+``VLM_GIST_DATA_DIR``      ``services.data_dir``                       ``<project>/data``
+``VLM_GIST_ASSETS_DIR``    ``io_manager.base_path``                    ``<data>/assets``
+``VLM_GIST_CACHE_MODE``    ``services.cache_mode``                     ``use``
+``VLM_GIST_CONCURRENCY``   ``services.concurrency``                    the paper's CPU count - 1
+``VLM_GIST_EMBEDDINGS``    ``services.embeddings``                     ``endpoint``
+``VLM_GIST_SIMULATOR``     ``services.simulator`` (set by ``vlm-gist``) off
+=========================  ==========================================  ===============================
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import dagster as dg
 
+from .. import paths
 from ..datasets import Dataset, dataset_options, load_dataset, resolve_dataset_dir
+
+#: Set by `vlm-gist run` / `vlm-gist dev` when the simulator answers: real models are refused then, so a
+#: simulated answer can never be reported under a real model's name.
+SIMULATOR_ENV = "VLM_GIST_SIMULATOR"
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """The settings folder (``settings/``): every stage settings file the benchmark reads."""
+
+    settings_dir: str
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.settings_dir).expanduser().resolve()
+
+    def detection_file(self) -> Path:
+        return self.directory / "detection" / "detection.json"
+
+    def label_matching_file(self, dataset: str) -> Path:
+        return self.directory / "label_matching" / f"{dataset}.json"
+
+    def validation_file(self) -> Path:
+        """The project's validation settings (a model header's ``"validation": true``)."""
+        return self.directory / "validation" / "validation.json"
+
+    def prices_file(self) -> Path:
+        return self.directory / "prices.json"
+
+    def statistics_file(self) -> Path:
+        return self.directory / "statistics.json"
 
 
 class DatasetsResource(dg.ConfigurableResource):
@@ -30,17 +83,13 @@ class DatasetsResource(dg.ConfigurableResource):
 
 
 class ModelsResource(dg.ConfigurableResource):
-    """The model settings files (``settings/models/`` or ``$VLM_GIST_MODELS_DIR``)."""
+    """The model settings files (``settings/models/``). The sensors and the schedule read it too, so they
+    see the files the assets load."""
 
-    models_dir: str | None = None
+    models_dir: str
 
     def directory(self) -> Path:
-        """The models folder: ``models_dir`` when configured, else ``$VLM_GIST_MODELS_DIR`` /
-        ``settings/models``. The sensor and the schedule read it too, so they see the files the assets
-        load."""
-        from ..model_registry import models_dir
-
-        return Path(self.models_dir).expanduser().resolve() if self.models_dir else models_dir()
+        return Path(self.models_dir).expanduser().resolve()
 
     def load(self, key: str):
         """``(ModelFile, ModelSettings)`` of model partition ``key``; a Failure that no retry can fix
@@ -56,48 +105,88 @@ class ModelsResource(dg.ConfigurableResource):
 
 
 class ServicesResource(dg.ConfigurableResource):
-    """Where the stages send requests (see ``stages.services.Services``). Every field has a default that
-    reads the environment, so ``make run`` / ``make dev`` configure it by environment variables:
-    ``VLM_GIST_ENDPOINT_URL_<NAME>``, ``VLM_GIST_VISION_URL_<FAMILY>``, API key variables,
-    ``VLM_GIST_CACHE_MODE`` (use | refresh | bypass), ``VLM_GIST_CONCURRENCY``,
-    ``VLM_GIST_EMBEDDINGS`` (endpoint | local); ``VLM_GIST_SIMULATOR`` (set by ``vlm-gist run``) files
-    every cached answer under the service ``simulator``."""
+    """Where the stages send requests (see ``stages.services.Services``): URL overrides, the response
+    cache's folder and mode, limits, the embeddings backend, and whether the built-in simulator answers
+    (``simulator``: every cached answer is then filed under the service ``simulator``, and real models
+    are refused). Endpoint URLs and API keys stay with the clients (``VLM_GIST_ENDPOINT_URL_<NAME>``,
+    ``VLM_GIST_VISION_URL_<FAMILY>``, the key variables each endpoint names)."""
 
+    data_dir: str
     endpoint_urls: dict[str, str] = {}
     vision_urls: dict[str, str] = {}
-    cache_mode: str | None = None
+    cache_mode: str = "use"
+    simulator: bool = False
     concurrency: int | None = None
     requests_per_minute: float | None = None
     vision_concurrency: int = 1
-    embeddings: str | None = None
+    embeddings: str = "endpoint"
     embeddings_endpoint: str = "OpenAI"
     embeddings_model: str = "text-embedding-3-large"
-    data_dir: str | None = None
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    def leaderboard_dir(self) -> Path:
+        return self.directory / "leaderboard"
 
     def services(self):
-        import os
-
         from ..clients.cache import CacheMode
         from ..stages.services import Services
-        from .common import simulator_active
 
         try:
-            mode = CacheMode.parse(self.cache_mode or os.environ.get("VLM_GIST_CACHE_MODE", "use"))
+            mode = CacheMode.parse(self.cache_mode)
         except ValueError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
-        concurrency = self.concurrency or (
-            int(os.environ["VLM_GIST_CONCURRENCY"]) if os.environ.get("VLM_GIST_CONCURRENCY") else None
-        )
+        if self.embeddings not in ("endpoint", "local"):
+            raise dg.Failure(
+                description=f"embeddings must be 'endpoint' or 'local', got {self.embeddings!r}",
+                allow_retries=False,
+            )
         return Services(
             endpoint_urls=dict(self.endpoint_urls),
             vision_urls=dict(self.vision_urls) or None,
-            data_dir=Path(self.data_dir) if self.data_dir else None,
+            data_dir=self.directory,
             cache_mode=mode,
-            simulated=simulator_active(),
-            concurrency=concurrency,
+            simulated=self.simulator,
+            concurrency=self.concurrency,
             requests_per_minute=self.requests_per_minute,
             vision_concurrency=self.vision_concurrency,
-            embeddings=(self.embeddings or os.environ.get("VLM_GIST_EMBEDDINGS", "endpoint")),  # type: ignore[arg-type]
+            embeddings=self.embeddings,  # type: ignore[arg-type]
             embeddings_endpoint=self.embeddings_endpoint,
             embeddings_model=self.embeddings_model,
         )
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "") not in ("", "0", "false")
+
+
+def resources_from_environment(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The resources as the environment configures them (the table in the module docstring): the one
+    reader of the ``VLM_GIST_*`` path and mode variables for the Dagster layer."""
+    from .io_manager import ParquetIOManagerFactory
+
+    env = os.environ if env is None else env
+    locations = paths.Locations.from_environment(env)
+    concurrency = env.get("VLM_GIST_CONCURRENCY")
+    return {
+        "io_manager": ParquetIOManagerFactory(base_path=locations.assets_dir),
+        "settings": SettingsResource(settings_dir=str(locations.settings_dir)),
+        "datasets": DatasetsResource(settings_file=str(locations.settings_dir / "datasets.json")),
+        "models": ModelsResource(models_dir=str(locations.models_dir)),
+        "services": ServicesResource(
+            data_dir=str(locations.data_dir),
+            cache_mode=env.get("VLM_GIST_CACHE_MODE") or "use",
+            simulator=_flag(env.get(SIMULATOR_ENV)),
+            concurrency=int(concurrency) if concurrency else None,
+            embeddings=env.get("VLM_GIST_EMBEDDINGS") or "endpoint",
+        ),
+    }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    """The resources as ``load_from_defs_folder`` finds them (``vlm_gist_dagster.definitions``): filled
+    from the environment when the definitions load."""
+    return dg.Definitions(resources=resources_from_environment())

@@ -9,22 +9,22 @@ response cache a refresh never repeats a successful paid call.
 itself; spec/dagster.md §1.12.)
 """
 
-import dagster as dg
-
 from pathlib import Path
 
-from ..model_registry import discover_models, models_dir
+import dagster as dg
+
+from ..model_registry import discover_models
+from .descriptions import descriptions
+from .metadata import SETTINGS_SHA_KEY
+from .metrics import metrics
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource
-from .sensors import PAIR_ASSETS
-
-#: Metadata key under which ``descriptions`` records the sha256 of the model settings file it used.
-SETTINGS_SHA_KEY = "settings_sha256"
+from .selections import PAIR_SELECTION
 
 
-def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict | None:
+def _latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str) -> dict | None:
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
     ).records
     if not records:
         return None
@@ -32,13 +32,11 @@ def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -
     return dict(materialization.metadata) if materialization else None
 
 
-def pairs_to_refresh(
-    instance: dg.DagsterInstance, directory: Path | None = None
-) -> list[tuple[str, str]]:
+def pairs_to_refresh(instance: dg.DagsterInstance, directory: Path) -> list[tuple[str, str]]:
     """``(partition key, reason)`` for every pair whose metrics are missing or whose settings changed;
-    model files from ``directory`` (default ``$VLM_GIST_MODELS_DIR`` / ``settings/models``)."""
-    current = {m.key: m.sha256 for m in discover_models(directory or models_dir())[0]}
-    materialized = instance.get_materialized_partitions(dg.AssetKey("metrics"))
+    model files from ``directory`` (the ``models`` resource's folder)."""
+    current = {m.key: m.sha256 for m in discover_models(directory)[0]}
+    materialized = instance.get_materialized_partitions(metrics.key)
     out: list[tuple[str, str]] = []
     for key in model_dataset_partitions.get_partition_keys(dynamic_partitions_store=instance):
         model = key.keys_by_dimension["model"]
@@ -47,7 +45,7 @@ def pairs_to_refresh(
         if str(key) not in materialized:
             out.append((str(key), "missing"))
             continue
-        metadata = _latest_metadata(instance, "descriptions", str(key)) or {}
+        metadata = _latest_metadata(instance, descriptions.key, str(key)) or {}
         recorded = metadata.get(SETTINGS_SHA_KEY)
         recorded = getattr(recorded, "value", recorded)
         if recorded != current[model]:
@@ -59,7 +57,7 @@ def pairs_to_refresh(
     name="nightly_benchmark_schedule",
     cron_schedule="0 2 * * *",
     execution_timezone="UTC",
-    target=dg.AssetSelection.assets(*PAIR_ASSETS),
+    target=PAIR_SELECTION,
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Nightly refresh: missing and stale (dataset, model) pairs, then (by automation) the leaderboard.",
 )

@@ -1,22 +1,31 @@
-"""Stage settings as assets, so that lineage shows which settings produced which results and a change of
-the detection (or label-matching) settings recomputes exactly the stages below it.
+"""Settings files as assets, so that lineage shows which settings produced which results.
 
-``settings_sensor`` materialises them when their file's content hash changes; declarative automation
-then refreshes the downstream stages (not the descriptions, which do not depend on them).
+Every settings file the benchmark reads is an external asset (group ``settings``) whose data version is
+the file's content hash: ``model_settings_file`` and ``validation_settings_file`` per model (the latter:
+the validation file the model's header selects, ``off`` when none), ``detection_settings_file``,
+``label_matching_settings_file`` per dataset, and ``prices_file``. ``settings_sensor`` records a new
+version when a file's content changes, so the UI marks exactly its dependants stale.
+
+``detection_settings`` and ``label_matching_settings`` are the validated settings tables the stages read;
+the sensor re-materialises them when their file changes, and declarative automation then refreshes the
+stages below them (not the descriptions, which do not depend on them).
+
+Why external assets reported by a sensor and not ``@observable_source_asset``: that decorator (and
+``Output(data_version=)``) is beta in Dagster 1.13 and warns on every load; external assets, runless
+asset events and ``MaterializeResult(data_version=)`` are stable API.
 """
 
 import json
-import warnings
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from .. import paths
 from ..files import file_sha256
 from ..protocol.settings import load_settings
 from .metadata import column_schema
-from .partitions import dataset_partitions
+from .partitions import dataset_partitions, model_partitions
+from .resources import SettingsResource
 
 SETTINGS_COLUMNS = ("path", "sha256", "settings_json")
 SETTINGS_COLUMN_DOCS = {
@@ -24,20 +33,55 @@ SETTINGS_COLUMN_DOCS = {
     "sha256": "content hash of the file (the asset's data version)",
     "settings_json": "the validated settings, every default filled in, as canonical JSON",
 }
+#: The tag under which Dagster stores an event's data version (what ``ObserveResult(data_version=)``
+#: writes); runless events reported by a sensor set it themselves.
+DATA_VERSION_TAG = "dagster/data_version"
+#: The data version of ``validation_settings_file`` for a model whose validation is off.
+VALIDATION_OFF = "off"
 
-# The settings assets report the file's hash as their data version on purpose (Output(data_version=)),
-# a parameter Dagster marks beta: its BetaWarning on every materialisation says nothing to a user.
-warnings.filterwarnings(
-    "ignore", message=r"Parameter `data_version` of initializer `Output.__init__`", category=dg.BetaWarning
+model_settings_file = dg.AssetSpec(
+    "model_settings_file",
+    group_name="settings",
+    kinds={"json"},
+    partitions_def=model_partitions,
+    description="Each model's settings file in settings/models/ (data version: its content hash).",
 )
-
-
-def detection_settings_file() -> Path:
-    return paths.settings_dir() / "detection" / "detection.json"
-
-
-def label_matching_settings_file(dataset: str) -> Path:
-    return paths.settings_dir() / "label_matching" / f"{dataset}.json"
+validation_settings_file = dg.AssetSpec(
+    "validation_settings_file",
+    group_name="settings",
+    kinds={"json"},
+    partitions_def=model_partitions,
+    description="The validation settings each model's header selects (settings/validation/validation.json "
+    "for `true`); data version: that file's content hash, or 'off'.",
+)
+detection_settings_file = dg.AssetSpec(
+    "detection_settings_file",
+    group_name="settings",
+    kinds={"json"},
+    description="settings/detection/detection.json (data version: its content hash).",
+)
+label_matching_settings_file = dg.AssetSpec(
+    "label_matching_settings_file",
+    group_name="settings",
+    kinds={"json"},
+    partitions_def=dataset_partitions,
+    description="settings/label_matching/<dataset>.json (data version: its content hash).",
+)
+prices_file = dg.AssetSpec(
+    "prices_file",
+    group_name="settings",
+    kinds={"json"},
+    description="settings/prices.json, the price table of the cost column (data version: its content hash).",
+)
+SETTINGS_FILES = (
+    model_settings_file,
+    validation_settings_file,
+    detection_settings_file,
+    label_matching_settings_file,
+    prices_file,
+)
+#: The settings files, for automation conditions that must neither wait for nor react to them.
+SETTINGS_FILES_SELECTION = dg.AssetSelection.assets(*(spec.key for spec in SETTINGS_FILES))
 
 
 def settings_table(path: Path, expected_type: type) -> tuple[pd.DataFrame, object]:
@@ -62,20 +106,21 @@ def settings_from_table(table: pd.DataFrame, model: type):
 @dg.asset(
     group_name="settings",
     kinds={"json"},
+    deps=[detection_settings_file],
     description="The stage-B settings (MM-Grounding-DINO + SAM2) from settings/detection/detection.json.",
 )
-def detection_settings(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
+def detection_settings(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
     from ..protocol.settings import DetectionSettings
 
-    path = detection_settings_file()
-    table, settings = settings_table(path, DetectionSettings)
-    return dg.Output(
-        table,
+    path = settings.detection_file()
+    table, detection = settings_table(path, DetectionSettings)
+    return dg.MaterializeResult(
+        value=table,
         metadata={
             "dagster/column_schema": column_schema(table, SETTINGS_COLUMN_DOCS),
             "path": dg.MetadataValue.path(str(path)),
             "sha256": table["sha256"].iloc[0],
-            "settings": dg.MetadataValue.json(settings.model_dump(mode="json")),
+            "settings": dg.MetadataValue.json(detection.model_dump(mode="json")),
         },
         data_version=dg.DataVersion(table["sha256"].iloc[0]),
     )
@@ -85,23 +130,24 @@ def detection_settings(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFr
     group_name="settings",
     kinds={"json"},
     partitions_def=dataset_partitions,
+    deps=[label_matching_settings_file],
     description="The label-matching settings of each dataset from settings/label_matching/<dataset>.json.",
 )
-def label_matching_settings(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
+def label_matching_settings(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
     from ..protocol.settings import LabelMatchingSettings
 
-    path = label_matching_settings_file(context.partition_key)
-    table, settings = settings_table(path, LabelMatchingSettings)
-    summary = settings.model_dump(mode="json")
+    path = settings.label_matching_file(context.partition_key)
+    table, matching = settings_table(path, LabelMatchingSettings)
+    summary = matching.model_dump(mode="json")
     for key in ("dataset_targets", "augmented_targets"):
         summary[key] = f"{len(summary[key])} targets"
-    return dg.Output(
-        table,
+    return dg.MaterializeResult(
+        value=table,
         metadata={
             "dagster/column_schema": column_schema(table, SETTINGS_COLUMN_DOCS),
             "path": dg.MetadataValue.path(str(path)),
             "sha256": table["sha256"].iloc[0],
-            "per_image_targets": settings.use_per_set_targets,
+            "per_image_targets": matching.use_per_set_targets,
             "settings": dg.MetadataValue.json(summary),
         },
         data_version=dg.DataVersion(table["sha256"].iloc[0]),

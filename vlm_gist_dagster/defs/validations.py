@@ -11,7 +11,8 @@ from .automation import STAGE_CONDITION
 from .common import API_RETRY, VLM_POOL, api_errors, md_table, pair
 from .metadata import column_schema
 from .partitions import model_dataset_partitions
-from .resources import ModelsResource, ServicesResource
+from .resources import ModelsResource, ServicesResource, SettingsResource
+from .settings_assets import validation_settings_file
 
 
 @dg.asset(
@@ -22,6 +23,7 @@ from .resources import ModelsResource, ServicesResource
     retry_policy=API_RETRY,
     automation_condition=STAGE_CONDITION,
     code_version="1",
+    deps=[validation_settings_file],
     description="Stage C (optional, off by default as in the paper): the validation VLM keeps, relabels or "
     "rejects each detection from its crop. When off, detections pass through unchanged.",
 )
@@ -32,14 +34,15 @@ def validations(
     masks: pd.DataFrame,
     models: ModelsResource,
     services: ServicesResource,
+    settings: SettingsResource,
 ) -> dg.Output[pd.DataFrame]:
     _, key = pair(context)
     found, model = models.load(key)
-    settings: ValidationSettings | None = None
-    settings_path = validation_settings_path(model.validation, found.path)
+    validation: ValidationSettings | None = None
+    settings_path = validation_settings_path(model.validation, found.path, settings.validation_file())
     if settings_path is not None and model.kind == "vlm":
         try:
-            settings = load_validation_settings(settings_path)
+            validation = load_validation_settings(settings_path)
         except SettingsError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         context.log.info(f"validation settings: {settings_path}")
@@ -47,7 +50,7 @@ def validations(
         context.log.info("validation is off for this model: detections pass through unchanged")
     with api_errors():
         table = run_validations(
-            dataset_images, descriptions, masks, settings, services.services(), log=context.log.info
+            dataset_images, descriptions, masks, validation, services.services(), log=context.log.info
         )
     counts = table["validation_outcome"].value_counts().to_dict()
     errors = table["validation_error"].dropna().astype(str)
@@ -63,7 +66,7 @@ def validations(
         metadata={
             "dagster/row_count": len(table),
             "dagster/column_schema": column_schema(table, VALIDATIONS.descriptions),
-            "validation": "on" if settings is not None else "off (pass-through)",
+            "validation": "on" if validation is not None else "off (pass-through)",
             "kept": int(table["kept"].astype(bool).sum()),
             "dropped": int((~table["kept"].astype(bool)).sum()),
             "errors": len(errors),

@@ -189,8 +189,8 @@ def test_duplicate_image_ids_are_refused(sim, images):
 def test_concurrency_limit_is_held(sim, images):
     """The limit is held (never more than 3 in flight, at the client and at the server) and used (3 in
     flight at once). Margins for a loaded machine: the images are prepared beforehand, so the first three
-    requests leave together, and each takes 0.5 s at the server, far longer than any scheduling delay."""
-    sim.set_controls("chat", model="test/model", latency_mean_s=0.5, latency_jitter_s=0.0)
+    requests leave together, and each takes 1 s at the server, far longer than any scheduling delay."""
+    sim.set_controls("chat", model="test/model", latency_mean_s=1.0, latency_jitter_s=0.0)
     settings = description_settings(completion_params())
     batch = [(i, prepare_image(path, settings.png_max_pixels)) for i, path in images[:9]]
     results, chat = describe(sim, settings, batch, concurrency=3)

@@ -14,6 +14,7 @@ simulated chat model's latency and faults at 0 (tests about faults set their own
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,14 @@ import pytest
 from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.defs.io_manager import ParquetIOManagerFactory, read_parquet
 from vlm_gist_dagster.defs.partitions import pair_key
-from vlm_gist_dagster.defs.resources import DatasetsResource, ModelsResource, ServicesResource
+from vlm_gist_dagster.defs.selections import PAIR_ASSET_KEYS
+from vlm_gist_dagster.defs.resources import (
+    SIMULATOR_ENV,
+    DatasetsResource,
+    ModelsResource,
+    ServicesResource,
+    SettingsResource,
+)
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import (
     FAULT_TYPES,
@@ -39,16 +47,9 @@ from vlm_gist_dagster.sim import (
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_SETTINGS = REPO / "settings"
 DATASETS = ("vlm_gist", "coco")
-#: Every per-pair asset of the graph (stages A-E), in graph order.
-PAIR_ASSETS = (
-    "descriptions",
-    "detections",
-    "detection_images",
-    "masks",
-    "validations",
-    "label_matches",
-    "metrics",
-)
+#: Every per-pair asset of the graph (stages A-E), in graph order: the project's one exported selection
+#: (``test_pair_selection_is_the_per_pair_stages`` checks it against the graph).
+PAIR_ASSETS = tuple(key.to_user_string() for key in PAIR_ASSET_KEYS)
 NO_FAULTS = {name: 0.0 for name in FAULT_TYPES}
 SIM_SEED = 0
 #: Chat requests in flight per endpoint during the tests (the default is the CPU count - 1, i.e. 1 here).
@@ -154,8 +155,14 @@ class Bench:
         return {
             "io_manager": ParquetIOManagerFactory(base_path=str(self.assets_dir)),
             "datasets": DatasetsResource(settings_file=str(self.settings_dir / "datasets.json")),
+            "settings": SettingsResource(settings_dir=str(self.settings_dir)),
             "models": ModelsResource(models_dir=str(self.models_dir)),
-            "services": ServicesResource(data_dir=str(self.data_dir), concurrency=concurrency),
+            # The simulator fixture sets VLM_GIST_SIMULATOR as `vlm-gist run` does.
+            "services": ServicesResource(
+                data_dir=str(self.data_dir),
+                concurrency=concurrency,
+                simulator=os.environ.get(SIMULATOR_ENV) == "1",
+            ),
         }
 
     def definitions(self, **kwargs) -> dg.Definitions:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import dagster as dg
 import pytest
 
-from vlm_gist_dagster.definitions import ASSETS
+from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.defs.metrics import leaderboard
 from vlm_gist_dagster.defs.settings_assets import detection_settings, label_matching_settings
 
@@ -176,7 +176,7 @@ def test_with_plain_eager_the_failed_pair_would_block_the_leaderboard(bench: Ben
     eager = leaderboard.map_asset_specs(
         lambda spec: spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
     )
-    assets = [eager if a is leaderboard else a for a in ASSETS]
+    assets = [eager if a is leaderboard else a for a in build_definitions().assets]
     defs = dg.Definitions(assets=assets, resources=bench.definitions().resources)
     assert _leaderboard_after_one_pair_failed(defs) == {}
 
@@ -197,13 +197,18 @@ def test_changed_detection_settings_recompute_detections_and_below_not_descripti
         materialise(instance, ["leaderboard"], [None])
         tick1 = evaluate(defs, instance)
         assert requested(tick1) == {}
-        cursor = settings_sensor(dg.build_sensor_context(instance=instance)).cursor
+        resources = {k: bench.resources()[k] for k in ("settings", "models")}
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            first = settings_sensor(context)
+        for event in first.asset_events:  # as the daemon records them
+            instance.report_runless_asset_event(event)
 
         path = bench.settings_dir / "detection" / "detection.json"
         settings = json.loads(path.read_text())
         settings["conf_threshold"] = 0.25
         path.write_text(json.dumps(settings, indent=2))
-        result = settings_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            result = settings_sensor(context)
         assert [(r.asset_selection, r.partition_key) for r in result.run_requests] == [
             ([dg.AssetKey("detection_settings")], None)
         ]

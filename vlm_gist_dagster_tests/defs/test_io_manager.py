@@ -33,12 +33,34 @@ def test_round_trip_keeps_nested_masks(tmp_path):
     assert back["x"].tolist() == [0.1, 0.2]
 
 
-def test_failed_write_leaves_the_old_file_and_no_temp_files(tmp_path):
+def test_failed_write_leaves_the_old_file_and_no_temp_files(tmp_path, monkeypatch):
+    """A writer that dies half-way (disk full, killed worker) leaves the old file as it was and removes
+    its partial temporary file."""
     path = tmp_path / "t.parquet"
     write_parquet(pd.DataFrame({"a": [1]}), path)
-    bad = pd.DataFrame({"a": [object()]})  # pyarrow cannot convert this
+    partial_files: list[Path] = []
+
+    def write_half_then_fail(table, where, *args, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a file")
+        partial_files.append(Path(where))
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("vlm_gist_dagster.parquet.pq.write_table", write_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_parquet(pd.DataFrame({"a": [2]}), path)
+    monkeypatch.undo()
+    # the write reached the temporary file (so the cleanup branch ran), and that file is gone
+    assert len(partial_files) == 1 and partial_files[0] != path and partial_files[0].parent == tmp_path
+    assert not partial_files[0].exists()
+    assert read_parquet(path)["a"].tolist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_unconvertible_frame_is_refused_before_any_file_is_touched(tmp_path):
+    path = tmp_path / "t.parquet"
+    write_parquet(pd.DataFrame({"a": [1]}), path)
     with pytest.raises(Exception):
-        write_parquet(bad, path)
+        write_parquet(pd.DataFrame({"a": [object()]}), path)  # pyarrow cannot convert this
     assert read_parquet(path)["a"].tolist() == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
 

@@ -448,7 +448,7 @@ def test_leaderboard_lists_missing_pairs_and_ranks_the_others(full_run, tmp_path
     """A pair whose metrics are missing (its run failed) does not stop the leaderboard: it is listed as
     missing, the other pairs are ranked, and the weighted table keeps only models present on both
     datasets. With no metrics at all the leaderboard still materialises (and says so)."""
-    from vlm_gist_dagster.definitions import ASSETS
+    from vlm_gist_dagster.definitions import build_definitions
 
     bench, _ = full_run
     partial = Bench.create(tmp_path / "partial", MODELS)
@@ -461,7 +461,10 @@ def test_leaderboard_lists_missing_pairs_and_ranks_the_others(full_run, tmp_path
     with partial.activated(), dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", list(MODELS))
         result = dg.materialize(
-            ASSETS, selection=["leaderboard"], instance=instance, resources=partial.resources()
+            build_definitions().assets,
+            selection=["leaderboard"],
+            instance=instance,
+            resources=partial.resources(),
         )
         assert result.success
         metadata = result.asset_materializations_for_node("leaderboard")[0].metadata

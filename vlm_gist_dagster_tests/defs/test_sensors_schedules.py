@@ -106,18 +106,6 @@ def test_every_edit_of_a_model_file_gets_a_new_run_key(bench: Bench):
         assert [r.run_key for r in retried[0].run_requests] == [r.run_key for r in retried[1].run_requests]
 
 
-def test_a_cursor_of_the_first_version_is_still_read(bench: Bench):
-    """Before change counts, the cursor was ``{model key: sha256}``; a daemon upgraded in place keeps it."""
-    path = bench.add_model("sim_strong")
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("models", ["sim_strong"])
-        old_cursor = json.dumps({"sim_strong": discover_models(bench.models_dir)[0][0].sha256})
-        assert tick_model_sensor(bench, instance, old_cursor).run_requests == []
-        edit(path, display_name="Sim strong v2 (simulated)")
-        result = tick_model_sensor(bench, instance, old_cursor)
-        assert sorted(r.partition_key for r in result.run_requests) == sorted(pair_keys(["sim_strong"]))
-
-
 def test_bad_model_file_name_is_reported_not_fatal(bench: Bench, capfd):
     bench.add_model("sim_strong")
     bench.add_model("sim_medium", as_name="Sim Medium")  # upper case and a space: not a valid key
@@ -155,9 +143,15 @@ def test_the_paper_s_47_description_settings_files_become_47_partitions(
 # ------------------------------------------------------------------------------------- settings sensor
 
 
-def settings_tick(instance, cursor=None) -> dg.SensorResult:
-    result = settings_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+def settings_tick(bench: Bench, instance) -> dg.SensorResult:
+    """One tick of ``settings_sensor``, its settings-file versions recorded in ``instance`` as the daemon
+    records a sensor's asset events (the sensor keeps no cursor: the instance is its memory)."""
+    resources = {k: bench.resources()[k] for k in ("settings", "models")}
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = settings_sensor(context)
     assert isinstance(result, dg.SensorResult), result
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
     return result
 
 
@@ -167,39 +161,39 @@ def requests_of(result: dg.SensorResult) -> list[tuple[str, str | None]]:
 
 def test_settings_sensor_requests_each_changed_settings_file_once(bench: Bench):
     with dg.instance_for_test() as instance:
-        first = settings_tick(instance)
+        first = settings_tick(bench, instance)
         assert requests_of(first) == [
             ("detection_settings", None),
             ("label_matching_settings", "coco"),
             ("label_matching_settings", "vlm_gist"),
         ]
-        assert settings_tick(instance, first.cursor).run_requests == []
+        assert settings_tick(bench, instance).run_requests == []
         coco = bench.settings_dir / "label_matching" / "coco.json"
         settings = json.loads(coco.read_text())
         settings["levenshtein_threshold"] = 1
         coco.write_text(json.dumps(settings, indent=2))
-        second = settings_tick(instance, first.cursor)
+        second = settings_tick(bench, instance)
         assert requests_of(second) == [("label_matching_settings", "coco")]
-        assert settings_tick(instance, second.cursor).run_requests == []
+        assert settings_tick(bench, instance).run_requests == []
 
 
 def test_settings_sensor_skips_files_whose_content_is_already_materialised(bench: Bench):
     """The first tick on an instance where ``vlm-gist run`` already materialised the settings (e.g.
     ``vlm-gist dev`` started afterwards) requests only what is missing or different: re-materialising an
     unchanged settings file would make automation recompute six stages of every pair."""
-    io_manager = {"io_manager": bench.resources()["io_manager"]}
+    io_manager = {k: bench.resources()[k] for k in ("io_manager", "settings")}
     with dg.instance_for_test() as instance:
         assert dg.materialize([detection_settings], instance=instance, resources=io_manager).success
         result = dg.materialize(
             [label_matching_settings], partition_key="coco", instance=instance, resources=io_manager
         )
         assert result.success
-        first = settings_tick(instance)
+        first = settings_tick(bench, instance)
         assert requests_of(first) == [("label_matching_settings", "vlm_gist")]
         # a later change is still acted on
         path = bench.settings_dir / "detection" / "detection.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "conf_threshold": 0.25}, indent=2))
-        assert requests_of(settings_tick(instance, first.cursor)) == [("detection_settings", None)]
+        assert requests_of(settings_tick(bench, instance)) == [("detection_settings", None)]
 
 
 def test_settings_sensor_run_keys_differ_for_every_change(bench: Bench):
@@ -207,12 +201,12 @@ def test_settings_sensor_run_keys_differ_for_every_change(bench: Bench):
     path = bench.settings_dir / "detection" / "detection.json"
     original = json.loads(path.read_text())
     with dg.instance_for_test() as instance:
-        tick = settings_tick(instance)
+        tick = settings_tick(bench, instance)
         detection = dg.AssetKey("detection_settings")
         keys = [r.run_key for r in tick.run_requests if r.asset_selection == [detection]]
         for threshold in (0.25, original["conf_threshold"], 0.25):
             path.write_text(json.dumps({**original, "conf_threshold": threshold}, indent=2))
-            tick = settings_tick(instance, tick.cursor)
+            tick = settings_tick(bench, instance)
             assert requests_of(tick) == [("detection_settings", None)]
             keys.append(tick.run_requests[0].run_key)
         assert len(set(keys)) == 4, keys
@@ -221,7 +215,7 @@ def test_settings_sensor_run_keys_differ_for_every_change(bench: Bench):
 def test_settings_sensor_reports_a_missing_file_and_goes_on(bench: Bench, capfd):
     (bench.settings_dir / "label_matching" / "coco.json").unlink()
     with dg.instance_for_test() as instance:
-        result = settings_tick(instance)
+        result = settings_tick(bench, instance)
     assert requests_of(result) == [("detection_settings", None), ("label_matching_settings", "vlm_gist")]
     assert "coco.json: settings file is missing" in capfd.readouterr().err
 

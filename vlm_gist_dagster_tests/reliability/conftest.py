@@ -9,6 +9,7 @@ process on ephemeral loopback ports; tests that need particular controls set the
 from __future__ import annotations
 
 import contextlib
+import os
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.defs.io_manager import ParquetIOManagerFactory, read_parquet
-from vlm_gist_dagster.defs.resources import ModelsResource, ServicesResource
+from vlm_gist_dagster.defs.resources import SIMULATOR_ENV, ModelsResource, ServicesResource
 from vlm_gist_dagster.runner import patched_environ
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +98,12 @@ class Deployment:
             resources={
                 "io_manager": ParquetIOManagerFactory(base_path=str(self.assets_dir)),
                 "models": ModelsResource(models_dir=str(self.models_dir)),
-                "services": ServicesResource(data_dir=str(self.data_dir), concurrency=CONCURRENCY),
+                # simulator mode as the environment (the simulator fixture) says
+                "services": ServicesResource(
+                    data_dir=str(self.data_dir),
+                    concurrency=CONCURRENCY,
+                    simulator=os.environ.get(SIMULATOR_ENV) == "1",
+                ),
             }
         )
 

@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 
 from vlm_gist_dagster.defs.partitions import pair_key
+from vlm_gist_dagster.defs.selections import PAIR_ASSET_KEYS
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import SERVER_NAMES, start_simulator
 
@@ -35,15 +36,7 @@ from .conftest import REPO, Deployment, run_job, write_model
 
 MODEL, KEY = "rel/resume", "resume"
 PAIR = str(pair_key("coco", KEY))
-PAIR_ASSETS = (
-    "descriptions",
-    "detections",
-    "detection_images",
-    "masks",
-    "validations",
-    "label_matches",
-    "metrics",
-)
+PAIR_ASSETS = tuple(key.to_user_string() for key in PAIR_ASSET_KEYS)
 #: Columns that record wall-clock time or how a value was obtained (live or from the cache).
 VOLATILE = {"duration_s", "attempt_log_json", "from_cache", "time"}
 CHILD = """
@@ -126,13 +119,15 @@ def runs(tmp_path_factory, coco_dataset):
                 wait_for(lambda: len(answered(sim)) >= 8, 120, "8 described images")
                 sim.set_controls("chat", model=MODEL, latency_mean_s=60.0)  # the next answers will not come
 
+                # Quiet for 1.5 s (7x the 0.2 s answers still in flight when the latency went up, so a
+                # loaded machine's scheduling delays fit inside it) and every answer cached.
                 def quiet_and_cached() -> bool:
                     before = (len(answered(sim)), cache_files(interrupted))
-                    time.sleep(0.3)
+                    time.sleep(1.5)
                     after = (len(answered(sim)), cache_files(interrupted))
                     return before == after and after[0] == after[1]
 
-                wait_for(quiet_and_cached, 30, "every answered request to be cached")
+                wait_for(quiet_and_cached, 90, "every answered request to be cached")
                 assert child.poll() is None, "the pair run ended before it could be killed"
                 killed_after = len(answered(sim))
                 os.kill(child.pid, signal.SIGKILL)

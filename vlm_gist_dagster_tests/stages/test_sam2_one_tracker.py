@@ -215,9 +215,9 @@ def test_a_client_loads_again_when_another_switched_the_flavour(tmp_path):
 
 
 def test_the_masks_step_is_in_the_pool_of_its_sam2_server(monkeypatch):
-    from vlm_gist_dagster.definitions import defs
+    from vlm_gist_dagster.definitions import build_definitions
 
-    assert defs.resolve_assets_def("masks").op.pool == vision_server_pool("sam2_realtime")
+    assert build_definitions().resolve_assets_def("masks").op.pool == vision_server_pool("sam2_realtime")
     monkeypatch.setenv("VLM_GIST_VISION_URL_SAM2_REALTIME", "https://gpu-box.lab")
     assert vision_server_pool("sam2_realtime") == "sam2_realtime@gpu-box.lab:443"
     monkeypatch.setenv("VLM_GIST_VISION_URL_SAM2_REALTIME", "http://10.0.0.7:9001")
