@@ -46,6 +46,7 @@ from .description import (
 )
 from .detection import DetectionSettings
 from .errors import SettingsError
+from .grounding import GROUNDING_LABELS, GROUNDING_MODES, GroundingMode, GroundingSettings, grounding_label
 from .kinds import SettingsKind, detect_kind
 from .label_matching import (
     AUGMENTED_TARGETS,
@@ -103,6 +104,10 @@ __all__ = [
     "DetectionSettings",
     "DictItem",
     "FlorencePrompt",
+    "GROUNDING_LABELS",
+    "GROUNDING_MODES",
+    "GroundingMode",
+    "GroundingSettings",
     "ImageDetail",
     "InvalidModelKey",
     "LabelMatchingSettings",
@@ -122,6 +127,7 @@ __all__ = [
     "ValueNormalization",
     "detect_kind",
     "display_name_from_stem",
+    "grounding_label",
     "load_baseline_settings",
     "load_description_settings",
     "load_detection_settings",
