@@ -1,5 +1,6 @@
 """Stage B assets: ``detections`` + ``detection_images`` (MM-Grounding-DINO, or a baseline detector) and
-``masks`` (SAM2), per (dataset, model)."""
+``masks`` (SAM2), per (dataset, model). A model file's ``grounding`` mode may replace them with SAM 3 or the
+VLM's own boxes (``protocol.settings.grounding``); the assets and their tables stay the same."""
 
 import dagster as dg
 import pandas as pd
@@ -68,6 +69,7 @@ def detections(
             "over_detections": int(table["is_over_detection"].fillna(False).astype(bool).sum()),
             "images_with_prompts": int((per_image["num_prompts"] > 0).sum()),
             "image_errors": len(errors),
+            "grounding_mode": model.grounding.mode if model.kind == "vlm" else model.baseline.model_name,
             "preview": md_table(table),
         },
     )
@@ -148,6 +150,7 @@ def masks(
             "with_mask": int(table["mask"].notna().sum()),
             "without_mask": int(table["mask"].isna().sum()),
             "segmentation_errors": int(table["segmentation_error"].notna().sum()),
+            "grounding_mode": model.grounding.mode if model.kind == "vlm" else model.baseline.model_name,
             "preview": md_table(table),
         },
     )
