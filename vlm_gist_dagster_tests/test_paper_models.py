@@ -96,6 +96,7 @@ def test_the_paper_folder_is_not_benchmarked_by_default():
         "sim_strong_sam3",
         "sim_strong_boxes",
         "sim_strong_boxes_sam2",
+        "sim_sam3_classes",
     }
 
 

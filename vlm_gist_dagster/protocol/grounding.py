@@ -45,12 +45,14 @@ from .detection import over_detection_flags
 from .detections import BoxXYXY, Detections
 from .responses import ResponseFormatError, entries, int_box, string_field
 from .segmentation import Sam2Track, decode_sam2_track
+from .settings import BaselineSettings
 
 __all__ = [
     "Box2D",
     "box_2d_to_xyxy",
     "parse_box_2d",
     "parse_sam3_response",
+    "sam3_classes_request",
     "sam3_prompts",
     "sam3_request",
     "select_sam3",
@@ -121,6 +123,19 @@ def sam3_request(
             "mask_threshold": float(mask_threshold),
         },
     }
+
+
+def sam3_classes_request(
+    image_b64: str, settings: BaselineSettings, class_names: Sequence[str] | None
+) -> dict[str, Any]:
+    """Body of the ``sam3_classes`` baseline's ``/infer``: SAM 3 prompted with the settings'
+    ``model_classes``, else ``class_names`` (the dataset's), in that order; ValueError without either."""
+    classes = list(settings.model_classes or class_names or [])
+    if not classes:
+        raise ValueError("a sam3 baseline needs class names: set model_classes, or the dataset must have some")
+    return sam3_request(
+        image_b64, classes, min_confidence=settings.model_min_confidence, mask_threshold=settings.model_mask_threshold
+    )
 
 
 def parse_sam3_response(

@@ -8,7 +8,8 @@ come from the ground truth: a prompt refers to the GT instances the simulator's 
 in the prompt, which for SAM 3's concept prompts means *every* instance of that concept). Each is found
 with probability ``recall``, its box jittered by ``box_jitter``, scored in [0.6, 0.95) (exact) or
 [0.55, 0.9) (by concept); ``distractors`` wrong boxes per prompt score in [0.2, 0.6), so some pass the
-default ``min_confidence`` of 0.5. Masks are the GT mask cut to the box (:func:`.sam2.mask_for_box`),
+default ``min_confidence`` of 0.5, unless the concept is not in the image at all ([0.05, 0.45): SAM 3's
+presence score keeps absent concepts quiet, which matters for the ``sam3_classes`` baseline's 80 prompts). Masks are the GT mask cut to the box (:func:`.sam2.mask_for_box`),
 encoded as SAM 2's crops. A result depends on the seed, the flavour, the image and the prompt only.
 """
 
@@ -120,7 +121,9 @@ def sam3_detections(
                 box = jitter_box(image.box_xyxy(inst, width, height), controls.box_jitter, gen, width, height)
             else:
                 box = random_box(gen, width, height)
-            found.append((0.2 + 0.4 * gen.random(), box))
+            # a concept that is in the image draws look-alikes that may pass 0.5; an absent one is caught by
+            # SAM 3's presence head (its distractors stay below 0.45)
+            found.append(((0.2 if candidates else 0.05) + 0.4 * gen.random(), box))
         found = sorted((f for f in found if f[0] > params.min_confidence), key=lambda f: -f[0])
         for score, box in found[: params.max_detections]:
             mask = mask_for_box(image, width, height, box, grow_thin=True)

@@ -45,6 +45,7 @@ from ..protocol.grounding import (
     box_2d_to_xyxy,
     parse_box_2d,
     parse_sam3_response,
+    sam3_classes_request,
     sam3_prompts,
     sam3_request,
     select_sam3,
@@ -177,7 +178,8 @@ def _detection_rows(
 
 
 def _baseline_rows(image_id: str, found: Detections) -> list[dict]:
-    """One row per detection of a baseline's image: its label as the object name, no score, no prompt."""
+    """One row per detection of a baseline's image: its label as the object name, no prompt, and no score
+    (Florence-2, Kosmos-2) or SAM 3's (``sam3_classes``)."""
     return [
         {
             "image_id": image_id,
@@ -190,10 +192,12 @@ def _baseline_rows(image_id: str, found: Detections) -> list[dict]:
             "y1": box[1],
             "x2": box[2],
             "y2": box[3],
-            "confidence": math.nan,
+            "confidence": confidence,
             "is_over_detection": None,
         }
-        for j, (label, box) in enumerate(zip(found.label.tolist(), found.xyxy.tolist()))
+        for j, (label, box, confidence) in enumerate(
+            zip(found.label.tolist(), found.xyxy.tolist(), found.confidence.tolist())
+        )
     ]
 
 
@@ -218,8 +222,12 @@ def run_detections(
     services: Services,
     *,
     log: Callable[[str], None] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(detections, detection_images)``: one row per detector output, one row per image."""
+    """``(detections, detection_images)``: one row per detector output, one row per image.
+
+    ``class_names``: the dataset's class names, which a ``sam3`` baseline (``sam3_classes``) prompts SAM 3
+    with unless its settings list ``model_classes``."""
     paths = dict(zip(images["image_id"], images["path"]))
     objects = _objects_by_image(descriptions)
     baseline = model.baseline if model.kind == "baseline" else None
@@ -239,6 +247,9 @@ def run_detections(
             async def work(image_id: str) -> Any:
                 start = time.perf_counter()
                 try:
+                    if baseline is not None and baseline.model_name == "sam3":
+                        body = sam3_classes_request(vision_image(paths[image_id]).base64, baseline, class_names)
+                        return parse_sam3_response(await vision.infer_cached(flavor, body))
                     if baseline is not None:
                         body = baseline_request(vision_image(paths[image_id]).base64, baseline)
                         return parse_baseline_response(
@@ -262,10 +273,13 @@ def run_detections(
             return results, prompts, durations
 
     results, prompts, durations = asyncio.run(main())
+    sam3_classes = baseline is not None and baseline.model_name == "sam3"
     det_rows: list[dict] = []
     image_rows: list[dict] = []
     for image_id in images["image_id"]:
         p = prompts.get(image_id, [])
+        if sam3_classes:  # the concept prompts it sent (the masks stage asks the same again)
+            p = list(dict.fromkeys(baseline.model_classes or class_names or []))
         result = results.get(image_id)
         error = _error_text(result) if isinstance(result, BaseException) else None
         found = Detections.empty() if (result is None or error) else result
@@ -471,6 +485,8 @@ def run_masks(
     baseline: BaselineSettings | None = model.baseline if model.kind == "baseline" else None
     grounding = model.grounding if baseline is None else None
     mode = grounding.mode if grounding is not None else "mmgd_sam2"
+    if baseline is not None and baseline.model_name == "sam3":
+        mode = "sam3"  # sam3_classes: SAM 3's own masks, as in the sam3 grounding mode
     seg = baseline if baseline is not None else detection
     info = images.set_index("image_id")
     prompts = dict(zip(detection_images["image_id"], detection_images["prompts"]))
@@ -478,7 +494,7 @@ def run_masks(
 
     async def main() -> dict[str, Any]:
         if mode == "sam3" and by_image:
-            return await _sam3_masks(grounding, model, info, prompts, by_image, services, log)  # type: ignore[arg-type]
+            return await _sam3_masks(model, info, prompts, by_image, services, log)
         if not by_image or seg.segmentation_name is None or mode == "vlm_boxes":
             return {}
         async with services.vision_client(seg.segmentation_name) as vision:
@@ -515,7 +531,6 @@ def run_masks(
 
 
 async def _sam3_masks(
-    grounding: GroundingSettings,
     model: ModelSettings,
     info: pd.DataFrame,
     prompts: dict[str, Any],
@@ -523,19 +538,29 @@ async def _sam3_masks(
     services: Services,
     log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
-    """``sam3``: the masks of the instances the detections stage kept, from the same SAM 3 request (the
-    response cache answers it; with the cache bypassed or refreshed, SAM 3 is asked again)."""
+    """``sam3`` (and the ``sam3_classes`` baseline): the masks of the instances the detections stage kept,
+    from the same SAM 3 request (the response cache answers it; with the cache bypassed or refreshed, SAM 3
+    is asked again)."""
+    baseline = model.baseline if model.kind == "baseline" else None
+    flavor = baseline.model_flavor if baseline is not None else model.grounding.sam3_flavor
     async with services.vision_client("sam3") as vision:
 
         async def work(image_id: str) -> Any:
             group = by_image[image_id]
-            image_prompts = [str(p) for p in prompts[image_id]]
-            body = _sam3_body(info.at[image_id, "path"], image_prompts, grounding)
-            response = await vision.infer_cached(grounding.sam3_flavor, body)
             size = int(info.at[image_id, "width"]), int(info.at[image_id, "height"])
-            found = parse_sam3_response(response, prompts=image_prompts, image_size=size)
-            kept, _ = select_sam3(found, image_prompts, keep_all=grounding.sam3_keep_all)
-            if kept.label.tolist() != group["prompt"].tolist() or not (
+            path = info.at[image_id, "path"]
+            if baseline is not None:
+                body = sam3_classes_request(vision_image(path).base64, baseline, [str(c) for c in prompts[image_id]])
+                found = parse_sam3_response(await vision.infer_cached(flavor, body), image_size=size)
+                kept, label = found, "object_name"
+            else:
+                image_prompts = [str(p) for p in prompts[image_id]]
+                body = _sam3_body(path, image_prompts, model.grounding)
+                response = await vision.infer_cached(flavor, body)
+                found = parse_sam3_response(response, prompts=image_prompts, image_size=size)
+                kept, _ = select_sam3(found, image_prompts, keep_all=model.grounding.sam3_keep_all)
+                label = "prompt"
+            if kept.label.tolist() != group[label].tolist() or not (
                 kept.xyxy == group[["x1", "y1", "x2", "y2"]].to_numpy()
             ).all():
                 raise RuntimeError(

@@ -1,5 +1,5 @@
 """Every grounding mode through the Dagster graph on the simulator: the shipped simulated model of each
-new mode, one COCO pair each, then the leaderboard, where each mode is its own row (the paper's mode,
+new mode and the ``sam3_classes`` baseline, one COCO pair each, then the leaderboard, where each mode is its own row (the paper's mode,
 ``sim_strong``, goes through the same graph in ``test_pipeline``)."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import pytest
 
 from .conftest import PAIR_ASSETS, Bench, pair_keys, run_inputs, run_job
 
-MODELS = ("sim_strong_sam3", "sim_strong_boxes", "sim_strong_boxes_sam2")
+MODELS = ("sim_strong_sam3", "sim_strong_boxes", "sim_strong_boxes_sam2", "sim_sam3_classes")
 DISPLAY = {
     "sim_strong_sam3": "Sim strong + SAM 3 (simulated)",
     "sim_strong_boxes": "Sim strong + VLM boxes (simulated)",
     "sim_strong_boxes_sam2": "Sim strong + VLM boxes + SAM2 (simulated)",
+    "sim_sam3_classes": "Sim SAM 3 classes (simulated)",
 }
 
 
@@ -51,7 +52,7 @@ def test_each_mode_has_sensible_rows(modes_run):
         assert float(metrics[model]["rec"].iloc[0]) > 0.2, model
     # SAM2 or SAM 3 give masks; the VLM's own boxes alone do not
     assert masks["sim_strong_boxes"]["mask"].isna().all()
-    for model in ("sim_strong_sam3", "sim_strong_boxes_sam2"):
+    for model in ("sim_strong_sam3", "sim_strong_boxes_sam2", "sim_sam3_classes"):
         assert masks[model]["mask"].notna().mean() > 0.9, model
     # the VLM-box modes share stage A (same prompt, cached) and so their boxes
     boxes = ["image_id", "x1", "y1", "x2", "y2"]

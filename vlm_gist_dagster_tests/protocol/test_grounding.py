@@ -198,3 +198,26 @@ def test_description_settings_accept_the_box_item():
         {"key": "box_2d", "type": "box_2d", "required": True},
     ]
     assert DescriptionSettings(dict_items=items).dict_items[2].type == "box_2d"
+
+
+def test_sam3_baseline_settings():
+    from vlm_gist_dagster.protocol.grounding import sam3_classes_request
+    from vlm_gist_dagster.protocol.settings import BaselineSettings
+
+    model = load_model_settings(MODELS / "sim_sam3_classes.json")
+    assert model.kind == "baseline" and model.baseline.model_name == "sam3"
+    body = sam3_classes_request("QUJD", model.baseline, ["person", "cup", "person"])
+    assert body["inference_parameters"]["prompts"] == ["person", "cup"]
+    own = BaselineSettings.model_validate(
+        {"model_name": "sam3", "model_flavor": "sam3", "segmentation_name": None, "model_classes": ["cat"]}
+    )
+    assert sam3_classes_request("QUJD", own, ["person"])["inference_parameters"]["prompts"] == ["cat"]
+    with pytest.raises(ValueError, match="needs class names"):
+        sam3_classes_request("QUJD", model.baseline, [])
+    for bad, message in (
+        ({"model_name": "sam3", "model_flavor": "sam3"}, "segmentation_name to null"),
+        ({"model_name": "sam3", "segmentation_name": None, "model_prompt": "x"}, "model_classes"),
+        ({"model_name": "florence2", "model_classes": ["cat"]}, "for sam3 baselines"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            BaselineSettings.model_validate(bad)

@@ -26,6 +26,7 @@ def test_shipped_sim_models_are_valid_simulated_model_files():
     assert [p.stem for p in SIM_MODEL_FILES] == [
         "sim_florence_od",
         "sim_medium",
+        "sim_sam3_classes",
         "sim_strong",
         "sim_strong_boxes",
         "sim_strong_boxes_sam2",

@@ -12,7 +12,7 @@ import pytest
 
 from vlm_gist_dagster.protocol.endpoints import ENDPOINTS
 from vlm_gist_dagster.protocol.masks import decode_rle
-from vlm_gist_dagster.protocol.settings import load_detection_settings, load_model_settings
+from vlm_gist_dagster.protocol.settings import COCO_TARGETS, load_detection_settings, load_model_settings
 from vlm_gist_dagster.sim import SERVER_NAMES, run_simulator
 from vlm_gist_dagster.stages.descriptions import run_descriptions
 from vlm_gist_dagster.stages.grounding import run_detections, run_masks
@@ -46,11 +46,13 @@ def sim_and_services(coco_dataset, tmp_path_factory):
         )
 
 
-def _run(images, services, model_file: str):
+def _run(images, services, model_file: str, class_names=None):
     model = load_model_settings(SETTINGS / "models" / f"{model_file}.json")
     detection = load_detection_settings(SETTINGS / "detection" / "detection.json")
     descriptions = run_descriptions(images, model, services)
-    detections, detection_images = run_detections(images, descriptions, model, detection, services)
+    detections, detection_images = run_detections(
+        images, descriptions, model, detection, services, class_names=class_names
+    )
     masks = run_masks(images, detections, detection_images, model, detection, services)
     for frame, spec in ((detections, DETECTIONS), (detection_images, DETECTION_IMAGES), (masks, MASKS)):
         assert tuple(frame.columns) == spec.names
@@ -128,3 +130,21 @@ def test_sam3_grounds_object_names(images, sim_and_services):
         ys, xs = np.nonzero(decode_rle(row.mask))
         # the SAM 3 mask lies inside SAM 3's box (the simulator cuts the GT mask to the box)
         assert xs.min() >= row.x1 - 1 and ys.min() >= row.y1 - 1 and xs.max() <= row.x2 and ys.max() <= row.y2
+
+
+def test_sam3_classes_baseline_prompts_the_dataset_classes(images, sim_and_services, coco_dataset):
+    sim, services = sim_and_services
+    sim.request_log.clear()
+    _, detections, detection_images, masks = _run(images, services, "sim_sam3_classes", class_names=COCO_TARGETS)
+    assert _families(sim) == {"sam3"}
+    assert len([e for e in sim.request_log.snapshot() if e.path == "/infer"]) == N_IMAGES  # masks: cached
+    assert all(list(p) == list(COCO_TARGETS) for p in detection_images["prompts"])
+    assert (detection_images["num_prompts"] == 1).all()  # a baseline image counts once (Ins., spec §6)
+    assert detections["object_name"].isin(COCO_TARGETS).all() and (detections["confidence"] > 0.5).all()
+    assert detections["prompt"].isna().all() and detections["is_over_detection"].isna().all()
+    # the simulated SAM 3 finds (recall 0.9) the GT classes of each image and no absent one
+    gt = coco_dataset.ground_truth
+    for image_id, found in detections.groupby("image_id"):
+        present = set(gt.loc[gt["image_id"] == image_id, "label"])
+        assert set(found["object_name"]) <= present and len(set(found["object_name"])) >= len(present) // 2
+    assert masks["mask"].notna().all() and len(masks) == len(detections)
