@@ -86,10 +86,10 @@ def box_2d_to_xyxy(box: Box2D, *, width: int, height: int) -> BoxXYXY:
     """A normalised ``(y_min, x_min, y_max, x_max)`` → pixel ``(x1, y1, x2, y2)``: each edge rounded to the
     nearest pixel, kept inside the image and at least one pixel wide and tall."""
     y1, x1, y2, x2 = box
-    px1 = min(int(round(x1 * width / 1000.0)), width - 1)
-    py1 = min(int(round(y1 * height / 1000.0)), height - 1)
-    px2 = min(max(int(round(x2 * width / 1000.0)), px1 + 1), width)
-    py2 = min(max(int(round(y2 * height / 1000.0)), py1 + 1), height)
+    px1 = min(round(x1 * width / 1000.0), width - 1)
+    py1 = min(round(y1 * height / 1000.0), height - 1)
+    px2 = min(max(round(x2 * width / 1000.0), px1 + 1), width)
+    py2 = min(max(round(y2 * height / 1000.0), py1 + 1), height)
     return (px1, py1, px2, py2)
 
 
@@ -132,9 +132,14 @@ def sam3_classes_request(
     ``model_classes``, else ``class_names`` (the dataset's), in that order; ValueError without either."""
     classes = list(settings.model_classes or class_names or [])
     if not classes:
-        raise ValueError("a sam3 baseline needs class names: set model_classes, or the dataset must have some")
+        raise ValueError(
+            "a sam3 baseline needs class names: set model_classes, or the dataset must have some"
+        )
     return sam3_request(
-        image_b64, classes, min_confidence=settings.model_min_confidence, mask_threshold=settings.model_mask_threshold
+        image_b64,
+        classes,
+        min_confidence=settings.model_min_confidence,
+        mask_threshold=settings.model_mask_threshold,
     )
 
 
@@ -160,10 +165,14 @@ def parse_sam3_response(
     for k, (where, entry) in enumerate(entries(response, "detections", image, "SAM 3")):
         prompt = string_field(entry, "prompt", where, "SAM 3")
         if allowed is not None and prompt not in allowed:
-            raise ResponseFormatError(f"SAM 3 response field '{where}.prompt' is {prompt!r}, which was not requested")
+            raise ResponseFormatError(
+                f"SAM 3 response field '{where}.prompt' is {prompt!r}, which was not requested"
+            )
         confidence = entry.get("confidence")
         if not isinstance(confidence, (int, float)) or isinstance(confidence, bool):
-            raise ResponseFormatError(f"SAM 3 response field '{where}.confidence' must be a number, got {confidence!r}")
+            raise ResponseFormatError(
+                f"SAM 3 response field '{where}.confidence' must be a number, got {confidence!r}"
+            )
         labels.append(prompt)
         boxes.append(int_box(entry, where, "SAM 3"))
         scores.append(float(confidence))
@@ -183,7 +192,9 @@ def parse_sam3_response(
     return found.with_masks(masks) if image_size is not None else found
 
 
-def select_sam3(found: Detections, prompts: Sequence[str], *, keep_all: bool = False) -> tuple[Detections, np.ndarray]:
+def select_sam3(
+    found: Detections, prompts: Sequence[str], *, keep_all: bool = False
+) -> tuple[Detections, np.ndarray]:
     """``(kept instances, is_over_detection)``: for each prompt occurrence in ``prompts`` (one per
     described object), the best instance of that prompt not yet taken is direct (spec §4.4 step 4's rule);
     the rest are over-detections, kept only with ``keep_all``. Server order is kept.
@@ -197,7 +208,11 @@ def select_sam3(found: Detections, prompts: Sequence[str], *, keep_all: bool = F
     """
     flags = np.asarray(
         over_detection_flags(
-            list(prompts), found.label.tolist(), found.confidence.tolist(), over_detect=1.0, conf_threshold=-math.inf
+            list(prompts),
+            found.label.tolist(),
+            found.confidence.tolist(),
+            over_detect=1.0,
+            conf_threshold=-math.inf,
         ),
         dtype=bool,
     )

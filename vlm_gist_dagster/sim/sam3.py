@@ -78,7 +78,9 @@ def parse_infer_request(payload: Any) -> tuple[list[Any], list[Sam3Parameters]]:
             raise RejectedRequest(f"Missing 'prompts' in inference_parameters[{i}]")
         prompts = [p["prompts"]] if isinstance(p["prompts"], str) else p["prompts"]
         if not isinstance(prompts, list) or not all(isinstance(s, str) and s.strip() for s in prompts):
-            raise RejectedRequest(f"Invalid 'prompts' in inference_parameters[{i}]: a list of non-empty strings")
+            raise RejectedRequest(
+                f"Invalid 'prompts' in inference_parameters[{i}]: a list of non-empty strings"
+            )
         values = []
         for key in ("min_confidence", "mask_threshold"):
             value = p.get(key, 0.5)
@@ -111,7 +113,9 @@ def sam3_detections(
         for index in candidates:
             if gen.random() >= controls.recall:
                 continue
-            box = jitter_box(image.box_xyxy(image.instances[index], width, height), controls.box_jitter, gen, width, height)
+            box = jitter_box(
+                image.box_xyxy(image.instances[index], width, height), controls.box_jitter, gen, width, height
+            )
             found.append(((0.6 if exact else 0.55) + 0.35 * gen.random(), box))
             used.add(index)
         others = [i for i in range(len(image.instances)) if i not in used]

@@ -402,7 +402,6 @@ class VisionServer:
         }
         return self._respond(plan, {"artifact": artifact})
 
-
     # ---------------------------------------------------------------- sam3
     async def _infer_sam3(self, request: Request, timer: RequestTimer) -> Response:
         images, parameters = sam3.parse_infer_request(await self._payload(request))
@@ -419,7 +418,9 @@ class VisionServer:
 
         detections = await asyncio.to_thread(run)
         metadata = [{"image_width": item.width, "image_height": item.height} for item in identified]
-        return self._respond(plan, {"artifact": {"detections": detections, "model": "sam3", "metadata": metadata}})
+        return self._respond(
+            plan, {"artifact": {"detections": detections, "model": "sam3", "metadata": metadata}}
+        )
 
 
 async def _fastapi_http_error(request: Request, exc: Exception) -> Response:

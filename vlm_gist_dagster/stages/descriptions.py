@@ -35,7 +35,9 @@ def _row(result: ImageDescription) -> dict[str, Any]:
     return row
 
 
-def description_table(results: list[ImageDescription], settings: DescriptionSettings | None = None) -> pd.DataFrame:
+def description_table(
+    results: list[ImageDescription], settings: DescriptionSettings | None = None
+) -> pd.DataFrame:
     rows = [_row(r) for r in results]
     if settings is not None:
         for row in rows:
@@ -43,7 +45,9 @@ def description_table(results: list[ImageDescription], settings: DescriptionSett
     return DESCRIPTIONS.from_rows(rows)
 
 
-def canonical_objects(objects: list[dict[str, Any]] | None, settings: DescriptionSettings) -> list[dict[str, Any]] | None:
+def canonical_objects(
+    objects: list[dict[str, Any]] | None, settings: DescriptionSettings
+) -> list[dict[str, Any]] | None:
     """The objects with their name and description under ``object_name`` and ``description``, the keys the
     later stages read, whatever ``dict_items`` calls them (nimbro-api's prompt asks for ``label``). The
     paper's files use these keys already: their objects are unchanged.

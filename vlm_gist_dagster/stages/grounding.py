@@ -248,7 +248,9 @@ def run_detections(
                 start = time.perf_counter()
                 try:
                     if baseline is not None and baseline.model_name == "sam3":
-                        body = sam3_classes_request(vision_image(paths[image_id]).base64, baseline, class_names)
+                        body = sam3_classes_request(
+                            vision_image(paths[image_id]).base64, baseline, class_names
+                        )
                         return parse_sam3_response(await vision.infer_cached(flavor, body))
                     if baseline is not None:
                         body = baseline_request(vision_image(paths[image_id]).base64, baseline)
@@ -314,7 +316,9 @@ def _image_sizes(images: pd.DataFrame) -> dict[str, tuple[int, int]]:
     return {i: (int(w), int(h)) for i, w, h in zip(images["image_id"], images["width"], images["height"])}
 
 
-def _image_row(image_id: str, prompts: list[str], rows: list[dict], duration: float, error: str | None) -> dict:
+def _image_row(
+    image_id: str, prompts: list[str], rows: list[dict], duration: float, error: str | None
+) -> dict:
     missing, over = missing_and_over_detections(prompts, [r["prompt"] for r in rows]) if prompts else ([], [])
     return {
         "image_id": image_id,
@@ -344,7 +348,9 @@ def _vlm_box_detections(
         rows: list[dict] = []
         for index, obj in enumerate(described):
             try:
-                x1, y1, x2, y2 = box_2d_to_xyxy(parse_box_2d(obj.get(grounding.box_key)), width=width, height=height)
+                x1, y1, x2, y2 = box_2d_to_xyxy(
+                    parse_box_2d(obj.get(grounding.box_key)), width=width, height=height
+                )
             except ValueError:  # stage A validated it; a stored table from elsewhere may not be
                 continue
             rows.append(
@@ -459,7 +465,9 @@ def _sam3_detections(
             found, over = result
             rows = _sam3_rows(image_id, per_object[image_id], objects[image_id] or [], found, over)
         det_rows.extend(rows)
-        image_rows.append(_image_row(image_id, prompts[image_id], rows, durations.get(image_id, math.nan), error))
+        image_rows.append(
+            _image_row(image_id, prompts[image_id], rows, durations.get(image_id, math.nan), error)
+        )
     return DETECTIONS.from_rows(det_rows), DETECTION_IMAGES.from_rows(image_rows)
 
 
@@ -520,7 +528,9 @@ def run_masks(
         result = results.get(image_id)
         error = _error_text(result) if isinstance(result, BaseException) else None
         if mode in ("sam3", "vlm_boxes"):
-            assembled = _own_masks(group, None if (result is None or error) else result, prompts.get(image_id), detection)
+            assembled = _own_masks(
+                group, None if (result is None or error) else result, prompts.get(image_id), detection
+            )
         else:
             tracks = (None, None) if (result is None or error) else result
             assembled = _assemble_masks(group, tracks, size, prompts.get(image_id), baseline, detection)
@@ -550,7 +560,9 @@ async def _sam3_masks(
             size = int(info.at[image_id, "width"]), int(info.at[image_id, "height"])
             path = info.at[image_id, "path"]
             if baseline is not None:
-                body = sam3_classes_request(vision_image(path).base64, baseline, [str(c) for c in prompts[image_id]])
+                body = sam3_classes_request(
+                    vision_image(path).base64, baseline, [str(c) for c in prompts[image_id]]
+                )
                 found = parse_sam3_response(await vision.infer_cached(flavor, body), image_size=size)
                 kept, label = found, "object_name"
             else:
@@ -560,9 +572,10 @@ async def _sam3_masks(
                 found = parse_sam3_response(response, prompts=image_prompts, image_size=size)
                 kept, _ = select_sam3(found, image_prompts, keep_all=model.grounding.sam3_keep_all)
                 label = "prompt"
-            if kept.label.tolist() != group[label].tolist() or not (
-                kept.xyxy == group[["x1", "y1", "x2", "y2"]].to_numpy()
-            ).all():
+            if (
+                kept.label.tolist() != group[label].tolist()
+                or not (kept.xyxy == group[["x1", "y1", "x2", "y2"]].to_numpy()).all()
+            ):
                 raise RuntimeError(
                     "SAM 3 answered this image differently from the detections stage (its response cache "
                     "was refreshed or cleared): re-materialise detections and masks together"

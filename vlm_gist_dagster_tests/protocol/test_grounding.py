@@ -69,7 +69,9 @@ def test_box_2d_dict_item_in_stage_a():
         ]
     )
     # names and descriptions normalised as the paper does (lower case, no punctuation), the box kept
-    assert parse(text, settings) == [{"label": "cup", "description": "a white cup", "box_2d": [10.0, 20.0, 30.5, 40.0]}]
+    assert parse(text, settings) == [
+        {"label": "cup", "description": "a white cup", "box_2d": [10.0, 20.0, 30.5, 40.0]}
+    ]
 
 
 # ------------------------------------------------------------------------------------------ header
@@ -86,25 +88,37 @@ def _write(tmp_path, header, **changes) -> Path:
 
 def test_default_mode_is_the_papers_and_changes_nothing(tmp_path):
     plain = load_model_settings(MODELS / "sim_strong.json")
-    explicit = load_model_settings(_write(tmp_path, {"display_name": "Sim strong (simulated)", "simulated": True,
-                                                     "grounding": "mmgd_sam2"}))
+    explicit = load_model_settings(
+        _write(
+            tmp_path, {"display_name": "Sim strong (simulated)", "simulated": True, "grounding": "mmgd_sam2"}
+        )
+    )
     assert plain.grounding.mode == explicit.grounding.mode == "mmgd_sam2"
     assert plain.display_name == explicit.display_name == "Sim strong (simulated)"
     assert plain.settings == explicit.settings
 
 
 def test_modes_label_the_display_name(tmp_path):
-    model = load_model_settings(_write(tmp_path, {"display_name": "Gemini", "grounding": {"mode": "sam3",
-                                                                                           "sam3_prompt": "description"}}))
+    model = load_model_settings(
+        _write(
+            tmp_path, {"display_name": "Gemini", "grounding": {"mode": "sam3", "sam3_prompt": "description"}}
+        )
+    )
     assert model.display_name == "Gemini + SAM 3" and model.grounding.sam3_prompt == "description"
-    assert load_model_settings(MODELS / "sim_strong_sam3.json").display_name == "Sim strong + SAM 3 (simulated)"
+    assert (
+        load_model_settings(MODELS / "sim_strong_sam3.json").display_name == "Sim strong + SAM 3 (simulated)"
+    )
 
 
 @pytest.mark.parametrize(
     ("header", "field", "message"),
     [
         ({"grounding": "sam4"}, "model.grounding.mode", "sam3"),
-        ({"grounding": {"mode": "sam3", "sam3_min_confidence": 1.5}}, "model.grounding.sam3_min_confidence", ""),
+        (
+            {"grounding": {"mode": "sam3", "sam3_min_confidence": 1.5}},
+            "model.grounding.sam3_min_confidence",
+            "",
+        ),
         ({"grounding": "vlm_boxes"}, "dict_items", "box_2d"),
     ],
 )
@@ -138,7 +152,11 @@ def test_sam3_prompts_and_request():
     body = sam3_request("QUJD", sam3_prompts(objects), min_confidence=0.4, mask_threshold=0.6)
     assert body == {
         "images": ["QUJD"],
-        "inference_parameters": {"prompts": ["chair", "table 2"], "min_confidence": 0.4, "mask_threshold": 0.6},
+        "inference_parameters": {
+            "prompts": ["chair", "table 2"],
+            "min_confidence": 0.4,
+            "mask_threshold": 0.6,
+        },
     }
 
 
@@ -153,9 +171,20 @@ def test_parse_sam3_response_decodes_masks():
         "artifact": {
             "detections": [
                 [
-                    {"prompt": "cup", "confidence": 0.9, "box_xyxy": [2, 1, 7, 5], "mask_box_xyxy": [2, 1, 6, 4],
-                     "mask": _png(crop)},
-                    {"prompt": "cup", "confidence": 0.6, "box_xyxy": [0, 0, 2, 2], "mask_box_xyxy": None, "mask": None},
+                    {
+                        "prompt": "cup",
+                        "confidence": 0.9,
+                        "box_xyxy": [2, 1, 7, 5],
+                        "mask_box_xyxy": [2, 1, 6, 4],
+                        "mask": _png(crop),
+                    },
+                    {
+                        "prompt": "cup",
+                        "confidence": 0.6,
+                        "box_xyxy": [0, 0, 2, 2],
+                        "mask_box_xyxy": None,
+                        "mask": None,
+                    },
                 ]
             ],
             "model": "sam3",
@@ -168,7 +197,9 @@ def test_parse_sam3_response_decodes_masks():
     ys, xs = np.nonzero(decode_rle(found.mask[0]))
     assert sorted(set(xs.tolist())) == [3, 4] and sorted(set(ys.tolist())) == [2, 3]
     assert len(parse_sam3_response(response)) == 2  # without a size: boxes only
-    with pytest.raises(ResponseFormatError, match="'artifact.detections\\[0\\]\\[0\\].prompt' is 'cup', which was not"):
+    with pytest.raises(
+        ResponseFormatError, match="'artifact.detections\\[0\\]\\[0\\].prompt' is 'cup', which was not"
+    ):
         parse_sam3_response(response, prompts=["tea"])
     bad = json.loads(json.dumps(response))
     bad["artifact"]["detections"][0][0]["confidence"] = "high"
@@ -183,7 +214,9 @@ def test_select_sam3_keeps_one_instance_per_object():
     from vlm_gist_dagster.protocol.detections import Detections
 
     # chair x3 (0.5, 0.8, 0.7), table x1 (0.9); two objects say "chair", one "table", one "lamp"
-    found = Detections.from_boxes(["chair", "chair", "table", "chair"], [(0, 0, 1, 1)] * 4, [0.5, 0.8, 0.9, 0.7])
+    found = Detections.from_boxes(
+        ["chair", "chair", "table", "chair"], [(0, 0, 1, 1)] * 4, [0.5, 0.8, 0.9, 0.7]
+    )
     kept, over = select_sam3(found, ["chair", "table", "chair", "lamp"])
     # the two best chairs (0.8, 0.7) and the table, in server order; no over-detections kept
     assert kept.confidence.tolist() == [0.8, 0.9, 0.7] and not over.any()

@@ -72,13 +72,19 @@ def test_needs_a_loaded_model_and_auth(sam3, client):
     client.post(url + "/unload")
     r = client.post(url + "/infer", json={"images": "x", "inference_parameters": {"prompts": "cup"}})
     assert (r.status_code, r.json()) == (503, {"detail": "No model loaded"})
-    assert client.post(url + "/load", json={"flavor": "sam3"}).json() == {"loaded_model": "Model", "flavor": "sam3"}
+    assert client.post(url + "/load", json={"flavor": "sam3"}).json() == {
+        "loaded_model": "Model",
+        "flavor": "sam3",
+    }
     assert client.get(url + "/status").json() == {"model_family": "sam3", "status": {"flavor": "sam3"}}
 
 
 def test_concept_prompts_find_every_instance_with_masks(sam3, client, image_b64):
     _, url = sam3
-    body = {"images": [image_b64], "inference_parameters": {"prompts": ["orange", "chair", "orange", "giraffe"]}}
+    body = {
+        "images": [image_b64],
+        "inference_parameters": {"prompts": ["orange", "chair", "orange", "giraffe"]},
+    }
     r = _infer(client, url, body)
     assert r.status_code == 200
     artifact = r.json()["artifact"]
@@ -112,7 +118,11 @@ def test_thresholds_and_caps(sam3, client, image_b64):
     r = _infer(client, url, {"images": [image_b64], "inference_parameters": params})
     capped = r.json()["artifact"]["detections"][0]
     assert len(capped) == 2
-    r = _infer(client, url, {"images": [image_b64], "inference_parameters": {"prompts": ["orange"], "min_confidence": 0.99}})
+    r = _infer(
+        client,
+        url,
+        {"images": [image_b64], "inference_parameters": {"prompts": ["orange"], "min_confidence": 0.99}},
+    )
     assert r.json()["artifact"]["detections"] == [[]]
     # deterministic: the same request gets the same answer
     again = _infer(client, url, {"images": [image_b64], "inference_parameters": params})
@@ -121,6 +131,10 @@ def test_thresholds_and_caps(sam3, client, image_b64):
 
 def test_an_image_that_is_not_an_image(sam3, client):
     _, url = sam3
-    r = _infer(client, url, {"images": [base64.b64encode(b"not an image").decode()], "inference_parameters": {"prompts": "x"}})
+    r = _infer(
+        client,
+        url,
+        {"images": [base64.b64encode(b"not an image").decode()], "inference_parameters": {"prompts": "x"}},
+    )
     assert r.status_code == 500 and r.json()["detail"].startswith("Inference failed: ")
     assert AUTH  # the client fixture sends the bearer token

@@ -37,12 +37,15 @@ def sim_and_services(coco_dataset, tmp_path_factory):
         env.update({e.key_env_var: KEY for e in ENDPOINTS.values() if e.key_env_var})
         urls = {e.name: sim.chat_base_url for e in ENDPOINTS.values()}
         urls["VLM-GIST simulator"] = sim.chat_base_url
-        yield sim, Services(
-            endpoint_urls=urls,
-            vision_urls=dict(sim.vision_urls),
-            env=env,
-            data_dir=tmp_path_factory.mktemp("grounding_modes"),
-            concurrency=4,
+        yield (
+            sim,
+            Services(
+                endpoint_urls=urls,
+                vision_urls=dict(sim.vision_urls),
+                env=env,
+                data_dir=tmp_path_factory.mktemp("grounding_modes"),
+                concurrency=4,
+            ),
         )
 
 
@@ -79,13 +82,21 @@ def test_vlm_boxes_are_the_vlms_own_boxes(images, sim_and_services):
         width, height = int(sizes.at[row.image_id, "width"]), int(sizes.at[row.image_id, "height"])
         for det, obj in zip(mine.itertuples(), objects):
             y1, x1, y2, x2 = obj["box_2d"]
-            expected = [round(x1 * width / 1000), round(y1 * height / 1000), round(x2 * width / 1000), round(y2 * height / 1000)]
+            expected = [
+                round(x1 * width / 1000),
+                round(y1 * height / 1000),
+                round(x2 * width / 1000),
+                round(y2 * height / 1000),
+            ]
             assert [det.x1, det.y1, det.x2, det.y2] == expected
             assert det.object_name == obj["object_name"] and det.prompt == obj["description"]
             assert np.isnan(det.confidence) and not det.is_over_detection
     assert (detection_images["missing_prompts"].map(len) == 0).all()
     assert masks["mask"].isna().all() and (masks["track_id"] == -1).all()
-    assert (masks[["box_x1", "box_y1", "box_x2", "box_y2"]].to_numpy() == masks[["x1", "y1", "x2", "y2"]].to_numpy()).all()
+    assert (
+        masks[["box_x1", "box_y1", "box_x2", "box_y2"]].to_numpy()
+        == masks[["x1", "y1", "x2", "y2"]].to_numpy()
+    ).all()
 
 
 def test_vlm_boxes_sam2_segments_the_same_boxes(images, sim_and_services):
@@ -99,7 +110,10 @@ def test_vlm_boxes_sam2_segments_the_same_boxes(images, sim_and_services):
     for row in masks[masks["mask"].notna()].itertuples():
         full = decode_rle(row.mask)
         ys, xs = np.nonzero(full)
-        assert (row.mask_x1, row.mask_y1) == (xs.min(), ys.min())  # the mask box is the mask's (max inclusive)
+        assert (row.mask_x1, row.mask_y1) == (
+            xs.min(),
+            ys.min(),
+        )  # the mask box is the mask's (max inclusive)
 
 
 def test_sam3_grounds_object_names(images, sim_and_services):
@@ -135,7 +149,9 @@ def test_sam3_grounds_object_names(images, sim_and_services):
 def test_sam3_classes_baseline_prompts_the_dataset_classes(images, sim_and_services, coco_dataset):
     sim, services = sim_and_services
     sim.request_log.clear()
-    _, detections, detection_images, masks = _run(images, services, "sim_sam3_classes", class_names=COCO_TARGETS)
+    _, detections, detection_images, masks = _run(
+        images, services, "sim_sam3_classes", class_names=COCO_TARGETS
+    )
     assert _families(sim) == {"sam3"}
     assert len([e for e in sim.request_log.snapshot() if e.path == "/infer"]) == N_IMAGES  # masks: cached
     assert all(list(p) == list(COCO_TARGETS) for p in detection_images["prompts"])

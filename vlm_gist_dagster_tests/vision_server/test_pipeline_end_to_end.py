@@ -34,7 +34,10 @@ FAMILIES = ("mmgroundingdino", "sam2_realtime", "sam3")
 def services(coco_dataset, tmp_path_factory):
     with ExitStack() as stack:
         sim = stack.enter_context(run_simulator({"coco": coco_dataset}, ports={"chat": 0}, servers=["chat"]))
-        urls = {f: stack.enter_context(vision_serve(f, env={"NIMBRO_VISION_SERVER_TOKEN": TOKEN})) for f in FAMILIES}
+        urls = {
+            f: stack.enter_context(vision_serve(f, env={"NIMBRO_VISION_SERVER_TOKEN": TOKEN}))
+            for f in FAMILIES
+        }
         env = {"VLM_GIST_SIM_API_KEY": "k", "NIMBRO_VISION_API_KEY": TOKEN}
         env.update({e.key_env_var: "k" for e in ENDPOINTS.values() if e.key_env_var})
         endpoints = {e.name: sim.chat_base_url for e in ENDPOINTS.values()}
@@ -102,7 +105,9 @@ def test_sam3_mode(image, services, tmp_path):
     assert len(detections) == len(objects) and detections["instance_index"].is_unique
     assert (detections["confidence"] > 0).all() and not detections["is_over_detection"].any()
     # masks straight from SAM 3 (no SAM2 call), boxes unchanged
-    assert (masks[["x1", "y1", "x2", "y2"]].to_numpy() == detections[["x1", "y1", "x2", "y2"]].to_numpy()).all()
+    assert (
+        masks[["x1", "y1", "x2", "y2"]].to_numpy() == detections[["x1", "y1", "x2", "y2"]].to_numpy()
+    ).all()
     with_mask = masks[masks["mask"].notna()]
     assert (with_mask[["mask_x1", "mask_y1"]].to_numpy() >= 0).all()
 

@@ -86,6 +86,10 @@ class BaselineSettings(SegmentationSettings):
                 raise ValueError("sam3 takes its prompts from model_classes (or the dataset's class names)")
             if name == "sam3" and data.get("segmentation_name", "sam2_realtime") is not None:
                 raise ValueError("sam3 segments its own detections: set segmentation_name to null")
-            if name != "sam3" and any(k in data for k in ("model_classes", "model_min_confidence", "model_mask_threshold")):
-                raise ValueError("model_classes, model_min_confidence and model_mask_threshold are for sam3 baselines")
+            if name != "sam3" and any(
+                k in data for k in ("model_classes", "model_min_confidence", "model_mask_threshold")
+            ):
+                raise ValueError(
+                    "model_classes, model_min_confidence and model_mask_threshold are for sam3 baselines"
+                )
         return data

@@ -182,7 +182,9 @@ def parse_model_settings(
     )
 
 
-def _check_box_item(settings: DescriptionSettings, grounding: GroundingSettings, file: str | Path | None) -> None:
+def _check_box_item(
+    settings: DescriptionSettings, grounding: GroundingSettings, file: str | Path | None
+) -> None:
     """A VLM-boxes mode needs the VLM to return a box: a required ``box_2d`` item in ``dict_items``."""
     item = next((i for i in settings.dict_items if i.key == grounding.box_key), None)
     if item is None or item.type != "box_2d" or not item.required:
