@@ -529,7 +529,7 @@ def run_masks(
         error = _error_text(result) if isinstance(result, BaseException) else None
         if mode in ("sam3", "vlm_boxes"):
             assembled = _own_masks(
-                group, None if (result is None or error) else result, prompts.get(image_id), detection
+                group, None if (result is None or error) else result, prompts.get(image_id), seg
             )
         else:
             tracks = (None, None) if (result is None or error) else result
@@ -586,7 +586,10 @@ async def _sam3_masks(
 
 
 def _own_masks(
-    group: pd.DataFrame, segmented: Detections | None, prompts: Any, detection: DetectionSettings
+    group: pd.DataFrame,
+    segmented: Detections | None,
+    prompts: Any,
+    settings: DetectionSettings | BaselineSettings,
 ) -> ImageDetections:
     """One image's detections with the grounding model's own masks (``sam3``) or none (``vlm_boxes``, or
     a failed SAM 3 call)."""
@@ -597,7 +600,7 @@ def _own_masks(
         is_over_detection=group["is_over_detection"].fillna(False).to_numpy(dtype=bool),
         missing_prompts=(),
         over_detections=(),
-        segmentation_use_bbox=detection.segmentation_use_bbox,
+        segmentation_use_bbox=settings.segmentation_use_bbox,
     )
 
 
