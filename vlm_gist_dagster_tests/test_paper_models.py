@@ -88,7 +88,16 @@ def test_display_names_are_the_published_tables(paper_models, shared_dir):
 
 def test_the_paper_folder_is_not_benchmarked_by_default():
     default = {m.key for m in discover_models(REPO / "settings" / "models")[0]}
-    assert default == {"sim_strong", "sim_medium", "sim_weak", "sim_florence_od"}
+    assert default == {
+        "sim_strong",
+        "sim_medium",
+        "sim_weak",
+        "sim_florence_od",
+        "sim_strong_sam3",
+        "sim_strong_boxes",
+        "sim_strong_boxes_sam2",
+        "sim_sam3_classes",
+    }
 
 
 def test_prices_for_the_paper_models_say_when_they_were_read(paper_models):

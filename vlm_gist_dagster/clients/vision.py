@@ -67,7 +67,7 @@ __all__ = [
 
 log = get_logger("vlm_gist_dagster.clients.vision")
 
-VISION_FAMILIES: tuple[str, ...] = ("mmgroundingdino", "sam2_realtime", "florence2", "kosmos2")
+VISION_FAMILIES: tuple[str, ...] = ("mmgroundingdino", "sam2_realtime", "florence2", "kosmos2", "sam3")
 TOKEN_ENV = "NIMBRO_VISION_API_KEY"
 #: Built-in defaults (used when ``settings/vision_servers.json`` is missing or lacks a family).
 DEFAULT_VISION_URLS: dict[str, str] = {
@@ -75,6 +75,7 @@ DEFAULT_VISION_URLS: dict[str, str] = {
     "sam2_realtime": "http://localhost:9001",
     "florence2": "http://localhost:9003",
     "kosmos2": "http://localhost:9004",  # ours: the paper's kosmos2 port is not known (spec §12)
+    "sam3": "http://localhost:9005",  # ours: a new family (``vlm-gist vision-serve --family sam3``)
 }
 VISION_URL_ENV_PREFIX = "VLM_GIST_VISION_URL_"
 

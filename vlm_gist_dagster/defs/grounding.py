@@ -1,18 +1,31 @@
 """Stage B assets: ``detections`` + ``detection_images`` (MM-Grounding-DINO, or a baseline detector) and
-``masks`` (SAM2), per (dataset, model)."""
+``masks`` (SAM2), per (dataset, model). A model file's ``grounding`` mode may replace them with SAM 3 or the
+VLM's own boxes (``protocol.settings.grounding``); the assets and their tables stay the same."""
 
 import dagster as dg
 import pandas as pd
 
-from ..protocol.settings import DetectionSettings
+from ..protocol.settings import DetectionSettings, ModelSettings, load_label_matching_settings
 from ..stages.grounding import run_detections, run_masks
 from ..stages.tables import DETECTION_IMAGES, DETECTIONS, MASKS
 from .automation import STAGE_CONDITION
 from .common import API_RETRY, SAM2_POOL, VISION_POOL, api_errors, check_model_mode, md_table, pair
 from .metadata import column_schema
 from .partitions import model_dataset_partitions
-from .resources import ModelsResource, ServicesResource
-from .settings_assets import settings_from_table
+from .resources import DatasetsResource, ModelsResource, ServicesResource
+from .settings_assets import label_matching_settings_file, settings_from_table
+
+
+def dataset_class_names(dataset: str, model: ModelSettings, datasets: DatasetsResource) -> list[str] | None:
+    """The class names a ``sam3`` baseline (``sam3_classes``) prompts SAM 3 with, None for other models:
+    the dataset's label-matching ``dataset_targets`` (COCO's 80 classes), or for a dataset matched per
+    image (VLM-GIST, no fixed vocabulary) every label of its ground truth, sorted."""
+    if model.kind != "baseline" or model.baseline.model_name != "sam3" or model.baseline.model_classes:
+        return None
+    settings = load_label_matching_settings(label_matching_settings_file(dataset))
+    if not settings.use_per_set_targets:
+        return list(settings.dataset_targets)
+    return sorted(set(datasets.load(dataset).ground_truth["label"]))
 
 
 @dg.multi_asset(
@@ -46,6 +59,7 @@ def detections(
     detection_settings: pd.DataFrame,
     models: ModelsResource,
     services: ServicesResource,
+    datasets: DatasetsResource,
 ):
     dataset, key = pair(context)
     _, model = models.load(key)
@@ -53,7 +67,13 @@ def detections(
     settings = settings_from_table(detection_settings, DetectionSettings)
     with api_errors():
         table, per_image = run_detections(
-            dataset_images, descriptions, model, settings, services.services(), log=context.log.info
+            dataset_images,
+            descriptions,
+            model,
+            settings,
+            services.services(),
+            log=context.log.info,
+            class_names=dataset_class_names(dataset, model, datasets),
         )
     errors = per_image["error"].dropna()
     for image_id, error in zip(per_image.loc[errors.index, "image_id"], errors):
@@ -68,6 +88,7 @@ def detections(
             "over_detections": int(table["is_over_detection"].fillna(False).astype(bool).sum()),
             "images_with_prompts": int((per_image["num_prompts"] > 0).sum()),
             "image_errors": len(errors),
+            "grounding_mode": model.grounding.mode if model.kind == "vlm" else model.baseline.model_name,
             "preview": md_table(table),
         },
     )
@@ -148,6 +169,7 @@ def masks(
             "with_mask": int(table["mask"].notna().sum()),
             "without_mask": int(table["mask"].isna().sum()),
             "segmentation_errors": int(table["segmentation_error"].notna().sum()),
+            "grounding_mode": model.grounding.mode if model.kind == "vlm" else model.baseline.model_name,
             "preview": md_table(table),
         },
     )

@@ -37,6 +37,7 @@ from .completions import (
     user_text_message,
 )
 from .endpoints import Endpoint
+from .grounding import parse_box_2d
 from .images import PreparedImage
 from .settings import DescriptionSettings, DictItem
 from .text import levenshtein_match, normalize_string
@@ -232,6 +233,12 @@ def _validate_item(
     item: DictItem, value: Any, where: str, settings: DescriptionSettings, report: list[str]
 ) -> tuple[bool, Any]:
     """(keep, stored value) for one matched key of one object — the paper's branch order."""
+    if item.type == "box_2d":  # ours (VLM-box grounding modes): four numbers in 0-1000, stored as floats
+        try:
+            return True, list(parse_box_2d(value))
+        except ValueError as exc:
+            report.append(f"{where} key '{item.key}': {exc}.")
+            return False, None
     target = _TYPES[item.type]
     # isinstance, as in the paper: a JSON bool passes an 'int' item, an int does not pass a 'float' one.
     if not isinstance(value, target):

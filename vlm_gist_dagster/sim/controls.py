@@ -1,6 +1,6 @@
 """What the simulator can be told to do: model quality, latency and faults, per server and per model.
 
-Every simulated server (``chat``, ``mmgroundingdino``, ``sam2_realtime``, ``florence2``, ``kosmos2``)
+Every simulated server (``chat``, ``mmgroundingdino``, ``sam2_realtime``, ``florence2``, ``kosmos2``, ``sam3``)
 has one :class:`ServerControls`: a seed, default :class:`ModelControls`, and overrides per model name
 (chat: the request's ``model``; vision servers: the loaded flavor, e.g. ``large``; embeddings: the
 embedding model name). Model settings files may carry a ``simulator`` block in their header
@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 #: Names of the simulated servers, in start-up order.
-SERVER_NAMES: tuple[str, ...] = ("chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2")
+SERVER_NAMES: tuple[str, ...] = ("chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2", "sam3")
 VISION_FAMILIES: tuple[str, ...] = SERVER_NAMES[1:]
 
 #: Fault types in the order in which they partition the unit interval (see :mod:`.faults`).
@@ -199,6 +199,7 @@ def default_controls(seed: int = 0) -> dict[str, ServerControls]:
         "sam2_realtime": ServerControls(seed=seed, default=ModelControls(recall=1.0, box_jitter=0.0)),
         "florence2": ServerControls(seed=seed, default=ModelControls(recall=0.6, box_jitter=0.06)),
         "kosmos2": ServerControls(seed=seed, default=ModelControls(recall=0.35, box_jitter=0.12)),
+        "sam3": ServerControls(seed=seed, default=ModelControls(recall=0.9, box_jitter=0.05, distractors=1)),
     }
 
 
@@ -252,4 +253,4 @@ def controls_from_model_files(
     return out
 
 
-SimTarget = Literal["chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2"]
+SimTarget = Literal["chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2", "sam3"]

@@ -37,6 +37,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "sam2_realtime": 8911,
     "florence2": 8913,
     "kosmos2": 8914,
+    "sam3": 8915,
 }
 
 

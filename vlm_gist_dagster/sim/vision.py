@@ -22,8 +22,8 @@
   ``status_reports_flavor`` control is on.
 
 The family-specific parts live in :mod:`.gdino` (MM-Grounding-DINO: validation, chunking, the selection
-rule), :mod:`.sam2` (prompts, masks and the thin-mask failure) and :mod:`.baselines` (Florence-2,
-Kosmos-2). A result depends only on the seed, the family, the flavour and the request; faults (429, 500,
+rule), :mod:`.sam2` (prompts, masks and the thin-mask failure), :mod:`.baselines` (Florence-2,
+Kosmos-2) and :mod:`.sam3` (SAM 3 concept prompts, the ``vlm-gist vision-serve`` family). A result depends only on the seed, the family, the flavour and the request; faults (429, 500,
 503, dropped connections, stalls, truncated bodies) depend on the attempt (:mod:`.faults`).
 """
 
@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import baselines, gdino, sam2
+from . import baselines, gdino, sam2, sam3
 from ._http import (
     AbortableApp,
     FaultPlan,
@@ -76,6 +76,7 @@ FLAVORS: dict[str, tuple[str, ...]] = {
     "sam2_realtime": ("tiny", "small", "base", "large"),
     "florence2": ("base", "large", "base_ft", "large_ft"),
     "kosmos2": ("patch14-224",),
+    "sam3": ("sam3",),  # ours (``vlm-gist vision-serve --family sam3``), not one of the authors' servers
 }
 VISION_FAULTS = frozenset(FAULT_TYPES) - CHAT_ONLY_FAULTS
 #: Families whose server converts the decoded image with ``cv2.cvtColor(..., COLOR_RGB2BGR)``.
@@ -290,6 +291,7 @@ class VisionServer:
             "sam2_realtime": self._infer_sam2,
             "florence2": self._infer_florence,
             "kosmos2": self._infer_kosmos,
+            "sam3": self._infer_sam3,
         }
         return await self._handle(request, handlers[self.family], needs_model=True)
 
@@ -399,6 +401,26 @@ class VisionServer:
             "model": "kosmos2",
         }
         return self._respond(plan, {"artifact": artifact})
+
+    # ---------------------------------------------------------------- sam3
+    async def _infer_sam3(self, request: Request, timer: RequestTimer) -> Response:
+        images, parameters = sam3.parse_infer_request(await self._payload(request))
+        identified = await asyncio.to_thread(self._identify, images)
+        plan, faulted = await self._plan(request, timer, identified)
+        if faulted is not None:
+            return faulted
+
+        def run() -> list[list[dict[str, Any]]]:
+            return [
+                sam3.sam3_detections(item, params, plan.controls, self._parts(plan, item))
+                for item, params in zip(identified, parameters, strict=True)
+            ]
+
+        detections = await asyncio.to_thread(run)
+        metadata = [{"image_width": item.width, "image_height": item.height} for item in identified]
+        return self._respond(
+            plan, {"artifact": {"detections": detections, "model": "sam3", "metadata": metadata}}
+        )
 
 
 async def _fastapi_http_error(request: Request, exc: Exception) -> Response:

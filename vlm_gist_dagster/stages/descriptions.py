@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ..clients.describe import ImageDescription, describe_images
-from ..protocol.settings import ModelSettings
+from ..protocol.settings import DescriptionSettings, ModelSettings
 from .services import Services, progress_logger
 from .tables import DESCRIPTIONS
 
@@ -35,8 +35,33 @@ def _row(result: ImageDescription) -> dict[str, Any]:
     return row
 
 
-def description_table(results: list[ImageDescription]) -> pd.DataFrame:
-    return DESCRIPTIONS.from_rows([_row(r) for r in results])
+def description_table(
+    results: list[ImageDescription], settings: DescriptionSettings | None = None
+) -> pd.DataFrame:
+    rows = [_row(r) for r in results]
+    if settings is not None:
+        for row in rows:
+            row["objects"] = canonical_objects(row["objects"], settings)
+    return DESCRIPTIONS.from_rows(rows)
+
+
+def canonical_objects(
+    objects: list[dict[str, Any]] | None, settings: DescriptionSettings
+) -> list[dict[str, Any]] | None:
+    """The objects with their name and description under ``object_name`` and ``description``, the keys the
+    later stages read, whatever ``dict_items`` calls them (nimbro-api's prompt asks for ``label``). The
+    paper's files use these keys already: their objects are unchanged.
+
+    >>> from vlm_gist_dagster.protocol.settings import DescriptionSettings, DictItem
+    >>> s = DescriptionSettings(dict_items=[DictItem(key="label", type="str", required=True),
+    ...                                     DictItem(key="description", type="str", required=True)])
+    >>> canonical_objects([{"label": "cup", "description": "a cup"}], s)
+    [{'object_name': 'cup', 'description': 'a cup'}]
+    """
+    renames = {settings.name_key: "object_name", settings.description_key: "description"}
+    if objects is None or all(old == new for old, new in renames.items()):
+        return objects
+    return [{renames.get(k, k): v for k, v in obj.items()} for obj in objects]
 
 
 def baseline_description_table(images: pd.DataFrame) -> pd.DataFrame:
@@ -79,4 +104,4 @@ def run_descriptions(
         async with services.chat_client() as chat:
             return await describe_images(chat, settings, inputs, progress=progress)
 
-    return description_table(asyncio.run(main()))
+    return description_table(asyncio.run(main()), settings)

@@ -232,6 +232,7 @@ def test_server_urls_defaults_settings_file_and_environment(tmp_path):
         "sam2_realtime": "http://localhost:9001",
         "florence2": "http://localhost:9003",
         "kosmos2": "http://localhost:9004",
+        "sam3": "http://localhost:9005",  # ours: `vlm-gist vision-serve --family sam3`
     }
     moved = vision_server_urls(
         REPO / "settings" / "vision_servers.json",

@@ -23,8 +23,17 @@ SIM_MODEL_FILES = sorted((REPO / "settings" / "models").glob("sim_*.json"))
 
 
 def test_shipped_sim_models_are_valid_simulated_model_files():
-    assert [p.stem for p in SIM_MODEL_FILES] == ["sim_florence_od", "sim_medium", "sim_strong", "sim_weak"]
-    vlm_names, flavors, streams = [], set(), set()
+    assert [p.stem for p in SIM_MODEL_FILES] == [
+        "sim_florence_od",
+        "sim_medium",
+        "sim_sam3_classes",
+        "sim_strong",
+        "sim_strong_boxes",
+        "sim_strong_boxes_sam2",
+        "sim_strong_sam3",
+        "sim_weak",
+    ]
+    vlm_names, flavors, streams, modes = set(), set(), set(), set()
     for path in SIM_MODEL_FILES:
         model = load_model_settings(path)
         assert model.simulated is True
@@ -33,12 +42,15 @@ def test_shipped_sim_models_are_valid_simulated_model_files():
             block = model.description.vlm_structured_description
             assert block.endpoint.key_env_var == "VLM_GIST_SIM_API_KEY"
             assert block.endpoint.completions_url == "http://127.0.0.1:8900/v1/chat/completions"
-            vlm_names.append(block.model_name)
+            vlm_names.add(block.model_name)
             flavors.add(block.endpoint.api_flavor)
             streams.add(block.stream_completion)
+            modes.add(model.grounding.mode)
     # three models with their own quality presets, exercising several flavours and both SSE and JSON
     assert sorted(vlm_names) == sorted(SIM_MODEL_PRESETS)
     assert len(flavors) == 3 and streams == {True, False}
+    # every grounding mode has a row in `make run`'s leaderboard
+    assert modes == {"mmgd_sam2", "sam3", "vlm_boxes", "vlm_boxes_sam2"}
     recalls = sorted(SIM_MODEL_PRESETS[name].recall for name in vlm_names)
     assert recalls[0] < recalls[1] < recalls[2]
 
@@ -70,7 +82,7 @@ def test_cli_serves_both_apis_until_sigterm(vlm_gist_dir, coco_dir):
     )
     ports = [
         arg
-        for name in ("chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2")
+        for name in ("chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2", "sam3")
         for arg in ("--port", f"{name}=0")
     ]
     proc = subprocess.Popen(
@@ -90,11 +102,11 @@ def test_cli_serves_both_apis_until_sigterm(vlm_gist_dir, coco_dir):
         text = "".join(lines)
         assert "serving vlm_gist, coco" in text
         urls = dict(re.findall(r"^\s+(\S+).*?(http://127\.0\.0\.1:\d+\S*)", text, flags=re.MULTILINE))
-        assert set(urls) == {"chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2"}
+        assert set(urls) == {"chat", "mmgroundingdino", "sam2_realtime", "florence2", "kosmos2", "sam3"}
         assert urls["chat"].endswith("/v1")
         models = httpx.get(urls["chat"] + "/models", headers=AUTH).json()
         assert {"sim/strong", "sim/medium", "sim/weak"} <= {m["id"] for m in models["data"]}
-        for family in ("mmgroundingdino", "sam2_realtime", "florence2", "kosmos2"):
+        for family in ("mmgroundingdino", "sam2_realtime", "florence2", "kosmos2", "sam3"):
             assert httpx.get(urls[family] + "/health").json()["status"] == "ok"
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

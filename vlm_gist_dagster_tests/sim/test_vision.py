@@ -16,7 +16,7 @@ from vlm_gist_dagster.sim import run_simulator
 
 from .conftest import AUTH, EPHEMERAL, b64_file, image_path
 
-FAMILIES = ("mmgroundingdino", "sam2_realtime", "florence2", "kosmos2")
+FAMILIES = ("mmgroundingdino", "sam2_realtime", "florence2", "kosmos2", "sam3")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,7 @@ def test_flavours_are_the_real_servers(simulator, client):
         "sam2_realtime": ["tiny", "small", "base", "large"],
         "florence2": ["base", "large", "base_ft", "large_ft"],
         "kosmos2": ["patch14-224"],
+        "sam3": ["sam3"],
     }
     for family, flavors in expected.items():
         assert client.get(simulator.vision_urls[family] + "/model_flavors").json() == {"flavors": flavors}

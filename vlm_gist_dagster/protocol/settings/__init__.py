@@ -46,6 +46,7 @@ from .description import (
 )
 from .detection import DetectionSettings
 from .errors import SettingsError
+from .grounding import GROUNDING_LABELS, GROUNDING_MODES, GroundingMode, GroundingSettings, grounding_label
 from .kinds import SettingsKind, detect_kind
 from .label_matching import (
     AUGMENTED_TARGETS,
@@ -92,6 +93,8 @@ __all__ = [
     "DEFAULT_DIRECT_TASK_RELEVANCY_PROMPT",
     "DEFAULT_SYSTEM_PROMPT",
     "DEFAULT_VALIDATION_PROMPT",
+    "GROUNDING_LABELS",
+    "GROUNDING_MODES",
     "KNOWN_COMPLETION_PARSERS",
     "MAPPING_RULES",
     "MODEL_KEY_PATTERN",
@@ -103,6 +106,8 @@ __all__ = [
     "DetectionSettings",
     "DictItem",
     "FlorencePrompt",
+    "GroundingMode",
+    "GroundingSettings",
     "ImageDetail",
     "InvalidModelKey",
     "LabelMatchingSettings",
@@ -122,6 +127,7 @@ __all__ = [
     "ValueNormalization",
     "detect_kind",
     "display_name_from_stem",
+    "grounding_label",
     "load_baseline_settings",
     "load_description_settings",
     "load_detection_settings",

@@ -55,7 +55,9 @@ class DictItem(SettingsModel):
     """One expected key of the described objects (``dict_items``; spec/pipeline.md §1.5)."""
 
     key: StrictStr
-    type: Literal["str", "bool", "int", "float"]
+    #: ``box_2d`` (ours, not the paper's): a box ``[y_min, x_min, y_max, x_max]`` normalised to 0–1000, as
+    #: nimbro-api's ``box_yxyx[int1000]``; stored as four floats (``protocol.grounding.parse_box_2d``).
+    type: Literal["str", "bool", "int", "float", "box_2d"]
     #: For ``str`` items these are Levenshtein-matched; for the others tested by equality.
     valid: tuple[Any, ...] | None = None
     invalid: tuple[Any, ...] | None = None

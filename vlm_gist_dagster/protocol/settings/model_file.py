@@ -32,6 +32,7 @@ from .baseline import BaselineSettings
 from .coercion import SettingsModel
 from .description import DescriptionSettings
 from .errors import SettingsError, read_settings_json, validate_settings
+from .grounding import GroundingSettings, grounding_label
 from .kinds import detect_kind
 
 __all__ = [
@@ -107,6 +108,10 @@ class ModelHeader(SettingsModel):
     #: Quality and fault controls of a simulated model (``vlm_gist_dagster.sim.ModelControls`` fields);
     #: validated by the simulator, ignored otherwise.
     simulator: dict[str, Any] | None = None
+    #: How stage B grounds the described objects (VLMs only; :mod:`.grounding`): ``"mmgd_sam2"`` (the
+    #: paper's, the default), ``"sam3"``, ``"vlm_boxes"``, ``"vlm_boxes_sam2"``, or an object with
+    #: ``mode`` and that mode's options.
+    grounding: GroundingSettings | None = None
 
 
 class ModelSettings(SettingsModel):
@@ -123,6 +128,8 @@ class ModelSettings(SettingsModel):
     simulated: StrictBool = False
     validation: StrictBool | StrictStr = False
     settings: DescriptionSettings | BaselineSettings
+    #: Stage B's grounding mode (a baseline's is the default, unused: its model does stages A and B).
+    grounding: GroundingSettings = GroundingSettings()
 
     @property
     def description(self) -> DescriptionSettings:
@@ -154,14 +161,39 @@ def parse_model_settings(
         message = f"key 'model.kind' says {header.kind!r} but the settings are those of a {kind}"
         raise SettingsError(file, "model.kind", message)
     settings = validate_settings(DescriptionSettings if kind == "vlm" else BaselineSettings, body, file)
+    grounding = header.grounding or GroundingSettings()
+    if header.grounding is not None and kind == "baseline":
+        message = "a baseline grounds its own boxes; 'model.grounding' is for VLM model files"
+        raise SettingsError(file, "model.grounding", message)
+    if grounding.uses_vlm_boxes:
+        _check_box_item(settings, grounding, file)  # type: ignore[arg-type]
+    display_name = header.display_name or display_name_from_stem(name)
+    if grounding.mode != "mmgd_sam2" and grounding_label(grounding.mode) not in display_name:
+        # "Gemini + SAM 3" and "Gemini" (the paper's MM-GDINO + SAM2) are two rows of one leaderboard.
+        display_name = f"{display_name} + {grounding_label(grounding.mode)}"
     return ModelSettings(
         name=name,
         kind=kind,
-        display_name=header.display_name or display_name_from_stem(name),
+        display_name=display_name,
         simulated=header.simulated,
         validation=header.validation,
         settings=settings,
+        grounding=grounding,
     )
+
+
+def _check_box_item(
+    settings: DescriptionSettings, grounding: GroundingSettings, file: str | Path | None
+) -> None:
+    """A VLM-boxes mode needs the VLM to return a box: a required ``box_2d`` item in ``dict_items``."""
+    item = next((i for i in settings.dict_items if i.key == grounding.box_key), None)
+    if item is None or item.type != "box_2d" or not item.required:
+        message = (
+            f"grounding mode {grounding.mode!r} reads each object's box from key {grounding.box_key!r}: add "
+            f'{{"key": "{grounding.box_key}", "type": "box_2d", "required": true}} to dict_items and ask '
+            "for it in dict_prompt"
+        )
+        raise SettingsError(file, "dict_items", message)
 
 
 def load_model_settings(path: str | Path) -> ModelSettings:
