@@ -12,6 +12,7 @@ from .defs.io_manager import ParquetIOManagerFactory
 from .defs.jobs import benchmark_pair_job, datasets_job, leaderboard_job, settings_job
 from .defs.label_matches import label_matches
 from .defs.metrics import leaderboard, metrics
+from .defs.review import review_dataset
 from .defs.resources import DatasetsResource, ModelsResource, ServicesResource
 from .defs.schedules import nightly_benchmark_schedule
 from .defs.sensors import model_settings_sensor, settings_sensor
@@ -29,6 +30,7 @@ ASSETS = [
     label_matches,
     metrics,
     leaderboard,
+    review_dataset,
 ]
 
 
