@@ -34,6 +34,12 @@ def _is_dict_annotation(annotation: Any) -> bool:
 class ParquetIOManager(dg.UPathIOManager):
     extension = ".parquet"
 
+    @property
+    def base_path(self) -> UPath:
+        """Where the assets are stored (``review_dataset`` reads the pair assets from here, as
+        ``vlm-gist review`` does)."""
+        return self._base_path
+
     def make_safe_partition_path(self, base_path: UPath, partition: str) -> UPath:
         return base_path / _escape_parent_segments(partition)
 

@@ -47,3 +47,53 @@ def column_schema(df: pd.DataFrame, descriptions: Mapping[str, str] | None = Non
 def counts_table(counts: Mapping[str, int | float], key: str, value: str) -> dg.MetadataValue:
     lines = [f"| {key} | {value} |", "| --- | ---: |"] + [f"| {k} | {v} |" for k, v in counts.items()]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def _column_type(series: pd.Series) -> str:
+    """The Dagster column type (``TableColumn.type``) of a frame column."""
+    if pd.api.types.is_bool_dtype(series):
+        return "bool"
+    if pd.api.types.is_integer_dtype(series):
+        return "int"
+    if pd.api.types.is_float_dtype(series):
+        return "float"
+    return "string"
+
+
+def _cell(value: Any, kind: str, digits: int | None) -> str | int | float | bool | None:
+    if value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)):
+        return None
+    if kind == "bool":
+        return bool(value)
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return round(float(value), digits) if digits is not None else float(value)
+    return str(value)
+
+
+def frame_table(
+    df: pd.DataFrame,
+    descriptions: Mapping[str, str] | None = None,
+    *,
+    types: Mapping[str, str] | None = None,
+    digits: int | None = 4,
+) -> dg.TableMetadataValue:
+    """``df`` as Dagster table metadata (``MetadataValue.table``): one record per row, typed columns
+    (``types`` overrides the type read from the dtype: ``"int"`` for a float column holding ranks), NaN as
+    null, floats rounded to ``digits`` so that the UI's cells stay narrow.
+
+    >>> table = frame_table(pd.DataFrame({"name": ["a"], "f1": [0.123456], "rank": [1.0]}), types={"rank": "int"})
+    >>> [(c.name, c.type) for c in table.schema.columns], table.records[0].data
+    ([('name', 'string'), ('f1', 'float'), ('rank', 'int')], {'name': 'a', 'f1': 0.1235, 'rank': 1})
+    """
+    descriptions = descriptions or {}
+    kinds = {str(c): (types or {}).get(str(c)) or _column_type(df[c]) for c in df.columns}
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(name=c, type=kinds[c], description=descriptions.get(c)) for c in kinds]
+    )
+    records = [
+        dg.TableRecord({str(c): _cell(v, kinds[str(c)], digits) for c, v in row.items()})
+        for row in df.to_dict("records")
+    ]
+    return dg.MetadataValue.table(records=records, schema=schema)
