@@ -80,6 +80,8 @@ class Service:
     env: dict[str, str]
     daemon: subprocess.Popen | None = None
     daemon_logs: list[Path] = field(default_factory=list)
+    #: Process groups of every daemon started (a killed daemon's code server outlives it in its group).
+    daemon_groups: list[int] = field(default_factory=list)
 
     @property
     def home(self) -> Path:
@@ -137,6 +139,7 @@ class Service:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self.daemon_groups.append(self.daemon.pid)
         return self.daemon
 
     def kill_daemon(self) -> None:
@@ -146,19 +149,20 @@ class Service:
         self.daemon.wait(timeout=30)
 
     def stop_daemon(self) -> None:
-        """Stop the daemon and everything it started (its process group: code server, run workers)."""
-        if self.daemon is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.daemon.pid, signal.SIGTERM)
-        try:
-            self.daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        """Stop the daemon and everything the daemons started (their process groups: code servers, run
+        workers), including what a killed daemon left behind."""
+        if self.daemon is not None and self.daemon.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.daemon.pid, signal.SIGKILL)
+                os.killpg(self.daemon.pid, signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        for group in self.daemon_groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)  # children that outlived their daemon
+        if self.daemon is not None:
             self.daemon.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.daemon.pid, signal.SIGKILL)  # children that outlived the daemon
 
     def daemon_output(self, chars: int = 4000) -> str:
         return "\n".join(p.read_text(errors="replace")[-chars:] for p in self.daemon_logs if p.is_file())

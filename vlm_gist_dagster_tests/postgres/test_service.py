@@ -20,10 +20,12 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import pandas as pd
 import pytest
+from dagster._core.execution.backfill import BulkActionStatus
 
 from vlm_gist_dagster.defs.partitions import DATASETS, pair_key
 from vlm_gist_dagster.runner import simulator_environment
@@ -136,7 +138,7 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
 
         # First daemon: killed once a third of the pairs are done, with runs in flight.
         service.start_daemon()
-        wait_for(lambda: len(backfill_runs(dg.DagsterRunStatus.SUCCESS)) >= 6, 300, "6 pair runs", service)
+        wait_for(lambda: len(backfill_runs(dg.DagsterRunStatus.SUCCESS)) >= 6, 420, "6 pair runs", service)
         in_flight_at_kill = len(backfill_runs(dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING))
         service.kill_daemon()
         time.sleep(2)
@@ -145,14 +147,14 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
         def backfill_done() -> bool:
             backfill = instance.get_backfill(backfill_id)
             return backfill is not None and backfill.status in (
-                dg.BulkActionStatus.COMPLETED_SUCCESS,
-                dg.BulkActionStatus.COMPLETED_FAILED,
-                dg.BulkActionStatus.FAILED,
-                dg.BulkActionStatus.CANCELED,
+                BulkActionStatus.COMPLETED_SUCCESS,
+                BulkActionStatus.COMPLETED_FAILED,
+                BulkActionStatus.FAILED,
+                BulkActionStatus.CANCELED,
             )
 
         wait_for(backfill_done, 420, "the backfill to finish", service)
-        assert instance.get_backfill(backfill_id).status == dg.BulkActionStatus.COMPLETED_SUCCESS, service.daemon_output()
+        assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS, service.daemon_output()
 
         last_metrics = max(
             r.timestamp for r in instance.fetch_materializations(dg.AssetKey("metrics"), limit=1000).records
@@ -162,7 +164,7 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
             event = instance.get_latest_materialization_event(dg.AssetKey("leaderboard"))
             return event if event is not None and event.timestamp > last_metrics else None
 
-        leaderboard_event = wait_for(leaderboard_after_metrics, 150, "the leaderboard (automation)", service)
+        leaderboard_event = wait_for(leaderboard_after_metrics, 240, "the leaderboard (automation)", service)
         service.stop_daemon()
 
         # Every pair materialised exactly once: nothing lost, nothing run twice across the daemon kill.
@@ -186,7 +188,12 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
         peak = max_overlap([(r.start_time, r.end_time) for r in pair_runs])
         assert 2 <= peak <= backfill_limit, peak  # the queue ran pairs in parallel, within the tag limit
 
-        # The SAM2 pool: the masks steps of all runs never overlapped.
+        # The SAM2 pool (`sam2_realtime@<host>:<port>`, defs/common.py) got deploy/dagster.yaml's default
+        # limit of 1, and the masks steps of all runs never overlapped.
+        sam2 = urlsplit(simulator.vision_urls["sam2_realtime"])
+        sam2_pool = f"sam2_realtime@{sam2.hostname}:{sam2.port}"
+        assert sam2_pool in instance.event_log_storage.get_concurrency_keys()
+        assert instance.event_log_storage.get_concurrency_info(sam2_pool).slot_count == 1
         masks = step_intervals(instance, [r.dagster_run.run_id for r in pair_runs], "masks")
         assert len(masks) == len(pairs)
         assert max_overlap([(s, e) for s, e, _ in masks]) == 1
