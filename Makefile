@@ -36,6 +36,14 @@ check: $(VENV)/.installed-dev
 test-browser: $(VENV)/.installed-browser
 	VLM_GIST_BROWSER_TESTS=1 $(BIN)/python -m pytest vlm_gist_dagster_tests/browser $(PYTEST_ARGS)
 
+# The production path on a real PostgreSQL (deploy/dagster.yaml, the run queue, a real dagster-daemon, pools,
+# automation), not part of `make test`: each test starts a throwaway cluster with initdb/pg_ctl in a temp
+# directory. Needs Debian's PostgreSQL server binaries (`apt-get install -y postgresql` as root, or
+# $$VLM_GIST_PG_BIN); without them the tests fail with that command.
+.PHONY: test-postgres
+test-postgres: $(VENV)/.installed-dev
+	VLM_GIST_POSTGRES_TESTS=1 $(BIN)/python -m pytest vlm_gist_dagster_tests/postgres $(PYTEST_ARGS)
+
 $(VENV)/.installed-browser: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev,browser]'
 	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed

@@ -21,13 +21,16 @@ from .settings_assets import SETTINGS_FILES_SELECTION
 #: Here a partition missing at the first evaluation counts as newly missing: it is requested once, like a
 #: partition added later. It is still requested only once (not again while it stays missing, e.g. after a
 #: failed run): the trigger is "missing became true", remembered until the partition is requested or
-#: updated.
+#: updated. A partition that a run or a backfill is already computing is not requested again (as
+#: ``on_missing()`` / ``eager()`` do): without ``~in_progress()`` the first tick after a backfill was
+#: launched requested every partition of the backfill a second time.
 MISSING_CONDITION = (
     dg.AutomationCondition.missing()
     .newly_true()
     .since(dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated())
     .with_label("missing_since_last_requested")
     & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.in_progress()
 ).with_label("missing (initial evaluation included)")
 #: The settings-file assets (``defs.settings_assets``) are lineage: the stages neither wait for them nor
 #: react to them (``settings_sensor`` launches what a settings change needs).
