@@ -9,10 +9,7 @@ through the standard ``AWS_ENDPOINT_URL`` variable: nothing in the project knows
 from __future__ import annotations
 
 import io
-import json
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import boto3
 import dagster as dg
@@ -22,7 +19,8 @@ import pytest
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import FAULT_TYPES, SERVER_NAMES, controls_from_model_files, start_simulator
 
-REPO = Path(__file__).resolve().parents[2]
+from ..postgres.service import mini_coco, write_fast_model
+
 BUCKET = "vlm-gist-test"
 PREFIX = "bench/assets"
 MODELS = ("s3a", "s3b")
@@ -43,29 +41,6 @@ def s3_endpoint() -> Iterator[str]:
         server.stop()
 
 
-def write_model(models_dir: Path, key: str) -> Path:
-    raw = json.loads((REPO / "settings" / "models" / "sim_strong.json").read_text())
-    raw["model"]["display_name"] = f"{key} (simulated)"
-    raw["model"]["simulator"] = {"latency_mean_s": 0.0, "recall": 0.9}
-    for block in ("vlm_scene_description", "vlm_structured_description", "vlm_decoupled_attribution"):
-        raw[block]["model_name"] = f"test/{key}"
-    path = models_dir / f"{key}.json"
-    path.write_text(json.dumps(raw, indent=2))
-    return path
-
-
-def mini_coco(src: Path, dst: Path, images: int = 2) -> Path:
-    document = json.loads((src / "labels.json").read_text())
-    document["images"] = document["images"][:images]
-    ids = {im["id"] for im in document["images"]}
-    document["annotations"] = [a for a in document["annotations"] if a["image_id"] in ids]
-    (dst / "data").mkdir(parents=True)
-    for im in document["images"]:
-        shutil.copy(src / "data" / im["file_name"], dst / "data" / im["file_name"])
-    (dst / "labels.json").write_text(json.dumps(document))
-    return dst
-
-
 def test_a_pair_run_and_the_leaderboard_keep_their_parquet_in_s3(tmp_path, coco_dir, s3_endpoint):
     aws = {
         "AWS_ENDPOINT_URL": s3_endpoint,
@@ -78,8 +53,8 @@ def test_a_pair_run_and_the_leaderboard_keep_their_parquet_in_s3(tmp_path, coco_
     client.create_bucket(Bucket=BUCKET)
     models = tmp_path / "models"
     models.mkdir()
-    files = [write_model(models, m) for m in MODELS]
-    coco = mini_coco(coco_dir, tmp_path / "coco_2")
+    files = [write_fast_model(models, m) for m in MODELS]
+    coco = mini_coco(coco_dir, tmp_path / "coco_2", 2)
     local_data = tmp_path / "data"
     env = {
         **aws,
