@@ -56,6 +56,7 @@ __all__ = [
     "sam3_prompts",
     "sam3_request",
     "select_sam3",
+    "suppress_duplicates",
 ]
 
 #: ``(y_min, x_min, y_max, x_max)`` normalised to 0–1000.
@@ -141,6 +142,35 @@ def sam3_classes_request(
         min_confidence=settings.model_min_confidence,
         mask_threshold=settings.model_mask_threshold,
     )
+
+
+def suppress_duplicates(found: Detections, iou_threshold: float | None = 0.5) -> Detections:
+    """Class-agnostic non-maximum suppression (``sam3_classes``: one instance, one class): walking the
+    instances best first, drop each whose box overlaps a kept one with IoU above ``iou_threshold``; server
+    order is kept. None keeps everything.
+
+    >>> d = Detections.from_boxes(["chair", "armchair", "cup"], [(0, 0, 10, 10), (1, 0, 11, 10), (20, 20, 30, 30)],
+    ...                           [0.7, 0.9, 0.6])
+    >>> suppress_duplicates(d).label.tolist()   # IoU(chair, armchair) = 90 / 110 = 0.82 > 0.5
+    ['armchair', 'cup']
+    """
+    if iou_threshold is None or len(found) < 2:
+        return found
+    boxes = found.xyxy.astype(np.float64)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep: list[int] = []
+    for i in np.argsort(-found.confidence, kind="stable"):
+        if keep:
+            kept = boxes[keep]
+            w = np.clip(np.minimum(kept[:, 2], boxes[i, 2]) - np.maximum(kept[:, 0], boxes[i, 0]), 0, None)
+            h = np.clip(np.minimum(kept[:, 3], boxes[i, 3]) - np.maximum(kept[:, 1], boxes[i, 1]), 0, None)
+            inter = w * h
+            with np.errstate(divide="ignore", invalid="ignore"):
+                iou = inter / (areas[keep] + areas[i] - inter)
+            if (iou > iou_threshold).any():
+                continue
+        keep.append(int(i))
+    return found[np.sort(np.asarray(keep, dtype=np.int64))]
 
 
 def parse_sam3_response(

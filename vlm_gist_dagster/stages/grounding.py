@@ -49,6 +49,7 @@ from ..protocol.grounding import (
     sam3_prompts,
     sam3_request,
     select_sam3,
+    suppress_duplicates,
 )
 from ..protocol.segmentation import parse_sam2_response, sam2_track_request, sam2_update_request
 from ..protocol.settings import BaselineSettings, DetectionSettings, GroundingSettings, ModelSettings
@@ -251,7 +252,8 @@ def run_detections(
                         body = sam3_classes_request(
                             vision_image(paths[image_id]).base64, baseline, class_names
                         )
-                        return parse_sam3_response(await vision.infer_cached(flavor, body))
+                        found = parse_sam3_response(await vision.infer_cached(flavor, body))
+                        return suppress_duplicates(found, baseline.model_nms_iou)
                     if baseline is not None:
                         body = baseline_request(vision_image(paths[image_id]).base64, baseline)
                         return parse_baseline_response(
@@ -564,7 +566,7 @@ async def _sam3_masks(
                     vision_image(path).base64, baseline, [str(c) for c in prompts[image_id]]
                 )
                 found = parse_sam3_response(await vision.infer_cached(flavor, body), image_size=size)
-                kept, label = found, "object_name"
+                kept, label = suppress_duplicates(found, baseline.model_nms_iou), "object_name"
             else:
                 image_prompts = [str(p) for p in prompts[image_id]]
                 body = _sam3_body(path, image_prompts, model.grounding)

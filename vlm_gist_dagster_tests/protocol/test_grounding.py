@@ -254,3 +254,15 @@ def test_sam3_baseline_settings():
     ):
         with pytest.raises(ValueError, match=message):
             BaselineSettings.model_validate(bad)
+
+
+def test_suppress_duplicates_keeps_the_best_class_per_instance():
+    from vlm_gist_dagster.protocol.detections import Detections
+    from vlm_gist_dagster.protocol.grounding import suppress_duplicates
+
+    # IoU(0, 1) = 90 / 110 = 0.82; IoU(0, 2) = 50 / 150 = 0.33; IoU(1, 2) = 60 / 140 = 0.43
+    boxes = [(0, 0, 10, 10), (1, 0, 11, 10), (5, 0, 15, 10)]
+    found = Detections.from_boxes(["chair", "armchair", "stool"], boxes, [0.6, 0.8, 0.7])
+    assert suppress_duplicates(found).label.tolist() == ["armchair", "stool"]
+    assert suppress_duplicates(found, 0.3).label.tolist() == ["armchair"]  # 0.33 > 0.3 suppresses chair
+    assert len(suppress_duplicates(found, None)) == 3

@@ -51,6 +51,9 @@ class BaselineSettings(SegmentationSettings):
     #: ``sam3`` only: the server's ``min_confidence`` and ``mask_threshold``.
     model_min_confidence: Annotated[float, Strict(), Field(ge=0.0, le=1.0)] = 0.5
     model_mask_threshold: Annotated[float, Strict(), Field(ge=0.0, le=1.0)] = 0.5
+    #: ``sam3`` only: class-agnostic NMS over all prompts' instances (one instance gets one class, as a
+    #: closed-vocabulary detector answers); None keeps every instance of every class.
+    model_nms_iou: Annotated[float, Strict(), Field(ge=0.0, le=1.0)] | None = 0.5
 
     @field_validator("model_prompt", mode="before")
     @classmethod
@@ -87,7 +90,8 @@ class BaselineSettings(SegmentationSettings):
             if name == "sam3" and data.get("segmentation_name", "sam2_realtime") is not None:
                 raise ValueError("sam3 segments its own detections: set segmentation_name to null")
             if name != "sam3" and any(
-                k in data for k in ("model_classes", "model_min_confidence", "model_mask_threshold")
+                k in data
+                for k in ("model_classes", "model_min_confidence", "model_mask_threshold", "model_nms_iou")
             ):
                 raise ValueError(
                     "model_classes, model_min_confidence and model_mask_threshold are for sam3 baselines"
