@@ -56,6 +56,7 @@ def test_one_entry_point_for_dg_dagster_dev_and_the_workspace():
         "metrics",
         "model_settings_file",
         "prices_file",
+        "review_dataset",
         "validation_settings_file",
         "validations",
     ]
