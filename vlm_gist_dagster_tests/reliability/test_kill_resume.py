@@ -41,9 +41,10 @@ PAIR_ASSETS = tuple(key.to_user_string() for key in PAIR_ASSET_KEYS)
 VOLATILE = {"duration_s", "attempt_log_json", "from_cache", "time"}
 CHILD = """
 import dagster as dg
-from vlm_gist_dagster.definitions import defs
+from vlm_gist_dagster.definitions import build_definitions
 instance = dg.DagsterInstance.get()
-defs.resolve_job_def("benchmark_pair_job").execute_in_process(partition_key={pair!r}, instance=instance)
+job = build_definitions().resolve_job_def("benchmark_pair_job")
+job.execute_in_process(partition_key={pair!r}, instance=instance)
 """
 
 
