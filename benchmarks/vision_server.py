@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/vision_server.py [--images 20] [--boxes 20] [--device cpu]
         [--random-size tiny|full] [--dtype auto] [--sam3]
 
-Per image, stage B as the pipeline runs it (spec §4.2–4.4): MM-Grounding-DINO ``large`` with ``--boxes``
+Per image, stage B as the pipeline runs it (docs/protocol/pipeline.md §4.2–4.4): MM-Grounding-DINO ``large`` with ``--boxes``
 prompts and over-detect 1.0 (exactly that many boxes), then SAM 2.1 ``large``: ``/update`` with one box
 prompt per detection and ``/infer`` (track) on the same image. With ``--sam3``, also SAM 3 with the same
 number of text prompts on each image, keeping the best instance of each prompt (as many masks as SAM2).

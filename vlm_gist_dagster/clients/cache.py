@@ -24,7 +24,7 @@ field                   meaning
 ======================  ==============================================================================
 
 **Which chat attempts are cached — all of them, by attempt number.** The paper's content-retry loop
-sends the *same* payload up to 1 + ``retry`` times (spec/pipeline.md §1.6); the outcome of attempt
+sends the *same* payload up to 1 + ``retry`` times (docs/protocol/pipeline.md §1.6); the outcome of attempt
 ``k`` depends on the model's sampling. The raw result of every completed attempt is stored
 under its number, so a re-run replays the same attempt sequence (the same failed attempts, the same
 success, the same Fail / Ret. / Time / tokens) with zero calls. Transport failures (429, 5xx,

@@ -1,7 +1,7 @@
 """Chat completions over httpx, exactly as the paper's provider layer sends and reads them
-(spec/pipeline.md §1.3, §1.4, §2.1), plus what the paper lacked: transport retries, limits, a cache.
+(docs/protocol/pipeline.md §1.3, §1.4, §2.1), plus what the paper lacked: transport retries, limits, a cache.
 
-One **attempt** is one HTTP exchange that reached the model (spec §1.6: "each attempt is exactly one
+One **attempt** is one HTTP exchange that reached the model (docs/protocol/pipeline.md §1.6: "each attempt is exactly one
 HTTP request"). :meth:`ChatClient.attempt` returns an :class:`AttemptOutcome` — a completion, or the
 model-side :class:`~vlm_gist_dagster.protocol.completions.CompletionError` that failed it (bad finish
 reason, invalid body, truncated stream, one of the three timeouts, a non-200 status the model is
@@ -15,7 +15,7 @@ blamed for) — and raises only for what is *not* the model's fault:
 The parts live next door: endpoint resolution and URL overrides in :mod:`.endpoints`, the streamed
 exchange and its timeout watchdog in :mod:`.sse`, the exchange records and their (cached) replay in
 :mod:`.replay`; transport, limits, retries and the cache come from :class:`~.base.ServiceClient`.
-A non-streaming attempt is capped by ``timeout_completion`` only (spec §1.4).
+A non-streaming attempt is capped by ``timeout_completion`` only (docs/protocol/pipeline.md §1.4).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ __all__ = [
     "resolve",
 ]
 
-#: The paper's pool size: CPU count − 1 workers, at least 1 (spec §1.6).
+#: The paper's pool size: CPU count − 1 workers, at least 1 (docs/protocol/pipeline.md §1.6).
 DEFAULT_CONCURRENCY = max(1, (os.cpu_count() or 2) - 1)
 
 
@@ -84,7 +84,7 @@ class AttemptOutcome:
     """The result of one attempt (one HTTP exchange that reached the model, or its cached replay).
 
     ``completion`` is the (possibly partial) completion; ``error`` the model-side failure, None when the
-    exchange produced a valid completion (its content is judged later, spec §1.5). ``duration_s`` is the
+    exchange produced a valid completion (its content is judged later, docs/protocol/pipeline.md §1.5). ``duration_s`` is the
     time of the HTTP request that produced this outcome (backoff waits and queueing excluded);
     ``http_retries`` the transport retries made before it; ``record`` the raw, cacheable result.
     """
@@ -169,7 +169,7 @@ class ChatClient(ServiceClient):
         http_client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        # read=None: the three timeouts are the watchdog's (spec §1.4), not httpx's.
+        # read=None: the three timeouts are the watchdog's (docs/protocol/pipeline.md §1.4), not httpx's.
         super().__init__(
             retry=retry,
             cache=cache,

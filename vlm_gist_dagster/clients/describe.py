@@ -1,8 +1,8 @@
 """Stage A over the network: the paper's content-retry loop for one image, and a batch runner that keeps
-N requests in flight across images (spec/pipeline.md §1.2–1.6).
+N requests in flight across images (docs/protocol/pipeline.md §1.2–1.6).
 
 Per image (:func:`describe_image`): prepare the image (§1.2) → build the request (§1.3) → up to
-``1 + retry`` attempts (§1.6, gotcha 2), each: cache lookup or one HTTP exchange (§1.4) →
+``1 + retry`` attempts (§1.6, docs/protocol/pipeline.md gotcha 2), each: cache lookup or one HTTP exchange (§1.4) →
 post-processing and validation (§1.4–1.5) → recorded with its raw text, reasoning, reason, duration,
 tokens and cost. Transport retries (429/5xx/connection) happen *inside* an attempt and are not counted.
 
@@ -14,7 +14,7 @@ only in the branch that *re-queues* the image::
         metadata[i]['failed_structured_description_completions'] = ... + [completion]
 
 and the final failure (retries exhausted) goes to the ``else`` branch, which records ``stamp_error``
-and ``report_error`` but appends nothing. spec/evaluation.md §2.10: "Ret. = mean number of failed
+and ``report_error`` but appends nothing. docs/protocol/evaluation.md §2.10: "Ret. = mean number of failed
 structured-description attempts per image (0–3 with retry=3; an image that failed completely
 contributes 3)". So :attr:`ImageDescription.failed_attempts` — the per-image Ret. value and the
 ``failed_attempts`` column of ``protocol.columns`` — is the number of failed attempts *followed by a
@@ -128,7 +128,7 @@ def _sum_optional(values: Sequence[float | int | None]) -> Any:
 
 @dataclass(frozen=True)
 class ImageDescription:
-    """The outcome of stage A for one image (spec §1.8, the fields the benchmark uses)."""
+    """The outcome of stage A for one image (docs/protocol/pipeline.md §1.8, the fields the benchmark uses)."""
 
     image_id: str
     image_sha256: str
@@ -267,7 +267,7 @@ async def describe_image(
     *,
     image_id: str,
 ) -> ImageDescription:
-    """The paper's content-retry loop for one prepared image (spec §1.6).
+    """The paper's content-retry loop for one prepared image (docs/protocol/pipeline.md §1.6).
 
     Raises :class:`~.errors.AuthenticationError`, :class:`~.errors.TransportRetriesExhausted` and
     :class:`~.errors.ConfigurationError` (not the model's fault, so not attempts).

@@ -1,4 +1,4 @@
-"""Text embeddings for label matching (spec/pipeline.md §2.3, spec/evaluation.md §1.6).
+"""Text embeddings for label matching (docs/protocol/pipeline.md §2.3, docs/protocol/evaluation.md §1.6).
 
 * :class:`EmbeddingsClient` — an OpenAI-compatible ``POST /v1/embeddings``:
   ``{"input": [texts…], "model": <model>, "encoding_format": "float"}`` with the endpoint's key. Only
@@ -47,7 +47,7 @@ __all__ = [
     "VectorCache",
 ]
 
-#: The paper's embedding model (spec/pipeline.md §2.3; no VLM-GIST setting overrides it).
+#: The paper's embedding model (docs/protocol/pipeline.md §2.3; no VLM-GIST setting overrides it).
 DEFAULT_EMBEDDING_MODEL = "text-embedding-3-large"
 OPENAI_MAX_INPUTS = 2048
 MISTRAL_BATCH_SIZE = 100

@@ -11,7 +11,7 @@ Hierarchy (like httpx's, so callers can catch as broadly as they need)::
 
 Model-side failures of a chat completion (bad finish reason, invalid JSON, timeouts, a truncated
 stream …) are *not* client errors: they are :class:`vlm_gist_dagster.protocol.completions.CompletionError`
-and count as failed attempts (spec/pipeline.md §1.4–1.6).
+and count as failed attempts (docs/protocol/pipeline.md §1.4–1.6).
 
 **Secrets.** Keys are read from environment variables by the clients, which register them here
 (:func:`register_secret`). :func:`redact` removes every registered secret, any ``Bearer <token>`` and
@@ -118,7 +118,7 @@ class AuthenticationError(ClientError):
 
 class TransportError(ClientError):
     """One retryable failure below the model: HTTP 429 (``retry_after_s`` from its header), 5xx, or a
-    connection error. Not a failed attempt of the model (spec §1.6 counts model failures only)."""
+    connection error. Not a failed attempt of the model (docs/protocol/pipeline.md §1.6 counts model failures only)."""
 
     def __init__(
         self, message: str, *, status: int | None = None, retry_after_s: float | None = None

@@ -1,4 +1,4 @@
-"""Token prices and the cost of a request (the paper's ``dollars_*`` usage fields, spec/pipeline.md §1.8).
+"""Token prices and the cost of a request (the paper's ``dollars_*`` usage fields, docs/protocol/pipeline.md §1.8).
 
 Prices are USD per **1 million** tokens, per model name as sent in the request (``model_name``):
 ``input`` (uncached prompt tokens), ``cached_input`` (prompt tokens served from the provider's prompt

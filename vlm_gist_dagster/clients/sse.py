@@ -1,4 +1,4 @@
-"""A streamed chat attempt: the hand-written SSE reader and its watchdog (spec/pipeline.md §1.4).
+"""A streamed chat attempt: the hand-written SSE reader and its watchdog (docs/protocol/pipeline.md §1.4).
 
 The three timeouts are enforced on the event loop's clock, per HTTP request ("the HTTP library itself
 has no timeout"):
@@ -172,7 +172,7 @@ async def _read_stream(
         try:
             done = accumulator.feed_line(line)
         except CompletionError:
-            # e.g. finish_reason length: the attempt fails at once (spec §1.4)
+            # e.g. finish_reason length: the attempt fails at once (docs/protocol/pipeline.md §1.4)
             return record(lines=lines, ended="error")
         if done:
             return record(lines=lines, ended="done")

@@ -2,19 +2,19 @@
 
 * :func:`make_async_client` — an ``httpx.AsyncClient`` with explicit timeouts. Chat completions pass
   ``read=None`` because their three timeouts are enforced by an asyncio watchdog instead
-  (spec/pipeline.md §1.4: "the HTTP library itself has no timeout").
+  (docs/protocol/pipeline.md §1.4: "the HTTP library itself has no timeout").
 * :class:`RetryPolicy` — **transport** retries: HTTP 429 (honouring ``Retry-After``, in seconds or as an
   HTTP date), 408, 5xx and connection errors are retried with exponential backoff and full jitter, up
-  to ``max_retries`` times. These are kept apart from the model's failed attempts (spec §1.6 counts
+  to ``max_retries`` times. These are kept apart from the model's failed attempts (docs/protocol/pipeline.md §1.6 counts
   only model failures; our issue 6). 401/403 are never retried (:class:`~.errors.AuthenticationError`).
 * :class:`EndpointLimits` — a per-endpoint ``asyncio.Semaphore`` (requests in flight) and an optional
   requests-per-minute token bucket (:class:`RateLimiter`). The paper bounded concurrency only by its
-  worker pool (CPU count − 1, spec §1.6) and had no rate limit.
+  worker pool (CPU count − 1, docs/protocol/pipeline.md §1.6) and had no rate limit.
 * The **status ladder** every client climbs: 401/403 → :class:`~.errors.AuthenticationError`; a
   retryable status → :class:`~.errors.TransportError` (:func:`raise_for_transport`); for the JSON APIs
   (vision, embeddings) then any other status >= 400 → :class:`~.errors.ResponseError` and a 200 with a
   cut-off body → :class:`~.errors.TransportError` (:func:`json_body`). Chat completions record other
-  statuses as failed attempts instead (the model is blamed, spec §1.4).
+  statuses as failed attempts instead (the model is blamed, docs/protocol/pipeline.md §1.4).
 
 >>> RetryPolicy(max_retries=3, backoff_base_s=1.0).delay(2, retry_after_s=None, uniform=lambda a, b: b)
 4.0

@@ -1,4 +1,4 @@
-"""Client of the NimbRo Vision Servers HTTP API (spec/pipeline.md §3, §4.2–4.3, §6): MM-Grounding-DINO,
+"""Client of the NimbRo Vision Servers HTTP API (docs/protocol/pipeline.md §3, §4.2–4.3, §6): MM-Grounding-DINO,
 SAM2-realtime, Florence-2 and Kosmos-2, one server per model family.
 
 * **Routes:** ``/health`` (open), ``/model_flavors``, ``/status``, ``/load``, ``/unload``, ``/infer``;
@@ -7,13 +7,13 @@ SAM2-realtime, Florence-2 and Kosmos-2, one server per model family.
   ``NIMBRO_VISION_SERVER_TOKEN`` accepts any value, but still requires the header).
 * **Loading:** :meth:`VisionClient.ensure_loaded` does ``GET /status`` and ``POST /load`` only when the
   family or flavour differs, **once per client** (= per run), not before every call as the paper's
-  ROS client does. Caveat (gotcha 16): sam2_realtime's ``/status`` always reports ``null``, so the
+  ROS client does. Caveat (docs/protocol/pipeline.md gotcha 16): sam2_realtime's ``/status`` always reports ``null``, so the
   paper reloaded SAM2 before every ``/update``; we load it once per run. Loading only re-creates the
   model, and every ``/update`` resets all tracks anyway, so results are the same. When a server
   answers 503 ("no model loaded", e.g. after a restart) the client loads again before retrying.
 * **Images** are re-encoded to plain 3-channel 8-bit (PNG, or JPEG for JPEG input) before sending
   (:func:`vision_image`): grayscale, RGBA, palette and 16-bit inputs would otherwise fail on the
-  server's ``cvtColor(RGB2BGR)`` (gotcha 15), and the paper's client then retried forever.
+  server's ``cvtColor(RGB2BGR)`` (docs/protocol/pipeline.md gotcha 15), and the paper's client then retried forever.
 * **Retries** are bounded (:class:`~.transport.RetryPolicy`): 429 / 5xx / connection errors / a
   truncated or non-JSON 200 body are retried with backoff, then
   :class:`~.errors.TransportRetriesExhausted`; 401/403 raise :class:`~.errors.AuthenticationError` at
@@ -74,7 +74,7 @@ DEFAULT_VISION_URLS: dict[str, str] = {
     "mmgroundingdino": "http://localhost:9000",
     "sam2_realtime": "http://localhost:9001",
     "florence2": "http://localhost:9003",
-    "kosmos2": "http://localhost:9004",  # ours: the paper's kosmos2 port is not known (spec §12)
+    "kosmos2": "http://localhost:9004",  # ours: the paper's kosmos2 port is not known (docs/protocol/pipeline.md §12)
     "sam3": "http://localhost:9005",  # ours: a new family (``vlm-gist vision-serve --family sam3``)
 }
 VISION_URL_ENV_PREFIX = "VLM_GIST_VISION_URL_"
@@ -133,7 +133,7 @@ def _is_16bit_png(data: bytes) -> bool:
 
 def vision_image(source: str | os.PathLike[str] | bytes | np.ndarray | PreparedImage) -> PreparedImage:
     """The image as a vision server must receive it: 3-channel, 8-bit, JPEG or PNG, never resized
-    (the benchmark's detect run sends full resolution, spec §4.1 ``png_max_pixels`` forced None)."""
+    (the benchmark's detect run sends full resolution, docs/protocol/pipeline.md §4.1 ``png_max_pixels`` forced None)."""
     if isinstance(source, PreparedImage):
         prepared = source
     elif isinstance(source, np.ndarray):
@@ -339,7 +339,7 @@ class VisionClient(ServiceClient):
         return await self._model_request("/infer", body)
 
     async def update(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /update`` (sam2_realtime): initialise the tracker (spec §4.3)."""
+        """``POST /update`` (sam2_realtime): initialise the tracker (docs/protocol/pipeline.md §4.3)."""
         self._require_sam2("update")
         return await self._model_request("/update", body)
 
@@ -363,7 +363,7 @@ class VisionClient(ServiceClient):
         nms_iou: float | None = None,
         overdetect_factor: float | None = 1.0,
     ) -> Detections:
-        """MM-Grounding-DINO on one image (spec §4.2)."""
+        """MM-Grounding-DINO on one image (docs/protocol/pipeline.md §4.2)."""
         await self.ensure_loaded(flavor)
         body = gdino_request(
             _vision_b64(image),
@@ -383,7 +383,7 @@ class VisionClient(ServiceClient):
         track: bool = True,
     ) -> tuple[list[Sam2Track], list[Sam2Track] | None]:
         """SAM2 ``/update`` with one box prompt per detection, then (``track``) ``/infer`` on the same
-        image (spec §4.3–4.4): (update tracks, track tracks or None). Runs under a lock so two images'
+        image (docs/protocol/pipeline.md §4.3–4.4): (update tracks, track tracks or None). Runs under a lock so two images'
         calls never interleave on the stateful server."""
         b64 = _vision_b64(image)
         answer = await self._update_and_track(
@@ -454,7 +454,7 @@ class VisionClient(ServiceClient):
         return await self.cached(key, lambda: self._update_and_track(flavor, update_body, track_body))
 
     async def baseline(self, image: VisionImage, settings: BaselineSettings) -> BaselineOutput:
-        """Florence-2 / Kosmos-2 on one image with the paper's baseline settings (spec §6)."""
+        """Florence-2 / Kosmos-2 on one image with the paper's baseline settings (docs/protocol/pipeline.md §6)."""
         if settings.model_name != self.family:
             raise ConfigurationError(
                 f"baseline settings are for {settings.model_name!r}, this client talks to {self.family!r}"

@@ -53,7 +53,7 @@ def exif_orientation(path: Path) -> int:
 def size_mismatch_hint(path: Path, labelled: tuple[int, int], stored: tuple[int, int]) -> str:
     """An explanation to append when the labelled size is the *displayed* size of an EXIF-rotated image.
 
-    The vision servers decode with PIL, which ignores EXIF orientation (spec/pipeline.md gotcha 15), so
+    The vision servers decode with PIL, which ignores EXIF orientation (docs/protocol/pipeline.md gotcha 15), so
     detections come in the stored pixel frame and ground-truth boxes must be given in that frame too.
     """
     orientation = exif_orientation(path)

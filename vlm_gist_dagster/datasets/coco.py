@@ -1,7 +1,7 @@
 """Reader for COCO detection directories (``data/`` + ``labels.json``), as FiftyOne's
 ``COCODetectionDataset`` exports them and as the COCO download writes them.
 
-Crowd annotations are removed by default, as the paper did for its COCO subset (spec/evaluation.md §2.1,
+Crowd annotations are removed by default, as the paper did for its COCO subset (docs/protocol/evaluation.md §2.1,
 §7): a crowd region is neither a true positive nor a false negative there.
 """
 

@@ -1,8 +1,8 @@
 """Downloads of the benchmark's two datasets, for users with internet access.
 
-* VLM-GIST: the FiftyOne export in the paper's public repository, pinned to the commit the spec was
+* VLM-GIST: the FiftyOne export in the paper's public repository, pinned to the commit docs/protocol/ was
   written from and checked against the published ``samples.json`` checksum.
-* COCO "minival (subset)": the 500 val2017 images with the lowest image ids (spec/pipeline.md §9.1),
+* COCO "minival (subset)": the 500 val2017 images with the lowest image ids (docs/protocol/pipeline.md §9.1),
   fetched with the FiftyOne zoo into a fresh zoo directory and written as a COCO detection directory
   (``data/`` + ``labels.json``) with *all* annotations of those images, masks and crowds included; the
   loader removes crowds as the paper did.
@@ -221,7 +221,7 @@ def download_coco_subset(
     the zoo's own download step, pointed at a directory of ours: ``download_zoo_dataset`` always writes
     to ``fo.config.dataset_zoo_dir`` and takes no directory) downloads the annotation archive and the
     images into a dedicated zoo directory. Its ``max_samples`` selection counts images already on disk
-    first (spec §9.1), so the ids are re-derived here from the full annotation file and any of the
+    first (docs/protocol/pipeline.md §9.1), so the ids are re-derived here from the full annotation file and any of the
     lowest ids still missing is fetched by id. The zoo directory (about 1 GB of annotation files for
     all splits) is removed once the subset is written; an interrupted download resumes from it.
     """

@@ -16,7 +16,7 @@ IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "file_name", "path", "width", "hei
 GROUND_TRUTH_COLUMNS: tuple[str, ...] = ("image_id", "instance_id", "label", "x", "y", "w", "h", "mask", "iscrowd")
 
 
-#: What a loader does with crowd annotations (spec/evaluation.md §2.1, §7): "remove" drops them, "fix"
+#: What a loader does with crowd annotations (docs/protocol/evaluation.md §2.1, §7): "remove" drops them, "fix"
 #: keeps them with ``iscrowd`` set to 0, "keep" leaves them marked.
 CrowdMode = Literal["remove", "fix", "keep"]
 

@@ -6,7 +6,7 @@ with an idempotent ``run_key``; declarative automation then refreshes the leader
 response cache a refresh never repeats a successful paid call.
 
 (``build_schedule_from_partitioned_job`` rejects dynamic partitions, so the schedule lists the keys
-itself; spec/dagster.md §1.12.)
+itself; Dagster's documentation §1.12.)
 """
 
 from pathlib import Path

@@ -4,7 +4,7 @@ One vision model returns labelled boxes; SAM2 then segments them as in stage B (
 Florence-2 masks come from the SAM2 *track* response (``segmentation_track: true``), Kosmos-2 masks
 from the *update* response (``segmentation_track: false``).
 
-**Association bug (gotcha 12).** The reference gives detection ``j`` the ``j``-th SAM2 track (list
+**Association bug (docs/protocol/pipeline.md gotcha 12).** The reference gives detection ``j`` the ``j``-th SAM2 track (list
 position), not the track with ``track_id == j``. SAM2 drops tracks with empty masks, and then every
 later detection receives its neighbour's mask, and the last ones none at all: there the reference
 raises ``IndexError`` and the image fails. :func:`assemble_baseline_detections` reproduces the
@@ -80,7 +80,7 @@ def florence2_request(
     max_new_tokens: int = 1024,
     max_batch_size: int = 6,
 ) -> dict[str, Any]:
-    """Body of the Florence-2 ``POST /infer`` (spec §6): ``<OD>`` or ``<DENSE_REGION_CAPTION>``.
+    """Body of the Florence-2 ``POST /infer`` (docs/protocol/pipeline.md §6): ``<OD>`` or ``<DENSE_REGION_CAPTION>``.
 
     >>> florence2_request("QUJD", task_prompt="<DENSE_REGION_CAPTION>")
     {'images': ['QUJD'], 'prompts': [{'task_prompt': '<DENSE_REGION_CAPTION>', 'prompt_args': None}], 'inference_parameters': {'num_beams': 3, 'max_new_tokens': 1024, 'max_batch_size': 6}}
@@ -100,7 +100,7 @@ def kosmos2_request(
     max_new_tokens: int = 1024,
     max_batch_size: int = 6,
 ) -> dict[str, Any]:
-    """Body of the Kosmos-2 ``POST /infer`` (spec §6). The server ignores ``num_beams``; it is sent anyway.
+    """Body of the Kosmos-2 ``POST /infer`` (docs/protocol/pipeline.md §6). The server ignores ``num_beams``; it is sent anyway.
 
     >>> kosmos2_request("QUJD")["inference_parameters"]
     {'num_beams': 3, 'max_new_tokens': 1024, 'max_batch_size': 6}
@@ -182,13 +182,13 @@ def assemble_baseline_detections(
     segmentation_use_bbox: bool = True,
     associate_by_track_id: bool = False,
 ) -> ImageDetections:
-    """One image's baseline detections with their SAM2 masks (spec §6).
+    """One image's baseline detections with their SAM2 masks (docs/protocol/pipeline.md §6).
 
     ``segmentation`` is the parsed SAM2 response whose masks the baseline uses (the track response for
     Florence-2, the update response for Kosmos-2), or None without segmentation. Detections carry no
     confidence (NaN) and no over-detection flag (``is_over_detection`` None).
 
-    By default detection ``j`` takes ``segmentation[j]`` (the paper's position association, gotcha 12);
+    By default detection ``j`` takes ``segmentation[j]`` (the paper's position association, docs/protocol/pipeline.md gotcha 12);
     past the end of the list it gets no mask (the reference crashes there) and the result is marked
     ``segmentation_misaligned``, as it is whenever a position-paired track id differs from ``j``.
     ``associate_by_track_id=True`` pairs detection ``j`` with ``track_id == j`` instead.

@@ -1,5 +1,5 @@
 """The leaderboard's non-detection columns (Ins., Mat., Time, Fail, Ret.) and the token / cost totals,
-with the paper's per-image statistics and NaN rules (spec/evaluation.md §2.7, §2.10; gotchas 14-16).
+with the paper's per-image statistics and NaN rules (docs/protocol/evaluation.md §2.7, §2.10; gotchas 14-16).
 
 Three small per-image tables feed them (the pipeline reads them from its Parquet assets):
 
@@ -82,7 +82,7 @@ class ImageStats:
 
 
 def image_stats(values: Sequence[float] | np.ndarray | pd.Series) -> ImageStats | None:
-    """``add_results`` (spec §2.7): ``None`` when the list is empty or all NaN (the paper skips the key,
+    """``add_results`` (docs/protocol/evaluation.md §2.7): ``None`` when the list is empty or all NaN (the paper skips the key,
     which later reads as NaN - or 0.0 for Fail); otherwise NaN fraction over ``max(len, 1)`` and the
     nan-ignoring statistics (std with ddof=0).
 
@@ -109,7 +109,7 @@ class MetadataColumns:
     """The five metadata columns of one (model, dataset) table row plus totals.
 
     ``ins`` = mean detections per image (over images with >= 1 prompt); ``mat`` = mean accepted labels
-    (over label-matched images) / ``ins``, a ratio of means (gotcha 14); ``time`` = median duration of
+    (over label-matched images) / ``ins``, a ratio of means (docs/protocol/evaluation.md gotcha 14); ``time`` = median duration of
     the successful description attempt; ``fail`` = fraction of images without a valid description;
     ``ret`` = mean failed attempts per image. NaN where the paper's table shows ``nan``.
     ``tokens_in`` / ``tokens_out`` / ``cost_usd`` are nan-sums over images (NaN if all unknown).
@@ -170,19 +170,19 @@ def metadata_columns(
     """Ins., Mat., Time, Fail and Ret. for one (model, dataset) run, exactly as the paper derives them.
 
     ``inf_retries=True`` reproduces the notebook's hard-coded override for runs made with unlimited
-    retries: Fail and Ret. become NaN whatever the data says (spec §2.10).
+    retries: Fail and Ret. become NaN whatever the data says (docs/protocol/evaluation.md §2.10).
 
-    NaN rules (spec §2.7 ``add_results`` and §2.10 ``.get`` defaults): a statistic whose per-image list
+    NaN rules (docs/protocol/evaluation.md §2.7 ``add_results`` and §2.10 ``.get`` defaults): a statistic whose per-image list
     is empty or all NaN is missing and shows as NaN, except Fail, which then defaults to 0.0 - so a run
-    where *every* image failed shows Fail 0.00, as in the paper (gotcha 16). Mat. is NaN when Ins. is
+    where *every* image failed shows Fail 0.00, as in the paper (docs/protocol/evaluation.md gotcha 16). Mat. is NaN when Ins. is
     NaN or 0 (the paper would divide by zero).
     """
     _require(descriptions, DESCRIPTION_COLUMNS, "descriptions")
     success = descriptions["success"].fillna(False).astype(bool).to_numpy()
     described = np.where(success, _numeric(descriptions, "num_described", "descriptions"), np.nan)
-    # ``len(failed_structured_description_completions)``, 0 when the key is absent (spec §2.7).
+    # ``len(failed_structured_description_completions)``, 0 when the key is absent (docs/protocol/evaluation.md §2.7).
     failures = np.nan_to_num(_numeric(descriptions, "failed_attempts", "descriptions"), nan=0.0)
-    # The duration is written only on success (spec §2.7: timing of a description attempt).
+    # The duration is written only on success (docs/protocol/evaluation.md §2.7: timing of a description attempt).
     duration = np.where(success, _numeric(descriptions, "duration_s", "descriptions"), np.nan)
 
     images: dict[str, float] = {}
@@ -203,7 +203,7 @@ def metadata_columns(
     if detections is not None:
         _require(detections, DETECTION_COLUMNS, "detections")
         prompts = _numeric(detections, "num_prompts", "detections")
-        # detections.json has an entry only for images with >= 1 prompt (spec §2.7, gotcha 14).
+        # detections.json has an entry only for images with >= 1 prompt (docs/protocol/evaluation.md §2.7, gotcha 14).
         detected_stats = add(
             "detected_instances", _numeric(detections, "num_detections", "detections")[prompts >= 1]
         )
@@ -233,7 +233,7 @@ def metadata_columns(
 
     ins = detected_stats.mean if detected_stats is not None else math.nan
     accept_mean = accept_stats.mean if accept_stats is not None else math.nan
-    # Mat. = accept_mean / detected_mean: a ratio of means over different image sets (gotcha 14).
+    # Mat. = accept_mean / detected_mean: a ratio of means over different image sets (docs/protocol/evaluation.md gotcha 14).
     mat = accept_mean / ins if (not math.isnan(ins) and ins != 0) else math.nan
     time = time_stats.median if time_stats is not None else math.nan
     # Fail = images.get("described_instances_NaN", 0.0); Ret. = .get("failures_..._mean", NaN).

@@ -1,5 +1,5 @@
 """Chat completions as the paper's provider layer (ROS nimbro_api) sends and reads them — pure functions,
-no network (spec/pipeline.md §1.3, §1.4, §2; gotchas 3–7, 21).
+no network (docs/protocol/pipeline.md §1.3, §1.4, §2; gotchas 3–7, 21).
 
 * **Messages:** :func:`system_message`, :func:`user_text_message`, :func:`user_image_message`,
   :func:`assistant_message`; :func:`merge_user_messages` joins consecutive user messages into one
@@ -13,7 +13,7 @@ no network (spec/pipeline.md §1.3, §1.4, §2; gotchas 3–7, 21).
   parsed JSON in JSON mode (:func:`extract_json`: longest valid substring first), or the text, after
   ``normalize_text_completion`` and the completion parsers (``json_decoder.py``,
   ``reasoning_extractor.py``). Reasoning content is **not** searched for JSON (§1.4), and an empty text
-  fails the attempt (gotcha 21).
+  fails the attempt (docs/protocol/pipeline.md gotcha 21).
 
 >>> extract_json('Sure! ```json\\n[{"object_name": "cup"}]\\n``` Hope this helps.')
 [{'object_name': 'cup'}]
@@ -33,7 +33,7 @@ from .text import normalize_string
 
 ResponseType = Literal["json", "text"]
 
-#: Finish reasons that let an attempt continue (spec/pipeline.md §1.4, gotcha 6).
+#: Finish reasons that let an attempt continue (docs/protocol/pipeline.md §1.4, gotcha 6).
 ALLOWED_FINISH_REASONS: frozenset[str | None] = frozenset({None, "stop", "tool_calls", "STOP", "end_turn"})
 
 #: Headers nimbro_api sends with every request (besides the key).
@@ -53,7 +53,7 @@ class CompletionError(Exception):
     ``stream_incomplete``, ``invalid_json``, ``empty_text``; the client adds ``timeout_first_chunk``,
     ``timeout_next_chunk``, ``timeout_completion``, ``http_status:<code>``, ``transport``.
     ``completion`` is the (partial) completion when there is one, so the raw output of a failed attempt
-    can be kept (spec §1.6).
+    can be kept (docs/protocol/pipeline.md §1.6).
     """
 
     def __init__(self, reason: str, message: str = "", completion: Completion | None = None):
@@ -80,7 +80,7 @@ class InvalidJson(CompletionError):
 
 
 class EmptyText(CompletionError):
-    """The completion has no text (e.g. every token went to reasoning) — gotcha 21."""
+    """The completion has no text (e.g. every token went to reasoning) — docs/protocol/pipeline.md gotcha 21."""
 
 
 class CompletionTimeout(CompletionError):
@@ -93,7 +93,7 @@ class CompletionTimeout(CompletionError):
 
 def system_message(text: str, role: Literal["system", "user"] = "system") -> dict[str, Any]:
     """The system prompt; with role ``user`` (InternVL/OVIS) it is a user text message that gets
-    merged into the following user message (gotcha 4)."""
+    merged into the following user message (docs/protocol/pipeline.md gotcha 4)."""
     if role == "user":
         return user_text_message(text)
     if role != "system":
@@ -119,7 +119,7 @@ def assistant_message(text: str) -> dict[str, Any]:
 
 
 def merge_user_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Consecutive user messages become one, their content arrays concatenated (spec §1.3)."""
+    """Consecutive user messages become one, their content arrays concatenated (docs/protocol/pipeline.md §1.3)."""
     merged: list[dict[str, Any]] = []
     for original in messages:
         message = copy.deepcopy(dict(original))
@@ -151,7 +151,7 @@ def build_payload(
     response_type: ResponseType,
     flavor: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of one chat-completions request (spec/pipeline.md §1.3 table, gotcha 3).
+    """The JSON body of one chat-completions request (docs/protocol/pipeline.md §1.3 table, gotcha 3).
 
     ``flavor`` defaults to the flavour of ``params.api_endpoint``. Consecutive user messages are merged
     here, so callers may pass them unmerged. A ``model_max_tokens`` of None sends no token limit.
@@ -209,7 +209,7 @@ def build_headers(api_key: str | None) -> dict[str, str]:
 @dataclass(frozen=True)
 class TokenUsage:
     """Provider token counts. The paper records ``prompt_tokens`` as ``tokens_input_uncached`` and
-    ``prompt_tokens_details.cached_tokens`` as ``tokens_input_cached`` (spec §1.4)."""
+    ``prompt_tokens_details.cached_tokens`` as ``tokens_input_cached`` (docs/protocol/pipeline.md §1.4)."""
 
     prompt_tokens: int | None = None
     cached_prompt_tokens: int | None = None
@@ -294,7 +294,7 @@ def interpret_response(body: Any) -> Completion:
                              choice.get("finish_reason"), usage, model)
     for index, other in enumerate(choices):
         # The paper's client checks every choice and fails the attempt when one has no finish_reason key
-        # (a null value is allowed; spec §1.4).
+        # (a null value is allowed; docs/protocol/pipeline.md §1.4).
         if not isinstance(other, Mapping):
             raise InvalidResponse("invalid_choice", f"choices[{index}] is not an object", partial)
         if "finish_reason" not in other:
@@ -309,7 +309,7 @@ def interpret_response(body: Any) -> Completion:
 @dataclass
 class StreamAccumulator:
     """Feed it the SSE lines (or the parsed ``data:`` chunks) of a streamed completion, then call
-    :meth:`result`. A disallowed finish reason raises at once (spec §1.4)."""
+    :meth:`result`. A disallowed finish reason raises at once (docs/protocol/pipeline.md §1.4)."""
 
     text_parts: list[str] = field(default_factory=list)
     reasoning_parts: list[str] = field(default_factory=list)
@@ -326,7 +326,7 @@ class StreamAccumulator:
     def feed_line(self, line: str) -> bool:
         """One SSE line; returns True once ``data: [DONE]`` arrived. Comment lines (``: OPENROUTER
         PROCESSING``), blank lines, other SSE fields and ``data:`` lines that are not JSON are ignored
-        (the paper's reader logs a warning for the last and goes on, spec §1.4); :attr:`chunks` counts
+        (the paper's reader logs a warning for the last and goes on, docs/protocol/pipeline.md §1.4); :attr:`chunks` counts
         the JSON chunks fed."""
         line = line.strip()
         if not line.startswith("data:"):
@@ -389,7 +389,7 @@ _CLOSERS = re.compile(r"[}\]]")
 
 def extract_json(text: str) -> Any | None:
     """The longest substring from a ``{``/``[`` to a later ``}``/``]`` that parses as JSON; ties go to the
-    earlier start. None when there is none (nimbro_utils ``extract_json``, spec §1.4).
+    earlier start. None when there is none (nimbro_utils ``extract_json``, docs/protocol/pipeline.md §1.4).
 
     The reference tries every (opening, closing) pair longest first, O(n²) candidates each parsed in
     O(n). Same result in O(n · openings) at worst: a JSON value starting at a given ``{``/``[`` has one
@@ -450,12 +450,12 @@ class ParsedCompletion:
 def postprocess(
     completion: Completion, response_type: ResponseType, params: CompletionParams
 ) -> ParsedCompletion:
-    """Turn a completion into the value a stage parses (spec/pipeline.md §1.4).
+    """Turn a completion into the value a stage parses (docs/protocol/pipeline.md §1.4).
 
-    * Empty text (after stripping) fails the attempt: ``empty_text`` (gotcha 21).
+    * Empty text (after stripping) fails the attempt: ``empty_text`` (docs/protocol/pipeline.md gotcha 21).
     * ``json``: :func:`decode_json_text` (``invalid_json`` when nothing parses).
     * ``text``: ``normalize_text_completion`` (``normalize_string`` with default flags =
-      transliteration + strip, gotcha 22), then the completion parsers in order.
+      transliteration + strip, docs/protocol/pipeline.md gotcha 22), then the completion parsers in order.
     * The reasoning is never searched for JSON.
     """
     logs: list[str] = []

@@ -1,5 +1,5 @@
 """Stage B — detection, client side: MM-Grounding-DINO requests and responses, and the per-image
-association of detections with SAM2 tracks, direct / over-detection flags and missing prompts (spec
+association of detections with SAM2 tracks, direct / over-detection flags and missing prompts (docs/protocol/pipeline.md
 §4.2–4.5). The detector server's own rule (de-duplication, chunking, confidence filter, NMS, selection and
 padding) lives next to the servers that apply it: :mod:`vlm_gist_dagster.sim.gdino` (the simulator) and
 :mod:`vlm_gist_dagster.vision_server` (``vlm-gist vision-serve``).
@@ -42,7 +42,7 @@ __all__ = [
 
 
 # =====================================================================================================
-# Client side: the request, the response, and what the detection stage makes of them (spec §4.2–4.5)
+# Client side: the request, the response, and what the detection stage makes of them (docs/protocol/pipeline.md §4.2–4.5)
 # =====================================================================================================
 
 
@@ -54,11 +54,11 @@ def gdino_request(
     nms_iou: float | None = None,
     overdetect_factor: float | None = 1.0,
 ) -> dict[str, Any]:
-    """Body of the MM-Grounding-DINO ``POST /infer`` for one image (spec §4.2).
+    """Body of the MM-Grounding-DINO ``POST /infer`` for one image (docs/protocol/pipeline.md §4.2).
 
     ``prompts`` are the description strings in description order, duplicates included (the server
     counts them). Numbers are sent as JSON floats because the server rejects ints for these fields.
-    An image with zero prompts is never sent (spec §4.2), so an empty list is an error here.
+    An image with zero prompts is never sent (docs/protocol/pipeline.md §4.2), so an empty list is an error here.
 
     >>> gdino_request("QUJD", ["a cat", "a cat"], overdetect_factor=1)
     {'images': ['QUJD'], 'inference_parameters': [{'prompts': ['a cat', 'a cat'], 'min_confidence': 0.0, 'nms_iou': None, 'overdetect_factor': 1.0}]}
@@ -85,7 +85,7 @@ def gdino_request(
 def parse_gdino_response(
     response: Mapping[str, Any], *, prompts: Sequence[str] | None = None, image: int = 0
 ) -> Detections:
-    """The detections of one image from an MM-Grounding-DINO ``/infer`` response (spec §4.2 step 6):
+    """The detections of one image from an MM-Grounding-DINO ``/infer`` response (docs/protocol/pipeline.md §4.2 step 6):
     labels are the prompts, boxes the server's int ``box_xyxy``, in the server's order.
 
     With ``prompts`` (the request's), a detection whose prompt was not requested is an error.
@@ -121,7 +121,7 @@ def over_detection_flags(
     over_detect: float | None,
     conf_threshold: float = 0.0,
 ) -> list[bool]:
-    """``is_over_detection`` per detection (spec §4.4 step 4).
+    """``is_over_detection`` per detection (docs/protocol/pipeline.md §4.4 step 4).
 
     Only when ``over_detect > 0``: for each prompt occurrence in order, the not yet assigned detection
     with that label, the highest confidence (the first on ties) and confidence ``> conf_threshold`` is
@@ -157,7 +157,7 @@ def over_detection_flags(
 
 
 def missing_and_over_detections(prompts: Sequence[str], labels: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Multiset differences (spec §4.4 step 4): ``(prompts − labels, labels − prompts)``, in order.
+    """Multiset differences (docs/protocol/pipeline.md §4.4 step 4): ``(prompts − labels, labels − prompts)``, in order.
 
     >>> missing_and_over_detections(["a", "b", "a", "c"], ["a", "a", "a", "b"])
     (['c'], ['a'])
@@ -174,7 +174,7 @@ def missing_and_over_detections(prompts: Sequence[str], labels: Sequence[str]) -
 
 @dataclass(frozen=True, eq=False)
 class ImageDetections:
-    """Stage-B result for one image (spec §4.4): its prompts, its detections (with SAM2's masks where
+    """Stage-B result for one image (docs/protocol/pipeline.md §4.4): its prompts, its detections (with SAM2's masks where
     they got one), the direct / over-detection flag per detection, the missing prompts and the
     over-detections (multiset differences). ``is_over_detection`` is None for baselines, which have no
     prompts and no confidence (§6)."""
@@ -196,7 +196,7 @@ class ImageDetections:
         return self.detections.preferred_xyxy(self.segmentation_use_bbox)
 
     def relative_xywh(self, width: int, height: int) -> np.ndarray:
-        """(N, 4) the evaluated boxes as FiftyOne's relative ``[x, y, w, h]`` (spec §4.5)."""
+        """(N, 4) the evaluated boxes as FiftyOne's relative ``[x, y, w, h]`` (docs/protocol/pipeline.md §4.5)."""
         return self.detections.relative_xywh(width, height, use_mask_box=self.segmentation_use_bbox)
 
 
@@ -205,7 +205,7 @@ def _mask_sources(
     track_tracks: Sequence[Sam2Track] | None,
     reproduce_track_fallback_bug: bool,
 ) -> list[dict[int, Sam2Track]]:
-    # spec §4.4 step 2 / gotcha 13: the reference looks up the *track* response, and its fallback meant
+    # docs/protocol/pipeline.md §4.4 step 2 / gotcha 13: the reference looks up the *track* response, and its fallback meant
     # for the update response reads the track response again. So only track masks are ever used, and
     # with segmentation_track=false (no track call) no detection gets a mask.
     sources: list[dict[int, Sam2Track]] = []
@@ -229,15 +229,15 @@ def assemble_detections(
     segmentation_use_bbox: bool = True,
     reproduce_track_fallback_bug: bool = True,
 ) -> ImageDetections:
-    """Put one image's stage-B pieces together (spec §4.4).
+    """Put one image's stage-B pieces together (docs/protocol/pipeline.md §4.4).
 
     * ``detections``: the parsed GDINO response (:func:`parse_gdino_response`), in server order;
       detection ``j`` prompted SAM2 with ``object_id = j``.
     * ``update_tracks`` / ``track_tracks``: the parsed SAM2 ``/update`` and ``/infer`` (track)
       responses; ``track_tracks`` is None when ``segmentation_track`` is off, both are None without
       segmentation. Masks are associated **by track id** (``track_id == j``), never by position,
-      because SAM2 drops empty masks (gotcha 12).
-    * ``reproduce_track_fallback_bug`` (default True, the paper's behaviour, gotcha 13): masks come
+      because SAM2 drops empty masks (docs/protocol/pipeline.md gotcha 12).
+    * ``reproduce_track_fallback_bug`` (default True, the paper's behaviour, docs/protocol/pipeline.md gotcha 13): masks come
       from the track response only, so ``segmentation_track=false`` yields no masks. False: a
       detection missing from the track response falls back to its update-response track, which is
       what the reference intended (and gives masks with ``segmentation_track=false``). The shipped
@@ -283,8 +283,8 @@ def instance_for_description(
 ) -> Mapping[str, Any]:
     """The structured-description element a detection label (a description string) belongs to.
 
-    Default: the **first** element with that ``description``, ``fiftyone_detect``'s rule (spec §4.4
-    step 5), which produced the benchmark. With ``rng``: ``vlm_gist.py``'s rule (spec §7), a
+    Default: the **first** element with that ``description``, ``fiftyone_detect``'s rule (docs/protocol/pipeline.md §4.4
+    step 5), which produced the benchmark. With ``rng``: ``vlm_gist.py``'s rule (docs/protocol/pipeline.md §7), a
     ``rng.randrange`` pick among the elements sharing the description, drawn only when there are
     several. Raises LookupError when no element has that description.
 
@@ -304,7 +304,7 @@ def gdino_request_with_settings(
     image_b64: str, prompts: Sequence[str], settings: DetectionSettings
 ) -> dict[str, Any]:
     """:func:`gdino_request` with the detection settings' ``conf_threshold``, ``nms_iou_threshold`` and
-    ``over_detect`` (sent as ``min_confidence``, ``nms_iou`` and ``overdetect_factor``; spec §4.1)."""
+    ``over_detect`` (sent as ``min_confidence``, ``nms_iou`` and ``overdetect_factor``; docs/protocol/pipeline.md §4.1)."""
     return gdino_request(
         image_b64,
         prompts,

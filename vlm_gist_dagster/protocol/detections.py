@@ -42,7 +42,7 @@ MASK_BOX_COLUMNS = ("mask_x1", "mask_y1", "mask_x2", "mask_y2")
 
 
 def relative_xywh(box_xyxy: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
-    """FiftyOne's relative box ``[x1/W, y1/H, (x2 − x1)/W, (y2 − y1)/H]`` of one box (spec §4.5).
+    """FiftyOne's relative box ``[x1/W, y1/H, (x2 − x1)/W, (y2 − y1)/H]`` of one box (docs/protocol/pipeline.md §4.5).
 
     >>> relative_xywh((10, 20, 30, 60), 100, 200)
     (0.1, 0.1, 0.2, 0.2)

@@ -1,4 +1,4 @@
-"""The chat-completion endpoints the paper knows by name, and the endpoint-dict form (spec/pipeline.md §2.1).
+"""The chat-completion endpoints the paper knows by name, and the endpoint-dict form (docs/protocol/pipeline.md §2.1).
 
 Pure data and validation: nothing here reads the environment or the network. An endpoint only *names*
 the environment variable that holds its key; the client resolves it. Secrets never live in settings
@@ -42,7 +42,7 @@ class Endpoint:
     key_env_var: str | None = None
 
 
-#: The five endpoints of the paper's provider layer (spec/pipeline.md §2.1). The embeddings URLs are
+#: The five endpoints of the paper's provider layer (docs/protocol/pipeline.md §2.1). The embeddings URLs are
 #: the providers' documented OpenAI-compatible routes; AIS has none that we know of.
 ENDPOINTS: dict[str, Endpoint] = {
     endpoint.name: endpoint

@@ -226,7 +226,7 @@ def select_sam3(
     found: Detections, prompts: Sequence[str], *, keep_all: bool = False
 ) -> tuple[Detections, np.ndarray]:
     """``(kept instances, is_over_detection)``: for each prompt occurrence in ``prompts`` (one per
-    described object), the best instance of that prompt not yet taken is direct (spec §4.4 step 4's rule);
+    described object), the best instance of that prompt not yet taken is direct (docs/protocol/pipeline.md §4.4 step 4's rule);
     the rest are over-detections, kept only with ``keep_all``. Server order is kept.
 
     >>> d = Detections.from_boxes(["chair", "chair", "table"], [(0, 0, 1, 1)] * 3, [0.6, 0.9, 0.7])

@@ -1,5 +1,5 @@
 """Image preparation for the requests, as the paper's ``read_image`` + FiftyOne describe node do it
-(spec/pipeline.md §1.2, gotchas 5, 15, 17).
+(docs/protocol/pipeline.md §1.2, gotchas 5, 15, 17).
 
 * **Down-scaling:** only when H·W is *strictly* greater than ``png_max_pixels``; ratio
   ``sqrt(max / (H·W))``, new size ``int(ratio·W) × int(ratio·H)`` (truncated), ``cv2.INTER_AREA``.
@@ -8,17 +8,17 @@
   (a JPEG stays that JPEG, byte for byte).
 * **Re-encoding otherwise, in the format of the original extension:** cv2 picks the encoder from the
   file name, so a resized ``.jpg`` is re-encoded as JPEG (cv2's default quality 95; the PNG compression
-  level is ignored) and a ``.png`` as PNG with ``png_compression_level`` (gotcha 17). Arrays (no file
+  level is ignored) and a ``.png`` as PNG with ``png_compression_level`` (docs/protocol/pipeline.md gotcha 17). Arrays (no file
   name) are encoded as PNG, like the paper's timestamp-named copies.
 * **Decoding** follows ``cv2.imread(path, cv2.IMREAD_COLOR)``: 3-channel BGR uint8 for any input —
   grayscale is replicated, alpha is dropped (not composited), palette images are expanded, 16-bit
   samples are scaled to 8 bits, CMYK JPEGs are converted by libjpeg — and the **EXIF orientation is
   applied** (OpenCV's default). Original bytes that are sent unchanged keep their EXIF tag as is, as
   in the paper. Formats cv2 cannot read (e.g. GIF) are decoded with Pillow instead.
-* ``ensure_rgb`` (ours, for the vision servers, gotcha 15): also re-encode files that are not plain
+* ``ensure_rgb`` (ours, for the vision servers, docs/protocol/pipeline.md gotcha 15): also re-encode files that are not plain
   8-bit RGB JPEG/PNG (grayscale, RGBA, palette, 16-bit, CMYK), so the server always receives 3 channels.
   Off by default for the VLM path, where the paper sent such files unchanged.
-* **Data URIs are always labelled** ``image/jpeg`` (gotcha 5), even for PNG bytes.
+* **Data URIs are always labelled** ``image/jpeg`` (docs/protocol/pipeline.md gotcha 5), even for PNG bytes.
 
 ``PreparedImage.sha256`` is the hash of the bytes actually sent (the response cache keys on it).
 
@@ -85,19 +85,19 @@ class PreparedImage:
 
     @property
     def base64(self) -> str:
-        """Plain base64 without prefix — the form the vision servers take (spec/pipeline.md §3)."""
+        """Plain base64 without prefix — the form the vision servers take (docs/protocol/pipeline.md §3)."""
         return base64.b64encode(self.data).decode("ascii")
 
 
 def data_uri(data: bytes) -> str:
-    """Base64 data URI, always labelled ``image/jpeg`` whatever the bytes are (gotcha 5)."""
+    """Base64 data URI, always labelled ``image/jpeg`` whatever the bytes are (docs/protocol/pipeline.md gotcha 5)."""
     return DATA_URI_PREFIX + base64.b64encode(data).decode("ascii")
 
 
 def to_image_url(value: str) -> str:
     """nimbro_api's rule for an ``image_url`` string that is not a local path: web URLs and
     ``data:image/jpeg;base64,`` URIs pass unchanged, bare base64 gets the JPEG prefix, any other data
-    URI (e.g. ``image/png``) is rejected (spec/pipeline.md §1.2)."""
+    URI (e.g. ``image/png``) is rejected (docs/protocol/pipeline.md §1.2)."""
     if _URL.fullmatch(value) or value.startswith(DATA_URI_PREFIX):
         return value
     if value.startswith("data:"):

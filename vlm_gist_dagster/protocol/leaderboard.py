@@ -1,5 +1,5 @@
 """The paper's result tables: number formatting, the fixed-width text table, the weighted table,
-plus a Markdown version and the PNG rendering's image (spec/evaluation.md §3, §4; gotchas 17-19).
+plus a Markdown version and the PNG rendering's image (docs/protocol/evaluation.md §3, §4; gotchas 17-19).
 
 A row is a mapping with the keys ``name, f1, rec, prec, map, ins, mat, time, fail, ret`` holding
 *unrounded* values (NaN allowed); rounding happens only when printing.
@@ -38,7 +38,7 @@ __all__ = [
 
 #: The nine value columns in table order.
 COLUMNS: tuple[str, ...] = ("f1", "rec", "prec", "map", "ins", "mat", "time", "fail", "ret")
-#: ``(integers, decimals)`` per column, as the notebook calls ``format_number`` (spec §2.10).
+#: ``(integers, decimals)`` per column, as the notebook calls ``format_number`` (docs/protocol/evaluation.md §2.10).
 COLUMN_FORMATS: dict[str, tuple[int, int]] = {
     "f1": (1, 3), "rec": (1, 3), "prec": (1, 3), "map": (1, 3),
     "ins": (2, 1), "mat": (1, 2), "time": (3, 1), "fail": (1, 2), "ret": (1, 2),
@@ -65,7 +65,7 @@ _BEST_IS_MAX = {
 
 
 def format_number(x: float, integers: int, decimals: int) -> str:
-    """nimbro_utils ``format_number(x, integers, decimals, signed=False)`` (spec §4, gotcha 18).
+    """nimbro_utils ``format_number(x, integers, decimals, signed=False)`` (docs/protocol/evaluation.md §4, gotcha 18).
 
     Rounds half-up on the *shortest repr* (``Decimal(str(x))``), not on the binary value, and
     right-aligns to width ``integers + 1 + decimals`` (``integers`` when ``decimals == 0``). NaN is the
@@ -124,7 +124,7 @@ def _check_rows(rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Rows by *unrounded* F1, highest first (gotcha 19). The notebook uses ``np.argsort(-f1)`` whose
+    """Rows by *unrounded* F1, highest first (docs/protocol/evaluation.md gotcha 19). The notebook uses ``np.argsort(-f1)`` whose
     tie order is unspecified; we sort stably (equal F1 keeps the input order) and put NaN last, as
     argsort does."""
 
@@ -151,7 +151,7 @@ def _extremes(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[float | None
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], *, highlight: bool = False) -> str:
-    """The paper's text table (spec §4), without a trailing newline (the published ``.txt`` files have
+    """The paper's text table (docs/protocol/evaluation.md §4), without a trailing newline (the published ``.txt`` files have
     none).
 
     Header ``"Model" + (longest - 5) spaces + " |  F1   |  Rec. | ..."``, a rule of ``len(header)``
@@ -213,7 +213,7 @@ def weighted(
     rows_by_dataset: Sequence[Sequence[Mapping[str, Any]]] | Mapping[str, Sequence[Mapping[str, Any]]],
     weights: Sequence[float] | Mapping[str, float],
 ) -> list[dict[str, Any]]:
-    """The "Weighted" table's rows (spec §3, gotcha 17).
+    """The "Weighted" table's rows (docs/protocol/evaluation.md §3, gotcha 17).
 
     Models are those of the first dataset whose name occurs *exactly* (same string, trailing spaces
     included) in every other dataset, in the first dataset's order. Weights are normalised to sum 1.

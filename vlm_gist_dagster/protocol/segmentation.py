@@ -161,7 +161,7 @@ def encode_sam2_mask(full_mask: np.ndarray) -> tuple[BoxXYXY, str] | None:
     """What the SAM2 server makes of one full-image mask: ``(box_xyxy, base64 PNG)``, or None if dropped.
 
     The box is :func:`mask_to_box` (inclusive max); the PNG holds ``mask[y1:y2, x1:x2]``, which misses
-    the last foreground row and column (gotcha 11). Empty masks are dropped (None). A mask one pixel
+    the last foreground row and column (docs/protocol/pipeline.md gotcha 11). Empty masks are dropped (None). A mask one pixel
     wide or tall raises :class:`DegenerateMaskError` (the real server fails on it).
     """
     arr = np.asarray(full_mask, dtype=bool)
@@ -250,7 +250,7 @@ def decode_sam2_track(track: Sam2Track, image_width: int, image_height: int) -> 
     """Paste a track's cropped mask at ``(x1, y1)`` into the full image and encode it as COCO RLE
     (the mask box is the track's ``box_xyxy``).
 
-    The crop must have shape ``(y2 − y1, x2 − x1)`` (the server's one-short crop, gotcha 11); the
+    The crop must have shape ``(y2 − y1, x2 − x1)`` (the server's one-short crop, docs/protocol/pipeline.md gotcha 11); the
     pasted mask therefore misses the box's last row and column, exactly like the reference's
     ``crop_masks=False`` output and its FiftyOne box-relative masks.
     """
@@ -265,7 +265,7 @@ def decode_sam2_track(track: Sam2Track, image_width: int, image_height: int) -> 
 
 
 def tracks_by_id(tracks: Sequence[Sam2Track]) -> dict[int, Sam2Track]:
-    """Map ``track_id → track`` (the association key of spec §4.4 step 2; ids are unique)."""
+    """Map ``track_id → track`` (the association key of docs/protocol/pipeline.md §4.4 step 2; ids are unique)."""
     mapping: dict[int, Sam2Track] = {}
     for track in tracks:
         if track.track_id in mapping:

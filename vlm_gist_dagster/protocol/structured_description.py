@@ -1,4 +1,4 @@
-"""Stage A — the structured description (spec/pipeline.md §1), as pure functions.
+"""Stage A — the structured description (docs/protocol/pipeline.md §1), as pure functions.
 
 * :func:`build_request` — the chat messages and request payload of one attempt (§1.3).
 * :func:`parse` / :func:`parse_with_report` — the raw completion text → the validated object list,
@@ -91,7 +91,7 @@ class DescriptionResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# Request (spec/pipeline.md §1.3)
+# Request (docs/protocol/pipeline.md §1.3)
 
 
 def structured_description_prompt(settings: DescriptionSettings) -> str:
@@ -125,7 +125,7 @@ def build_request(
 ) -> DescriptionRequest:
     """Messages and payload of one structured-description attempt: reset context, system prompt (with
     its role), a user message holding the image, a user message holding the prompt — the two (or, with
-    system role ``user``, three) user messages merged into one (§1.3, gotcha 4).
+    system role ``user``, three) user messages merged into one (§1.3, docs/protocol/pipeline.md gotcha 4).
 
     ``image`` is a :class:`PreparedImage` or an image URL / data URI.
     """
@@ -165,20 +165,20 @@ def require_supported(settings: DescriptionSettings) -> None:
     (the scene description, the decoupled task relevancy). All shipped settings pass."""
     if settings.scene_prompt is not None:
         raise UnsupportedSettings(
-            "scene_prompt is set: the scene-description step (spec §1.7) is not run by this pipeline; set "
+            "scene_prompt is set: the scene-description step (docs/protocol/pipeline.md §1.7) is not run by this pipeline; set "
             "scene_prompt to null"
         )
     if settings.dict_prompt is None:
         raise UnsupportedSettings("dict_prompt is null (scene description only) is not supported")
     if settings.decoupled_task_relevancy_active:
         raise UnsupportedSettings(
-            "task is set with decoupled_task_relevancy true: the decoupled task-relevancy step (spec §1.7) "
+            "task is set with decoupled_task_relevancy true: the decoupled task-relevancy step (docs/protocol/pipeline.md §1.7) "
             "is not run by this pipeline; set decoupled_task_relevancy to false (direct) or task to null"
         )
 
 
 # --------------------------------------------------------------------------------------------------
-# Parsing and validation (spec/pipeline.md §1.5)
+# Parsing and validation (docs/protocol/pipeline.md §1.5)
 
 
 def _normalize_value(value: str, settings: DescriptionSettings) -> str:
@@ -305,7 +305,7 @@ def _process_object(
             processed[item.key] = value
             requirements[item.key] = item.requires
 
-    # The paper checks required keys *before* resolving 'requires' (spec §1.5 lists them the other way).
+    # The paper checks required keys *before* resolving 'requires' (docs/protocol/pipeline.md §1.5 lists them the other way).
     missing = [item.key for item in items if item.required and item.key not in processed]
     if missing:
         report.append(f"{where} misses required key(s) {missing}; dropped.")
@@ -351,7 +351,7 @@ def rename_duplicates(names: Sequence[Any]) -> list[Any]:
 
 
 def process_structured_description(value: Any, settings: DescriptionSettings) -> DescriptionResult:
-    """Validate a decoded response (list or dict) into the object list (spec/pipeline.md §1.5)."""
+    """Validate a decoded response (list or dict) into the object list (docs/protocol/pipeline.md §1.5)."""
     report: list[str] = []
     objects_raw = _object_list(value, report)
     items = settings.active_dict_items()
@@ -398,7 +398,7 @@ def parse(completion_text: str, settings: DescriptionSettings) -> list[dict[str,
 
 
 # --------------------------------------------------------------------------------------------------
-# Attempt bookkeeping (spec/pipeline.md §1.6)
+# Attempt bookkeeping (docs/protocol/pipeline.md §1.6)
 
 
 @dataclass(frozen=True)
@@ -446,7 +446,7 @@ class Attempt:
 class DescriptionAttempts:
     """The per-image retry loop of §1.6 as a small state object.
 
-    ``max_attempts = 1 + retry`` (``retry: 3`` → 4, gotcha 2); ``retry: -1`` is unlimited in the paper
+    ``max_attempts = 1 + retry`` (``retry: 3`` → 4, docs/protocol/pipeline.md gotcha 2); ``retry: -1`` is unlimited in the paper
     and capped by ``DescriptionSettings.unlimited_retry_cap`` here. Sub-steps share the counter.
 
     >>> from vlm_gist_dagster.protocol.settings import DescriptionSettings
@@ -491,7 +491,7 @@ class DescriptionAttempts:
         """The README "Ret." count for this image: the paper's ``failed_structured_description_completions``
         gets an entry only when a failure is followed by a retry (the final failure goes to the error
         branch instead), so it is 0–3 with ``retry: 3`` and 3 for an image that failed completely
-        (spec/evaluation.md §2.10)."""
+        (docs/protocol/evaluation.md §2.10)."""
         return min(self.failed_attempts_total, self.max_attempts - 1)
 
     @property

@@ -1,6 +1,6 @@
 """String normalisation and Levenshtein matching exactly as the paper's code applies them
-(nimbro_utils ``normalize_string`` / ``levenshtein_match``; spec/pipeline.md §1.5, gotchas 9 and 22;
-spec/evaluation.md §1.4).
+(nimbro_utils ``normalize_string`` / ``levenshtein_match``; docs/protocol/pipeline.md §1.5, gotchas 9 and 22;
+docs/protocol/evaluation.md §1.4).
 
 >>> normalize_string("A red, wooden chair.", remove_underscores=True, remove_punctuation=True,
 ...                  remove_common_specials=True, reduce_whitespaces=True, lowercase=True)
@@ -41,7 +41,7 @@ def normalize_string(
        outside ``[A-Za-z0-9 \\n\\t]`` (plus ``_`` unless ``remove_underscores``, plus ``.,:!?`` unless
        ``remove_punctuation``) with a space, then strip. When it is *not* set, the reference builds a
        malformed character class (``[]()/$€&+-=*'<>;%`` closes the class early), so its substitution
-       never matches and nothing is replaced, whatever the other flags say (gotcha 22). We keep that.
+       never matches and nothing is replaced, whatever the other flags say (docs/protocol/pipeline.md gotcha 22). We keep that.
     3. ``remove_whitespaces`` deletes all whitespace; else ``reduce_whitespaces`` collapses runs to one
        space; either strips.
     4. ``lowercase``.

@@ -1,8 +1,8 @@
-"""Stage C — validation (optional): a VLM checks each detection's crop (spec/pipeline.md §5).
+"""Stage C — validation (optional): a VLM checks each detection's crop (docs/protocol/pipeline.md §5).
 
 Per detection: a crop of the image (§5.2), one conversation with the VLM (§5.3), the answer matched to
 an ``object_name`` or ``n/a`` (§5.4); per image: the keep / update / reject decision (§5.5). Labels
-here are ``object_name`` values (gotcha 1: detection works on descriptions, validation on names).
+here are ``object_name`` values (docs/protocol/pipeline.md gotcha 1: detection works on descriptions, validation on names).
 
 >>> r = parse_validation_response("object_name: chair 2", ["chair 1", "chair 2", "table"])
 >>> r.validation
@@ -74,7 +74,7 @@ __all__ = [
 def background_image(
     image_bgr: np.ndarray, *, saturation: float = 1.0, brightness: float = 1.0
 ) -> np.ndarray:
-    """The "background" that replaces pixels outside a detection's mask (spec §5.2).
+    """The "background" that replaces pixels outside a detection's mask (docs/protocol/pipeline.md §5.2).
 
     OpenCV HSV round trip with the saturation channel × ``saturation`` (truncated to uint8), then every
     channel × ``brightness`` (rounded half to even). Even the shipped 1.0 / 1.0 are not an exact no-op:
@@ -122,7 +122,7 @@ def _full_mask(
     arr = np.asarray(mask, dtype=bool)
     if arr.shape == (height, width):
         return arr
-    # A mask cropped to its box is pasted at the box position first (spec §5.2). The reference pastes
+    # A mask cropped to its box is pasted at the box position first (docs/protocol/pipeline.md §5.2). The reference pastes
     # into uninitialised memory, so its pixels outside the box are arbitrary; they only show in the crop
     # when bbox_scale > 1. We paste into zeros (outside the box counts as background).
     x1, y1, x2, y2 = (int(v) for v in box_xyxy)
@@ -143,7 +143,7 @@ def validation_crop(
     background_brightness: float = 1.0,
     background: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The BGR crop shown to the VLM for one detection (spec §5.2).
+    """The BGR crop shown to the VLM for one detection (docs/protocol/pipeline.md §5.2).
 
     ``mask``: a full-image boolean mask, a mask cropped to ``box_xyxy``, a COCO RLE, or None. Pixels
     outside the mask come from :func:`background_image` (pass ``background`` to reuse it across the
@@ -210,7 +210,7 @@ def crop_file_name(image_name: str, index: int) -> str:
 
 
 def pixel_box_from_relative(xywh: Sequence[float], image_width: int, image_height: int) -> BoxXYXY:
-    """``fiftyone_validate``'s rebuild of an int box from FiftyOne's relative box (spec §5.6).
+    """``fiftyone_validate``'s rebuild of an int box from FiftyOne's relative box (docs/protocol/pipeline.md §5.6).
 
     ``x1 = round(x·W)``, ``x2 = round(x1 + w·W)`` (Python rounding: half to even), same for y.
 
@@ -239,13 +239,13 @@ def validation_messages(
     image_resolution_full: str = "high",
     image_resolution_crop: str = "high",
 ) -> list[dict[str, Any]]:
-    """The chat messages of one validation request, as they go on the wire (spec §5.3).
+    """The chat messages of one validation request, as they go on the wire (docs/protocol/pipeline.md §5.3).
 
     system prompt; user [full image, description prompt]; assistant ``json.dumps(structured_description,
     indent=4)``; user [crop, validation prompt with ``{invalid}`` filled in]. Consecutive user messages
-    are already merged, as nimbro_api merges them before sending (gotcha 4). The response type is
+    are already merged, as nimbro_api merges them before sending (docs/protocol/pipeline.md gotcha 4). The response type is
     **text**. Image URLs may be ``data:image/jpeg;base64,…`` URIs, bare base64 or http(s) URLs; the
-    caller removes ``detail`` for vLLM endpoints (gotcha 5).
+    caller removes ``detail`` for vLLM endpoints (docs/protocol/pipeline.md gotcha 5).
 
     >>> m = validation_messages("QUJD", "REVG", [{"object_name": "cup", "description": "a cup"}])
     >>> [message["role"] for message in m]
@@ -306,7 +306,7 @@ def parse_validation_response(
     levenshtein_threshold: int | float = 2,
     levenshtein_normalization: bool = True,
 ) -> ParsedValidation:
-    """Match a validation answer to an object_name or ``invalid`` (spec §5.4).
+    """Match a validation answer to an object_name or ``invalid`` (docs/protocol/pipeline.md §5.4).
 
     1. A JSON object holding ``identifier`` is replaced by that value (a non-string value is cast with
        ``str()``; the reference would crash on it).
@@ -587,7 +587,7 @@ def assign_actions(
     *,
     invalid: str = "n/a",
 ) -> ValidationActions:
-    """The reference's ``_assign_actions`` (spec §5.5), step by step.
+    """The reference's ``_assign_actions`` (docs/protocol/pipeline.md §5.5), step by step.
 
     ``responses[j]``: the matched answer for detection ``j`` (an object name, ``invalid`` or None);
     ``labels[j]``: its current object_name; ``object_names``: all names of the structured description.
@@ -629,7 +629,7 @@ def object_name_for_description(
     name_key: str = "object_name",
     description_key: str = "description",
 ) -> str:
-    """The validation label (an object_name) of a detection whose label is ``description`` (spec §5.1).
+    """The validation label (an object_name) of a detection whose label is ``description`` (docs/protocol/pipeline.md §5.1).
 
     When several names share the description, ``fiftyone_validate`` picks one with
     ``random.randrange``; pass ``rng`` to do the same (it is called even for a single name, as in the

@@ -16,12 +16,12 @@ field                       what
                             target; ``object_name``, ``description``, ``score``, ``status`` (matched /
                             dropped / skipped)
 ``p_predictions``           stage E: what is evaluated, the matched detections labelled with their dataset
-                            class (unmatched ones are dropped, not counted as FP: spec gotcha 1), with masks
+                            class (unmatched ones are dropped, not counted as FP: docs/protocol/evaluation.md gotcha 1), with masks
 ``eval_p_tp/fp/fn``         FiftyOne's ``evaluate_detections`` with ``eval_key="eval_p"``; each prediction and
                             GT object carries ``eval_p`` = tp / fp / fn (filter them in the App)
 ==========================  ==============================================================================
 
-The evaluation is the paper's call (spec/evaluation.md §2.3, :data:`EVAL_PARAMETERS`): box IoU 0.5,
+The evaluation is the paper's call (docs/protocol/evaluation.md §2.3, :data:`EVAL_PARAMETERS`): box IoU 0.5,
 class-wise, COCO-style greedy matching, mAP over 10 thresholds; when that raises (a baseline without
 confidences) it is repeated without mAP, as the paper's node does. The numbers are stored on the
 dataset's ``info`` next to the project's ``metrics`` row, so they can be compared.
@@ -70,7 +70,7 @@ REVIEW_SCHEMA = 1
 #: Where the builder keeps its bookkeeping on ``dataset.info``.
 INFO_KEY = "vlm_gist_review"
 GT_FIELD = "ground_truth"
-#: The paper's ``evaluate_detections`` call (spec/evaluation.md §2.3); ``classes=None`` is the default.
+#: The paper's ``evaluate_detections`` call (docs/protocol/evaluation.md §2.3); ``classes=None`` is the default.
 EVAL_PARAMETERS: Mapping[str, Any] = {
     "gt_field": GT_FIELD,
     "method": "coco",
@@ -763,7 +763,7 @@ def _label_match(r: Mapping[str, Any]):
 
 
 def _evaluate(ds, predictions_field: str, eval_key: str, say) -> dict[str, Any]:
-    """The paper's call; repeated without mAP when it raises (spec §2.3: a prediction without
+    """The paper's call; repeated without mAP when it raises (docs/protocol/evaluation.md §2.3: a prediction without
     confidence makes the PR sweep fail, and the paper then stores mAP = None)."""
     parameters = dict(EVAL_PARAMETERS)
     reason = None

@@ -78,7 +78,7 @@ SERVER = "chat"
 #: ``settings/validation/validation.json``.
 AUXILIARY_MODELS: tuple[str, ...] = ("gpt-4o-2024-11-20", "text-embedding-3-large", "google/gemini-2.5-flash")
 
-#: The fixed beginnings of the two definition prompts (spec/evaluation.md §1.5, exact strings).
+#: The fixed beginnings of the two definition prompts (docs/protocol/evaluation.md §1.5, exact strings).
 DEFINITION_PROMPT_ITEM_PREFIX = (
     "Please define and describe the characteristic properties of the item category of the item described below "
     "in 5 sentences:\n"

@@ -271,7 +271,7 @@ ORDINALS = ("another", "a third", "a fourth", "a fifth", "a sixth", "a seventh",
 
 def definition_for(term: str, description: str | None = None) -> str:
     """A deterministic 5-sentence definition of ``term`` (the answer to both definition prompts of
-    spec/evaluation.md §1.5). It avoids the words the item prompt forbids ('item', 'category', 'context')."""
+    docs/protocol/evaluation.md §1.5). It avoids the words the item prompt forbids ('item', 'category', 'context')."""
     term = term.strip() or "object"
     first = f"A {term} is a physical object that people recognise by its typical shape, size and parts."
     if description:
@@ -291,7 +291,7 @@ def definition_for(term: str, description: str | None = None) -> str:
 
 def parse_definition_item(text: str) -> tuple[str, str | None]:
     """``(term, description)`` from the ``{item}``/``{label}`` fill of a definition prompt: either a plain
-    label or the JSON ``{"object_name": ..., "description": ...}`` item of spec/evaluation.md §1.5."""
+    label or the JSON ``{"object_name": ..., "description": ...}`` item of docs/protocol/evaluation.md §1.5."""
     text = text.strip()
     if text.startswith("{"):
         try:

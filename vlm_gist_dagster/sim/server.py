@@ -129,7 +129,7 @@ class SimulatorHandle:
     def endpoint_dict(
         self, api_flavor: str = "openrouter", key_env_var: str = "VLM_GIST_SIM_API_KEY"
     ) -> dict[str, str]:
-        """The paper's endpoint-dict form for this simulator (spec/pipeline.md §2.1)."""
+        """The paper's endpoint-dict form for this simulator (docs/protocol/pipeline.md §2.1)."""
         return {
             "name": "VLM-GIST simulator",
             "api_flavor": api_flavor,

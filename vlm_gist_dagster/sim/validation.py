@@ -1,4 +1,4 @@
-"""The simulated validation VLM (spec/pipeline.md §5): is this crop a tight box around a described object?
+"""The simulated validation VLM (docs/protocol/pipeline.md §5): is this crop a tight box around a described object?
 
 A validation conversation carries the full image, the structured description (as the assistant's turn)
 and a crop cut from the full image, then asks for the one ``object_name`` the crop shows, or the invalid
@@ -114,7 +114,7 @@ def validation_answer(
     """The simulated validator's answer: an ``object_name`` of the description, or ``invalid``.
 
     Formatted as the paper's parser expects, sometimes (the model's ``fenced_rate``) as a chattier
-    ``object_name: <name>``, which the parser's removal of ``object_name`` handles (spec §5.4 step 2).
+    ``object_name: <name>``, which the parser's removal of ``object_name`` handles (docs/protocol/pipeline.md §5.4 step 2).
     """
     box = locate_crop(decode_image(full_image), decode_image(crop_image))
     answer = invalid

@@ -1,7 +1,7 @@
 """The simulator's world model: the datasets' images and ground truth, and how requests find them.
 
 * **Recognising an image.** Clients send raw file bytes (detection) or re-encoded, shrunken copies
-  (description: spec/pipeline.md §1.2). An image is looked up by the SHA-256 of the bytes first, then
+  (description: docs/protocol/pipeline.md §1.2). An image is looked up by the SHA-256 of the bytes first, then
   by a perceptual fingerprint: the decoded image in grayscale, shrunk to 16×16 with ``INTER_AREA``,
   mean-subtracted and L2-normalised. The nearest dataset image by cosine similarity is taken if the
   similarity is ≥ :data:`MATCH_THRESHOLD` and the aspect ratios agree within 3 %. On the two shipped
@@ -16,7 +16,7 @@
 * **Description → instance.** Every description the simulator can emit for an instance is one of a
   few fixed *variants*, computed from the image alone (not from the model or the attempt), so the
   detection server — possibly another process started later — maps a prompt back to its instance by
-  the normalised text (spec/pipeline.md §1.5 normalisation), falling back to the best word overlap
+  the normalised text (docs/protocol/pipeline.md §1.5 normalisation), falling back to the best word overlap
   among GT instances whose class name / head noun occurs in the prompt.
 """
 
@@ -56,7 +56,7 @@ class ImageDecodeError(ValueError):
 
 
 def normalize_prompt(text: str) -> str:
-    """The benchmark's ``dict_value_normalization`` (spec/pipeline.md §1.5): ASCII, punctuation and
+    """The benchmark's ``dict_value_normalization`` (docs/protocol/pipeline.md §1.5): ASCII, punctuation and
     specials removed, whitespace collapsed, lower case. Applied to both sides of every text lookup."""
     return normalize_string(
         text,

@@ -1,7 +1,7 @@
 """Stage A, structured descriptions, for one (model, dataset) pair: one row per image.
 
 VLM models run the paper's content-retry loop per image (``clients.describe``), keeping the endpoint's
-concurrency limit of requests in flight across images. Baselines have no description stage (spec §6):
+concurrency limit of requests in flight across images. Baselines have no description stage (docs/protocol/pipeline.md §6):
 their rows say so (success, no objects, no time), so that Fail/Ret. are 0 and Time is NaN for them.
 """
 

@@ -1,5 +1,5 @@
 """Stage B for one (model, dataset) pair: MM-Grounding-DINO boxes (``run_detections``) and SAM2 masks
-(``run_masks``); for baselines, Florence-2 / Kosmos-2 boxes and their SAM2 masks (spec §4, §6).
+(``run_masks``); for baselines, Florence-2 / Kosmos-2 boxes and their SAM2 masks (docs/protocol/pipeline.md §4, §6).
 
 A VLM model file may choose another grounding mode (``protocol.settings.grounding``): ``sam3`` sends each
 described object's name (or description) to SAM 3, whose boxes are the detections and whose masks the
@@ -131,7 +131,7 @@ def _error_text(exc: BaseException) -> str:
 
 def prompts_of(objects: Any) -> list[str]:
     """Detector prompts = the description strings, in description order, duplicates kept, empty
-    strings dropped (spec §4.2; the reference rejects empty prompts)."""
+    strings dropped (docs/protocol/pipeline.md §4.2; the reference rejects empty prompts)."""
     if objects is None or (isinstance(objects, float) and math.isnan(objects)):
         return []
     return [str(o["description"]) for o in objects if o.get("description")]
@@ -145,7 +145,7 @@ def _detection_rows(
     settings: DetectionSettings,
 ) -> list[dict]:
     """One row per detection of a VLM's image: its box and score, the described object it grounds
-    (the first with that description, spec §4.4 step 5) and its direct / over-detection flag."""
+    (the first with that description, docs/protocol/pipeline.md §4.4 step 5) and its direct / over-detection flag."""
     labels = found.label.tolist()
     flags = over_detection_flags(
         prompts,
@@ -271,7 +271,7 @@ def run_detections(
                     todo.append(image_id)
                     continue
                 prompts[image_id] = prompts_of(objects.get(image_id))
-                if prompts[image_id]:  # an image without prompts is not sent (spec §4.2)
+                if prompts[image_id]:  # an image without prompts is not sent (docs/protocol/pipeline.md §4.2)
                     todo.append(image_id)
             results = await _run_images(todo, work, f"detections[{model.name}]", log)
             return results, prompts, durations
@@ -298,7 +298,7 @@ def run_detections(
         image_rows.append(
             {
                 "image_id": image_id,
-                # baselines have no prompts; for the Ins. column every baseline image counts (spec §6)
+                # baselines have no prompts; for the Ins. column every baseline image counts (docs/protocol/pipeline.md §6)
                 "num_prompts": len(p) if baseline is None else (1 if error is None else 0),
                 "num_detections": len(rows),
                 "prompts": p,
@@ -453,7 +453,7 @@ def _sam3_detections(
                 finally:
                     durations[image_id] = time.perf_counter() - start
 
-            todo = [i for i in images["image_id"] if prompts[i]]  # no prompt, no call (as spec §4.2)
+            todo = [i for i in images["image_id"] if prompts[i]]  # no prompt, no call (as docs/protocol/pipeline.md §4.2)
             return await _run_images(todo, work, f"detections[{model.name}]", log)
 
     results = asyncio.run(main())
@@ -487,7 +487,7 @@ def run_masks(
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """One row per detection: its SAM2 mask (full-image COCO RLE), mask box, track id and the preferred
-    box, as pixel xyxy and as FiftyOne's relative xywh (spec §4.4–4.5).
+    box, as pixel xyxy and as FiftyOne's relative xywh (docs/protocol/pipeline.md §4.4–4.5).
 
     An image whose SAM2 call failed (a bad response, or a server error that recurred on every retry)
     keeps its detections without masks, like detections without a track, with the reason in
@@ -640,7 +640,7 @@ def _mask_frame(
     group: pd.DataFrame, assembled: ImageDetections, size: tuple[int, int], error: str | None
 ) -> pd.DataFrame:
     """One image's ``masks`` rows: its ``detections`` rows plus SAM2's mask, mask box and track id, the
-    evaluated box in pixels and as FiftyOne's relative xywh (spec §4.4–4.5)."""
+    evaluated box in pixels and as FiftyOne's relative xywh (docs/protocol/pipeline.md §4.4–4.5)."""
     width, height = size
     frame = group.reset_index(drop=True)
     segmented = assembled.detections.table_columns()

@@ -1,4 +1,4 @@
-"""Stage D, label matching, for one (model, dataset) pair (spec/evaluation.md §1).
+"""Stage D, label matching, for one (model, dataset) pair (docs/protocol/evaluation.md §1).
 
 The definitions LLM writes a definition for every text missing from the shared definitions cache of
 its service (``data/cache/definitions/<service>.json``, the paper's flat key → text format, merged under
@@ -7,7 +7,7 @@ paper's published definitions (its 357 COCO targets) when the service is the one
 OpenAI's API (setting ``initial_definitions``); the embeddings endpoint (or a local model)
 embeds the batch; ``protocol.label_matching`` scores and matches. Every detection keeps a row; the
 ones whose match is not a dataset target have ``dataset_match = None`` and are dropped before evaluation
-(not counted as false positives, gotcha 1).
+(not counted as false positives, docs/protocol/evaluation.md gotcha 1).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def label_sets(
 ) -> tuple[list[lm.LabelSet], dict[str, pd.DataFrame]]:
     """One label set per image (every image of the dataset, in dataset order; images without kept
     detections are skipped by the protocol). A detection validated to another object_name takes that
-    instance's description (spec §5.5 step 6)."""
+    instance's description (docs/protocol/pipeline.md §5.5 step 6)."""
     kept = validations[validations["kept"].astype(bool)] if len(validations) else validations
     groups = {k: g.sort_values("detection_index") for k, g in kept.groupby("image_id", sort=False)}
     objects = {
@@ -222,7 +222,7 @@ def label_match_table(result: lm.LabelMatchingResult, groups: dict[str, pd.DataF
                 }
             )
     for skip in result.skipped:
-        # Skipped images keep their predictions unmatched (gotcha 23); only images without kept
+        # Skipped images keep their predictions unmatched (docs/protocol/evaluation.md gotcha 23); only images without kept
         # detections are skipped here, so there is nothing to keep, except per-image sets without GT.
         group = groups.get(skip.identifier)
         if group is None:

@@ -1,6 +1,6 @@
 """The leaderboard: the paper's per-dataset and weighted tables from the ``metrics`` rows of every
 (dataset, model) pair, written in the paper's text format, as Markdown, as PNG renderings and with plots
-(spec/evaluation.md §3, §4)."""
+(docs/protocol/evaluation.md §3, §4)."""
 
 from __future__ import annotations
 

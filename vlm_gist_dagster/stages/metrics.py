@@ -1,5 +1,5 @@
 """Stage E, evaluation, for one (model, dataset) pair: the paper's nine table columns plus TP/FP/FN, mAR,
-COCO-standard bbox and mask AP (pycocotools), tokens and cost (spec/evaluation.md §2), and the statistics
+COCO-standard bbox and mask AP (pycocotools), tokens and cost (docs/protocol/evaluation.md §2), and the statistics
 columns of ``stages/statistics.py`` (bootstrap intervals, mask-based and class-agnostic metrics)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ METRIC_COLUMNS = METRICS.names
 
 def predictions_from_label_matches(label_matches: pd.DataFrame) -> pd.DataFrame:
     """The evaluated predictions: label-matched detections with their dataset target as label; unmatched
-    ones are dropped, not counted as false positives (gotcha 1)."""
+    ones are dropped, not counted as false positives (docs/protocol/evaluation.md gotcha 1)."""
     kept = label_matches[label_matches["dataset_match"].notna()]
     return pd.DataFrame(
         {

@@ -88,7 +88,7 @@ DESCRIPTIONS = TableSpec(
     "descriptions",
     _columns(
         ("image_id", None, "the dataset's image id"),
-        ("kind", None, "vlm, or baseline (no description stage: spec §6)"),
+        ("kind", None, "vlm, or baseline (no description stage: docs/protocol/pipeline.md §6)"),
         ("success", None, "a valid structured description was obtained"),
         ("objects", "object", "the validated objects (object_name, description, ...); null when failed"),
         ("num_described", "Int64", "number of described objects"),
@@ -123,7 +123,7 @@ DETECTIONS = TableSpec(
         ("x2", "int64", _BOX_DOC.format("right")),
         ("y2", "int64", _BOX_DOC.format("bottom")),
         ("confidence", "float64", "the detector's score; NaN for baselines"),
-        ("is_over_detection", None, "not the direct detection of a prompt (spec §4.4); null for baselines"),
+        ("is_over_detection", None, "not the direct detection of a prompt (docs/protocol/pipeline.md §4.4); null for baselines"),
     ),
 )
 

@@ -1,4 +1,4 @@
-"""Stage C, the optional VLM validation of each detection's crop (spec §5), for one pair.
+"""Stage C, the optional VLM validation of each detection's crop (docs/protocol/pipeline.md §5), for one pair.
 
 Off by default, as in the paper's published runs: then every detection passes through unchanged with
 ``validation_action = "off"``. On (``"validation": true`` in a model file's header), each crop is shown
@@ -94,7 +94,7 @@ async def _validate_image(
     group: pd.DataFrame,
     structured_description: list[dict],
 ) -> _ImageValidation:
-    """Ask the validation VLM about every detection's crop of one image (spec §5.2-5.4), then decide
+    """Ask the validation VLM about every detection's crop of one image (docs/protocol/pipeline.md §5.2-5.4), then decide
     keep / update / reject for the image as a whole (§5.5)."""
     full = prepare_image(path, None)
     image = cv2.imdecode(np.frombuffer(full.data, np.uint8), cv2.IMREAD_COLOR)

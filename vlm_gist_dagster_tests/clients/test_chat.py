@@ -1,6 +1,6 @@
 """ChatClient against the simulator over real sockets: each flavour's payload on the wire, streaming and
 non-streaming, every fault type with exact request counts, the three timeouts, auth and configuration
-errors (spec/pipeline.md §1.3, §1.4, §2.1; issue 6)."""
+errors (docs/protocol/pipeline.md §1.3, §1.4, §2.1; issue 6)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_each_flavours_payload_as_the_server_received_it(sim, images, flavor, st
     body = body_json(record)
     assert body == request.payload  # byte-level JSON round trip: nothing added or lost on the way
 
-    # spec/pipeline.md §1.3 table, checked by hand per flavour.
+    # docs/protocol/pipeline.md §1.3 table, checked by hand per flavour.
     assert body["model"] == "test/model" and body["n"] == 1 and body["tools"] is None
     assert body["stream"] is stream and body["temperature"] == 1.0 and body["top_p"] == 1.0
     assert body["response_format"] == {"type": "json_object"}
@@ -188,7 +188,7 @@ def test_model_side_faults_fail_the_attempt_without_retries(sim, images, fault, 
 @pytest.mark.parametrize(
     ("fault", "stream", "timeouts", "reason"),
     [
-        # spec §1.4: first/next chunk limits only when streaming; timeout_completion caps both modes.
+        # docs/protocol/pipeline.md §1.4: first/next chunk limits only when streaming; timeout_completion caps both modes.
         ("stall_first_chunk", True, {"first": 0.5}, "timeout_first_chunk"),
         ("stall_mid_stream", True, {"next_": 0.5}, "timeout_next_chunk"),
         ("stall_first_chunk", False, {"first": 0.1, "next_": 0.1, "total": 0.5}, "timeout_completion"),

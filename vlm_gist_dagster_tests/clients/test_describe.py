@@ -1,4 +1,4 @@
-"""The paper's content-retry loop over real sockets (spec/pipeline.md §1.6, spec/evaluation.md §2.10):
+"""The paper's content-retry loop over real sockets (docs/protocol/pipeline.md §1.6, docs/protocol/evaluation.md §2.10):
 exact attempt and retry counts, Fail / Ret. / Time, transport retries never counted, the concurrency
 and rate limits, the response cache, and a canary key that must not leak anywhere."""
 
@@ -81,7 +81,7 @@ def test_a_model_that_always_fails_gets_exactly_four_attempts(sim, images, fault
     sim.set_controls("chat", model="test/model", faults={fault: 1.0})
     settings = description_settings(completion_params(stream=stream), retry=3)
     (result,), chat = describe(sim, settings, images[:1])
-    assert len(chat_requests(sim)) == 4  # 1 + retry (gotcha 2)
+    assert len(chat_requests(sim)) == 4  # 1 + retry (docs/protocol/pipeline.md gotcha 2)
     assert not result.success and result.objects is None and result.duration_s is None
     assert [a.error for a in result.attempts] == [reason] * 4
     assert all(a.raw_text is not None for a in result.attempts)  # every failed attempt keeps its output
@@ -89,7 +89,7 @@ def test_a_model_that_always_fails_gets_exactly_four_attempts(sim, images, fault
         assert result.attempts[0].raw_text == INVALID_JSON_TEXT
     # The paper appends to failed_structured_description_completions only when it re-queues the image
     # (`elif settings['retry'] > retries[i]: ... + [completion]`); the 4th failure goes to the `else`
-    # branch (stamp_error, report_error). spec/evaluation.md §2.10: "Ret. = mean number of failed
+    # branch (stamp_error, report_error). docs/protocol/evaluation.md §2.10: "Ret. = mean number of failed
     # structured-description attempts per image (0–3 with retry=3; an image that failed completely
     # contributes 3)".
     assert result.failed_attempts == 3 and result.failed_attempts_total == 4

@@ -1,4 +1,4 @@
-"""EmbeddingsClient against the simulator's ``/v1/embeddings`` over real sockets (spec/pipeline.md §2.3):
+"""EmbeddingsClient against the simulator's ``/v1/embeddings`` over real sockets (docs/protocol/pipeline.md §2.3):
 batching in input order, the per-(service, model, text) cache, the newline and empty-text rules, retries."""
 
 from __future__ import annotations

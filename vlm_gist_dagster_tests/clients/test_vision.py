@@ -1,4 +1,4 @@
-"""VisionClient against the simulated NimbRo vision servers over real sockets (spec/pipeline.md §3, §4.2–4.3,
+"""VisionClient against the simulated NimbRo vision servers over real sockets (docs/protocol/pipeline.md §3, §4.2–4.3,
 §6; gotchas 15–16): load once per run, every family's round trip, 3-channel re-encoding of awkward
 inputs, bounded retries, auth."""
 
@@ -63,7 +63,7 @@ def test_load_once_per_run_then_infer_per_call(sim, images):
     for detections in found:
         assert set(detections.label) <= {"a person", "a chair"} and detections.xyxy.shape == (len(detections), 4)
     body = json.loads(log_of(sim, "mmgroundingdino", "/infer")[0].body)
-    # spec §4.2: floats for the numeric fields, prompts as given, one image per request
+    # docs/protocol/pipeline.md §4.2: floats for the numeric fields, prompts as given, one image per request
     assert body["inference_parameters"] == [
         {"prompts": ["a person", "a chair"], "min_confidence": 0.0, "nms_iou": None, "overdetect_factor": 1.0}
     ]
@@ -71,7 +71,7 @@ def test_load_once_per_run_then_infer_per_call(sim, images):
 
 
 def test_sam2_update_and_track_with_one_load(sim, images):
-    """sam2_realtime's /status always says null (gotcha 16): the paper reloaded before every /update,
+    """sam2_realtime's /status always says null (docs/protocol/pipeline.md gotcha 16): the paper reloaded before every /update,
     we load once per client."""
 
     async def main():

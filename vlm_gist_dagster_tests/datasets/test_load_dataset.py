@@ -1,4 +1,4 @@
-"""Loading the real datasets: counts from the spec (spec/evaluation.md §6, ../shared/reference/README.md)
+"""Loading the real datasets: counts from the spec (docs/protocol/evaluation.md §6, ../shared/reference/README.md)
 and masks checked against the reference implementations (FiftyOne's own loader, pycocotools)."""
 
 import json
@@ -21,7 +21,7 @@ def test_vlm_gist_counts(vlm_gist_dataset):
     sizes = ds.images.groupby(["width", "height"]).size().to_dict()
     assert sizes == {(640, 480): 42, (1920, 1080): 21, (3840, 2160): 1}
     assert ds.images.set_index("image_id").loc["00012", ["width", "height"]].tolist() == [3840, 2160]
-    # samples.json order is kept (00006 comes after 00009, spec/evaluation.md §9.22)
+    # samples.json order is kept (00006 comes after 00009, docs/protocol/evaluation.md gotcha 22)
     assert ds.images["image_id"].tolist()[:10] == ["00001", "00002", "00003", "00004", "00005", "00007", "00008", "00009", "00006", "00010"]
     # per-image counts in file order, from the spec (§6 statistics)
     per_image = ds.ground_truth.groupby("image_id", sort=False).size().reindex(ds.images["image_id"]).tolist()

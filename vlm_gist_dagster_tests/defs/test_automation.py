@@ -1,11 +1,11 @@
-"""Declarative automation of the benchmark graph (spec/dagster.md §1.3), evaluated the way the automation
+"""Declarative automation of the benchmark graph (Dagster's documentation §1.3), evaluated the way the automation
 sensor evaluates it: ``dg.evaluate_automation_conditions(defs=..., instance=..., cursor=...)`` tick after
 tick, with the model and settings sensors' requests applied to the instance as the daemon would.
 
 No stage runs here: the runs a tick would launch are stood in for by materialisation events of exactly
 the requested partitions (``report_runless_asset_event``), so every test is about *what* is requested.
 
-Expected request sets are written out by hand from the graph (spec/pipeline.md stages A-E):
+Expected request sets are written out by hand from the graph (docs/protocol/pipeline.md stages A-E):
 descriptions <- dataset_images; detections + detection_images <- descriptions, detection_settings;
 masks <- detections, detection_images; validations <- descriptions, masks; label_matches <- validations,
 ground_truth, label_matching_settings; metrics <- label_matches, detection_images; leaderboard <- every

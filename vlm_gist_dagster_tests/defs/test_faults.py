@@ -1,4 +1,4 @@
-"""A run with injected faults finishes with exact Fail / Ret. (spec/evaluation.md §2.10, gotcha 16).
+"""A run with injected faults finishes with exact Fail / Ret. (docs/protocol/evaluation.md §2.10, gotcha 16).
 
 The simulator decides one fault per request from a hash of (seed, server, model, image, attempt), so the
 fault plan is fixed by the seed; the request log then says, per image, what the model answered to every

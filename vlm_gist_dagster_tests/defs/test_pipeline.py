@@ -3,7 +3,7 @@ sim_medium) on both datasets, in-process on a temp instance, as ``vlm-gist run``
 
 * The leaderboard's rows and text files equal the paper's evaluation run directly on the stored Parquet
   files (``protocol.evaluation.evaluate`` + ``protocol.columns.metadata_columns``, with the glue written
-  here from spec/evaluation.md, not taken from ``stages.metrics``), and one pair's P/R/F1/TP/FP/FN/mAP
+  here from docs/protocol/evaluation.md, not taken from ``stages.metrics``), and one pair's P/R/F1/TP/FP/FN/mAP
   equal FiftyOne's ``evaluate_detections`` (the paper's evaluation) on the stored predictions.
 * The leaderboard's files (paper-format text, Markdown, CSV, PNG renderings, plots) are written.
 * A backfill over the two model partitions launched with the real CLI (``dagster job backfill``, no
@@ -82,9 +82,9 @@ def full_run(simulator, tmp_path_factory):
 
 
 def independent_metrics(bench: Bench, dataset: str, model: str) -> dict[str, float]:
-    """The nine columns (and TP/FP/FN) from the stored Parquet files, as spec/evaluation.md §2 defines
+    """The nine columns (and TP/FP/FN) from the stored Parquet files, as docs/protocol/evaluation.md §2 defines
     them: predictions = the label-matched detections, labelled with their dataset match (unmatched ones
-    are dropped, gotcha 1); Mat. counts accepted / rejected labels per label-matched image."""
+    are dropped, docs/protocol/evaluation.md gotcha 1); Mat. counts accepted / rejected labels per label-matched image."""
     gt = bench.read("ground_truth", dataset)
     descriptions = bench.read("descriptions", dataset, model)
     detection_images = bench.read("detection_images", dataset, model)
@@ -210,7 +210,7 @@ def test_leaderboard_equals_the_evaluation_run_on_the_stored_parquet(full_run):
         ranked = rows.sort_values("rank")
         assert list(ranked["rank"]) == [1, 2]
         assert ranked["f1"].iloc[0] >= ranked["f1"].iloc[1]
-    # Weighted table: 0.5 * COCO + 0.5 * VLM-GIST of every unrounded column (spec §3)
+    # Weighted table: 0.5 * COCO + 0.5 * VLM-GIST of every unrounded column (docs/protocol/pipeline.md §3)
     weighted = board[board["table"] == "weighted"].set_index("model")
     for model in MODELS:
         for column in COLUMNS:
@@ -251,7 +251,7 @@ def test_leaderboard_text_files_show_the_recomputed_numbers(full_run):
             for column, decimals in formats.items():
                 shown = cells[column].removesuffix("s") if column == "time" else cells[column]
                 assert shown == half_up(values[column], decimals), (table, model, column, cells)
-        # rows in descending F1 order (spec §4: the table is sorted by F1)
+        # rows in descending F1 order (docs/protocol/pipeline.md §4: the table is sorted by F1)
         f1s = [float(cells[0]) for cells in rows.values()]
         assert f1s == sorted(f1s, reverse=True)
 

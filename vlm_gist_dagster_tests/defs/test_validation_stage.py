@@ -3,7 +3,7 @@
 
 The validation VLM of ``settings/validation/validation.json`` (OpenRouter's gemini-2.5-flash) is
 answered by the simulator, which names the described object a crop is tight around, or ``n/a``. Checked
-against the ground truth and the paper's rules (spec/pipeline.md §5), not against the stage's own code:
+against the ground truth and the paper's rules (docs/protocol/pipeline.md §5), not against the stage's own code:
 crops tight around no GT instance are rejected, every kept detection keeps or takes an ``object_name`` of
 its image's description, only kept detections reach label matching, and removing the rejected
 detections removes many false positives for few true positives.
@@ -102,7 +102,7 @@ def test_crops_tight_around_no_instance_are_rejected_and_kept_ones_name_describe
     assert 0.5 * len(validations) < len(kept) < len(validations)
     for row in kept.itertuples():
         assert row.validated_object_name in names[row.image_id]
-    # Kept with the same name unless updated (spec §5.5).
+    # Kept with the same name unless updated (docs/protocol/pipeline.md §5.5).
     same = kept["validated_object_name"] == kept["object_name"]
     assert (same | actions[kept.index].eq("update")).all()
 
@@ -117,7 +117,7 @@ def test_only_kept_detections_reach_label_matching_and_precision_rises(validated
     # Same descriptions, detections and masks (the validated model is the same simulated model): most
     # rejected detections were false positives. A few true positives go too: a detector box around another
     # instance of the same class than the one its description names (the validator answers that
-    # instance's name, whose own detection already took it, spec §5.5 step 4-5), which evaluation, by
+    # instance's name, whose own detection already took it, docs/protocol/pipeline.md §5.5 step 4-5), which evaluation, by
     # class only, had counted.
     assert on["fp"] < off["fp"]
     assert off["fp"] - on["fp"] > 5 * (off["tp"] - on["tp"])

@@ -50,7 +50,7 @@ CHAT_TIMEOUTS = {
 }
 #: A COCO image (352 × 230, 11 instances: chairs, a refrigerator, people, ...).
 COCO_IMAGE = "000000037777"
-#: The paper's dict_prompt (settings/models/*.json, spec/pipeline.md §1.1).
+#: The paper's dict_prompt (settings/models/*.json, docs/protocol/pipeline.md §1.1).
 PAPER_DICT_PROMPT = (
     "Provide a list in JSON format that contains each object (including furniture, persons, and animals) visible "
     "in the image above. Explicitly include each object instance as an individual list element, and never group "

@@ -1,4 +1,4 @@
-"""Baselines (spec/pipeline.md §6): request bodies, response parsing, SAM2 association (gotcha 12)."""
+"""Baselines (docs/protocol/pipeline.md §6): request bodies, response parsing, SAM2 association (docs/protocol/pipeline.md gotcha 12)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ins. / Mat. / Time / Fail / Ret. and the totals (spec/evaluation.md §2.7, §2.10; gotchas 14-16),
+"""Ins. / Mat. / Time / Fail / Ret. and the totals (docs/protocol/evaluation.md §2.7, §2.10; gotchas 14-16),
 on per-image tables worked out by hand."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_ratio_of_means_is_not_mean_of_ratios():
 
 def test_different_image_sets_for_numerator_and_denominator():
     # Three images with prompts (detections 2, 4, 0) but label matching saw only the two with
-    # detections (accepted 2, 4): Mat. = mean(2, 4) / mean(2, 4, 0) = 3 / 2 = 1.5 (gotcha 14).
+    # detections (accepted 2, 4): Mat. = mean(2, 4) / mean(2, 4, 0) = 3 / 2 = 1.5 (docs/protocol/evaluation.md gotcha 14).
     det = detections(("a", 2, 2), ("b", 4, 4), ("c", 1, 0))
     lm = label_matches(("a", 2, 0), ("b", 4, 0))
     c = metadata_columns(DESC.iloc[:3], det, lm)

@@ -1,4 +1,4 @@
-"""Chat completions: messages, payloads per flavour (written by hand from spec/pipeline.md §1.3), headers,
+"""Chat completions: messages, payloads per flavour (written by hand from docs/protocol/pipeline.md §1.3), headers,
 response interpretation (§1.4), SSE accumulation, JSON extraction and post-processing."""
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def test_bad_finish_reason_keeps_the_partial_output(finish: str) -> None:
 
 def test_a_choice_without_finish_reason_fails_the_attempt() -> None:
     """The paper's client checks every choice for the key 'finish_reason' (a null value is allowed, a
-    missing key is not) and fails the attempt (spec §1.4); the raw output is kept as for any failure."""
+    missing key is not) and fails the attempt (docs/protocol/pipeline.md §1.4); the raw output is kept as for any failure."""
     body = _body('[{"object_name": "cup"}]')
     del body["choices"][0]["finish_reason"]
     with pytest.raises(InvalidResponse) as info:
@@ -342,7 +342,7 @@ def test_stream_without_done_fails() -> None:
     with pytest.raises(StreamIncomplete) as info:
         stream.result()
     assert info.value.reason == "stream_incomplete" and info.value.completion.text == "[]"
-    # A data line that is not JSON is ignored, as the paper's reader ignores it (spec §1.4).
+    # A data line that is not JSON is ignored, as the paper's reader ignores it (docs/protocol/pipeline.md §1.4).
     stream = StreamAccumulator()
     assert stream.feed_line("data: {broken") is False and stream.chunks == 0
     assert stream.feed_line("data: [DONE]") is True and stream.result().text == ""

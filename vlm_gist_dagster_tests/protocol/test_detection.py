@@ -1,4 +1,4 @@
-"""Stage B detection rules (spec/pipeline.md §4.2–4.5), every expected value worked out by hand."""
+"""Stage B detection rules (docs/protocol/pipeline.md §4.2–4.5), every expected value worked out by hand."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_tracks_are_associated_by_track_id_when_a_middle_track_is_missing():
 
 def test_track_fallback_bug_is_reproduced_by_default():
     update = [track(0, (1, 1, 3, 3)), track(1, (6, 1, 8, 3)), track(2, (2, 5, 5, 7))]
-    # segmentation_track=false: no track response → the paper assigns no masks at all (gotcha 13).
+    # segmentation_track=false: no track response → the paper assigns no masks at all (docs/protocol/pipeline.md gotcha 13).
     paper = assemble_detections(
         PROMPTS, DETECTIONS, image_width=IMAGE_W, image_height=IMAGE_H, update_tracks=update
     )
@@ -294,7 +294,7 @@ def test_request_and_assembly_from_the_benchmark_settings(reference_settings_dir
     settings = load_detection_settings(
         reference_settings_dir / "detection" / "detection_settings_mmgd_large.json"
     )
-    # The file: over_detect 1.0, nms_iou_threshold null, conf_threshold 0.0 (spec §4.1).
+    # The file: over_detect 1.0, nms_iou_threshold null, conf_threshold 0.0 (docs/protocol/pipeline.md §4.1).
     assert gdino_request_with_settings("QUJD", ["a cat"], settings)["inference_parameters"] == [
         {"prompts": ["a cat"], "min_confidence": 0.0, "nms_iou": None, "overdetect_factor": 1.0}
     ]

@@ -1,4 +1,4 @@
-"""The paper's evaluation (spec/evaluation.md §2.2-§2.6) on small cases computed by hand.
+"""The paper's evaluation (docs/protocol/evaluation.md §2.2-§2.6) on small cases computed by hand.
 
 Boxes use dyadic fractions (0.5, 0.25, 0.125, ...) wherever an exact IoU matters, so that the
 arithmetic in the comments is exact in floating point too. Full-height boxes (y=0, h=1) reduce IoU to
@@ -75,7 +75,7 @@ def test_iou_exactly_at_threshold_is_a_match():
     # pred [0,0,.5,.5] vs GT [0,0,.5,.25]: inter 1/8, union 1/4 + 1/8 - 1/8 = 1/4 -> IoU 0.5 exactly.
     gt = gt_frame(("a", "cup", 0.0, 0.0, 0.5, 0.25))
     pred = pred_frame(("a", "cup", 0.0, 0.0, 0.5, 0.5, 0.9))
-    assert run(gt, pred).tp == 1  # >= 0.5 counts (gotcha 11)
+    assert run(gt, pred).tp == 1  # >= 0.5 counts (docs/protocol/evaluation.md gotcha 11)
     r = run(gt, pred, iou=0.55)
     assert (r.tp, r.fp, r.fn) == (0, 1, 1)
     # In the sweep the match exists only at t = 0.50: AP = 1 there, 0 at the other nine -> mAP 0.1
@@ -113,7 +113,7 @@ def test_greedy_tie_goes_to_the_later_ground_truth():
     gt = gt_frame(("i", "x", *G1), ("i", "x", *G2))
     pred = pred_frame(("i", "x", *A, 0.9), ("i", "x", *G2, 0.8))
     r = run(gt, pred)
-    # A (first by confidence) ties G1/G2 at 0.6 and takes the later one, G2 (spec §2.4 step 4).
+    # A (first by confidence) ties G1/G2 at 0.6 and takes the later one, G2 (docs/protocol/evaluation.md §2.4 step 4).
     # B then finds G2 taken and G1 at 1/3 -> FP; G1 stays unmatched -> FN. Greedy, not optimal.
     assert (r.tp, r.fp, r.fn) == (1, 1, 1)
     assert r.prediction_matches["gt_row"].tolist() == [1, -1]

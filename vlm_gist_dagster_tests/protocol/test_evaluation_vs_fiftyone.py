@@ -1,7 +1,7 @@
 """Cross-checks of ``protocol.evaluation`` against the reference implementations, on the real data.
 
 * FiftyOne's ``evaluate_detections(method="coco", compute_mAP=True)`` (the paper's evaluation,
-  spec/evaluation.md §2.3) on the VLM-GIST dataset and the COCO sample (crowd regions kept, so crowd
+  docs/protocol/evaluation.md §2.3) on the VLM-GIST dataset and the COCO sample (crowd regions kept, so crowd
   handling is exercised), each with several seeded random prediction sets built from the ground truth:
   jittered boxes, wrong labels, duplicates, many equal confidences, zero and missing confidences.
   Dataset-level P/R/F1/accuracy/support, TP/FP/FN, mAP/mAR, the per-class report, the per-sample
@@ -10,7 +10,7 @@
   coordinates, for the extra COCO-standard bbox and segm AP columns.
 
 FiftyOne installed here is 1.22.1; the paper used 1.7.2. Its ``utils/eval/coco.py`` matching, sweep and
-PR code reads as spec §2.4-§2.6 describes 1.7.2 (same sort key ``confidence or -1``, crowds-last GT
+PR code reads as docs/protocol/evaluation.md §2.4-§2.6 describes 1.7.2 (same sort key ``confidence or -1``, crowds-last GT
 sort, ``iou < best_iou: continue``, TP-first mergesort, top-100, 101 points). One upstream snapshot
 records an unmatched prediction only ``elif pred.label == cat`` and sweeps with ``map_samples``; both
 matter only for ``classwise=False`` / speed, not for the paper's classwise evaluation.
@@ -81,7 +81,7 @@ def fiftyone_reference(
 ) -> list[dict]:
     """Build one FiftyOne dataset (GT + one field per prediction set) and evaluate every set as the
     paper's node does: ``compute_mAP=True``, falling back to ``compute_mAP=False`` (mAP None) when
-    the PR sweep raises (spec §2.3)."""
+    the PR sweep raises (docs/protocol/evaluation.md §2.3)."""
     import fiftyone as fo
 
     fo.config.show_progress_bars = False

@@ -1,4 +1,4 @@
-"""Image preparation (spec/pipeline.md §1.2): strict down-scaling rule, original bytes, re-encoding by
+"""Image preparation (docs/protocol/pipeline.md §1.2): strict down-scaling rule, original bytes, re-encoding by
 extension, 3-channel conversion, JPEG-labelled data URIs."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_resized_jpg_stays_jpeg(tmp_path: Path) -> None:
 
 
 def test_real_vlm_gist_images(vlm_gist_dir: Path) -> None:
-    # 00012.jpg is the one 3840×2160 image: halved to 1920×1080 and re-encoded as JPEG (spec §1.2)
+    # 00012.jpg is the one 3840×2160 image: halved to 1920×1080 and re-encoded as JPEG (docs/protocol/pipeline.md §1.2)
     big = prepare_image(vlm_gist_dir / "data" / "00012.jpg")
     assert (big.source_width, big.source_height, big.width, big.height) == (3840, 2160, 1920, 1080)
     assert big.encoding == "jpeg" and big.data.startswith(JPEG_SOI)

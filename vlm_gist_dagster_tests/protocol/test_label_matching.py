@@ -1,6 +1,6 @@
 """Label matching (stage D): text normalisations, cache keys, settings, label sets and prompts.
 
-Expected values are worked out by hand from spec/evaluation.md §1.4, §1.5 and §1.1–1.3.
+Expected values are worked out by hand from docs/protocol/evaluation.md §1.4, §1.5 and §1.1–1.3.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Label matching (stage D): what gets defined, the definition requests and the definitions cache file.
 
-Expected values are worked out by hand from spec/evaluation.md §1.5; the published cache is read from
+Expected values are worked out by hand from docs/protocol/evaluation.md §1.5; the published cache is read from
 ``../shared/reference/definitions.json`` as is.
 """
 
@@ -116,7 +116,7 @@ def test_definition_items_respect_define_flags():
 def test_per_image_items_are_detections_then_gt_labels(vlm_gist_dataset):
     gt = vlm_gist_dataset.ground_truth
     image_labels = gt[gt["image_id"] == "00001"]["label"].tolist()
-    assert len(image_labels) == 16  # spec §6: 16 GT instances in the first image
+    assert len(image_labels) == 16  # docs/protocol/evaluation.md §6: 16 GT instances in the first image
     sets = [lm.LabelSet("00001.jpg", ["chair 1", "chair 2"], ["a wooden chair", None], targets=image_labels)]
     items = lm.definition_items(sets, lm.LabelMatchingOptions(use_per_set_targets=True))
     # 2 detection items + 16 GT sentences (unique within an image), GT in GT order
@@ -171,7 +171,7 @@ def test_all_coco_target_definitions_are_cached(published_cache, coco_options):
 
 
 def test_notebook_example_needs_five_new_definitions(published_cache, coco_options):
-    # method notebook (spec §1.9): "FRUIT" has the key of the augmented target "fruit", so it is cached
+    # method notebook (docs/protocol/evaluation.md §1.9): "FRUIT" has the key of the augmented target "fruit", so it is cached
     sets = notebook_label_sets()
     missing = published_cache.missing(lm.definition_items(sets, coco_options))
     assert [i.cache_key for i in missing] == [
@@ -236,7 +236,7 @@ def test_lookup_lists_every_missing_key():
 
 
 def notebook_label_sets() -> list[lm.LabelSet]:
-    """The method notebook's call (spec §1.9), as two label sets."""
+    """The method notebook's call (docs/protocol/evaluation.md §1.9), as two label sets."""
     return [
         lm.LabelSet(
             "0",

@@ -1,6 +1,6 @@
 """Label matching (stage D): the embedding batch (order, uniqueness, wire form) and the vector table.
 
-Expected values are worked out by hand from spec/evaluation.md §1.6 and spec/pipeline.md §2.3.
+Expected values are worked out by hand from docs/protocol/evaluation.md §1.6 and docs/protocol/pipeline.md §2.3.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def published_cache(shared_dir):
 
 
 def test_notebook_batch_has_728_texts(coco_options, published_cache):
-    # spec §1.6: the method notebook's call logs 728 = 6 + 2 + 6 + 357 + 357 texts
+    # docs/protocol/evaluation.md §1.6: the method notebook's call logs 728 = 6 + 2 + 6 + 357 + 357 texts
     sets = notebook_label_sets()
     missing = published_cache.missing(lm.definition_items(sets, coco_options))
     cache = published_cache.updated(

@@ -2,7 +2,7 @@
 samples and the recorded Levenshtein match.
 
 Real embeddings are not available offline, so every test builds small vectors by hand and works the
-expected scores out in comments (spec/evaluation.md §1.7–§1.9).
+expected scores out in comments (docs/protocol/evaluation.md §1.7–§1.9).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's table text (spec/evaluation.md §3, §4; gotchas 17-19), checked against the three
+"""The paper's table text (docs/protocol/evaluation.md §3, §4; gotchas 17-19), checked against the three
 published tables byte for byte and on hand-made rows."""
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def test_weighted_keeps_only_models_present_everywhere_with_exact_names():
     coco = [row("OVIS 2.5 9B "), row("A"), row("Only COCO"), row("B")]
     custom = [row("B"), row("OVIS 2.5 9B"), row("A"), row("Only custom")]
     names = [r["name"] for r in weighted([coco, custom], [1, 1])]
-    assert names == ["A", "B"]  # first dataset's order; the trailing-space key drops OVIS (gotcha 17)
+    assert names == ["A", "B"]  # first dataset's order; the trailing-space key drops OVIS (docs/protocol/evaluation.md gotcha 17)
 
 
 def test_weighted_propagates_nan():
@@ -232,7 +232,7 @@ def test_weighted_table_from_the_published_per_dataset_tables():
     """
     coco = parse_table((PUBLISHED / "coco.txt").read_text())
     custom = parse_table((PUBLISHED / "custom.txt").read_text())
-    for r in coco:  # the notebook's COCO dict key has a trailing space (spec §3)
+    for r in coco:  # the notebook's COCO dict key has a trailing space (docs/protocol/evaluation.md §3)
         if r["name"] == "OVIS 2.5 9B":
             r["name"] = "OVIS 2.5 9B "
     published = {r["name"]: r for r in parse_table((PUBLISHED / "weighted.txt").read_text())}

@@ -1,4 +1,4 @@
-"""SAM2 mask/box rules and message shapes (spec/pipeline.md §4.3, gotchas 11–12), worked by hand."""
+"""SAM2 mask/box rules and message shapes (docs/protocol/pipeline.md §4.3, gotchas 11–12), worked by hand."""
 
 from __future__ import annotations
 

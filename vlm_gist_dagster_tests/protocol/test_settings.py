@@ -94,7 +94,7 @@ def test_kind_is_detected_from_content_not_file_name(reference_settings_dir: Pat
 def test_gpt_5_nano_block_values(reference_settings_dir: Path) -> None:
     s = load_description_settings(reference_settings_dir / "description" / "description_settings_gpt_5_nano_none.json")
     block = s.vlm_structured_description
-    # the file holds "100000", "15.0"/"15.0"/"100.0", "False", "none" (spec §1.9)
+    # the file holds "100000", "15.0"/"15.0"/"100.0", "False", "none" (docs/protocol/pipeline.md §1.9)
     assert block.model_max_tokens == 100000
     assert (block.timeout_chunk_first, block.timeout_chunk_next, block.timeout_completion) == (15.0, 15.0, 100.0)
     assert block.stream_completion is False
@@ -125,7 +125,7 @@ def test_gemini_flash_high_inherits_retry_and_role(reference_settings_dir: Path)
     raw = _raw(reference_settings_dir, "description", "description_settings_gemini_2_5_flash_high")
     assert "retry" not in raw and "system_prompt_structured_description_role" not in raw
     s = parse_settings(raw)
-    assert s.retry == 3 and s.max_attempts == 4  # 1 + 3 retries (gotcha 2)
+    assert s.retry == 3 and s.max_attempts == 4  # 1 + 3 retries (docs/protocol/pipeline.md gotcha 2)
     assert s.system_prompt_structured_description_role == "system"
     assert s.vlm_structured_description.model_reasoning_effort == "high"
 
@@ -146,7 +146,7 @@ def test_module_defaults() -> None:
     assert (block.timeout_chunk_first, block.timeout_chunk_next, block.timeout_completion) == (10.0, 5.0, 30.0)
     assert s.png_max_pixels == 1920 * 1080 == 2073600
     assert s.retry == 3 and s.use_json_mode
-    # the module dict prompt lacks the space after "person." (spec §1.1)
+    # the module dict prompt lacks the space after "person." (docs/protocol/pipeline.md §1.1)
     assert "must be person.The description" in s.dict_prompt
     assert [item.key for item in s.dict_items] == ["object_name", "description"]
     assert s.dict_items[0].invalid == ("", "none", "not applicable", "n/a")

@@ -1,4 +1,4 @@
-"""Stage A: parsing and validation of structured descriptions (spec/pipeline.md §1.5) on real-world-shaped
+"""Stage A: parsing and validation of structured descriptions (docs/protocol/pipeline.md §1.5) on real-world-shaped
 completions, the request of one attempt (§1.3), task relevancy (§1.7) and the retry bookkeeping (§1.6).
 Expected values are worked out by hand from the rules (benchmark normalisation: underscores, punctuation
 and specials removed, whitespace collapsed, lowercase)."""

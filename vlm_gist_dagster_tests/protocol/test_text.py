@@ -41,7 +41,7 @@ def test_key(text, expected):
 
 
 def test_default_flags_only_transliterate_and_strip():
-    # The reference's character class is malformed without remove_common_specials (gotcha 22).
+    # The reference's character class is malformed without remove_common_specials (docs/protocol/pipeline.md gotcha 22).
     assert normalize_string("  Ça va? (yes) ") == "Ca va? (yes)"
     # ... whatever the other flags say
     assert normalize_string("a_b. c!", remove_underscores=True, remove_punctuation=True) == "a_b. c!"

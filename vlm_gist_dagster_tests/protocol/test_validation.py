@@ -1,4 +1,4 @@
-"""Stage C validation (spec/pipeline.md §5): crops, messages, answer parsing, keep / update / reject.
+"""Stage C validation (docs/protocol/pipeline.md §5): crops, messages, answer parsing, keep / update / reject.
 
 Every expected action is worked out by hand in the comments, following §5.5 step by step.
 """
@@ -361,7 +361,7 @@ def test_messages_on_the_wire():
         {
             "role": "user",
             "content": [
-                # Bare base64 gets nimbro_api's JPEG data-URI prefix (gotcha 5).
+                # Bare base64 gets nimbro_api's JPEG data-URI prefix (docs/protocol/pipeline.md gotcha 5).
                 {
                     "type": "image_url",
                     "image_url": {"detail": "high", "url": "data:image/jpeg;base64," + crop_b64},

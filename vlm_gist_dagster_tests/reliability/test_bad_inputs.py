@@ -208,7 +208,7 @@ def test_every_image_has_its_rows(outcome):
 @pytest.mark.parametrize("image_id", ["gray", "cmyk", "rgba", "deep16", "exif", "trunc", "huge"])
 def test_readable_odd_images_are_described_detected_and_segmented(outcome, image_id):
     """As the paper: the VLM gets the file as it is (or re-encoded when larger than png_max_pixels); the
-    vision servers get 3-channel 8-bit pixels at full resolution (gotcha 15). A truncated JPEG whose
+    vision servers get 3-channel 8-bit pixels at full resolution (docs/protocol/pipeline.md gotcha 15). A truncated JPEG whose
     header is intact is sent as it is, as the paper would; the server decides (the simulator decodes it)."""
     _, (descriptions, detections, per_image, masks), _ = outcome
     description = by_id(descriptions)[image_id]

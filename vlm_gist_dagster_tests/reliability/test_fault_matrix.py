@@ -1,7 +1,7 @@
 """Fault matrix: every simulated fault type at 20 % of the description requests, through the Dagster
 ``descriptions`` asset on the COCO sample (32 images). For each image, what the server did (its request
-log, in arrival order) fixes what the table must say, by the paper's rules (spec/pipeline.md §1.6,
-spec/evaluation.md §2.10):
+log, in arrival order) fixes what the table must say, by the paper's rules (docs/protocol/pipeline.md §1.6,
+docs/protocol/evaluation.md §2.10):
 
 * transport faults (429, 500, 503, dropped connection) are retried and are *not* attempts;
 * content faults (stalls past the chunk timeouts, truncated streams, text without JSON, finish reasons
@@ -169,7 +169,7 @@ def test_every_image_ends_described_or_failed_as_the_server_log_says(matrix, coc
             assert row["num_described"] >= 1 and row["error"] is None
     # Fail / Ret. as the leaderboard computes them, against the hand count from the log. The paper's
     # add_results skips an all-NaN list, and a missing described_instances_NaN reads as 0.0: a model that
-    # failed every image shows Fail 0.00 (spec/evaluation.md §2.7 add_results, gotcha 16).
+    # failed every image shows Fail 0.00 (docs/protocol/evaluation.md §2.7 add_results, gotcha 16).
     n = len(expected)
     failed = sum(not e["success"] for e in expected.values())
     fail = 0.0 if failed == n else failed / n
@@ -201,5 +201,5 @@ def test_a_completely_failing_model_fails_every_image_with_the_last_reason(matri
     assert set(table["error"]) <= set(CONTENT_REASONS.values())
     columns = metadata_columns(table)
     # every image failed, each with 3 failed attempts followed by a retry; Fail shows the paper's 0.00
-    # for a model without a single description (gotcha 16)
+    # for a model without a single description (docs/protocol/evaluation.md gotcha 16)
     assert columns.fail == 0.0 and columns.ret == 3.0

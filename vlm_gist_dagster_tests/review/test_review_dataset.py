@@ -95,7 +95,7 @@ def test_fiftyone_evaluation_equals_the_projects_metrics(bench, reviewed, datase
     eval_key = f"eval_{field_prefix(model)}"
     assert eval_key in ds.list_evaluations()
     config = ds.get_evaluation_info(eval_key).config
-    # the paper's call (spec/evaluation.md §2.3)
+    # the paper's call (docs/protocol/evaluation.md §2.3)
     assert (config.method, config.iou, config.classwise, config.use_masks) == ("coco", 0.5, True, False)
     assert config.gt_field == "ground_truth" and config.pred_field == f"{field_prefix(model)}_predictions"
     results = ds.load_evaluation_results(eval_key)

@@ -9,7 +9,7 @@ import pytest
 
 from vlm_gist_dagster.sim import SERVER_NAMES, run_simulator
 
-#: Any bearer token passes when the server has none configured (spec/pipeline.md §3).
+#: Any bearer token passes when the server has none configured (docs/protocol/pipeline.md §3).
 AUTH = {"Authorization": "Bearer test-token"}
 EPHEMERAL = {name: 0 for name in SERVER_NAMES}
 #: A chat model with the default controls that the tests' simulator serves (it lists, and answers, only

@@ -1,5 +1,5 @@
-"""Protocol conformance of the simulated OpenAI-compatible server (spec/pipeline.md §1.3–1.4, §2.3;
-spec/evaluation.md §1.5), auth, and determinism per seed."""
+"""Protocol conformance of the simulated OpenAI-compatible server (docs/protocol/pipeline.md §1.3–1.4, §2.3;
+docs/protocol/evaluation.md §1.5), auth, and determinism per seed."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from vlm_gist_dagster.sim import run_simulator
 from .conftest import AUTH, EPHEMERAL, b64_file, image_path
 
 SYSTEM = "You are a robot's visual perception system that identifies and analyzes objects in an image. Be concise and factual."
-# The benchmark's dict_prompt (spec/pipeline.md §1.1), abbreviated to the part the simulator keys on.
+# The benchmark's dict_prompt (docs/protocol/pipeline.md §1.1), abbreviated to the part the simulator keys on.
 DICT_PROMPT = (
     "Provide a list in JSON format that contains each object (including furniture, persons, and animals) visible "
     "in the image above. Each list element must be a dictionary with the fields object_name and description."
 )
-# spec/evaluation.md §1.5, exact strings.
+# docs/protocol/evaluation.md §1.5, exact strings.
 DEFINITION_PROMPT_ITEM = (
     "Please define and describe the characteristic properties of the item category of the item described below in "
     "5 sentences:\n{item}\n\nYour description must not refer to the given task or include the words 'item', "
@@ -33,7 +33,7 @@ DEFINITION_PROMPT_LABEL = (
 def describe_body(
     image_b64: str, model: str = "sim/test", *, json_mode: bool = True, stream: bool = False, **extra
 ):
-    """The wire payload of one structured-description attempt (spec/pipeline.md §1.3, normal case)."""
+    """The wire payload of one structured-description attempt (docs/protocol/pipeline.md §1.3, normal case)."""
     body = {
         "model": model,
         "messages": [
@@ -114,7 +114,7 @@ def test_non_streaming_description_shape(simulator, client, coco_image):
 
 def test_text_mode_answers_survive_longest_first_json_extraction(simulator, client, coco_dataset):
     """Text mode: a bare list or prose around a ```json fence; both contain one valid JSON list
-    (spec/pipeline.md §1.4 extract_json: longest parseable substring from [ to ])."""
+    (docs/protocol/pipeline.md §1.4 extract_json: longest parseable substring from [ to ])."""
     simulator.set_controls("chat", model="sim/text", fenced_rate=0.5, recall=1.0, hallucinations=0.0)
     kinds = set()
     for image_id in list(coco_dataset.images["image_id"])[:12]:  # 12 images, each its own draw

@@ -1,7 +1,7 @@
 """End to end over real sockets: a perfect-recall, hallucination-free simulated VLM describes every
 image of both real datasets, the simulated GDINO grounds the descriptions, the simulated SAM2 segments
 the boxes, labels are mapped to GT classes as the paper does it, and FiftyOne's evaluate_detections
-(the reference implementation, spec/evaluation.md §2.3) scores the result: high but not perfect F1,
+(the reference implementation, docs/protocol/evaluation.md §2.3) scores the result: high but not perfect F1,
 because box jitter pushes some IoUs below 0.5 and tiny boxes lose to integer truncation.
 """
 
@@ -25,7 +25,7 @@ DICT_PROMPT = "Provide a list in JSON format ... with the fields object_name and
 
 
 def benchmark_normalize(text: str) -> str:
-    """The benchmark's dict_value_normalization flags (spec/pipeline.md §1.5)."""
+    """The benchmark's dict_value_normalization flags (docs/protocol/pipeline.md §1.5)."""
     return normalize_string(
         text, remove_underscores=True, remove_punctuation=True, remove_common_specials=True,
         reduce_whitespaces=True, lowercase=True,
@@ -33,7 +33,7 @@ def benchmark_normalize(text: str) -> str:
 
 
 def relative_xywh(box, width, height):
-    """spec/pipeline.md §4.5: [x1/W, y1/H, (x2−x1)/W, (y2−y1)/H]."""
+    """docs/protocol/pipeline.md §4.5: [x1/W, y1/H, (x2−x1)/W, (y2−y1)/H]."""
     x1, y1, x2, y2 = box
     return [x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height]
 

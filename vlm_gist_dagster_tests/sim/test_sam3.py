@@ -108,7 +108,7 @@ def test_concept_prompts_find_every_instance_with_masks(sam3, client, image_b64)
     for j in range(len(parsed)):
         ys, xs = np.nonzero(decode_rle(parsed.mask[j]))
         x1, y1, x2, y2 = parsed.mask_xyxy[j]
-        # pasted at the mask box's corner; the crop misses the box's last row and column (gotcha 11)
+        # pasted at the mask box's corner; the crop misses the box's last row and column (docs/protocol/pipeline.md gotcha 11)
         assert (xs.min(), ys.min()) == (x1, y1) and xs.max() < x2 and ys.max() < y2
 
 

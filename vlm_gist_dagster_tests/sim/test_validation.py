@@ -1,4 +1,4 @@
-"""The simulated validation VLM (spec/pipeline.md §5): a crop of a described instance is answered with
+"""The simulated validation VLM (docs/protocol/pipeline.md §5): a crop of a described instance is answered with
 that instance's ``object_name``, any other crop with the invalid token. Requests are built with the
 project's own validation client code (messages, crops), as the validations stage sends them."""
 

@@ -336,7 +336,7 @@ def test_sam2_update_infer_reset(simulator, client, coco_b64):
     load(client, url, "large")
     client.post(url + "/reset")
     never = client.post(url + "/infer", json={"images": [coco_b64]}).json()
-    assert never["artifact"]["tracks"] == []  # tracker never initialised (spec §4.3)
+    assert never["artifact"]["tracks"] == []  # tracker never initialised (docs/protocol/pipeline.md §4.3)
     prompts = [
         {"object_id": 0, "bbox": [300, 60, 352, 220]},  # around the refrigerator
         {"object_id": 1, "bbox": [10, 10, 40, 40]},  # empty wall: filled box
@@ -354,7 +354,7 @@ def test_sam2_update_infer_reset(simulator, client, coco_b64):
             x1, y1, x2, y2 = entry["box_xyxy"]
             png = cv2.imdecode(np.frombuffer(base64.b64decode(entry["mask"]), np.uint8), cv2.IMREAD_UNCHANGED)
             assert png.ndim == 2 and png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255}
-            # crop mask[y1:y2, x1:x2] with an inclusive-max box: one row and column short (gotcha 11)
+            # crop mask[y1:y2, x1:x2] with an inclusive-max box: one row and column short (docs/protocol/pipeline.md gotcha 11)
             assert png.shape == (y2 - y1, x2 - x1)
             prompt = prompts[entry["track_id"]]["bbox"]
             assert (

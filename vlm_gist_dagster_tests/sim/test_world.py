@@ -29,7 +29,7 @@ def _encode(image: np.ndarray, ext: str, quality: int | None = None) -> bytes:
 
 @pytest.mark.parametrize("dataset", ["coco", "vlm_gist"])
 def test_every_image_is_recognised_after_reencoding_and_downscaling(world, sim_datasets, dataset):
-    """Clients re-encode and shrink images (spec/pipeline.md §1.2): every image of both datasets must
+    """Clients re-encode and shrink images (docs/protocol/pipeline.md §1.2): every image of both datasets must
     still be identified, as JPEG quality 60, as PNG, and halved with INTER_AREA."""
     ds = sim_datasets[dataset]
     for row in ds.images.itertuples(index=False):

@@ -101,7 +101,7 @@ def test_detections_follow_the_prompts(vlm_pair):
     objects = dict(zip(descriptions["image_id"], descriptions["objects"]))
     for row in detection_images.itertuples():
         mine = detections[detections["image_id"] == row.image_id]
-        # The prompts are the descriptions, in order (spec §4.2).
+        # The prompts are the descriptions, in order (docs/protocol/pipeline.md §4.2).
         assert list(row.prompts) == [o["description"] for o in objects[row.image_id]]
         assert row.num_detections == len(mine) and list(mine["detection_index"]) == list(range(len(mine)))
         missing, over = missing_and_over_detections(list(row.prompts), list(mine["prompt"]))
@@ -137,7 +137,7 @@ def test_masks_and_evaluated_boxes(coco, vlm_pair):
         mask = decode_rle(row.mask)
         assert mask.shape == (size.at[row.image_id, "height"], size.at[row.image_id, "width"])
         ys, xs = np.nonzero(mask)
-        # The pasted crop lies inside the mask box, whose last row and column it misses (gotcha 11).
+        # The pasted crop lies inside the mask box, whose last row and column it misses (docs/protocol/pipeline.md gotcha 11).
         assert xs.min() >= row.mask_x1 and xs.max() < row.mask_x2
         assert ys.min() >= row.mask_y1 and ys.max() < row.mask_y2
 
@@ -207,7 +207,7 @@ def test_validation_on_decides_per_detection(coco, vlm_pair, services):
     outcome = validations["validation_outcome"]
     assert set(outcome) <= {"keep", "update", "reject"} and validations["validation_error"].isna().all()
     assert (outcome == "reject").any() and (outcome == "keep").any()
-    # kept = keep or update; an update renames the detection, a keep does not (spec §5.5).
+    # kept = keep or update; an update renames the detection, a keep does not (docs/protocol/pipeline.md §5.5).
     assert (validations["kept"] == outcome.isin(["keep", "update"])).all()
     kept = validations[outcome == "keep"]
     assert (kept["validated_object_name"] == kept["object_name"]).all()

@@ -321,7 +321,7 @@ def test_sam3_prompts_of_an_image_are_one_batch_on_one_vision_pass() -> None:
         server.close()
 
 
-# -- florence2, kosmos2 (the paper's baseline requests, spec §6) ------------------------------------
+# -- florence2, kosmos2 (the paper's baseline requests, docs/protocol/pipeline.md §6) ------------------------------------
 
 
 def test_florence2_paper_baseline_request() -> None:

@@ -1,5 +1,5 @@
 """The paper's detection evaluation (stage E), exactly as FiftyOne's COCO-style ``evaluate_detections``
-computes it for the paper (spec/evaluation.md §2.3-§2.6), vectorised, plus COCO-standard AP columns
+computes it for the paper (docs/protocol/evaluation.md §2.3-§2.6), vectorised, plus COCO-standard AP columns
 from pycocotools.
 
 The paper calls ``dataset.evaluate_detections(pred_field, gt_field, use_masks=False, classes=None,

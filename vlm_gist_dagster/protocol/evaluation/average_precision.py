@@ -1,6 +1,6 @@
 """FiftyOne's mAP / mAR sweep (``_compute_pr_curves``), vectorised: 10 IoU thresholds, 101 recall points,
 at most 100 predictions per image and class, TPs ranked before FPs at equal confidence
-(spec/evaluation.md §2.6).
+(docs/protocol/evaluation.md §2.6).
 
 >>> IOU_THRESHOLDS[0], IOU_THRESHOLDS[-1], len(RECALL_POINTS), MAX_PREDICTIONS
 (0.5, 0.95, 101, 100)

@@ -1,4 +1,4 @@
-"""The evaluation's input tables: their checks and the columns read from them (spec/evaluation.md §2.2).
+"""The evaluation's input tables: their checks and the columns read from them (docs/protocol/evaluation.md §2.2).
 
 Two DataFrames, one row per object: ground truth ``image_id, label, x, y, w, h`` (relative to the image,
 top-left origin), optional ``iscrowd`` and ``mask``; predictions the same, optional ``confidence``.
@@ -41,13 +41,13 @@ def check_frame(df: pd.DataFrame, required: tuple[str, ...], what: str) -> None:
         raise ValueError(
             f"{what}: row {df.index[i]!r} (image {df['image_id'].iloc[i]!r}), fields 'x, y, w, h': non-finite box {box[i].tolist()}"
         )
-    # spec §2.2: the paper asserts w > 0 and h > 0 for every box and aborts the evaluation otherwise.
+    # docs/protocol/evaluation.md §2.2: the paper asserts w > 0 and h > 0 for every box and aborts the evaluation otherwise.
     positive = (box[:, 2] > 0) & (box[:, 3] > 0)
     if not positive.all():
         i = int(np.flatnonzero(~positive)[0])
         raise ValueError(
             f"{what}: row {df.index[i]!r} (image {df['image_id'].iloc[i]!r}), fields 'w, h': the paper requires "
-            f"w > 0 and h > 0 (spec/evaluation.md §2.2), got {box[i].tolist()}"
+            f"w > 0 and h > 0 (docs/protocol/evaluation.md §2.2), got {box[i].tolist()}"
         )
 
 

@@ -1,5 +1,5 @@
 """FiftyOne's greedy matching of predictions to ground truth (``_compute_matches``), vectorised over every
-image and class at once and over several IoU thresholds (spec/evaluation.md §2.4), and the box IoU it
+image and class at once and over several IoU thresholds (docs/protocol/evaluation.md §2.4), and the box IoU it
 uses, operation for operation.
 
 >>> import numpy as np
@@ -35,7 +35,7 @@ _LEAF_CAPACITY = _rtree_leaf_capacity()
 
 def box_iou(pred_box: np.ndarray, gt_box: np.ndarray, gt_crowd: np.ndarray | bool = False) -> np.ndarray:
     """Element-wise IoU of relative ``[x, y, w, h]`` boxes, operation for operation as FiftyOne's
-    ``compute_bbox_iou`` (spec §2.4 step 3), so that thresholds and ties compare bit-identically.
+    ``compute_bbox_iou`` (docs/protocol/evaluation.md §2.4 step 3), so that thresholds and ties compare bit-identically.
 
     No +1 pixel convention; 0 when the boxes do not overlap; a crowd GT uses the prediction's area as
     the union; capped at 1.
@@ -74,7 +74,7 @@ class Matching:
 def _segment_last_argmax(values: np.ndarray, valid: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Per segment (rows ``starts[i]:starts[i+1]``) and column: the *last* row holding the maximum of
     ``values`` among ``valid`` rows, or -1. "Last" mirrors FiftyOne's ``if iou < best: continue``, which
-    lets a later candidate with an equal IoU replace the earlier one (spec §2.4 step 4)."""
+    lets a later candidate with an equal IoU replace the earlier one (docs/protocol/evaluation.md §2.4 step 4)."""
     score = np.where(valid, values, -np.inf)
     seg_max = np.maximum.reduceat(score, starts, axis=0)
     lengths = np.diff(np.append(starts, len(values)))
@@ -98,7 +98,7 @@ def match(
     """FiftyOne's ``_compute_matches`` for every image and class at once, for K thresholds.
 
     Column k uses threshold ``thresholds[k]`` and only the first ``max_preds[k]`` predictions of each
-    (image, label) group (FiftyOne truncates after sorting, spec §2.6 step 1).
+    (image, label) group (FiftyOne truncates after sorting, docs/protocol/evaluation.md §2.6 step 1).
 
     Predictions are processed group-parallel and rank-sequential: step r handles the r-th prediction
     (by confidence) of every group at once; groups never share ground truth, so this is the same

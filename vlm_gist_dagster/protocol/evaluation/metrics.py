@@ -1,6 +1,6 @@
 """The paper's metrics from the two tables: P / R / F1 at the matching threshold, FiftyOne's mAP / mAR,
 the per-class report, per-image counts and object-level outcomes, plus pycocotools' AP columns
-(spec/evaluation.md §2.3-§2.6). :func:`evaluate` is the entry point; each step is a function below."""
+(docs/protocol/evaluation.md §2.3-§2.6). :func:`evaluate` is the entry point; each step is a function below."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _encode(gt: pd.DataFrame, pred: pd.DataFrame) -> _Encoded:
         gt_crowd=crowd_flags(gt),
         conf=conf,
         conf_missing=conf_missing,
-        # FiftyOne's sort key ``p.confidence or -1``: None and 0.0 both sort as -1 (gotcha 13).
+        # FiftyOne's sort key ``p.confidence or -1``: None and 0.0 both sort as -1 (docs/protocol/evaluation.md gotcha 13).
         sort_key=np.where(conf_missing | (conf == 0), -1.0, conf),
         image_uniques=image_uniques,
         label_uniques=label_uniques,
@@ -79,7 +79,7 @@ def _encode(gt: pd.DataFrame, pred: pd.DataFrame) -> _Encoded:
 def _pooled_counts(
     enc: _Encoded, m: Matching, gt_index: pd.Index, pred_index: pd.Index
 ) -> dict[str, Any]:
-    """P / R / F1 / accuracy pooled over all images at the main threshold (spec §2.5), the per-class
+    """P / R / F1 / accuracy pooled over all images at the main threshold (docs/protocol/evaluation.md §2.5), the per-class
     report, per-image counts and the object-level outcome tables."""
     pred_tp = m.pred_match[:, 0] >= 0
     gt_fn = m.gt_matched_by[:, 0] < 0
@@ -128,7 +128,7 @@ def _pooled_counts(
 
 
 def _fscore_per_threshold(m: Matching, columns: list[int]) -> tuple[float, ...]:
-    """Pooled F1 (spec §2.5) of the given threshold columns of the matching."""
+    """Pooled F1 (docs/protocol/evaluation.md §2.5) of the given threshold columns of the matching."""
     out = []
     n_pred = m.pred_match.shape[0]
     for c in columns:
@@ -142,7 +142,7 @@ def _fscore_per_threshold(m: Matching, columns: list[int]) -> tuple[float, ...]:
 def _mean_average_precision(
     enc: _Encoded, m: Matching, compute_mAP: bool, sweep_columns: slice = slice(1, None)
 ) -> dict[str, Any]:
-    """FiftyOne's mAP / mAR over the classes with ground truth (spec §2.6), or NaN with the reason
+    """FiftyOne's mAP / mAR over the classes with ground truth (docs/protocol/evaluation.md §2.6), or NaN with the reason
     FiftyOne would have none; and the sweep's entries (``SweepEntries``) for resampling."""
     n_lab = len(enc.label_uniques)
     num_gt = np.bincount(enc.gt_label[~enc.gt_crowd], minlength=n_lab)

@@ -17,10 +17,10 @@ from .average_precision import SweepEntries
 class EvaluationResult:
     """Everything ``evaluate`` computes, as typed fields (``result.fscore``, ``result.tp``).
 
-    Paper metrics (spec §2.5, §2.6): ``precision, recall, fscore, accuracy, support, tp, fp, fn``
+    Paper metrics (docs/protocol/evaluation.md §2.5, §2.6): ``precision, recall, fscore, accuracy, support, tp, fp, fn``
     (pooled over all images at ``iou``) and ``mAP, mAR`` (NaN with ``mAP_available=False`` and a
     ``mAP_unavailable_reason`` when FiftyOne's PR sweep would raise, e.g. a prediction without
-    confidence: the paper then stores mAP = None, spec §2.3 / gotcha 13).
+    confidence: the paper then stores mAP = None, docs/protocol/evaluation.md §2.3 / gotcha 13).
 
     ``per_class`` is sklearn's ``classification_report(output_dict=True, zero_division=0)`` over the
     observed classes, with sklearn's ``"micro avg"`` entry - or, as sklearn does when no object is
@@ -80,7 +80,7 @@ class EvaluationResult:
         return float(np.mean(self.fscore_per_iou)) if self.fscore_per_iou else math.nan
 
     def performance_metrics(self) -> dict[str, Any]:
-        """The paper's ``evaluation.json`` ``results.performance_metrics`` block (spec §5): mAP/mAR
+        """The paper's ``evaluation.json`` ``results.performance_metrics`` block (docs/protocol/evaluation.md §5): mAP/mAR
         are ``None`` when unavailable."""
         return {
             "true_positives": self.tp,

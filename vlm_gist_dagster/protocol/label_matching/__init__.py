@@ -1,5 +1,5 @@
-"""Stage D of the benchmark: label matching, as pure functions (spec/evaluation.md §1, gotchas §9,
-spec/pipeline.md §8). No network: these functions build the definition requests and the embedding batch
+"""Stage D of the benchmark: label matching, as pure functions (docs/protocol/evaluation.md §1, gotchas §9,
+docs/protocol/pipeline.md §8). No network: these functions build the definition requests and the embedding batch
 and interpret the results; the clients send them.
 
 One batch (e.g. one model × dataset partition)::

@@ -1,5 +1,5 @@
 """LLM definitions for label matching: what gets defined, the requests, and the cache file
-(spec/evaluation.md §1.5, gotchas §9.6–9.9).
+(docs/protocol/evaluation.md §1.5, gotchas §9.6–9.9).
 
 Flow (the client sends the requests; nothing here touches the network)::
 
@@ -59,7 +59,7 @@ class DefinitionItem:
 def detection_definition_item(
     label: str, description: str | None, options: SettingsLike | None = None
 ) -> tuple[DefinitionItem, tuple[str, ...]]:
-    """The definition item of one detection and the reference's warnings for it (spec §1.5).
+    """The definition item of one detection and the reference's warnings for it (docs/protocol/evaluation.md §1.5).
 
     * No description: the plain label after ``[_]?\\d+$`` removal and whitespace collapse. Unlike
       everywhere else this form has **no** fallback: a label ``"2"`` becomes the empty text (reference
@@ -102,7 +102,7 @@ def target_definition_item(target: str) -> DefinitionItem:
 
 
 def definition_items(label_sets: Iterable[LabelSet], settings: SettingsLike) -> list[DefinitionItem]:
-    """Every text that needs a definition, unique by cache key, first occurrence kept (spec §1.5).
+    """Every text that needs a definition, unique by cache key, first occurrence kept (docs/protocol/evaluation.md §1.5).
 
     Order: with ``define_labels`` every detection of every matched set (sets in input order), then with
     ``define_targets`` every matching target. A label item and a target (or two targets) with the same key
@@ -162,7 +162,7 @@ def definition_requests(items: Iterable[DefinitionItem], settings: SettingsLike)
 
 
 class DefinitionsCache(Mapping[str, str]):
-    """The definitions cache: a flat JSON object mapping cache key → definition text (spec §1.5).
+    """The definitions cache: a flat JSON object mapping cache key → definition text (docs/protocol/evaluation.md §1.5).
 
     Immutable; :meth:`updated` returns a new cache. The published file (357 entries, the keys of the 80
     COCO and 277 augmented targets) is read as is, and :meth:`write` reproduces its format exactly:

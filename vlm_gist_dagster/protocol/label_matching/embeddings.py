@@ -1,5 +1,5 @@
-"""The embedding batch of label matching and the table its vectors come back in (spec/evaluation.md §1.6,
-spec/pipeline.md §2.3).
+"""The embedding batch of label matching and the table its vectors come back in (docs/protocol/evaluation.md §1.6,
+docs/protocol/pipeline.md §2.3).
 
 **Who transforms what.** The reference's embedding node replaced every ``"\\n"`` with a space and refused
 empty texts before embedding (and cached per transformed text). Here *both* happen in the batch
@@ -38,7 +38,7 @@ from .options import SettingsLike, as_options
 
 
 class EmptyEmbeddingTextError(ValueError):
-    """A text to embed is empty; the embedding endpoint refuses it (spec/pipeline.md §2.3)."""
+    """A text to embed is empty; the embedding endpoint refuses it (docs/protocol/pipeline.md §2.3)."""
 
 
 class MissingEmbeddingsError(KeyError):

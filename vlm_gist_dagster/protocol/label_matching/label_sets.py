@@ -1,5 +1,5 @@
 """Label sets (one per image), which of them are skipped, and the targets each one is matched against
-(spec/evaluation.md §1.1 and §1.3).
+(docs/protocol/evaluation.md §1.1 and §1.3).
 
 A *label set* is one image's detections: for each detection its ``label`` (the ``object_name``
 attribute; for baselines the detection label) and its ``description`` (or None), plus the image
@@ -77,7 +77,7 @@ class SkippedLabelSet:
 def partition_label_sets(
     label_sets: Iterable[LabelSet], options: LabelMatchingOptions
 ) -> tuple[list[LabelSet], list[SkippedLabelSet]]:
-    """Split label sets into those to match and those skipped, keeping input order (spec §1.1).
+    """Split label sets into those to match and those skipped, keeping input order (docs/protocol/evaluation.md §1.1).
 
     Skipped: no detections; in per-image mode also no ground truth. A per-image set whose targets are
     an *empty* list is skipped like a missing one: the reference would abort the whole batch on it
@@ -108,7 +108,7 @@ def partition_label_sets(
 
 
 def current_targets(label_set: LabelSet, options: LabelMatchingOptions) -> tuple[str, ...]:
-    """The targets this set is scored against, in order (spec §1.3).
+    """The targets this set is scored against, in order (docs/protocol/evaluation.md §1.3).
 
     COCO mode: ``dataset_targets + augmented_targets`` (80 + 277 = 357). Per-image mode: the set's own
     targets (its GT labels); no augmented targets are used there.
@@ -122,7 +122,7 @@ def current_targets(label_set: LabelSet, options: LabelMatchingOptions) -> tuple
 
 
 def current_dataset_targets(label_set: LabelSet, options: LabelMatchingOptions) -> frozenset[str]:
-    """The targets a match must be one of to survive the dataset filter (spec §1.9 step 2)."""
+    """The targets a match must be one of to survive the dataset filter (docs/protocol/evaluation.md §1.9 step 2)."""
     if options.use_per_set_targets:
         return frozenset(current_targets(label_set, options))
     _check_coco_targets(options)
@@ -147,7 +147,7 @@ def matching_targets(label_sets: Sequence[LabelSet], options: LabelMatchingOptio
 def _check_coco_targets(options: LabelMatchingOptions) -> None:
     if not options.dataset_targets:
         raise LabelMatchingSettingsError(
-            "dataset_targets: must not be empty when use_per_set_targets is false (spec/evaluation.md §1.3)"
+            "dataset_targets: must not be empty when use_per_set_targets is false (docs/protocol/evaluation.md §1.3)"
         )
 
 

@@ -1,4 +1,4 @@
-"""Scoring, assignment, mapping rules and the dataset filter (spec/evaluation.md §1.7–§1.9, gotchas
+"""Scoring, assignment, mapping rules and the dataset filter (docs/protocol/evaluation.md §1.7–§1.9, gotchas
 §9.1–§9.5).
 
 For detection j with sources S_j = [e(label_norm)] + [e(description) if any] + [e(definition) if
@@ -59,7 +59,7 @@ def score_matrix(
     target_names: npt.ArrayLike,
     target_definitions: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.float64]:
-    """Scores of every detection against every target (spec §1.7), vectorised.
+    """Scores of every detection against every target (docs/protocol/evaluation.md §1.7), vectorised.
 
     ``sources`` stacks the source vectors of all detections, detection by detection; ``source_counts[j]``
     is |S_j| (1–3). Sources are L2-normalised here; targets are not. The sum runs in the reference's order
@@ -114,7 +114,7 @@ def best_target_indices(scores: npt.ArrayLike) -> npt.NDArray[np.intp]:
 def apply_mapping_rules(
     matches: Sequence[str], mapping_rules: Mapping[str, str] | None, targets: Iterable[str]
 ) -> tuple[list[str], list[bool]]:
-    """Replace a match by its mapping-rule value only if that value is one of ``targets`` (spec §1.9).
+    """Replace a match by its mapping-rule value only if that value is one of ``targets`` (docs/protocol/evaluation.md §1.9).
 
     One pass, no chaining. Returns the new matches and, per match, whether a rule was applied.
 
@@ -135,7 +135,7 @@ def apply_mapping_rules(
 
 
 def dataset_filter(matches: Sequence[str], dataset_targets: Iterable[str]) -> list[str | None]:
-    """Keep a match only if it is a dataset target, else None (spec §1.9 step 2)."""
+    """Keep a match only if it is a dataset target, else None (docs/protocol/evaluation.md §1.9 step 2)."""
     allowed = set(dataset_targets)
     return [m if m in allowed else None for m in matches]
 
@@ -148,7 +148,7 @@ def levenshtein_matches(
     target_keys: Sequence[str] | None = None,
 ) -> list[str | None]:
     """``protocol.text.levenshtein_match(word, targets, threshold, normalization=True)`` for many words at
-    once (recorded only, never used for the match; spec §1.8).
+    once (recorded only, never used for the match; docs/protocol/evaluation.md §1.8).
 
     Distance between ``key()`` forms; the closest target (first on ties) is accepted if its distance is at
     most the threshold, where a threshold in (0, 1) means ``int(len(word) * t) + 1``.
@@ -228,7 +228,7 @@ class LabelSetResult:
         return [d.dataset_match for d in self.detections]
 
     def record(self) -> dict[str, Any]:
-        """This set's method keys of ``label_matches.json`` (spec §1.11), in the reference's order.
+        """This set's method keys of ``label_matches.json`` (docs/protocol/evaluation.md §1.11), in the reference's order.
         Run-time keys (stamps, settings, usage, durations, batch keys) are added by the caller."""
         record: dict[str, Any] = {
             "labels": [d.label for d in self.detections],
@@ -289,7 +289,7 @@ def match_label_sets(
     embeddings: EmbeddingTable | Mapping[str, npt.ArrayLike],
     settings: SettingsLike,
 ) -> LabelMatchingResult:
-    """Label-match a batch (spec/evaluation.md §1), given the definitions and the embedding vectors.
+    """Label-match a batch (docs/protocol/evaluation.md §1), given the definitions and the embedding vectors.
 
     ``definitions`` maps cache key → text (a :class:`~.definitions.DefinitionsCache` works); it must hold
     every key of :func:`~.definitions.definition_items` (else :class:`~.definitions.MissingDefinitionsError`).
@@ -398,7 +398,7 @@ def _match_one_set(
     scores = score_matrix(table.matrix(source_texts), source_counts, names, definition_vectors)
     outside = int(np.count_nonzero((scores < -1.0) | (scores > 1.0)))
     if outside:
-        # The reference only logs this (spec §1.7).
+        # The reference only logs this (docs/protocol/evaluation.md §1.7).
         logger.warning("label set %r: %d scores outside [-1, 1]", label_set.identifier, outside)
     best = best_target_indices(scores)
     best_targets = [targets[k] for k in best]

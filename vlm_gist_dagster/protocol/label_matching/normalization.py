@@ -1,4 +1,4 @@
-"""The text normalisations of label matching, exactly as the paper applies them (spec/evaluation.md §1.4,
+"""The text normalisations of label matching, exactly as the paper applies them (docs/protocol/evaluation.md §1.4,
 gotchas §9.7 and §9.8).
 
 Each purpose has its own rule, and mixing them up changes the numbers:
@@ -34,7 +34,7 @@ _WHITESPACE_RUN = re.compile(r"\s+")
 
 
 class NormalizationFallbackWarning(UserWarning):
-    """A normalisation produced an empty string, so the original text is used (spec §1.4)."""
+    """A normalisation produced an empty string, so the original text is used (docs/protocol/evaluation.md §1.4)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ def strip_label_number(text: str) -> str:
     """Steps (a) and (b) of ``label_norm`` *without* the empty-result fallback.
 
     The reference uses this raw form as the plain (description-less) definition item, where it never
-    falls back: a label ``"2"`` is defined as the empty string (spec §1.5; reproduced on purpose).
+    falls back: a label ``"2"`` is defined as the empty string (docs/protocol/evaluation.md §1.5; reproduced on purpose).
 
     >>> strip_label_number("cup_2"), strip_label_number("2")
     ('cup', '')
@@ -87,7 +87,7 @@ def normalize_definition(text: str) -> Normalized:
 
 
 def label_norm(text: str) -> str:
-    """The label as embedded and as written into the definition item (spec/evaluation.md §1.4).
+    """The label as embedded and as written into the definition item (docs/protocol/evaluation.md §1.4).
 
     Deletes one trailing run of digits with an optional single ``_`` before it, rstrips, collapses
     whitespace runs to one space and strips. Case is kept. If that leaves nothing, the original string is
@@ -119,7 +119,7 @@ def cache_key(text: str) -> str:
     """The definitions-cache key of a text: :func:`vlm_gist_dagster.protocol.text.key`.
 
     unidecode first, then every character outside ``[A-Za-z0-9]`` removed and the rest lower-cased, so a
-    JSON item's key starts with ``objectname…description…`` (spec §1.4, gotcha §9.8).
+    JSON item's key starts with ``objectname…description…`` (docs/protocol/evaluation.md §1.4, gotcha §9.8).
 
     >>> cache_key("sports ball"), cache_key("T-shirt's")
     ('sportsball', 'tshirts')

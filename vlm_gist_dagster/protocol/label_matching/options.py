@@ -1,4 +1,4 @@
-"""The label-matching settings this stage needs, as one frozen object (spec/evaluation.md §1.2).
+"""The label-matching settings this stage needs, as one frozen object (docs/protocol/evaluation.md §1.2).
 
 :class:`LabelMatchingOptions` is what every function of the stage works with. :func:`as_options` builds it
 from
@@ -27,14 +27,14 @@ from .prompts import DEFINITION_PROMPT_ITEM, DEFINITION_PROMPT_LABEL, DEFINITION
 
 
 class LabelMatchingSettingsError(ValueError):
-    """Label-matching options are inconsistent (spec §1.3). The message names the field."""
+    """Label-matching options are inconsistent (docs/protocol/evaluation.md §1.3). The message names the field."""
 
 
 class HungarianAssignmentUnsupportedError(NotImplementedError):
     """``allow_duplicate_labels=False`` asks for the paper's Hungarian branch, which cannot run.
 
     In the reference it iterates over an integer (``for _ in len(labels[i])``), raising TypeError, and
-    uses an undefined Levenshtein list, so no published run used it (spec §1.8, gotcha §9.3).
+    uses an undefined Levenshtein list, so no published run used it (docs/protocol/evaluation.md §1.8, gotcha §9.3).
     """
 
 
@@ -46,7 +46,7 @@ def _default_llm() -> CompletionParams:
 
 @dataclass(frozen=True)
 class LabelMatchingOptions:
-    """Everything label matching needs to know (spec/evaluation.md §1.2; field names as in the paper).
+    """Everything label matching needs to know (docs/protocol/evaluation.md §1.2; field names as in the paper).
 
     ``fix_definition_prompt_swap`` is our opt-in: False reproduces the paper's swapped prompt selection.
     In per-image mode (``use_per_set_targets``) the targets come with each label set, so both target
@@ -86,7 +86,7 @@ class LabelMatchingOptions:
                 )
             object.__setattr__(self, "mapping_rules", MappingProxyType(rules))
         if self.use_per_set_targets and (self.dataset_targets or self.augmented_targets):
-            # spec §1.3: "Both settings lists must be empty, otherwise it is an error."
+            # docs/protocol/evaluation.md §1.3: "Both settings lists must be empty, otherwise it is an error."
             raise LabelMatchingSettingsError(
                 "dataset_targets/augmented_targets: must be empty when use_per_set_targets is true "
                 f"(got {len(self.dataset_targets)} and {len(self.augmented_targets)} entries)"
@@ -99,7 +99,7 @@ class LabelMatchingOptions:
         if not self.allow_duplicate_labels:
             raise HungarianAssignmentUnsupportedError(
                 "allow_duplicate_labels=false selects the paper's Hungarian assignment, which crashes in the "
-                "reference code (spec/evaluation.md §1.8) and was used by no published run; only "
+                "reference code (docs/protocol/evaluation.md §1.8) and was used by no published run; only "
                 "allow_duplicate_labels=true (argmax, duplicates allowed) is implemented"
             )
 

@@ -1,4 +1,4 @@
-"""The definition prompts of label matching and the paper's swapped prompt selection (spec/evaluation.md
+"""The definition prompts of label matching and the paper's swapped prompt selection (docs/protocol/evaluation.md
 §1.5, gotcha §9.6, uncertainty §11).
 
 The reference defines two user prompts: an "item category" prompt meant for JSON items

@@ -5,7 +5,7 @@ validation,baseline}/*.json``). Its request blocks (``vlm_structured_description
 dicts of **string-valued** nimbro_api parameters (``"False"``, ``"1.0"``, ``"10000"``, ``"[]"``); these
 models coerce those strings to typed values (and accept typed values too). Keys unknown to the paper are
 rejected with a :class:`SettingsError` that names the file and the key path. A key the file leaves out
-takes the paper's **module default** (spec/pipeline.md §1.1, §4.1, §5, §6; spec/evaluation.md §1.2),
+takes the paper's **module default** (docs/protocol/pipeline.md §1.1, §4.1, §5, §6; docs/protocol/evaluation.md §1.2),
 exactly as the paper's ``complete_settings`` does; where a benchmark file differs from the module
 default the file wins (e.g. ``dict_value_normalization``).
 

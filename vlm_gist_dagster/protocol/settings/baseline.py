@@ -1,4 +1,4 @@
-"""Settings of a baseline model that replaces stages A and B: Florence-2 or Kosmos-2 (spec/pipeline.md §6),
+"""Settings of a baseline model that replaces stages A and B: Florence-2 or Kosmos-2 (docs/protocol/pipeline.md §6),
 or ours, ``sam3`` (``sam3_classes``: SAM 3 prompted with the dataset's class names, a closed-vocabulary
 reference; its boxes and masks are SAM 3's, so ``segmentation_name`` must be null).
 
@@ -34,7 +34,7 @@ class FlorencePrompt(SettingsModel):
 
 
 class BaselineSettings(SegmentationSettings):
-    """Settings of a baseline model that replaces stages A and B (spec/pipeline.md §6). Defaults are
+    """Settings of a baseline model that replaces stages A and B (docs/protocol/pipeline.md §6). Defaults are
     the paper's Baseline module defaults (Florence-2 large, dense region captions)."""
 
     model_name: Literal["florence2", "kosmos2", "sam3"] = "florence2"

@@ -1,5 +1,5 @@
 """Settings of stage A, the structured description: one model's ``description_settings_*.json``
-(spec/pipeline.md §1.1), with the paper's StructuredDescription module defaults.
+(docs/protocol/pipeline.md §1.1), with the paper's StructuredDescription module defaults.
 
 >>> s = DescriptionSettings.model_validate({"vlm_structured_description": {"model_max_tokens": "10000"}})
 >>> s.vlm_structured_description.model_max_tokens, s.vlm_structured_description.stream_completion
@@ -22,7 +22,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "Be concise and factual."
 )
 
-#: The benchmark files' dict prompt (spec/pipeline.md §1.1; the wording matters).
+#: The benchmark files' dict prompt (docs/protocol/pipeline.md §1.1; the wording matters).
 BENCHMARK_DICT_PROMPT = (
     "Provide a list in JSON format that contains each object (including furniture, persons, and animals) "
     "visible in the image above. Explicitly include each object instance as an individual list element, and "
@@ -52,7 +52,7 @@ _DEFAULT_INVALID_VALUES = ("", "none", "not applicable", "n/a")
 
 
 class DictItem(SettingsModel):
-    """One expected key of the described objects (``dict_items``; spec/pipeline.md §1.5)."""
+    """One expected key of the described objects (``dict_items``; docs/protocol/pipeline.md §1.5)."""
 
     key: StrictStr
     #: ``box_2d`` (ours, not the paper's): a box ``[y_min, x_min, y_max, x_max]`` normalised to 0–1000, as
@@ -67,7 +67,7 @@ class DictItem(SettingsModel):
 
     @model_validator(mode="after")
     def _str_lists(self) -> DictItem:
-        # str items compare values by Levenshtein matching, which needs strings (spec §1.5).
+        # str items compare values by Levenshtein matching, which needs strings (docs/protocol/pipeline.md §1.5).
         if self.type == "str":
             for name in ("valid", "invalid"):
                 values = getattr(self, name)
@@ -96,7 +96,7 @@ ImageDetail = Literal["high", "low", "auto"]
 
 
 class DescriptionSettings(SettingsModel):
-    """Settings of stage A, one model's ``description_settings_*.json`` (spec/pipeline.md §1.1).
+    """Settings of stage A, one model's ``description_settings_*.json`` (docs/protocol/pipeline.md §1.1).
 
     Defaults are the paper's StructuredDescription module defaults.
     """
@@ -119,7 +119,7 @@ class DescriptionSettings(SettingsModel):
     direct_task_relevancy_prompt: StrictStr = DEFAULT_DIRECT_TASK_RELEVANCY_PROMPT
     decoupled_task_relevancy_prompt: StrictStr = DEFAULT_DECOUPLED_TASK_RELEVANCY_PROMPT
     decoupled_task_relevancy: StrictBool = True
-    #: Exists in the paper but is never read there (spec/pipeline.md §1.7); kept for round-trips.
+    #: Exists in the paper but is never read there (docs/protocol/pipeline.md §1.7); kept for round-trips.
     decoupled_task_relevancy_remove_image: StrictBool = True
     #: An int is an edit distance; a float in (0, 1) a fraction of the word length (``int(len·t) + 1``).
     levenshtein_threshold: NonNegNumber = 0
@@ -176,12 +176,12 @@ class DescriptionSettings(SettingsModel):
 
     @property
     def max_attempts(self) -> int:
-        """Attempts per image: ``1 + retry`` (gotcha 2), or ``unlimited_retry_cap`` when retry is -1."""
+        """Attempts per image: ``1 + retry`` (docs/protocol/pipeline.md gotcha 2), or ``unlimited_retry_cap`` when retry is -1."""
         return self.unlimited_retry_cap if self.retry == -1 else 1 + self.retry
 
     @property
     def name_key(self) -> str:
-        """The key that names objects (``object_name``): the first dict item (spec §1.5 step 4)."""
+        """The key that names objects (``object_name``): the first dict item (docs/protocol/pipeline.md §1.5 step 4)."""
         return self.dict_items[0].key
 
     @property

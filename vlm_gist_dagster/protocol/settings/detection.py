@@ -1,4 +1,4 @@
-"""Settings of stage B, detection and segmentation (MM-Grounding-DINO + SAM2; spec/pipeline.md §4.1).
+"""Settings of stage B, detection and segmentation (MM-Grounding-DINO + SAM2; docs/protocol/pipeline.md §4.1).
 
 >>> DetectionSettings().over_detect, DetectionSettings.model_validate({"over_detect": 1.0}).over_detect
 (0.0, 1.0)
@@ -50,7 +50,7 @@ class DetectionSettings(SegmentationSettings):
 
     def as_run_by_fiftyone_node(self) -> DetectionSettings:
         """The values ``fiftyone_detect`` forces over the file: no secondary SAM2, cropped masks, retry,
-        and **no down-scaling** (``png_max_pixels = None``) — spec/pipeline.md §4.1."""
+        and **no down-scaling** (``png_max_pixels = None``) — docs/protocol/pipeline.md §4.1."""
         return self.model_copy(
             update={
                 "segmentation_model_id_secondary": None,

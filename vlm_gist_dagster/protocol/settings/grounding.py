@@ -6,7 +6,7 @@ the paper could not: is a detector still worth it against SAM 3's concept segmen
 VLM's own boxes?
 
 * ``mmgd_sam2`` — the paper's stage B: each description string is a MM-Grounding-DINO prompt, its boxes
-  are segmented by SAM2 (spec/pipeline.md §4).
+  are segmented by SAM2 (docs/protocol/pipeline.md §4).
 * ``sam3`` — each described object's name (or, with ``sam3_prompt: "description"``, its description) is a
   SAM 3 concept prompt; SAM 3's boxes and masks are used as they are (no SAM2).
 * ``vlm_boxes`` — the VLM returns a box per object (``box_2d`` = ``[y_min, x_min, y_max, x_max]`` normalised

@@ -1,4 +1,4 @@
-"""Settings of stage D, label matching (spec/evaluation.md §1.2, §1.3). The paper's target lists and
+"""Settings of stage D, label matching (docs/protocol/evaluation.md §1.2, §1.3). The paper's target lists and
 mapping rules are data: ``targets.json`` next to this module.
 
 >>> len(COCO_TARGETS), len(AUGMENTED_TARGETS), MAPPING_RULES["monitor"]
@@ -19,9 +19,9 @@ from .coercion import NonNegNumber, SettingsModel
 from .request import CompletionParams, fill_blocks, request_block
 
 _TARGETS = json.loads(resources.files(__package__).joinpath("targets.json").read_text(encoding="utf-8"))
-#: The 80 COCO class names (spec/evaluation.md §1.3), in the settings' order.
+#: The 80 COCO class names (docs/protocol/evaluation.md §1.3), in the settings' order.
 COCO_TARGETS: tuple[str, ...] = tuple(_TARGETS["coco_targets"])
-#: The 277 "augmented" distractor targets (spec/evaluation.md §1.3), in the settings' order.
+#: The 277 "augmented" distractor targets (docs/protocol/evaluation.md §1.3), in the settings' order.
 AUGMENTED_TARGETS: tuple[str, ...] = tuple(_TARGETS["augmented_targets"])
 #: The 11 mapping rules (augmented target → COCO target), in the settings' order.
 MAPPING_RULES: dict[str, str] = dict(_TARGETS["mapping_rules"])
@@ -49,7 +49,7 @@ _DEFAULT_LLM_BLOCK = request_block(
 
 
 class LabelMatchingSettings(SettingsModel):
-    """Settings of label matching (spec/evaluation.md §1.2). Defaults are the paper's module defaults
+    """Settings of label matching (docs/protocol/evaluation.md §1.2). Defaults are the paper's module defaults
     (its target lists and mapping rules equal the COCO file's)."""
 
     definitions_write: StrictBool = True
@@ -69,7 +69,7 @@ class LabelMatchingSettings(SettingsModel):
     augmented_targets: tuple[StrictStr, ...] = AUGMENTED_TARGETS
     mapping_rules: dict[StrictStr, StrictStr] = Field(default_factory=lambda: dict(MAPPING_RULES))
     #: Ours, opt-in. The paper's code sends JSON items through the "term" prompt and plain texts (all
-    #: targets) through the "item category" prompt (spec/evaluation.md §1.5). False keeps that swap
+    #: targets) through the "item category" prompt (docs/protocol/evaluation.md §1.5). False keeps that swap
     #: (paper behaviour); True uses the intended prompt for each.
     fix_definition_prompt_swap: StrictBool = False
     #: Ours. Where a service's definitions start. The paper's label matching starts from its published
@@ -86,7 +86,7 @@ class LabelMatchingSettings(SettingsModel):
 
     @model_validator(mode="after")
     def _check_targets(self) -> LabelMatchingSettings:
-        # spec/evaluation.md §1.3: these combinations are errors in the paper.
+        # docs/protocol/evaluation.md §1.3: these combinations are errors in the paper.
         if self.use_per_set_targets:
             if self.dataset_targets or self.augmented_targets:
                 raise ValueError(

@@ -100,7 +100,7 @@ class ModelHeader(SettingsModel):
     display_name: StrictStr | None = None
     #: True for models answered by the simulator (their rows are labelled as simulated).
     simulated: StrictBool = False
-    #: Run the optional validation stage (spec §5) for this model; off by default, as in the paper.
+    #: Run the optional validation stage (docs/protocol/pipeline.md §5) for this model; off by default, as in the paper.
     #: ``true`` uses ``settings/validation/validation.json``; a string names another validation settings
     #: file, relative to the model file's folder (e.g. ``validation/validation_settings_gpt_5_mini_none.json``
     #: in ``settings/paper/``, the paper's second validation VLM).

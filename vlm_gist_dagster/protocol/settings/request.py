@@ -1,5 +1,5 @@
 """The nimbro_api request block (``vlm_structured_description``, ``llm``, ``vlm``, …): one chat model's
-completion parameters, as the paper's settings files spell them (spec/pipeline.md §1.1, §1.3).
+completion parameters, as the paper's settings files spell them (docs/protocol/pipeline.md §1.1, §1.3).
 
 >>> block = CompletionParams.model_validate({"model_max_tokens": "10000", "stream_completion": "False"})
 >>> block.model_max_tokens, block.stream_completion, block.to_paper_dict()["stream_completion"]
@@ -26,20 +26,20 @@ from .coercion import (
     refuse_io_keys,
 )
 
-#: Completion parsers the paper's nimbro_api ships and we implement (spec/pipeline.md §1.4, §2.2).
+#: Completion parsers the paper's nimbro_api ships and we implement (docs/protocol/pipeline.md §1.4, §2.2).
 KNOWN_COMPLETION_PARSERS: tuple[str, ...] = ("json_decoder.py", "reasoning_extractor.py")
 
 
 class CompletionParams(SettingsModel):
     """One nimbro_api completion-parameter block (``vlm_structured_description``, ``llm``, ``vlm``, …).
 
-    Defaults are the StructuredDescription module defaults (spec/pipeline.md §1.1). A block given in a
+    Defaults are the StructuredDescription module defaults (docs/protocol/pipeline.md §1.1). A block given in a
     file is merged over the default block of its context (see ``fill_blocks``), so a partial block
     keeps the context's defaults for the keys it leaves out.
     """
 
     probe_api_connection: PaperBool = False
-    #: An endpoint name of spec/pipeline.md §2.1 or the endpoint-dict form (see ``protocol.endpoints``).
+    #: An endpoint name of docs/protocol/pipeline.md §2.1 or the endpoint-dict form (see ``protocol.endpoints``).
     api_endpoint: str | dict[str, Any] = "OpenRouter"
     model_name: StrictStr = "google/gemini-2.5-flash"
     model_temperature: PaperFloat = 1.0
@@ -49,7 +49,7 @@ class CompletionParams(SettingsModel):
     model_presence_penalty: PaperFloat = 0.0
     model_frequency_penalty: PaperFloat = 0.0
     #: ``"none"`` (or ``""``) sends **no** reasoning field: the provider default, not "reasoning off"
-    #: (spec §1.3).
+    #: (docs/protocol/pipeline.md §1.3).
     model_reasoning_effort: StrictStr = "none"
     completion_parsers: PaperStrTuple = ()
     stream_completion: PaperBool = True
@@ -95,7 +95,7 @@ class CompletionParams(SettingsModel):
 
     @property
     def reasoning_requested(self) -> bool:
-        """True when a reasoning field is sent: effort ∉ {"", "none"} (spec/pipeline.md §1.3)."""
+        """True when a reasoning field is sent: effort ∉ {"", "none"} (docs/protocol/pipeline.md §1.3)."""
         return self.model_reasoning_effort not in ("", "none")
 
     def to_paper_dict(self) -> dict[str, str]:

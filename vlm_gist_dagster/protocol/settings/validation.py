@@ -1,4 +1,4 @@
-"""Settings of the optional stage C, validation (spec/pipeline.md §5), with the paper's Validation
+"""Settings of the optional stage C, validation (docs/protocol/pipeline.md §5), with the paper's Validation
 module defaults.
 
 >>> ValidationSettings().vlm.model_max_tokens, ValidationSettings().invalid
@@ -32,7 +32,7 @@ _DEFAULT_VLM_BLOCK = request_block(
 
 
 class ValidationSettings(SettingsModel):
-    """Settings of the optional validation stage (spec/pipeline.md §5). Defaults are the paper's
+    """Settings of the optional validation stage (docs/protocol/pipeline.md §5). Defaults are the paper's
     Validation module defaults (the benchmark file differs only in its timeouts, 20/20/30 s)."""
 
     vlm: CompletionParams = Field(default_factory=lambda: CompletionParams(**_DEFAULT_VLM_BLOCK))
@@ -41,12 +41,12 @@ class ValidationSettings(SettingsModel):
     bbox_scale: Annotated[float, Strict()] = Field(default=1.0, gt=0)
     background_saturation: Annotated[float, Strict()] = Field(default=1.0, ge=0)
     background_brightness: Annotated[float, Strict()] = Field(default=1.0, ge=0)
-    #: Exists in the paper but is unused (spec/pipeline.md §5.3).
+    #: Exists in the paper but is unused (docs/protocol/pipeline.md §5.3).
     prepend_image: StrictBool = True
     system_prompt: StrictStr = DEFAULT_SYSTEM_PROMPT
     description_prompt: StrictStr = DEFAULT_DESCRIPTION_PROMPT
     validation_prompt: StrictStr = DEFAULT_VALIDATION_PROMPT
-    #: Exists in the paper but is unused (spec/pipeline.md §5.3).
+    #: Exists in the paper but is unused (docs/protocol/pipeline.md §5.3).
     image_res: ImageDetail = "high"
     invalid: StrictStr = "n/a"
     indent: StrictInt | None = 4

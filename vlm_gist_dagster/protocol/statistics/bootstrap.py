@@ -122,7 +122,7 @@ def count_replicates(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, weights: np
 def average_precision_replicates(
     sweep: SweepEntries, image_column: np.ndarray, weights: np.ndarray, *, chunk: int = 16
 ) -> np.ndarray:
-    """FiftyOne's mAP (spec §2.6) of every resample, ``(resamples,)``, without matching again.
+    """FiftyOne's mAP (docs/protocol/evaluation.md §2.6) of every resample, ``(resamples,)``, without matching again.
 
     ``image_column[i]`` is the column of ``weights`` (``(resamples, n)``) that holds the multiplicity of
     ``sweep.image_ids[i]``. Per resample, each sweep entry and ground-truth object counts ``w`` times
