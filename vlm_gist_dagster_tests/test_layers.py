@@ -15,12 +15,15 @@ ALLOWED: dict[str, set[str]] = {
     "protocol": set(),
     "clients": {"protocol", "files", "paths"},
     "datasets": {"protocol", "files", "paths"},
-    "sim": {"protocol", "files", "paths", "datasets", "clients"},
+    "sim": {"protocol", "files", "paths", "datasets"},
     # stages may name the dataset copies (datasets/provenance.py) in the tables they write
     "stages": {"protocol", "clients", "datasets", "files", "paths", "parquet"},
     "model_registry": {"protocol", "files", "paths"},
     "files": set(),
     "parquet": {"files"},
+    "review": {"protocol", "parquet", "files", "paths"},
+    "vision_server": {"protocol"},
+    "preflight": {"protocol", "clients", "model_registry", "paths"},
     "paths": set(),
 }
 #: Calls that write files; protocol/ makes none (writers live in stages/ and files.py).
