@@ -27,8 +27,12 @@ dev: $(VENV)/.installed
 	@mkdir -p "$(DAGSTER_HOME)"
 	$(BIN)/vlm-gist dev
 
+# Static checks: the definitions load, formatting and lint (ruff), types (mypy; config in pyproject.toml).
 check: $(VENV)/.installed-dev
 	$(BIN)/dg check defs
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Browser tests (Playwright driving Debian's Chromium: `apt-get install -y chromium` as root), not part of
 # `make test`. Without Chromium they fail with that command. Screenshots: $$VLM_GIST_BROWSER_ARTIFACTS.

@@ -323,7 +323,7 @@ def run_benchmark(
 
     from .datasets import DatasetDownloadError, DatasetError, resolve_dataset_dir
     from .definitions import build_definitions
-    from .defs.partitions import DATASETS, model_partitions, pair_key
+    from .defs.partitions import DATASETS, MODEL_PARTITIONS_NAME, pair_key
 
     started = time.monotonic()
     report = RunReport()
@@ -337,11 +337,11 @@ def run_benchmark(
     if not use_simulator:
         from .preflight import missing_keys
 
-        missing = missing_keys(model_keys, datasets)
-        if missing:
+        missing_api_keys = missing_keys(model_keys, datasets)
+        if missing_api_keys:
             raise UserFixableError(
                 "nothing was run: these API keys are not set (see README, Running real models):\n  "
-                + "\n  ".join(missing)
+                + "\n  ".join(missing_api_keys)
             )
     if report.skipped_models:
         mode = "simulator" if use_simulator else "real servers"
@@ -360,10 +360,10 @@ def run_benchmark(
         )
     for key, reason in selection.problems.items():
         log(f"error: model {key}: {reason} (the other models run)")
-    existing = set(instance.get_dynamic_partitions(model_partitions.name))
+    existing = set(instance.get_dynamic_partitions(MODEL_PARTITIONS_NAME))
     new = [k for k in model_keys if k not in existing]
     if new:
-        instance.add_dynamic_partitions(model_partitions.name, new)
+        instance.add_dynamic_partitions(MODEL_PARTITIONS_NAME, new)
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
     def execute(job_name: str, partition_key: str | None, label: str):
@@ -398,17 +398,17 @@ def run_benchmark(
     needed = [d for d in datasets if d in run_datasets or any(p.startswith(f"{d}|") for p in pairs)]
     needed = needed if not nothing_to_do else []
     roots: dict[str, Path] = {}
-    missing: list[str] = []
+    not_downloaded: list[str] = []
     for dataset in needed:
         try:
             roots[dataset] = resolve_dataset_dir(dataset, progress=log)
         except DatasetDownloadError as exc:
             report.dataset_problems[dataset] = exc.reason or str(exc)
-            missing.append(dataset)
+            not_downloaded.append(dataset)
         except DatasetError as exc:
             report.dataset_problems[dataset] = str(exc)
     if report.dataset_problems:
-        message = datasets_problem_message(report.dataset_problems, len(needed), missing)
+        message = datasets_problem_message(report.dataset_problems, len(needed), not_downloaded)
         if not roots:
             raise UserFixableError(message)
         log("error: " + message)
@@ -426,7 +426,7 @@ def run_benchmark(
             log(f"error: dataset {dataset}: {reason}")
             report.dataset_problems[dataset] = reason
         if needed and set(needed) <= set(report.dataset_problems):
-            raise UserFixableError(datasets_problem_message(report.dataset_problems, len(needed), missing))
+            raise UserFixableError(datasets_problem_message(report.dataset_problems, len(needed), not_downloaded))
         for dataset in run_datasets:
             if dataset in report.dataset_problems:
                 continue

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -106,13 +106,19 @@ def resolve_dataset_dir(
             f"Dataset {name!r} is {reason}. " + local_copy_hint(name, settings_file), dataset=name, reason=reason
         )
     downloader = DOWNLOADERS[source.download]
-    kwargs = {"progress": progress}
+    kwargs: dict[str, Any] = {"progress": progress}
     if source.max_samples is not None:
         kwargs["max_samples"] = source.max_samples
     return downloader(root, **kwargs)
 
 
-def dataset_options(name: str, settings_file: Path | None = None) -> dict[str, str]:
+class LoaderOptions(TypedDict, total=False):
+    """Keyword arguments of :func:`~vlm_gist_dagster.datasets.load_dataset` set by the datasets settings."""
+
+    crowd: Literal["remove", "fix", "keep"]
+
+
+def dataset_options(name: str, settings_file: Path | None = None) -> LoaderOptions:
     """Loader options from the settings (currently the crowd mode), empty when unset."""
     try:
         source = load_datasets_settings(settings_file).datasets.get(name)

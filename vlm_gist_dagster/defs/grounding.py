@@ -12,19 +12,21 @@ from .automation import STAGE_CONDITION
 from .common import API_RETRY, SAM2_POOL, VISION_POOL, api_errors, check_model_mode, md_table, pair
 from .metadata import column_schema
 from .partitions import model_dataset_partitions
-from .resources import DatasetsResource, ModelsResource, ServicesResource
-from .settings_assets import label_matching_settings_file, settings_from_table
+from .resources import DatasetsResource, ModelsResource, ServicesResource, SettingsResource
+from .settings_assets import settings_from_table
 
 
-def dataset_class_names(dataset: str, model: ModelSettings, datasets: DatasetsResource) -> list[str] | None:
+def dataset_class_names(
+    dataset: str, model: ModelSettings, datasets: DatasetsResource, settings: SettingsResource
+) -> list[str] | None:
     """The class names a ``sam3`` baseline (``sam3_classes``) prompts SAM 3 with, None for other models:
     the dataset's label-matching ``dataset_targets`` (COCO's 80 classes), or for a dataset matched per
     image (VLM-GIST, no fixed vocabulary) every label of its ground truth, sorted."""
     if model.kind != "baseline" or model.baseline.model_name != "sam3" or model.baseline.model_classes:
         return None
-    settings = load_label_matching_settings(label_matching_settings_file(dataset))
-    if not settings.use_per_set_targets:
-        return list(settings.dataset_targets)
+    matching = load_label_matching_settings(settings.label_matching_file(dataset))
+    if not matching.use_per_set_targets:
+        return list(matching.dataset_targets)
     return sorted(set(datasets.load(dataset).ground_truth["label"]))
 
 
@@ -60,20 +62,22 @@ def detections(
     models: ModelsResource,
     services: ServicesResource,
     datasets: DatasetsResource,
+    settings: SettingsResource,
 ):
     dataset, key = pair(context)
     _, model = models.load(key)
     check_model_mode(model, services.simulator)
-    settings = settings_from_table(detection_settings, DetectionSettings)
+    detection = settings_from_table(detection_settings, DetectionSettings)
     with api_errors():
+        class_names = dataset_class_names(dataset, model, datasets, settings)
         table, per_image = run_detections(
             dataset_images,
             descriptions,
             model,
-            settings,
+            detection,
             services.services(),
             log=context.log.info,
-            class_names=dataset_class_names(dataset, model, datasets),
+            class_names=class_names,
         )
     errors = per_image["error"].dropna()
     for image_id, error in zip(per_image.loc[errors.index, "image_id"], errors):

@@ -14,7 +14,9 @@ from ..protocol.settings.model_file import MODEL_KEY_PATTERN, InvalidModelKey, v
 DATASETS: tuple[str, ...] = ("vlm_gist", "coco")
 
 dataset_partitions = dg.StaticPartitionsDefinition(list(DATASETS))
-model_partitions = dg.DynamicPartitionsDefinition(name="models")
+#: The name of the models' dynamic partitions (``DynamicPartitionsDefinition.name`` is typed optional).
+MODEL_PARTITIONS_NAME = "models"
+model_partitions = dg.DynamicPartitionsDefinition(name=MODEL_PARTITIONS_NAME)
 model_dataset_partitions = dg.MultiPartitionsDefinition(
     {"dataset": dataset_partitions, "model": model_partitions}
 )
@@ -22,6 +24,7 @@ model_dataset_partitions = dg.MultiPartitionsDefinition(
 __all__ = [
     "DATASETS",
     "MODEL_KEY_PATTERN",
+    "MODEL_PARTITIONS_NAME",
     "InvalidModelKey",
     "dataset_partitions",
     "model_dataset_partitions",

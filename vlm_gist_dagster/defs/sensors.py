@@ -19,7 +19,7 @@ import dagster as dg
 
 from ..model_registry import discover_models
 
-from .partitions import DATASETS, model_partitions, pair_key
+from .partitions import DATASETS, MODEL_PARTITIONS_NAME, model_partitions, pair_key
 from .resources import ModelsResource, SettingsResource
 from ..files import file_sha256
 from .selections import PAIR_ASSET_KEYS, PAIR_SELECTION, VALIDATION_ASSET_KEYS
@@ -69,7 +69,7 @@ def model_settings_sensor(
     for problem in problems:
         context.log.warning(problem)
 
-    existing = set(context.instance.get_dynamic_partitions(model_partitions.name))
+    existing = set(context.instance.get_dynamic_partitions(MODEL_PARTITIONS_NAME))
     new_keys = [m.key for m in found if m.key not in existing]
     changed = [m for m in found if m.key in existing and m.key in seen and seen[m.key] != m.sha256]
     for m in changed:
@@ -162,7 +162,7 @@ def settings_file_versions(
 def settings_sensor(
     context: dg.SensorEvaluationContext, settings: SettingsResource, models: ModelsResource
 ) -> dg.SensorResult:
-    model_keys = set(context.instance.get_dynamic_partitions(model_partitions.name))
+    model_keys = set(context.instance.get_dynamic_partitions(MODEL_PARTITIONS_NAME))
     versions, problems = settings_file_versions(settings, models, model_keys)
     for problem in problems:
         context.log.warning(problem)
@@ -203,6 +203,7 @@ def settings_sensor(
                 )
             )
         elif spec is validation_settings_file and recorded is not None:
+            assert partition is not None, "validation settings files are recorded per model"
             run_requests.extend(
                 dg.RunRequest(
                     run_key=f"{run_key}:{dataset}",
@@ -227,4 +228,5 @@ def _materialized_sha256(
     ).records
     materialization = records[0].asset_materialization if records else None
     value = materialization.metadata.get("sha256") if materialization else None
-    return getattr(value, "value", value)
+    sha256 = value.value if value is not None else None
+    return sha256 if isinstance(sha256, str) else None

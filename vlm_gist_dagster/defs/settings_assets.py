@@ -17,9 +17,11 @@ asset events and ``MaterializeResult(data_version=)`` are stable API.
 
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 import pandas as pd
+from pydantic import BaseModel
 
 from ..files import file_sha256
 from ..protocol.settings import load_settings
@@ -84,7 +86,10 @@ SETTINGS_FILES = (
 SETTINGS_FILES_SELECTION = dg.AssetSelection.assets(*(spec.key for spec in SETTINGS_FILES))
 
 
-def settings_table(path: Path, expected_type: type) -> tuple[pd.DataFrame, object]:
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def settings_table(path: Path, expected_type: type[SettingsT]) -> tuple[pd.DataFrame, SettingsT]:
     """Load and validate a settings file; one row with its path, hash and canonical JSON."""
     settings = load_settings(path)
     if not isinstance(settings, expected_type):
@@ -98,7 +103,7 @@ def settings_table(path: Path, expected_type: type) -> tuple[pd.DataFrame, objec
     ), settings
 
 
-def settings_from_table(table: pd.DataFrame, model: type):
+def settings_from_table(table: pd.DataFrame, model: type[SettingsT]) -> SettingsT:
     """The typed settings stored by a settings asset."""
     return model.model_validate(json.loads(table["settings_json"].iloc[0]))
 

@@ -431,6 +431,7 @@ def build_review_dataset(
         ds = _create_dataset(name, dataset, images, ground_truth, say)
         info = {"schema": REVIEW_SCHEMA, "dataset": dataset, "ground_truth": gt_fingerprint, "models": {}}
         _save_info(ds, info)
+    assert ds is not None, "recreate is set whenever there was no dataset"
     stored: dict[str, dict] = dict(info.get("models") or {})
 
     prefixes = _prefixes(set(by_key) | set(stored))
@@ -767,6 +768,8 @@ def _evaluate(ds, predictions_field: str, eval_key: str, say) -> dict[str, Any]:
     confidence makes the PR sweep fail, and the paper then stores mAP = None)."""
     parameters = dict(EVAL_PARAMETERS)
     reason = None
+    mAP: float | None
+    mAR: float | None
     try:
         results = ds.evaluate_detections(predictions_field, eval_key=eval_key, **parameters)
         mAP, mAR = float(results.mAP()), float(results.mAR())

@@ -19,7 +19,7 @@ from .builder import PAIR_ASSETS, DatasetInput, ModelInput, PairFrames, ReviewEr
 __all__ = ["dataset_input", "model_inputs", "stored_models"]
 
 
-def _base(assets_dir: str | Path | None) -> UPath:
+def _base(assets_dir: str | Path | UPath | None) -> UPath:
     return UPath(str(assets_dir) if assets_dir else paths.assets_dir())
 
 
@@ -40,7 +40,7 @@ def _read(path: UPath):
         raise ReviewError(f"{path}: cannot read this Parquet file ({type(exc).__name__}: {exc})") from exc
 
 
-def dataset_input(dataset: str, assets_dir: str | Path | None = None) -> DatasetInput:
+def dataset_input(dataset: str, assets_dir: str | Path | UPath | None = None) -> DatasetInput:
     """The dataset's images and ground truth as the pipeline stored them (the tables ``metrics`` was
     computed against)."""
     base = _base(assets_dir)
@@ -55,7 +55,7 @@ def dataset_input(dataset: str, assets_dir: str | Path | None = None) -> Dataset
     return DatasetInput(fingerprint, lambda: (_read(files["dataset_images"]), _read(files["ground_truth"])))
 
 
-def stored_models(dataset: str, assets_dir: str | Path | None = None) -> list[str]:
+def stored_models(dataset: str, assets_dir: str | Path | UPath | None = None) -> list[str]:
     """Keys of the models with at least one stored pair asset for ``dataset``, sorted."""
     base = _base(assets_dir)
     keys: set[str] = set()
@@ -69,7 +69,7 @@ def stored_models(dataset: str, assets_dir: str | Path | None = None) -> list[st
 
 
 def model_inputs(
-    dataset: str, models: list[str] | None = None, assets_dir: str | Path | None = None
+    dataset: str, models: list[str] | None = None, assets_dir: str | Path | UPath | None = None
 ) -> list[ModelInput]:
     """One :class:`ModelInput` per model with stored outputs for ``dataset`` (or the ``models`` named;
     a named model without outputs is an error listing the stored ones)."""

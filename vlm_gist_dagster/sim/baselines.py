@@ -294,7 +294,7 @@ def florence_answer(
         out = []
         for index in keep:
             inst = identified.image.instances[index]
-            box = jitter_box(
+            jittered = jitter_box(
                 identified.image.box_xyxy(inst, identified.width, identified.height),
                 controls.box_jitter,
                 gen,
@@ -302,8 +302,8 @@ def florence_answer(
                 identified.height,
             )
             if task == "<OPEN_VOCABULARY_DETECTION>":
-                out.append({"box_xyxy": [int(v) for v in box], "label": prompt.argument})
-            elif (entry := _segment(identified, box)) is not None:
+                out.append({"box_xyxy": [int(v) for v in jittered], "label": prompt.argument})
+            elif (entry := _segment(identified, jittered)) is not None:
                 out.append({**entry, "label": prompt.argument})
         return out, None
     if task == "<REGION_TO_SEGMENTATION>":

@@ -610,7 +610,9 @@ class ChatServer:
                     await asyncio.sleep(controls.chunk_interval_s)
                 yield chunk([(index, delta, None)])
             usage = completion.usage()
-            finishes = [(i, {}, answer.finish_reason) for i, answer in enumerate(completion.choices)]
+            finishes: list[tuple[int, dict[str, Any], str | None]] = [
+                (i, {}, answer.finish_reason) for i, answer in enumerate(completion.choices)
+            ]
             if chat.include_usage:
                 for finish in finishes:
                     yield chunk([finish])

@@ -216,8 +216,8 @@ def select_detections(
     confidences = np.asarray([d.confidence for d in raw], dtype=np.float64)
     kept = np.flatnonzero(confidences > float(min_confidence))
     if nms_iou is not None and kept.size:
-        kept = kept[nms(_box_array([raw[i] for i in kept]), confidences[kept], float(nms_iou))]
-    candidates = [raw[i] for i in kept]
+        kept = kept[nms(_box_array([raw[i] for i in kept.tolist()]), confidences[kept], float(nms_iou))]
+    candidates = [raw[i] for i in kept.tolist()]
     if overdetect_factor is None:
         return candidates
 

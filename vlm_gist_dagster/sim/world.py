@@ -402,9 +402,10 @@ def load_world(datasets: Mapping[str, str | Path | Dataset]) -> World:
     Worlds built from directories are cached per process (keyed by path and modification time), so
     tests that start and stop the simulator many times load each dataset once.
     """
-    if all(not isinstance(v, Dataset) for v in datasets.values()):
+    directories = {name: v for name, v in datasets.items() if not isinstance(v, Dataset)}
+    if len(directories) == len(datasets):
         entries = []
-        for name, path in sorted(datasets.items()):
+        for name, path in sorted(directories.items()):
             root = Path(path).expanduser().resolve()
             stamp = max((p.stat().st_mtime for p in root.iterdir()), default=0.0) if root.is_dir() else 0.0
             entries.append((name, str(root), stamp))

@@ -248,13 +248,13 @@ def run_detections(
             async def work(image_id: str) -> Any:
                 start = time.perf_counter()
                 try:
-                    if baseline is not None and baseline.model_name == "sam3":
-                        body = sam3_classes_request(
-                            vision_image(paths[image_id]).base64, baseline, class_names
-                        )
-                        found = parse_sam3_response(await vision.infer_cached(flavor, body))
-                        return suppress_duplicates(found, baseline.model_nms_iou)
                     if baseline is not None:
+                        if baseline.model_name == "sam3":
+                            body = sam3_classes_request(
+                                vision_image(paths[image_id]).base64, baseline, class_names
+                            )
+                            found = parse_sam3_response(await vision.infer_cached(flavor, body))
+                            return suppress_duplicates(found, baseline.model_nms_iou)
                         body = baseline_request(vision_image(paths[image_id]).base64, baseline)
                         return parse_baseline_response(
                             await vision.infer_cached(flavor, body), model=baseline.model_name
@@ -277,13 +277,18 @@ def run_detections(
             return results, prompts, durations
 
     results, prompts, durations = asyncio.run(main())
-    sam3_classes = baseline is not None and baseline.model_name == "sam3"
+    # The concept prompts a sam3_classes baseline sent, for every image (the masks stage asks the same again).
+    sam3_prompts = (
+        list(dict.fromkeys(baseline.model_classes or class_names or []))
+        if baseline is not None and baseline.model_name == "sam3"
+        else None
+    )
     det_rows: list[dict] = []
     image_rows: list[dict] = []
     for image_id in images["image_id"]:
         p = prompts.get(image_id, [])
-        if sam3_classes:  # the concept prompts it sent (the masks stage asks the same again)
-            p = list(dict.fromkeys(baseline.model_classes or class_names or []))
+        if sam3_prompts is not None:
+            p = list(sam3_prompts)
         result = results.get(image_id)
         error = _error_text(result) if isinstance(result, BaseException) else None
         found = Detections.empty() if (result is None or error) else result

@@ -38,7 +38,9 @@ _MARKER_HALF = 4.0
 _GAP = 3.0
 
 
-def _box_for(px: float, py: float, w: float, h: float, dx: float, dy: float, ha: str, va: str, r: float):
+def _box_for(
+    px: float, py: float, w: float, h: float, dx: float, dy: float, ha: str, va: str, r: float
+) -> tuple[float, float, float, float]:
     """The label box (x0, y0, x1, y1) in pixels for a label ``r`` pixels from the point in direction
     (dx, dy), aligned by (ha, va) at its anchor."""
     norm = math.hypot(dx, dy)
@@ -83,9 +85,11 @@ def place_labels(ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[s
         text = ax.text(0, 0, names[i], fontsize=fontsize, gid=LABEL_GID, zorder=3)
         extent = text.get_window_extent(renderer)
         w, h = extent.width, extent.height
-        best, best_cost = None, math.inf
+        best: tuple[tuple[float, float, float, float], str, str, float] | None = None
+        best_cost = math.inf
         r = _MARKER_HALF + _GAP
-        while best_cost > 0 and r <= max_r:
+        # At least one ring: axes smaller than the first ring's radius still get their labels.
+        while best is None or (best_cost > 0 and r <= max_r):
             for dx, dy, ha, va in _DIRECTIONS:
                 box = _box_for(px, py, w, h, dx, dy, ha, va, r)
                 outside = max(0.0, inner[0] - box[0]) + max(0.0, box[2] - inner[2])

@@ -241,16 +241,17 @@ def _array(value: Any) -> np.ndarray | None:
 
 def _per_image(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str] | None, PerImageResults | None, str]:
     """The models' per-image counts on their common image list, or None and why not."""
-    ids = [_array(r.get("image_ids")) for r in rows]
-    if any(i is None for i in ids):
-        missing = [r["model"] for r, i in zip(rows, ids) if i is None]
+    maybe_ids = [_array(r.get("image_ids")) for r in rows]
+    ids = [i for i in maybe_ids if i is not None]
+    if len(ids) != len(maybe_ids):
+        missing = [r["model"] for r, i in zip(rows, maybe_ids) if i is None]
         return (
             None,
             None,
             f"no per-image results for {', '.join(map(str, missing))} (metrics from an older version)",
         )
     first = ids[0]
-    if any(len(i) != len(first) or (i != first).any() for i in ids[1:]):
+    if any(len(i) != len(first) or bool((i != first).any()) for i in ids[1:]):
         return None, None, "the models were evaluated on different image lists"
     tp, fp, fn = (
         np.stack([np.asarray(r[c], dtype=np.int64) for r in rows])
@@ -260,6 +261,14 @@ def _per_image(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str] | None, Per
         return [str(i) for i in first], PerImageResults.from_counts(tp, fp, fn), ""
     except ValueError as exc:
         return None, None, str(exc)
+
+
+def _weighted_sum(weights: Sequence[float], arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``sum(w * a)`` over paired weights and equal-shape arrays, as float64."""
+    total = np.zeros(np.shape(arrays[0]), dtype=np.float64)
+    for weight, array in zip(weights, arrays):
+        total = total + weight * np.asarray(array, dtype=np.float64)
+    return total
 
 
 def _interval_columns(
@@ -274,12 +283,12 @@ def _interval_columns(
     out: dict[str, list[float]] = {c: [] for c in INTERVAL_COLUMNS}
     for k in range(n_models):
         for metric, column in INTERVAL_METRICS.items():
-            arrays = [_array(rows[k].get(column)) for rows in replicates_by_dataset]
-            if any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1:
+            maybe_arrays = [_array(rows[k].get(column)) for rows in replicates_by_dataset]
+            arrays = [a for a in maybe_arrays if a is not None]
+            if len(arrays) != len(maybe_arrays) or len({len(a) for a in arrays}) != 1:
                 low = high = math.nan
             else:
-                combined = sum(w * a.astype(np.float64) for w, a in zip(weights, arrays))
-                low, high = percentile_interval(combined, level)
+                low, high = percentile_interval(_weighted_sum(weights, arrays), level)
             out[f"{metric}_low"].append(low)
             out[f"{metric}_high"].append(high)
     return out
@@ -321,7 +330,10 @@ def table_statistics(
     if reasons:
         legend += f" No paired tests: {'; '.join(reasons)}."
     elif len(models) >= 1:
-        data = [results for _, results, _ in per_dataset]
+        data: list[PerImageResults] = []
+        for _, results, _ in per_dataset:
+            assert results is not None, "_per_image gives a reason whenever it gives no results"
+            data.append(results)
         pairs = len(models) * (len(models) - 1) // 2
         tests = paired_permutation_test(
             data, w, permutations=settings.permutations_for(pairs),
@@ -332,7 +344,7 @@ def table_statistics(
         low, high = rank_ranges(better)
         frame["rank_low"] = pd.array(low.tolist(), dtype="Int64")
         frame["rank_high"] = pd.array(high.tolist(), dtype="Int64")
-        scores = sum(wd * d.fscore() for wd, d in zip(w, data))
+        scores = _weighted_sum(w, [d.fscore() for d in data])
         letters = compact_letter_display(scores, better | better.T)
         frame["group"] = letters if letters is not None else [""] * len(models)
         f1 = np.asarray(scores)
@@ -389,8 +401,9 @@ def statistics_markdown(rows: Sequence[Mapping[str, Any]], stats: TableStatistic
         model = row.get("model")
         extra = cols.loc[model] if model in cols.index else None
 
+        # Called within this iteration only, so the closure's late binding of `extra` is harmless.
         def get(key: str) -> float:
-            return float(extra[key]) if extra is not None and not pd.isna(extra[key]) else math.nan
+            return float(extra[key]) if extra is not None and not pd.isna(extra[key]) else math.nan  # noqa: B023
 
         cells = [_interval_cell(row[m], get(f"{m}_low"), get(f"{m}_high")) for m in INTERVAL_METRICS]
         low, high = (extra["rank_low"], extra["rank_high"]) if extra is not None else (pd.NA, pd.NA)

@@ -88,7 +88,8 @@ def encode_mask_crops(masks: Any) -> list[tuple[list[int], str] | None]:
     """
     if isinstance(masks, np.ndarray):
         arr = masks.astype(bool, copy=False)
-        rows, cols = arr.any(axis=2), arr.any(axis=1)
+        # np.asarray: numpy's stubs type any(axis=) as "bool or array"; with an axis it is always an array.
+        rows, cols = np.asarray(arr.any(axis=2)), np.asarray(arr.any(axis=1))
         boxes = _boxes_from_projections(rows, cols)
         crops = [arr[i, b[1] : b[3], b[0] : b[2]] if b is not None else None for i, b in enumerate(boxes)]
     else:
@@ -105,7 +106,7 @@ def encode_mask_crops(masks: Any) -> list[tuple[list[int], str] | None]:
         ]
     out: list[tuple[list[int], str] | None] = []
     for box, crop in zip(boxes, crops, strict=True):
-        out.append(None if box is None else (box, encode_mask_png(crop)))
+        out.append(None if box is None or crop is None else (box, encode_mask_png(crop)))  # None together
     return out
 
 

@@ -117,6 +117,11 @@ class ModelFamily:
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def pretrained_weights(self) -> str:
+        """The weights :meth:`load_model` loads (a local directory or a hub id), which :meth:`load` chose."""
+        assert self.weights is not None, "load() sets the weights before it calls load_model()"
+        return self.weights
+
     def unload(self) -> None:
         """Drop the model and free its memory (subclasses drop their own attributes first)."""
         self.flavor = None

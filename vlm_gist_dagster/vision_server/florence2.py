@@ -25,6 +25,7 @@ boxes and texts. Parsing is transformers' ``Florence2Processor.post_process_gene
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,10 @@ class _Generative(ModelFamily):
     """Shared by Florence-2 and Kosmos-2: PIL images, mini-batched ``generate``."""
 
     defaults: dict[str, int] = {}
+    # The three steps of the /infer stage, each subclass's own.
+    prepare: Callable[[dict[str, Any]], Any]
+    compute: Callable[[Any], Any]
+    render: Callable[[Any], dict[str, Any]]
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
@@ -171,8 +176,8 @@ class Florence2(_Generative):
         else:
             from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
-            model = from_pretrained(Florence2ForConditionalGeneration, self.weights, flavor=flavor)
-            processor = from_pretrained(AutoProcessor, self.weights, flavor=flavor)
+            model = from_pretrained(Florence2ForConditionalGeneration, self.pretrained_weights(), flavor=flavor)
+            processor = from_pretrained(AutoProcessor, self.pretrained_weights(), flavor=flavor)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.processor = processor
 
@@ -252,7 +257,8 @@ class Florence2(_Generative):
 
     @staticmethod
     def render(results: list[tuple[str, dict[str, Any], tuple[int, int]]]) -> dict[str, Any]:
-        detections, captions = [], []
+        detections: list[list[dict[str, Any]]] = []
+        captions: list[str | None] = []
         for prompt, parsed, _size in results:
             task, output = next(iter(parsed.items()))
             if task in _CAPTION_TASKS:

@@ -66,8 +66,8 @@ class Kosmos2(_Generative):
         else:
             from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
 
-            model = from_pretrained(Kosmos2ForConditionalGeneration, self.weights, flavor=flavor)
-            processor = from_pretrained(AutoProcessor, self.weights, flavor=flavor)
+            model = from_pretrained(Kosmos2ForConditionalGeneration, self.pretrained_weights(), flavor=flavor)
+            processor = from_pretrained(AutoProcessor, self.pretrained_weights(), flavor=flavor)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.processor = processor
 

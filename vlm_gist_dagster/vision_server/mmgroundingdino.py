@@ -160,9 +160,9 @@ def select(
     scores = np.asarray([d.confidence for d in raw], dtype=np.float64)
     kept = np.flatnonzero(scores > min_confidence)
     if nms_iou is not None and kept.size:
-        boxes = np.asarray([raw[i].box_xyxy for i in kept], dtype=np.float64)
+        boxes = np.asarray([raw[i].box_xyxy for i in kept.tolist()], dtype=np.float64)
         kept = kept[nms(boxes, scores[kept], float(nms_iou))]
-    candidates = [raw[i] for i in kept]
+    candidates = [raw[i] for i in kept.tolist()]
     if overdetect_factor is None:
         return candidates
     order = [int(i) for i in np.argsort(scores[kept], kind="stable")[::-1]]
@@ -217,8 +217,8 @@ class MMGroundingDino(ModelFamily):
         else:
             from transformers import AutoTokenizer, MMGroundingDinoForObjectDetection
 
-            model = from_pretrained(MMGroundingDinoForObjectDetection, self.weights, flavor=flavor)
-            tokenizer = from_pretrained(AutoTokenizer, self.weights, flavor=flavor)
+            model = from_pretrained(MMGroundingDinoForObjectDetection, self.pretrained_weights(), flavor=flavor)
+            tokenizer = from_pretrained(AutoTokenizer, self.pretrained_weights(), flavor=flavor)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
 
@@ -394,8 +394,8 @@ class MMGroundingDino(ModelFamily):
             axis=1,
         ).astype(np.float64)
         return [
-            DetectorBox(chunk[int(e)], tuple(float(v) for v in box), float(s))
-            for s, e, box in zip(scores.tolist(), entity.tolist(), xyxy, strict=True)
+            DetectorBox(chunk[int(e)], (float(x1), float(y1), float(x2), float(y2)), float(s))
+            for s, e, (x1, y1, x2, y2) in zip(scores.tolist(), entity.tolist(), xyxy, strict=True)
         ]
 
     # -- the response (thread pool) --------------------------------------------------------------

@@ -71,7 +71,7 @@ class Sam2Realtime(ModelFamily):
         else:
             from transformers import Sam2VideoModel
 
-            model = from_pretrained(Sam2VideoModel, self.weights, flavor=flavor)
+            model = from_pretrained(Sam2VideoModel, self.pretrained_weights(), flavor=flavor)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.session = None
 

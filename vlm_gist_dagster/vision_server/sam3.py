@@ -86,8 +86,8 @@ class Sam3(ModelFamily):
         else:
             from transformers import AutoTokenizer, Sam3Model
 
-            model = from_pretrained(Sam3Model, self.weights, flavor=flavor)
-            tokenizer = from_pretrained(AutoTokenizer, self.weights, flavor=flavor)
+            model = from_pretrained(Sam3Model, self.pretrained_weights(), flavor=flavor)
+            tokenizer = from_pretrained(AutoTokenizer, self.pretrained_weights(), flavor=flavor)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
 
@@ -119,7 +119,7 @@ class Sam3(ModelFamily):
             params = params * len(images)
         elif not (len(images) == len(params) or (len(images) == 1 and len(params) > 1)):
             raise RequestError("Mismatch between number of images and inference_parameters")
-        parsed = []
+        parsed: list[tuple[list[str], float, float, int | None]] = []
         for i, p in enumerate(params):
             if not isinstance(p, dict) or "prompts" not in p:
                 raise RequestError(f"Missing 'prompts' in inference_parameters[{i}]")
@@ -135,7 +135,8 @@ class Sam3(ModelFamily):
             limit = p.get("max_detections_per_prompt")
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
                 raise RequestError(f"Invalid 'max_detections_per_prompt' in inference_parameters[{i}]: null or an integer >= 1")
-            parsed.append((list(dict.fromkeys(prompts)), *values, limit))
+            min_confidence, mask_threshold = values
+            parsed.append((list(dict.fromkeys(prompts)), min_confidence, mask_threshold, limit))
         decoded = [decode_image(value, f"images[{i}]") for i, value in enumerate(images)]
         if len(decoded) == 1 and len(parsed) > 1:
             decoded = decoded * len(parsed)
@@ -179,6 +180,7 @@ class Sam3(ModelFamily):
                     if not job.prompts:
                         results.append(([], None, (width, height)))
                         continue
+                    assert text_embeds is not None, "a job with prompts means the prompt list was embedded"
                     rows = torch.tensor([text_index[p] for p in job.prompts], device=self.device)
                     n = len(job.prompts)
                     embeds = Sam3VisionEncoderOutput(

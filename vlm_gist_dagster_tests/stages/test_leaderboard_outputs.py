@@ -171,3 +171,25 @@ def test_a_baseline_without_timing_has_an_empty_time_cell(tmp_path):
     with (tmp_path / "leaderboard.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["name"].startswith("Florence-2 OD baseline")]
     assert len(rows) == 3 and all(r["time"] == "" for r in rows)  # coco, vlm_gist, weighted
+
+
+def test_a_point_on_axes_smaller_than_the_first_label_ring_still_gets_its_label():
+    """Axes of 3 x 3 pixels: the label search's first ring (7 px) is beyond the frame's diagonal; the
+    search used to run no ring at all and fail unpacking None (found by mypy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vlm_gist_dagster.stages.plots import place_labels
+
+    fig = plt.figure(figsize=(1, 1), dpi=100)
+    try:
+        ax = fig.add_axes((0.5, 0.5, 0.03, 0.03))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        texts = place_labels(ax, [0.5], [0.5], ["tiny"])
+        assert [t.get_text() for t in texts] == ["tiny"]
+        assert texts[0].get_gid() == LABEL_GID
+    finally:
+        plt.close(fig)

@@ -26,41 +26,55 @@ class LabelSetError(ValueError):
     """A label set is malformed (lengths, types, duplicate identifiers). The message names the set."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class LabelSet:
     """One image's detections to be label-matched.
 
+    The constructor takes any iterables (and ``descriptions=None`` for none); the fields hold them as
+    tuples, ``descriptions`` always one per label.
+
     >>> LabelSet("00001.jpg", ["cup_2", "red mug"], ["a cup", None]).descriptions
     ('a cup', None)
+    >>> LabelSet("00001.jpg", ["cup_2"]).descriptions
+    (None,)
     """
 
     identifier: str
     labels: tuple[str, ...]
-    descriptions: tuple[str | None, ...] | None = None
-    targets: tuple[str, ...] | None = None
+    descriptions: tuple[str | None, ...]
+    targets: tuple[str, ...] | None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.identifier, str):
-            raise LabelSetError(f"label set identifier must be str, got {self.identifier!r}")
-        where = f"label set {self.identifier!r}"
-        labels = _tuple_of_str(self.labels, f"{where}: labels")
-        object.__setattr__(self, "labels", labels)
-        if self.descriptions is None:
-            descriptions: tuple[str | None, ...] = (None,) * len(labels)
+    def __init__(
+        self,
+        identifier: str,
+        labels: Iterable[str],
+        descriptions: Iterable[str | None] | None = None,
+        targets: Iterable[str] | None = None,
+    ) -> None:
+        if not isinstance(identifier, str):
+            raise LabelSetError(f"label set identifier must be str, got {identifier!r}")
+        where = f"label set {identifier!r}"
+        labels = _tuple_of_str(labels, f"{where}: labels")
+        if descriptions is None:
+            paired: tuple[str | None, ...] = (None,) * len(labels)
         else:
-            if isinstance(self.descriptions, str):
+            if isinstance(descriptions, str):
                 raise LabelSetError(f"{where}: descriptions must be a list, got a string")
-            descriptions = tuple(self.descriptions)
-            bad = [d for d in descriptions if d is not None and not isinstance(d, str)]
+            paired = tuple(descriptions)
+            bad = [d for d in paired if d is not None and not isinstance(d, str)]
             if bad:
                 raise LabelSetError(f"{where}: descriptions must be str or None, got {bad[0]!r}")
-            if len(descriptions) != len(labels):
+            if len(paired) != len(labels):
                 raise LabelSetError(
-                    f"{where}: {len(descriptions)} descriptions for {len(labels)} labels; they must pair up"
+                    f"{where}: {len(paired)} descriptions for {len(labels)} labels; they must pair up"
                 )
-        object.__setattr__(self, "descriptions", descriptions)
-        if self.targets is not None:
-            object.__setattr__(self, "targets", _tuple_of_str(self.targets, f"{where}: targets"))
+        # Frozen: the dataclass's own __init__ would set fields the same way.
+        object.__setattr__(self, "identifier", identifier)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "descriptions", paired)
+        object.__setattr__(
+            self, "targets", None if targets is None else _tuple_of_str(targets, f"{where}: targets")
+        )
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -42,7 +42,12 @@ from .label_sets import (
     current_targets,
     partition_label_sets,
 )
-from .normalization import normalize_definition, normalize_description_for_embedding, normalize_label
+from .normalization import (
+    Normalized,
+    normalize_definition,
+    normalize_description_for_embedding,
+    normalize_label,
+)
 from .options import LabelMatchingOptions, SettingsLike, as_options
 
 logger = logging.getLogger(__name__)
@@ -370,15 +375,16 @@ def _match_one_set(
         for d, norm in zip(descriptions, description_norms, strict=True)
         if norm is not None and norm.fallback
     )
-    definition_norms = [None] * len(labels)
+    definition_norms: list[Normalized | None] = [None] * len(labels)
     if options.define_labels:
         assert definitions is not None
         texts = lookup_definitions(definitions, [k for k in item_keys if k is not None])
-        definition_norms = [normalize_definition(t) for t in texts]
+        defined = [normalize_definition(t) for t in texts]
+        definition_norms = list(defined)
         warnings.extend(
             f"Using original definition '{t}' to obtain embedding after normalization "
             "yielded an empty string."
-            for t, norm in zip(texts, definition_norms, strict=True)
+            for t, norm in zip(texts, defined, strict=True)
             if norm.fallback
         )
 
