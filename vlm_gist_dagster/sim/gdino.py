@@ -29,7 +29,7 @@ import numpy as np
 from ._http import RejectedRequest
 from .controls import ModelControls
 from .faults import rng
-from .geometry import jitter_box, random_box
+from .geometry import distractor_box, jitter_box
 from .world import Identified
 
 __all__ = [
@@ -393,12 +393,9 @@ def ground_chunk(
             raw.append(DetectorBox(prompt, tuple(box), score))
             used.add(index)
         others = [i for i in range(len(image.instances)) if i not in used]
+        look_alikes = [image.box_xyxy(image.instances[i], width, height) for i in others]
         for _ in range(controls.distractors):
-            if others and gen.random() < 0.6:
-                inst = image.instances[others[int(gen.integers(0, len(others)))]]
-                box = jitter_box(image.box_xyxy(inst, width, height), controls.box_jitter, gen, width, height)
-            else:
-                box = random_box(gen, width, height)
+            box = distractor_box(look_alikes, controls.box_jitter, gen, width, height)
             raw.append(DetectorBox(prompt, tuple(box), 0.05 + 0.35 * gen.random()))
     return raw
 

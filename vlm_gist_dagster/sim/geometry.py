@@ -45,3 +45,14 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def distractor_box(
+    candidates: list[np.ndarray], jitter: float, gen: np.random.Generator, width: int, height: int
+) -> np.ndarray:
+    """A simulated detector's false box: with probability 0.6 a jittered box of one of ``candidates`` (other
+    objects of the image, pixel xyxy), else a random box. The draws are the ones both simulated detectors
+    (MM-Grounding-DINO, SAM 3) have always made, so their answers are unchanged."""
+    if candidates and gen.random() < 0.6:
+        return jitter_box(candidates[int(gen.integers(0, len(candidates)))], jitter, gen, width, height)
+    return random_box(gen, width, height)

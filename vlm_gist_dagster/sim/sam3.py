@@ -24,7 +24,7 @@ from ..protocol.segmentation import encode_sam2_mask
 from ._http import RejectedRequest
 from .controls import ModelControls
 from .faults import rng
-from .geometry import jitter_box, random_box
+from .geometry import distractor_box, jitter_box
 from .sam2 import mask_for_box
 from .world import Identified
 
@@ -119,12 +119,9 @@ def sam3_detections(
             found.append(((0.6 if exact else 0.55) + 0.35 * gen.random(), box))
             used.add(index)
         others = [i for i in range(len(image.instances)) if i not in used]
+        look_alikes = [image.box_xyxy(image.instances[i], width, height) for i in others]
         for _ in range(controls.distractors):
-            if others and gen.random() < 0.6:
-                inst = image.instances[others[int(gen.integers(0, len(others)))]]
-                box = jitter_box(image.box_xyxy(inst, width, height), controls.box_jitter, gen, width, height)
-            else:
-                box = random_box(gen, width, height)
+            box = distractor_box(look_alikes, controls.box_jitter, gen, width, height)
             # a concept that is in the image draws look-alikes that may pass 0.5; an absent one is caught by
             # SAM 3's presence head (its distractors stay below 0.45)
             found.append(((0.2 if candidates else 0.05) + 0.4 * gen.random(), box))

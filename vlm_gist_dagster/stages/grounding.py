@@ -158,24 +158,37 @@ def _detection_rows(
     for j, (label, box, confidence) in enumerate(zip(labels, found.xyxy.tolist(), found.confidence.tolist())):
         instance = instance_for_description(objects, label)
         index = next(i for i, o in enumerate(objects) if o is instance)
-        x1, y1, x2, y2 = box
-        rows.append(
-            {
-                "image_id": image_id,
-                "detection_index": j,
-                "prompt": label,
-                "object_name": instance.get("object_name"),
-                "description": instance.get("description"),
-                "instance_index": index,
-                "x1": x1,
-                "y1": y1,
-                "x2": x2,
-                "y2": y2,
-                "confidence": confidence,
-                "is_over_detection": bool(flags[j]),
-            }
-        )
+        rows.append(_grounded_row(image_id, j, label, objects, index, box, confidence, bool(flags[j])))
     return rows
+
+
+def _grounded_row(
+    image_id: str,
+    detection_index: int,
+    prompt: str,
+    objects: list[dict],
+    index: int,
+    box: list[float],
+    confidence: float,
+    over_detection: bool,
+) -> dict:
+    """One ``detections`` row: a detection's box and score and the described object (``objects[index]``)
+    it grounds."""
+    x1, y1, x2, y2 = box
+    return {
+        "image_id": image_id,
+        "detection_index": detection_index,
+        "prompt": prompt,
+        "object_name": objects[index].get("object_name"),
+        "description": objects[index].get("description"),
+        "instance_index": index,
+        "x1": x1,
+        "y1": y1,
+        "x2": x2,
+        "y2": y2,
+        "confidence": confidence,
+        "is_over_detection": over_detection,
+    }
 
 
 def _baseline_rows(image_id: str, found: Detections) -> list[dict]:
@@ -400,23 +413,7 @@ def _sam3_rows(
     rows = []
     for j, (label, box, confidence) in enumerate(zip(labels, found.xyxy.tolist(), confidences)):
         index = owner.get(j, first[label])
-        x1, y1, x2, y2 = box
-        rows.append(
-            {
-                "image_id": image_id,
-                "detection_index": j,
-                "prompt": label,
-                "object_name": objects[index].get("object_name"),
-                "description": objects[index].get("description"),
-                "instance_index": index,
-                "x1": x1,
-                "y1": y1,
-                "x2": x2,
-                "y2": y2,
-                "confidence": confidence,
-                "is_over_detection": bool(over[j]),
-            }
-        )
+        rows.append(_grounded_row(image_id, j, label, objects, index, box, confidence, bool(over[j])))
     return rows
 
 
