@@ -51,7 +51,8 @@ def tiny_mm_grounding_dino(seed: int = 0) -> Any:
     from transformers import BertConfig, MMGroundingDinoConfig, MMGroundingDinoForObjectDetection, SwinConfig
 
     config = MMGroundingDinoConfig(
-        backbone_config=SwinConfig(
+        # the typed SwinConfig lacks the backbone mixin's out_indices (transformers' typing gap)
+        backbone_config=SwinConfig(  # type: ignore[call-arg]
             embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7, out_indices=[2, 3, 4]
         ),
         text_config=BertConfig(
@@ -246,7 +247,8 @@ def tiny_florence2(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
             window_size=2,
             projection_dim=32,
         ),
-        text_config=BartConfig(
+        # a generation kwarg the typed BartConfig omits (transformers' typing gap)
+        text_config=BartConfig(  # type: ignore[call-arg]
             vocab_size=len(tokenizer),
             d_model=32,
             encoder_layers=1,
@@ -275,7 +277,8 @@ def tiny_florence2(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
     )
     with torch.inference_mode():  # the processor needs as many <image> tokens as the vision tower makes
         probe = model.get_image_features(pixel_values=torch.zeros(1, 3, image_size, image_size))
-    image_processor.image_seq_length = int(probe.pooler_output.shape[1])
+    # read by Florence2Processor, not declared on the class (transformers' typing gap)
+    image_processor.image_seq_length = int(probe.pooler_output.shape[1])  # type: ignore[attr-defined]
     processor = Florence2Processor(
         image_processor=image_processor, tokenizer=tokenizer, post_processor_config=FLORENCE_PARSE_TASKS
     )
@@ -335,7 +338,8 @@ def full_mm_grounding_dino(seed: int = 0) -> Any:
     from transformers import BertConfig, MMGroundingDinoConfig, MMGroundingDinoForObjectDetection, SwinConfig
 
     config = MMGroundingDinoConfig(
-        backbone_config=SwinConfig(
+        # the typed SwinConfig lacks the backbone mixin's out_indices (transformers' typing gap)
+        backbone_config=SwinConfig(  # type: ignore[call-arg]
             embed_dim=192,
             depths=[2, 2, 18, 2],
             num_heads=[6, 12, 24, 48],
