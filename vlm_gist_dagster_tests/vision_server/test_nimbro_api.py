@@ -151,14 +151,15 @@ def test_the_pipelines_own_client_against_vision_serve(image: str) -> None:
             "sam2_realtime", sam2_url, env=env
         ) as sam2:
             detections = await gdino.detect(image, prompts, overdetect_factor=1.0)
-            assert len(detections) == 3 and {d.prompt for d in detections} <= set(prompts)
-            updated, tracked = await sam2.segment(image, [d.box_xyxy for d in detections])
+            assert len(detections) == 3 and set(detections.label.tolist()) <= set(prompts)
+            boxes = [[int(v) for v in box] for box in detections.xyxy.tolist()]
+            updated, tracked = await sam2.segment(image, boxes)
             assert tracked is not None
             by_id = tracks_by_id(tracked)
             assert set(by_id) <= {0, 1, 2}
             height, width = cv2.imread(image).shape[:2]
             for track in tracked:
-                assert decode_sam2_track(track, width, height).rle["size"] == [height, width]
+                assert decode_sam2_track(track, width, height)["size"] == [height, width]
 
     with vision_serve("mmgroundingdino", env=SERVER_ENV) as gdino_url, vision_serve("sam2_realtime", env=SERVER_ENV) as sam2_url:
         asyncio.run(stage_b(gdino_url, sam2_url))
