@@ -38,7 +38,11 @@ BENCHMARKS = {
         "eval_speed.py",
         ["--images", "1000", "--fiftyone-images", "500", "--repeat", "2"],
     ),
-    "stats": ("Statistics speed", "statistics_speed.py", ["--models", "8", "--images", "200", "--repeat", "2"]),
+    "stats": (
+        "Statistics speed",
+        "statistics_speed.py",
+        ["--models", "8", "--images", "200", "--repeat", "2"],
+    ),
     "service": ("Automation at scale", "service_scale.py", ["--models", "10"]),
 }
 

@@ -36,7 +36,15 @@ from vlm_gist_dagster.defs.partitions import DATASETS, pair_key  # noqa: E402
 from vlm_gist_dagster.runner import patched_environ  # noqa: E402
 from vlm_gist_dagster_tests.postgres.pg_cluster import start_cluster  # noqa: E402
 
-PAIR_ASSETS = ("descriptions", "detections", "detection_images", "masks", "validations", "label_matches", "metrics")
+PAIR_ASSETS = (
+    "descriptions",
+    "detections",
+    "detection_images",
+    "masks",
+    "validations",
+    "label_matches",
+    "metrics",
+)
 SQLITE_YAML = "telemetry:\n  enabled: false\n"
 
 
@@ -77,7 +85,9 @@ def main() -> None:
     cluster = start_cluster()
     rows = []
     try:
-        with patched_environ({"VLM_GIST_DATA_DIR": str(root / "data"), "VLM_GIST_MODELS_DIR": str(root / "models")}):
+        with patched_environ(
+            {"VLM_GIST_DATA_DIR": str(root / "data"), "VLM_GIST_MODELS_DIR": str(root / "models")}
+        ):
             defs = build_definitions()
             for models in args.models:
                 for backend in ("PostgreSQL", "SQLite"):
@@ -98,12 +108,18 @@ def main() -> None:
                         finally:
                             instance.dispose()
                     print(f"{backend} {models} models: {result}", flush=True)
-                    rows.append([backend, models, 2 * models, f"{result['new']:.2f} s", f"{result['steady']:.2f} s"])
+                    rows.append(
+                        [backend, models, 2 * models, f"{result['new']:.2f} s", f"{result['steady']:.2f} s"]
+                    )
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{machine()}\n")
-    print(markdown_table(["instance", "models", "pairs", "tick after adding them", "steady tick"], rows, "llrrr"))
+    print(
+        markdown_table(
+            ["instance", "models", "pairs", "tick after adding them", "steady tick"], rows, "llrrr"
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -56,29 +56,46 @@ from vlm_gist_dagster.stages.statistics import pair_statistics, table_statistics
 def model_predictions(gt: pd.DataFrame, model: int, n_models: int) -> pd.DataFrame:
     """Model ``model`` of ``n_models``: quality from strong to weak, seeded by its index."""
     quality = model / max(n_models - 1, 1)
-    return jittered_predictions(gt, seed=1000 + model, keep=0.9 - 0.7 * quality, false_fraction=0.05 + 0.45 * quality)
+    return jittered_predictions(
+        gt, seed=1000 + model, keep=0.9 - 0.7 * quality, false_fraction=0.05 + 0.45 * quality
+    )
 
 
 def bootstrap_once(result, image_ids: list[str], settings: StatisticsSettings, dataset: str) -> float:
     """The bootstrap part of ``pair_statistics``: draws, counts replicates, mAP replicates."""
     t0 = time.perf_counter()
     counts = result.per_image.set_index("image_id").reindex(image_ids, fill_value=0)
-    weights = resample_counts(len(image_ids), settings.bootstrap_resamples, seeded_generator(settings.seed, "bootstrap", dataset))
+    weights = resample_counts(
+        len(image_ids), settings.bootstrap_resamples, seeded_generator(settings.seed, "bootstrap", dataset)
+    )
     count_replicates(counts["tp"], counts["fp"], counts["fn"], weights)
     column = pd.Index(image_ids).get_indexer(list(result.sweep.image_ids))
     average_precision_replicates(result.sweep, column, weights)
     return time.perf_counter() - t0
 
 
-def metrics_row(dataset: str, model: str, gt: pd.DataFrame, pred: pd.DataFrame, ids: list[str], settings) -> tuple[dict, object]:
+def metrics_row(
+    dataset: str, model: str, gt: pd.DataFrame, pred: pd.DataFrame, ids: list[str], settings
+) -> tuple[dict, object]:
     result = evaluate(gt, pred, coco_standard=False)
     row = {"dataset": dataset, "model": model, "f1": result.fscore}
-    row.update(pair_statistics(dataset=dataset, image_ids=ids, ground_truth=gt, predictions=pred, result=result, settings=settings))
+    row.update(
+        pair_statistics(
+            dataset=dataset,
+            image_ids=ids,
+            ground_truth=gt,
+            predictions=pred,
+            result=result,
+            settings=settings,
+        )
+    )
     return row, result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=5)
@@ -111,7 +128,10 @@ def main() -> None:
     table = []
     for name, (ids, gt) in datasets.items():
         sizes = [n for n, _ in results[name]]
-        for label, k in (("median model", int(np.argsort(sizes)[len(sizes) // 2])), ("largest model", int(np.argmax(sizes)))):
+        for label, k in (
+            ("median model", int(np.argsort(sizes)[len(sizes) // 2])),
+            ("largest model", int(np.argmax(sizes))),
+        ):
             n_pred, result = results[name][k]
             times = [bootstrap_once(result, ids, settings, name) for _ in range(args.repeat)]
             table.append([
@@ -119,7 +139,11 @@ def main() -> None:
                 f"{settings.bootstrap_resamples:,}", f"{statistics.median(times):.3f} s",
             ])  # fmt: skip
     print("### Bootstrap of one pair (target < 2 s for the 500-image subset)\n")
-    print(markdown_table(["dataset", "model", "predictions", "sweep entries", "resamples", "time (median)"], table))
+    print(
+        markdown_table(
+            ["dataset", "model", "predictions", "sweep entries", "resamples", "time (median)"], table
+        )
+    )
 
     # 2. Paired tests, ranks and groups of the leaderboard
     table = []
@@ -146,7 +170,9 @@ def main() -> None:
         ["table", "models", "pairs", "permutations per pair", "significant (Holm)", "mean rank-range width",
          "letters", "time"], table,
     ))  # fmt: skip
-    print(f"\nAll three tables: {total:.1f} s. (Making the {2 * args.models} metrics rows, evaluation included: {t_rows:.0f} s, not timed above.)")
+    print(
+        f"\nAll three tables: {total:.1f} s. (Making the {2 * args.models} metrics rows, evaluation included: {t_rows:.0f} s, not timed above.)"
+    )
 
 
 if __name__ == "__main__":

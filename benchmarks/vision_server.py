@@ -112,13 +112,18 @@ class InProcess:
         gdino, sam2 = self.families["mmgroundingdino"], self.families["sam2_realtime"]
         payload = {
             "images": [_b64(data)],
-            "inference_parameters": [{"prompts": self.prompts, "min_confidence": 0.0, "overdetect_factor": 1.0}],
+            "inference_parameters": [
+                {"prompts": self.prompts, "min_confidence": 0.0, "overdetect_factor": 1.0}
+            ],
         }
         jobs = gdino.prepare(payload)
         (detections,) = gdino.compute(jobs)
         image = jobs[0].image
         corners = np.asarray([2, 3], dtype=np.int32)
-        prompts = [_Prompt(j, np.asarray(d.box_xyxy, dtype=np.float32).reshape(2, 2), corners) for j, d in enumerate(detections)]
+        prompts = [
+            _Prompt(j, np.asarray(d.box_xyxy, dtype=np.float32).reshape(2, 2), corners)
+            for j, d in enumerate(detections)
+        ]
         sam2.update((image, prompts))
         ((ids, _masks, _),) = sam2.track([image])
         _sync(self.args.device)
@@ -126,7 +131,10 @@ class InProcess:
 
     def sam3(self, data: bytes) -> int:
         family = self.families["sam3"]
-        payload = {"images": [_b64(data)], "inference_parameters": SAM3_PARAMETERS | {"prompts": self.prompts}}
+        payload = {
+            "images": [_b64(data)],
+            "inference_parameters": SAM3_PARAMETERS | {"prompts": self.prompts},
+        }
         ((found, _masks, _),) = family.compute(family.prepare(payload))
         _sync(self.args.device)
         return len(found)
@@ -179,7 +187,9 @@ class OverHTTP:
         ports = {f: _free_port() for f in families}
         self.processes = {f: _serve(f, p, args, workdir / f"{f}.log") for f, p in ports.items()}
         self.urls = {f: f"http://127.0.0.1:{p}" for f, p in ports.items()}
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(1800.0), headers={"Authorization": "Bearer benchmark"})
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(1800.0), headers={"Authorization": "Bearer benchmark"}
+        )
 
     async def start(self) -> None:
         for family, process in self.processes.items():
@@ -214,14 +224,21 @@ class OverHTTP:
         return response.json()["artifact"]
 
     async def detect(self, data: bytes) -> list[dict[str, Any]]:
-        parameters = {"prompts": self.prompts, "min_confidence": 0.0, "nms_iou": None, "overdetect_factor": 1.0}
+        parameters = {
+            "prompts": self.prompts,
+            "min_confidence": 0.0,
+            "nms_iou": None,
+            "overdetect_factor": 1.0,
+        }
         body = {"images": [_b64(data)], "inference_parameters": [parameters]}
         return (await self._post("mmgroundingdino", "/infer", body))["detections"][0]
 
     async def segment(self, data: bytes, detections: list[dict[str, Any]]) -> int:
         b64 = _b64(data)
         prompts = [{"object_id": j, "bbox": d["box_xyxy"]} for j, d in enumerate(detections)]
-        _decode_masks((await self._post("sam2_realtime", "/update", {"image": b64, "prompts": prompts}))["tracks"][0])
+        _decode_masks(
+            (await self._post("sam2_realtime", "/update", {"image": b64, "prompts": prompts}))["tracks"][0]
+        )
         return _decode_masks((await self._post("sam2_realtime", "/infer", {"images": [b64]}))["tracks"][0])
 
     async def stage_b(self, data: bytes) -> int:
@@ -250,7 +267,9 @@ def _cpu_self() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def compare(images: list[bytes], args: argparse.Namespace, families: tuple[str, ...], task: str) -> dict[str, float]:
+async def compare(
+    images: list[bytes], args: argparse.Namespace, families: tuple[str, ...], task: str
+) -> dict[str, float]:
     """Interleaved, image by image (in-process, then HTTP), so that both see the same load on a shared
     machine: wall-clock images/s of each, and CPU seconds per image (HTTP: client + servers)."""
     import tempfile
@@ -299,8 +318,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
-    print(f"Machine: {machine()}; device {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{args.images} COCO val2017 images, {args.boxes} boxes per image, {args.random_size} architectures, random weights\n")
+    print(
+        f"Machine: {machine()}; device {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{args.images} COCO val2017 images, {args.boxes} boxes per image, {args.random_size} architectures, random weights\n"
+    )
     stage_b = asyncio.run(compare(images, args, ("mmgroundingdino", "sam2_realtime"), "stage_b"))
     results = {"stage_b": stage_b}
     rows = [
@@ -313,7 +336,14 @@ def main() -> None:
         results["sam3"] = sam3
         rows.append(["SAM 3 (all prompts of an image in one batch)", f"{sam3['in_process']:.2f}", f"{sam3['http']:.2f}",
                      f"{sam3['http'] / sam3['in_process']:.2f}", "", f"{sam3['cpu_in_process']:.2f} / {sam3['cpu_http']:.2f}"])  # fmt: skip
-    header = ["images/s", "in-process", "HTTP", "HTTP / in-process", "HTTP, pipelined", "CPU s per image (in-process / HTTP)"]
+    header = [
+        "images/s",
+        "in-process",
+        "HTTP",
+        "HTTP / in-process",
+        "HTTP, pipelined",
+        "CPU s per image (in-process / HTTP)",
+    ]
     print(markdown_table(header, rows))
     print(json.dumps({"args": vars(args), "results": results}))
 

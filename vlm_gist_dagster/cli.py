@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         pairs = [p for p in report.not_run if p.startswith(f"{dataset}|")]
         lines.append(f"  dataset {dataset}: {reason}" + (f" ({len(pairs)} pair(s) not run)" if pairs else ""))
     lines += [
-        f"  pair {key}: {report.failure_reasons.get(key, 'failed')} (its run is in the UI)" for key in report.failed
+        f"  pair {key}: {report.failure_reasons.get(key, 'failed')} (its run is in the UI)"
+        for key in report.failed
     ]
     print("\n".join(lines), file=sys.stderr, flush=True)
     return 1
@@ -97,7 +98,10 @@ def _wait_for_dev_server(command: list[str], *, grace_s: float = 30.0, log=print
     import time
 
     received: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda signum, _frame: received.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         child = subprocess.Popen(command, start_new_session=True)
         try:
@@ -205,7 +209,9 @@ def sim(args: argparse.Namespace) -> int:
     from .sim import DEFAULT_PORTS, SERVER_NAMES, controls_from_model_files, start_simulator
 
     names = args.datasets or list(load_datasets_settings().datasets)
-    datasets = {name: resolve_dataset_dir(name, download=not args.no_download, progress=print) for name in names}
+    datasets = {
+        name: resolve_dataset_dir(name, download=not args.no_download, progress=print) for name in names
+    }
     ports = dict(DEFAULT_PORTS)
     for item in args.port or []:
         server, _, value = item.partition("=")
@@ -310,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", parents=[common], help="run the whole benchmark into the local Dagster instance")
+    p_run = sub.add_parser(
+        "run", parents=[common], help="run the whole benchmark into the local Dagster instance"
+    )
     p_run.add_argument("--datasets", nargs="*", help="datasets to run (default: all)")
     p_run.add_argument("--models", nargs="*", help="model keys to run (default: all for the chosen mode)")
     p_run.add_argument(

@@ -181,8 +181,12 @@ def simulator(
         # once): the pipeline is pointed at whatever ports the simulator gets, so any free ones do.
         log(f"simulator: {exc}; starting on free ports instead")
         ports = {name: 0 for name in DEFAULT_PORTS}
-        handle = start(datasets) if failed_datasets is None else _start_simulator_per_dataset(
-            {k: v for k, v in datasets.items() if k not in failed}, start, failed
+        handle = (
+            start(datasets)
+            if failed_datasets is None
+            else _start_simulator_per_dataset(
+                {k: v for k, v in datasets.items() if k not in failed}, start, failed
+            )
         )
     if handle is None:
         yield None
@@ -415,7 +419,13 @@ def run_benchmark(
 
     failed_in_sim: dict[str, str] = {}
     context = (
-        simulator(roots, seed=seed, log=log, model_files=list(selection.files.values()), failed_datasets=failed_in_sim)
+        simulator(
+            roots,
+            seed=seed,
+            log=log,
+            model_files=list(selection.files.values()),
+            failed_datasets=failed_in_sim,
+        )
         if use_simulator and not nothing_to_do
         else contextlib.nullcontext()
     )
@@ -426,7 +436,9 @@ def run_benchmark(
             log(f"error: dataset {dataset}: {reason}")
             report.dataset_problems[dataset] = reason
         if needed and set(needed) <= set(report.dataset_problems):
-            raise UserFixableError(datasets_problem_message(report.dataset_problems, len(needed), not_downloaded))
+            raise UserFixableError(
+                datasets_problem_message(report.dataset_problems, len(needed), not_downloaded)
+            )
         for dataset in run_datasets:
             if dataset in report.dataset_problems:
                 continue
@@ -440,7 +452,9 @@ def run_benchmark(
         runnable = [key for key in pairs if key.split("|", 1)[0] not in report.dataset_problems]
         report.not_run = [key for key in pairs if key not in runnable]
         if report.not_run:
-            log(f"not running {len(report.not_run)} pair(s) of unusable datasets: {', '.join(report.not_run)}")
+            log(
+                f"not running {len(report.not_run)} pair(s) of unusable datasets: {', '.join(report.not_run)}"
+            )
         for i, key in enumerate(runnable, start=1):
             report.pairs.append(key)
             result = execute("benchmark_pair_job", key, f"[{i}/{len(runnable)}] {key}")

@@ -97,7 +97,10 @@ def test_every_missing_dataset_in_one_short_message(deployment, monkeypatch, cap
     (settings / "datasets.json").write_text(
         json.dumps(
             {
-                "vlm_gist": {"path": str(deployment / "datasets" / "vlm_gist"), "download": "vlm_gist_github"},
+                "vlm_gist": {
+                    "path": str(deployment / "datasets" / "vlm_gist"),
+                    "download": "vlm_gist_github",
+                },
                 "coco": {
                     "path": str(deployment / "datasets" / "coco_500"),
                     "download": "coco_2017_val_lowest_ids",
@@ -116,7 +119,7 @@ def test_every_missing_dataset_in_one_short_message(deployment, monkeypatch, cap
     def no_network_requests(self, request, **kwargs):
         raise requests.ConnectionError(
             "HTTPConnectionPool(host='images.cocodataset.org', port=80): Max retries exceeded (Caused by "
-            "NameResolutionError(\"<urllib3.connection.HTTPConnection object at 0x7f00>: Failed to resolve "
+            'NameResolutionError("<urllib3.connection.HTTPConnection object at 0x7f00>: Failed to resolve '
             "'images.cocodataset.org' ([Errno -3] Temporary failure in name resolution)\"))"
         )
 
@@ -162,11 +165,15 @@ def test_bad_model_files_are_reported_and_the_others_run(deployment, capsys):
     assert "not meant for the simulator" not in out + err
     summary = err[err.index("Not everything requested ran:") :]
     assert "model bad_json: bad_json.json: not valid JSON" in summary
-    assert "model bad_key: bad_key.json: unknown key 'vlm_structured_description.model_tempreature'" in summary
+    assert (
+        "model bad_key: bad_key.json: unknown key 'vlm_structured_description.model_tempreature'" in summary
+    )
     assert "Traceback" not in err
 
 
-def test_real_model_without_its_key_stops_the_run_naming_the_key(tmp_path, monkeypatch, reference_settings_dir):
+def test_real_model_without_its_key_stops_the_run_naming_the_key(
+    tmp_path, monkeypatch, reference_settings_dir
+):
     paper_file = sorted((reference_settings_dir / "description").glob("description_settings_*.json"))[0]
     raw = json.loads(paper_file.read_text())
     raw["vlm_structured_description"]["api_endpoint"] = "OpenRouter"

@@ -60,7 +60,10 @@ def processes_of(home: Path) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter():
         try:
-            if process.environ().get("DAGSTER_HOME") == str(home) and process.status() != psutil.STATUS_ZOMBIE:
+            if (
+                process.environ().get("DAGSTER_HOME") == str(home)
+                and process.status() != psutil.STATUS_ZOMBIE
+            ):
                 found.append(process)
         except (psutil.Error, OSError):
             continue
@@ -82,7 +85,9 @@ def code_location_loaded(port: int) -> bool:
     [(signal.SIGTERM, True), (signal.SIGINT, False)],
     ids=["sigterm-started-in-background", "sigint-ctrl-c"],
 )
-def test_dev_writes_a_quiet_private_instance_and_stops_on_one_signal(tmp_path, stop_signal, ignore_sigint_at_start):
+def test_dev_writes_a_quiet_private_instance_and_stops_on_one_signal(
+    tmp_path, stop_signal, ignore_sigint_at_start
+):
     home = tmp_path / "dagster_home"  # does not exist yet: a fresh checkout
     port = free_port()
     env = {
@@ -126,7 +131,9 @@ def test_dev_writes_a_quiet_private_instance_and_stops_on_one_signal(tmp_path, s
     # dagster.yaml written with telemetry off; the UI's initialization data says so.
     config = (home / "dagster.yaml").read_text()
     assert re.search(r"^telemetry:\n  enabled: false$", config, re.M)
-    init = re.search(r'<script type="application/json" id="initialization-data"[^>]*>(.*?)</script>', page, re.S)
+    init = re.search(
+        r'<script type="application/json" id="initialization-data"[^>]*>(.*?)</script>', page, re.S
+    )
     assert init and json.loads(init.group(1))["telemetryEnabled"] is False
     assert not re.search(r"<script[^>]+src=\"https?://", page)
 
@@ -148,5 +155,10 @@ def test_dev_writes_a_quiet_private_instance_and_stops_on_one_signal(tmp_path, s
     assert returncode == 0
 
     output = log.read_text(errors="replace")
-    for noise in ("No dagster instance configuration file", "Telemetry:", "BetaWarning", "SupersessionWarning"):
+    for noise in (
+        "No dagster instance configuration file",
+        "Telemetry:",
+        "BetaWarning",
+        "SupersessionWarning",
+    ):
         assert noise not in output, f"{noise!r} in the output of vlm-gist dev:\n{output[-3000:]}"

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from vlm_gist_dagster.runner import INSTANCE_YAML, default_instance, ensure_instance_yaml, patched_environ
 
 from .test_cli_errors import mini_coco, write_model
@@ -71,11 +70,21 @@ def test_a_run_prints_no_warnings_no_banner_no_missing_config(tmp_path, coco_dir
     }
     env.pop("DAGSTER_DISABLE_TELEMETRY", None)
     result = subprocess.run(
-        [str(VLM_GIST), "run", "--datasets", "coco"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        [str(VLM_GIST), "run", "--datasets", "coco"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "1/1 (dataset, model) pairs done" in result.stdout
-    for noise in ("No dagster instance configuration file", "Telemetry:", "BetaWarning", "SupersessionWarning"):
+    for noise in (
+        "No dagster instance configuration file",
+        "Telemetry:",
+        "BetaWarning",
+        "SupersessionWarning",
+    ):
         assert noise not in output, f"{noise!r} in:\n{output[-3000:]}"
     assert "enabled: false" in (tmp_path / "dagster_home" / "dagster.yaml").read_text()

@@ -23,7 +23,10 @@ def test_paper_description_files_become_47_keys(tmp_path, reference_settings_dir
 
 
 def test_baseline_files_and_project_models_load(reference_settings_dir):
-    assert model_key_for(reference_settings_dir / "baseline" / "baseline_settings_florence_od.json") == "florence_od"
+    assert (
+        model_key_for(reference_settings_dir / "baseline" / "baseline_settings_florence_od.json")
+        == "florence_od"
+    )
     models, problems = discover_models()  # the project's settings/models
     assert problems == []
     assert {m.key for m in models} >= {"sim_strong", "sim_medium", "sim_weak"}
@@ -38,6 +41,9 @@ def test_bad_names_are_reported_without_hiding_good_files(tmp_path):
     assert len(problems) == 2
     assert any("Bad Name.json" in p and "rename" in p for p in problems)
     # files are read in name order: description_settings_good.json claims "good" first
-    assert any(p.startswith(str(tmp_path / "good.json")) and "already used by description_settings_good.json" in p for p in problems)
+    assert any(
+        p.startswith(str(tmp_path / "good.json")) and "already used by description_settings_good.json" in p
+        for p in problems
+    )
     with pytest.raises(ModelRegistryError, match="no settings file for model 'other'"):
         find_model("other", tmp_path)

@@ -81,8 +81,14 @@ def test_display_names_are_the_published_tables(paper_models, shared_dir):
     assert vlms["mistral_medium_3_1"] == "Mistral Medium 3.1 (t=0.15)"
     # The tables' other rows are models without a published settings file (older runs).
     assert coco - set(vlms.values()) == {
-        "Claude Sonnet 4", "Gemini 2.5 Flash (preview)", "Gemini 2.5 Pro (preview)", "GPT-4.1",
-        "GPT-4.1 mini", "GPT-4.1 nano", "InternVL 3.5 20B A4B (think)", "Mistral Medium 3.1 (t=1.00)",
+        "Claude Sonnet 4",
+        "Gemini 2.5 Flash (preview)",
+        "Gemini 2.5 Pro (preview)",
+        "GPT-4.1",
+        "GPT-4.1 mini",
+        "GPT-4.1 nano",
+        "InternVL 3.5 20B A4B (think)",
+        "Mistral Medium 3.1 (t=1.00)",
     }
 
 

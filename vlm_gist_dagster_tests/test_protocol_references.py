@@ -46,7 +46,9 @@ def test_every_cited_section_and_gotcha_exists():
     missing = []
     for path in SOURCES:
         text = path.read_text()
-        for m in re.finditer(r"docs/protocol/(pipeline|evaluation)\.md,? (§|[Gg]otcha )(\d+(?:\.\d+)*)", text):
+        for m in re.finditer(
+            r"docs/protocol/(pipeline|evaluation)\.md,? (§|[Gg]otcha )(\d+(?:\.\d+)*)", text
+        ):
             name, kind, number = m.groups()
             known = sections[name] if kind == "§" else gotchas[name]
             if number not in known:

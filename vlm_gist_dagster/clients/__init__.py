@@ -19,7 +19,6 @@ The same code talks to real providers and to the simulator (``vlm_gist_dagster.s
 from .base import ServiceClient
 from .cache import SIMULATOR, CacheKey, CacheMode, ResponseCache, Subject, default_cache_dir, service_identity
 from .chat import AttemptOutcome, CacheTag, ChatClient
-from .endpoints import ResolvedEndpoint, endpoint_env_var, resolve
 from .describe import (
     AttemptRecord,
     BatchIncomplete,
@@ -30,6 +29,7 @@ from .describe import (
     describe_images,
 )
 from .embeddings import EmbeddingsClient, SentenceTransformerEmbeddings, VectorCache
+from .endpoints import ResolvedEndpoint, endpoint_env_var, resolve
 from .errors import (
     AuthenticationError,
     ClientError,

@@ -301,7 +301,11 @@ def encode_vector(vector: np.ndarray) -> dict[str, Any]:
     data = np.ascontiguousarray(vector, dtype="<f8")
     if data.ndim != 1:
         raise ValueError(f"an embedding is a vector, got shape {data.shape}")
-    return {"kind": "embedding", "dim": int(data.shape[0]), "float64_b64": base64.b64encode(data.tobytes()).decode()}
+    return {
+        "kind": "embedding",
+        "dim": int(data.shape[0]),
+        "float64_b64": base64.b64encode(data.tobytes()).decode(),
+    }
 
 
 def decode_vector(answer: dict[str, Any]) -> np.ndarray | None:

@@ -104,5 +104,7 @@ def check_box(
     if x >= 1 or y >= 1 or x + w <= 0 or y + h <= 0:
         raise DatasetError(source, f"image {image_key}: box {box!r} lies outside the image", field=field)
     if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > 1 + BOX_TOLERANCE or y + h > 1 + BOX_TOLERANCE:
-        warnings.append(f"{source}, field {field!r}: image {image_key}: box {box!r} reaches past the image border")
+        warnings.append(
+            f"{source}, field {field!r}: image {image_key}: box {box!r} reaches past the image border"
+        )
     return x, y, w, h

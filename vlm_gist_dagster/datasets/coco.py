@@ -41,7 +41,9 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
         try:
             categories[int(cat["id"])] = str(cat["name"])
         except (KeyError, TypeError, ValueError):
-            raise DatasetError(labels_path, "category needs 'id' and 'name'", field=f"categories[{i}]") from None
+            raise DatasetError(
+                labels_path, "category needs 'id' and 'name'", field=f"categories[{i}]"
+            ) from None
 
     images: list[dict[str, Any]] = []
     warnings: list[str] = []
@@ -57,19 +59,32 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
         check_image_file(path, labels_path, f"{where}.file_name")
         key = Path(file_name).stem
         if key in seen:
-            raise DatasetError(labels_path, f"duplicate image name {file_name!r} (also images[{seen[key]}])", field=f"{where}.file_name")
+            raise DatasetError(
+                labels_path,
+                f"duplicate image name {file_name!r} (also images[{seen[key]}])",
+                field=f"{where}.file_name",
+            )
         seen[key] = i
         header_w, header_h = image_size(path)
         width, height = img.get("width", header_w), img.get("height", header_h)
         if (int(width), int(height)) != (header_w, header_h):
             hint = size_mismatch_hint(path, (int(width), int(height)), (header_w, header_h))
             raise DatasetError(
-                labels_path, f"{file_name}: labels say {width}x{height} but the image is {header_w}x{header_h}{hint}", field=f"{where}.width"
+                labels_path,
+                f"{file_name}: labels say {width}x{height} but the image is {header_w}x{header_h}{hint}",
+                field=f"{where}.width",
             )
         warning = orientation_warning(path, labels_path, f"{where}.file_name", (header_w, header_h))
         if warning:
             warnings.append(warning)
-        row = {"image_id": key, "file_name": Path(file_name).name, "path": str(path.resolve()), "width": int(width), "height": int(height), "sha256": file_sha256(path)}
+        row = {
+            "image_id": key,
+            "file_name": Path(file_name).name,
+            "path": str(path.resolve()),
+            "width": int(width),
+            "height": int(height),
+            "sha256": file_sha256(path),
+        }
         if image_id in by_id:
             raise DatasetError(labels_path, f"duplicate image id {image_id}", field=f"{where}.id")
         by_id[image_id] = row
@@ -83,11 +98,15 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
         try:
             img = by_id[int(ann["image_id"])]
         except (KeyError, TypeError, ValueError):
-            raise DatasetError(labels_path, f"unknown image_id {ann.get('image_id')!r}", field=f"{where}.image_id") from None
+            raise DatasetError(
+                labels_path, f"unknown image_id {ann.get('image_id')!r}", field=f"{where}.image_id"
+            ) from None
         try:
             label = categories[int(ann["category_id"])]
         except (KeyError, TypeError, ValueError):
-            raise DatasetError(labels_path, f"unknown category_id {ann.get('category_id')!r}", field=f"{where}.category_id") from None
+            raise DatasetError(
+                labels_path, f"unknown category_id {ann.get('category_id')!r}", field=f"{where}.category_id"
+            ) from None
         iscrowd = int(bool(ann.get("iscrowd", 0)))
         if iscrowd and crowd == "remove":
             continue
@@ -96,11 +115,22 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
         width, height = img["width"], img["height"]
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DatasetError(labels_path, f"image {img['image_id']}: expected [x, y, w, h], got {bbox!r}", field=f"{where}.bbox")
+            raise DatasetError(
+                labels_path,
+                f"image {img['image_id']}: expected [x, y, w, h], got {bbox!r}",
+                field=f"{where}.bbox",
+            )
         try:
-            rel = [float(bbox[0]) / width, float(bbox[1]) / height, float(bbox[2]) / width, float(bbox[3]) / height]
+            rel = [
+                float(bbox[0]) / width,
+                float(bbox[1]) / height,
+                float(bbox[2]) / width,
+                float(bbox[3]) / height,
+            ]
         except (TypeError, ValueError):
-            raise DatasetError(labels_path, f"image {img['image_id']}: non-numeric box {bbox!r}", field=f"{where}.bbox") from None
+            raise DatasetError(
+                labels_path, f"image {img['image_id']}: non-numeric box {bbox!r}", field=f"{where}.bbox"
+            ) from None
         x, y, w, h = check_box(rel, labels_path, f"{where}.bbox", img["image_id"], warnings)
         mask = None
         segmentation = ann.get("segmentation")
@@ -108,9 +138,23 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
             try:
                 mask = segmentation_to_rle(segmentation, height, width)
             except Exception as exc:  # noqa: BLE001 - any malformed segmentation is a located data error
-                raise DatasetError(labels_path, f"image {img['image_id']}: bad segmentation ({exc})", field=f"{where}.segmentation") from exc
+                raise DatasetError(
+                    labels_path,
+                    f"image {img['image_id']}: bad segmentation ({exc})",
+                    field=f"{where}.segmentation",
+                ) from exc
         instances.append(
-            {"image_id": img["image_id"], "instance_id": str(ann.get("id", f"{img['image_id']}:{i}")), "label": label, "x": x, "y": y, "w": w, "h": h, "mask": mask, "iscrowd": iscrowd}
+            {
+                "image_id": img["image_id"],
+                "instance_id": str(ann.get("id", f"{img['image_id']}:{i}")),
+                "label": label,
+                "x": x,
+                "y": y,
+                "w": w,
+                "h": h,
+                "mask": mask,
+                "iscrowd": iscrowd,
+            }
         )
 
     return Dataset(

@@ -88,14 +88,17 @@ def resolve_dataset_dir(
             raise DatasetError(root, f"directory named by {var} does not exist")
         if not is_complete(root):
             raise DatasetError(
-                root, f"directory named by {var} is neither a FiftyOne export (samples.json, metadata.json) "
-                "nor a COCO detection directory (data/, labels.json)"
+                root,
+                f"directory named by {var} is neither a FiftyOne export (samples.json, metadata.json) "
+                "nor a COCO detection directory (data/, labels.json)",
             )
         return root
 
     settings = load_datasets_settings(settings_file)
     if name not in settings.datasets:
-        raise DatasetError(settings_file, f"no dataset named {name!r} (known: {sorted(settings.datasets)})", field=name)
+        raise DatasetError(
+            settings_file, f"no dataset named {name!r} (known: {sorted(settings.datasets)})", field=name
+        )
     source = settings.datasets[name]
     root = paths.resolve(source.path)
     if is_complete(root):
@@ -103,7 +106,9 @@ def resolve_dataset_dir(
     if not download or source.download is None:
         reason = f"not at {root}, and downloading is {'off' if not download else 'not configured'}"
         raise DatasetDownloadError(
-            f"Dataset {name!r} is {reason}. " + local_copy_hint(name, settings_file), dataset=name, reason=reason
+            f"Dataset {name!r} is {reason}. " + local_copy_hint(name, settings_file),
+            dataset=name,
+            reason=reason,
         )
     downloader = DOWNLOADERS[source.download]
     kwargs: dict[str, Any] = {"progress": progress}

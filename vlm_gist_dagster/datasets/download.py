@@ -103,7 +103,10 @@ def download_vlm_gist(
                         for chunk in response.iter_bytes(1 << 20):
                             f.write(chunk)
                             done += len(chunk)
-                    _report(progress, f"Downloaded {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""))
+                    _report(
+                        progress,
+                        f"Downloaded {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else ""),
+                    )
         except httpx.HTTPError as exc:
             reason = f"not in {target}, and the download from {url} failed ({_short_reason(exc)})"
             raise DatasetDownloadError(
@@ -186,7 +189,9 @@ def write_coco_subset(
     ids = {int(im["id"]) for im in images}
     missing = [im["file_name"] for im in images if not (images_dir / im["file_name"]).is_file()]
     if missing:
-        raise DatasetDownloadError(f"{len(missing)} selected COCO images are missing from {images_dir}, e.g. {missing[:3]}")
+        raise DatasetDownloadError(
+            f"{len(missing)} selected COCO images are missing from {images_dir}, e.g. {missing[:3]}"
+        )
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".coco_subset_", dir=target.parent) as tmp:
@@ -236,7 +241,9 @@ def download_coco_subset(
     try:
         import fiftyone.zoo as foz
 
-        zoo = foz.get_zoo_dataset("coco-2017", label_types=label_types, max_samples=max_samples, shuffle=False)
+        zoo = foz.get_zoo_dataset(
+            "coco-2017", label_types=label_types, max_samples=max_samples, shuffle=False
+        )
         zoo.download_and_prepare(str(zoo_dir), split="validation")
         annotations_file = zoo_dir / "raw" / "instances_val2017.json"
         if not annotations_file.is_file():

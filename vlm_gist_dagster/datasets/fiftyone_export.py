@@ -86,7 +86,9 @@ def load_fiftyone_export(
         image_key = path.stem
         if image_key in seen:
             raise DatasetError(
-                samples_path, f"duplicate image name {file_name!r} (also samples[{seen[image_key]}])", field=f"{where}.filepath"
+                samples_path,
+                f"duplicate image name {file_name!r} (also samples[{seen[image_key]}])",
+                field=f"{where}.filepath",
             )
         seen[image_key] = index
 
@@ -107,7 +109,14 @@ def load_fiftyone_export(
         if warning:
             warnings.append(warning)
         images.append(
-            {"image_id": image_key, "file_name": file_name, "path": str(path.resolve()), "width": width, "height": height, "sha256": file_sha256(path)}
+            {
+                "image_id": image_key,
+                "file_name": file_name,
+                "path": str(path.resolve()),
+                "width": width,
+                "height": height,
+                "sha256": file_sha256(path),
+            }
         )
 
         labels = sample.get(gt_field)
@@ -128,19 +137,37 @@ def load_fiftyone_export(
             label = det.get("label")
             if not isinstance(label, str):
                 raise DatasetError(samples_path, f"image {image_key}: missing label", field=f"{field}.label")
-            x, y, w, h = check_box(det.get("bounding_box"), samples_path, f"{field}.bounding_box", image_key, warnings)
+            x, y, w, h = check_box(
+                det.get("bounding_box"), samples_path, f"{field}.bounding_box", image_key, warnings
+            )
             mask_rle = None
             if det.get("mask") is not None:
                 try:
                     box_mask = decode_fiftyone_mask(det["mask"])
                 except Exception as exc:  # noqa: BLE001 - any decoding failure is a located data error
-                    raise DatasetError(samples_path, f"image {image_key}: undecodable mask ({exc})", field=f"{field}.mask") from exc
+                    raise DatasetError(
+                        samples_path, f"image {image_key}: undecodable mask ({exc})", field=f"{field}.mask"
+                    ) from exc
                 full = paste_box_mask(box_mask, round(x * width), round(y * height), height, width)
                 mask_rle = encode_rle(full)
             oid = det.get("_id")
-            instance_id = oid.get("$oid") if isinstance(oid, dict) else (str(oid) if oid is not None else f"{image_key}:{j}")
+            instance_id = (
+                oid.get("$oid")
+                if isinstance(oid, dict)
+                else (str(oid) if oid is not None else f"{image_key}:{j}")
+            )
             instances.append(
-                {"image_id": image_key, "instance_id": str(instance_id), "label": label, "x": x, "y": y, "w": w, "h": h, "mask": mask_rle, "iscrowd": iscrowd}
+                {
+                    "image_id": image_key,
+                    "instance_id": str(instance_id),
+                    "label": label,
+                    "x": x,
+                    "y": y,
+                    "w": w,
+                    "h": h,
+                    "mask": mask_rle,
+                    "iscrowd": iscrowd,
+                }
             )
 
     return Dataset(

@@ -13,7 +13,17 @@ IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "file_name", "path", "width", "hei
 
 #: One row per ground-truth instance. ``x, y, w, h`` are relative to the image (top-left origin, as
 #: FiftyOne stores them); ``mask`` is a COCO RLE dict over the full image, or None.
-GROUND_TRUTH_COLUMNS: tuple[str, ...] = ("image_id", "instance_id", "label", "x", "y", "w", "h", "mask", "iscrowd")
+GROUND_TRUTH_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "instance_id",
+    "label",
+    "x",
+    "y",
+    "w",
+    "h",
+    "mask",
+    "iscrowd",
+)
 
 
 #: What a loader does with crowd annotations (docs/protocol/evaluation.md §2.1, §7): "remove" drops them, "fix"

@@ -51,7 +51,7 @@ PAPER_DEFINITIONS_URL = (
     f"https://raw.githubusercontent.com/{VLM_GIST_REPOSITORY}/{VLM_GIST_COMMIT}/{VLM_GIST_DEFINITIONS_PATH}"
 )
 _TURN_OFF = (
-    "or set \"initial_definitions\": \"none\" in settings/label_matching/<dataset>.json to define every "
+    'or set "initial_definitions": "none" in settings/label_matching/<dataset>.json to define every '
     "text with the label-matching LLM instead"
 )
 

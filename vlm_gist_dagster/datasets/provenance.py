@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 #: The file a download writes into the dataset directory it created.
@@ -45,7 +45,7 @@ class DatasetProvenance:
 def write_provenance(root: Path, provenance: DatasetProvenance) -> Path:
     """Write ``root/vlm_gist_download.json`` (``downloaded_at`` filled in when empty)."""
     if provenance.downloaded_at is None:
-        stamp = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        stamp = datetime.now(UTC).replace(microsecond=0).isoformat()
         provenance = DatasetProvenance(**{**asdict(provenance), "downloaded_at": stamp})
     path = Path(root) / PROVENANCE_FILE
     tmp = path.with_name(path.name + ".tmp")
@@ -64,7 +64,9 @@ def read_provenance(root: Path) -> DatasetProvenance | None:
         return None
 
 
-def heading(dataset: str, *, images: int | None, root: Path | None, provenance: DatasetProvenance | None) -> str:
+def heading(
+    dataset: str, *, images: int | None, root: Path | None, provenance: DatasetProvenance | None
+) -> str:
     """A table heading that names the data actually used.
 
     The paper's title ("COCO minival (subset)") only for what our download fetched with the paper's

@@ -82,4 +82,3 @@ def finite(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(value) else value
-

@@ -3,9 +3,8 @@
 Both come from one load of the dataset directory (a ``multi_asset``), so masks are decoded once.
 """
 
-from collections.abc import Iterator
-
 import dataclasses
+from collections.abc import Iterator
 
 import dagster as dg
 

@@ -112,7 +112,12 @@ def interval_table(values: pd.Series) -> dg.TableMetadataValue:
     metrics = dict.fromkeys(c.rsplit("_", 1)[0] for c in INTERVAL_COLUMNS)
     frame = pd.DataFrame(
         [
-            {"metric": m, "value": values.get(m), "low": values.get(f"{m}_low"), "high": values.get(f"{m}_high")}
+            {
+                "metric": m,
+                "value": values.get(m),
+                "low": values.get(f"{m}_low"),
+                "high": values.get(f"{m}_high"),
+            }
             for m in metrics
         ]
     ).astype({"value": float, "low": float, "high": float})
@@ -131,7 +136,8 @@ def dataset_headings(instance: dg.DagsterInstance, metrics: pd.DataFrame) -> dic
     out: dict[str, str] = {}
     for dataset in dict.fromkeys(metrics.get("dataset", [])):
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("dataset_images"), asset_partitions=[dataset]), limit=1
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("dataset_images"), asset_partitions=[dataset]),
+            limit=1,
         ).records
         if not records or records[0].asset_materialization is None:
             continue
@@ -143,7 +149,11 @@ def dataset_headings(instance: dg.DagsterInstance, metrics: pd.DataFrame) -> dic
             continue
         raw = getattr(meta.get("provenance"), "data", None)
         fields = DatasetProvenance.__dataclass_fields__
-        provenance = DatasetProvenance(**{k: v for k, v in raw.items() if k in fields}) if isinstance(raw, dict) else None
+        provenance = (
+            DatasetProvenance(**{k: v for k, v in raw.items() if k in fields})
+            if isinstance(raw, dict)
+            else None
+        )
         out[dataset] = heading(dataset, images=int(images), root=Path(source), provenance=provenance)
     return out
 

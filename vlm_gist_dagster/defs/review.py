@@ -8,7 +8,6 @@ dataset is for people who look at results); launch it from the asset page or wit
 ``dg launch --assets review_dataset --partition coco``.
 """
 
-
 import dagster as dg
 
 from ..review.app import DEFAULT_PORT, app_url
@@ -96,7 +95,10 @@ def _evaluation_table(summary) -> dg.MetadataValue:
                     "status": m.status,
                     "eval_key": m.eval_key,
                     **{c: (int(e[c]) if e.get(c) is not None else None) for c in ("tp", "fp", "fn")},
-                    **{c: (float(e[c]) if e.get(c) is not None else None) for c in ("precision", "recall", "fscore")},
+                    **{
+                        c: (float(e[c]) if e.get(c) is not None else None)
+                        for c in ("precision", "recall", "fscore")
+                    },
                     "agrees_with_metrics": (not m.differences()) if (e and m.metrics) else None,
                 }
             )

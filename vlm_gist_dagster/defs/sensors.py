@@ -17,11 +17,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from ..files import file_sha256
 from ..model_registry import discover_models
-
 from .partitions import DATASETS, MODEL_PARTITIONS_NAME, model_partitions, pair_key
 from .resources import ModelsResource, SettingsResource
-from ..files import file_sha256
 from .selections import PAIR_ASSET_KEYS, PAIR_SELECTION, VALIDATION_ASSET_KEYS
 from .settings_assets import (
     DATA_VERSION_TAG,
@@ -34,6 +33,7 @@ from .settings_assets import (
     prices_file,
     validation_settings_file,
 )
+
 
 def _load_cursor(cursor: str | None) -> tuple[dict[str, str], dict[str, int]]:
     """``(content hash per file, changes acted on per file)``. The change count goes into run keys:
@@ -187,9 +187,7 @@ def settings_sensor(
                 _materialized_sha256(context.instance, detection_settings.key, None) == version
             ):
                 continue  # first record of a file the table was already made from (e.g. by `vlm-gist run`)
-            run_requests.append(
-                dg.RunRequest(run_key=run_key, asset_selection=[detection_settings.key])
-            )
+            run_requests.append(dg.RunRequest(run_key=run_key, asset_selection=[detection_settings.key]))
         elif spec is label_matching_settings_file:
             if recorded is None and (
                 _materialized_sha256(context.instance, label_matching_settings.key, partition) == version

@@ -138,7 +138,9 @@ def detection_settings(context: dg.AssetExecutionContext, settings: SettingsReso
     deps=[label_matching_settings_file],
     description="The label-matching settings of each dataset from settings/label_matching/<dataset>.json.",
 )
-def label_matching_settings(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
+def label_matching_settings(
+    context: dg.AssetExecutionContext, settings: SettingsResource
+) -> dg.MaterializeResult:
     from ..protocol.settings import LabelMatchingSettings
 
     path = settings.label_matching_file(context.partition_key)

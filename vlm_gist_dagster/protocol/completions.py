@@ -290,8 +290,13 @@ def interpret_response(body: Any) -> Completion:
     model = body.get("model") if isinstance(body.get("model"), str) else None
     partial = None
     if isinstance(message, Mapping):
-        partial = Completion(_content_text(message.get("content")), _reasoning_of(message),
-                             choice.get("finish_reason"), usage, model)
+        partial = Completion(
+            _content_text(message.get("content")),
+            _reasoning_of(message),
+            choice.get("finish_reason"),
+            usage,
+            model,
+        )
     for index, other in enumerate(choices):
         # The paper's client checks every choice and fails the attempt when one has no finish_reason key
         # (a null value is allowed; docs/protocol/pipeline.md §1.4).
@@ -331,7 +336,7 @@ class StreamAccumulator:
         line = line.strip()
         if not line.startswith("data:"):
             return self.done
-        data = line[len("data:"):].strip()
+        data = line[len("data:") :].strip()
         if data == "[DONE]":
             self.done = True
             return True

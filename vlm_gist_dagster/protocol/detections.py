@@ -121,17 +121,15 @@ class Detections:
     def empty(cls) -> Detections:
         return cls.from_boxes([], np.zeros((0, 4), dtype=np.int64))
 
-    def with_masks(
-        self, masks: Sequence[tuple[int, BoxXYXY, RLE] | None]
-    ) -> Detections:
+    def with_masks(self, masks: Sequence[tuple[int, BoxXYXY, RLE] | None]) -> Detections:
         """These detections with SAM2's results: per detection ``(track_id, mask box, full-image RLE)``
         or None (no mask)."""
         if len(masks) != len(self):
             raise ValueError(f"{len(masks)} mask entries for {len(self)} detections")
         track_id = np.array([NO_TRACK if m is None else m[0] for m in masks], dtype=np.int64)
-        mask_xyxy = np.array(
-            [(NO_TRACK,) * 4 if m is None else m[1] for m in masks], dtype=np.int64
-        ).reshape(len(self), 4)
+        mask_xyxy = np.array([(NO_TRACK,) * 4 if m is None else m[1] for m in masks], dtype=np.int64).reshape(
+            len(self), 4
+        )
         return Detections(
             xyxy=self.xyxy,
             label=self.label,

@@ -201,8 +201,16 @@ def prepare_image(
         if target is not None:
             image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
         data, encoding = _encode(image, Path(name).suffix if name else ".png", png_compression_level)
-        return PreparedImage(data, sha256_hex(data), image.shape[1], image.shape[0], width, height,
-                             target is not None, encoding)  # type: ignore[arg-type]
+        return PreparedImage(
+            data,
+            sha256_hex(data),
+            image.shape[1],
+            image.shape[0],
+            width,
+            height,
+            target is not None,
+            encoding,
+        )  # type: ignore[arg-type]
 
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -239,5 +247,6 @@ def prepare_image(
     if not suffix:
         suffix = ".jpg" if pil_format == "JPEG" else ".png"
     data, encoding = _encode(image, suffix, png_compression_level)
-    return PreparedImage(data, sha256_hex(data), image.shape[1], image.shape[0], width, height,
-                         target is not None, encoding)  # type: ignore[arg-type]
+    return PreparedImage(
+        data, sha256_hex(data), image.shape[1], image.shape[0], width, height, target is not None, encoding
+    )  # type: ignore[arg-type]

@@ -68,7 +68,9 @@ def int_box(entry: Mapping[str, Any], where: str, server: str) -> BoxXYXY:
         or len(box) != 4
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
     ):
-        raise ResponseFormatError(f"{server} response field '{where}.box_xyxy' must be a list of 4 ints, got {box!r}")
+        raise ResponseFormatError(
+            f"{server} response field '{where}.box_xyxy' must be a list of 4 ints, got {box!r}"
+        )
     return (box[0], box[1], box[2], box[3])
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "tracks_by_id",
 ]
 
+
 class DegenerateMaskError(ValueError):
     """A non-empty mask whose server-side crop has no pixels (the mask is one pixel wide or tall).
 

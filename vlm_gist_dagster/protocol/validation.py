@@ -494,32 +494,46 @@ class _Assignment:
             elif response in self.group_of:
                 self._update_duplicate_to_group_member(j, response)
             else:
-                self._reject(j, (
-                    f"Reject duplicate validation of detection '{response}' that cannot be associated to a group."
-                ))
+                self._reject(
+                    j,
+                    (
+                        f"Reject duplicate validation of detection '{response}' that cannot be associated to a group."
+                    ),
+                )
             self.handled.append(j)
 
     def _update_duplicate_to_group_member(self, j: int, response: str) -> None:
         members = self.groups[self.group_of[response]]
         fresh = next((m for m in members if m not in self.used and m not in self.responses), None)
         if fresh is not None:
-            self._update(j, fresh, (
-                f"Update duplicate validation of detection '{response}' to unassigned group member "
-                f"'{fresh}' not featured in all validation responses."
-            ))
+            self._update(
+                j,
+                fresh,
+                (
+                    f"Update duplicate validation of detection '{response}' to unassigned group member "
+                    f"'{fresh}' not featured in all validation responses."
+                ),
+            )
             return
         spare = next((m for m in members if m not in self.used), None)
         if spare is not None:
             count = self.duplicate_counts[response]
-            self._update(j, spare, (
-                f"Update duplicate validation of detection '{response}' to unassigned group member "
-                f"'{spare}' featured '{count}' time{'s' if count != 1 else ''} in all validation responses."
-            ))
+            self._update(
+                j,
+                spare,
+                (
+                    f"Update duplicate validation of detection '{response}' to unassigned group member "
+                    f"'{spare}' featured '{count}' time{'s' if count != 1 else ''} in all validation responses."
+                ),
+            )
         else:
-            self._reject(j, (
-                f"Reject duplicate validation of detection '{response}' for which all group members "
-                "are already assigned."
-            ))
+            self._reject(
+                j,
+                (
+                    f"Reject duplicate validation of detection '{response}' for which all group members "
+                    "are already assigned."
+                ),
+            )
 
     def update_to_unused_corrections(self) -> list[int]:
         """Step 4, by descending confidence: update to the response if that name is unused; return the
@@ -530,7 +544,9 @@ class _Assignment:
             assert response is not None
             if response not in self.used:
                 best = "best" if response in self.duplicate_counts else ""
-                self._update(j, response, f"Update detection '{self.labels[j]}' to {best} correction '{response}'.")
+                self._update(
+                    j, response, f"Update detection '{self.labels[j]}' to {best} correction '{response}'."
+                )
                 remaining.remove(j)
                 self.handled.append(j)
         return remaining
@@ -546,27 +562,41 @@ class _Assignment:
                 base = self.group_of[response]
                 members = self.groups[base]
                 if labels[j] in members and labels[j] not in self.used:
-                    self._keep(j, labels[j], (
-                        f"Accept detection label '{labels[j]}' which is an unassigned group member of group "
-                        f"'{base}' for validation response '{response}'."
-                    ))
+                    self._keep(
+                        j,
+                        labels[j],
+                        (
+                            f"Accept detection label '{labels[j]}' which is an unassigned group member of group "
+                            f"'{base}' for validation response '{response}'."
+                        ),
+                    )
                 else:
                     spare = next((m for m in members if m not in self.used), None)
                     if spare is not None:
-                        self._update(j, spare, (
-                            f"Update detection '{labels[j]}' with already used validation response '{response}' to "
-                            f"unassigned group member '{spare}' not featured in all validation responses."
-                        ))
+                        self._update(
+                            j,
+                            spare,
+                            (
+                                f"Update detection '{labels[j]}' with already used validation response '{response}' to "
+                                f"unassigned group member '{spare}' not featured in all validation responses."
+                            ),
+                        )
                     else:
-                        self._reject(j, (
-                            f"Reject detection '{labels[j]}' with already used validation response '{response}' for "
-                            f"which all group members of group '{base}' are already assigned."
-                        ))
+                        self._reject(
+                            j,
+                            (
+                                f"Reject detection '{labels[j]}' with already used validation response '{response}' for "
+                                f"which all group members of group '{base}' are already assigned."
+                            ),
+                        )
             else:
-                self._reject(j, (
-                    f"Reject detection '{labels[j]}' with already used validation response '{response}' that "
-                    "cannot be associated to a group."
-                ))
+                self._reject(
+                    j,
+                    (
+                        f"Reject detection '{labels[j]}' with already used validation response '{response}' that "
+                        "cannot be associated to a group."
+                    ),
+                )
             self.handled.append(j)
 
     def result(self) -> ValidationActions:

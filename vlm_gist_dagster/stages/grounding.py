@@ -455,7 +455,9 @@ def _sam3_detections(
                 finally:
                     durations[image_id] = time.perf_counter() - start
 
-            todo = [i for i in images["image_id"] if prompts[i]]  # no prompt, no call (as docs/protocol/pipeline.md §4.2)
+            todo = [
+                i for i in images["image_id"] if prompts[i]
+            ]  # no prompt, no call (as docs/protocol/pipeline.md §4.2)
             return await _run_images(todo, work, f"detections[{model.name}]", log)
 
     results = asyncio.run(main())

@@ -81,7 +81,9 @@ def label_sets(
         group = groups.get(image_id)
         if group is None:
             sets.append(
-                lm.LabelSet(image_id, (), None, _targets(gt_labels.get(image_id)) if per_image_targets else None)
+                lm.LabelSet(
+                    image_id, (), None, _targets(gt_labels.get(image_id)) if per_image_targets else None
+                )
             )
             continue
         labels = [str(v) for v in group["validated_object_name"]]

@@ -62,7 +62,9 @@ def default_headings(frame: pd.DataFrame) -> dict[str, str]:
         if len(counts) == 1:
             out[dataset] = dataset_heading(dataset, images=counts[0], root=None, provenance=None)
         elif counts:
-            out[dataset] = f"{title}: {' / '.join(map(str, counts))} images (pairs computed on different copies)"
+            out[dataset] = (
+                f"{title}: {' / '.join(map(str, counts))} images (pairs computed on different copies)"
+            )
         else:
             out[dataset] = title
     return out
@@ -186,7 +188,9 @@ def write_leaderboard(board: Leaderboard, directory: Path) -> dict[str, Path]:
         path = directory / f"{name}.txt"
         written[f"{name}.txt"] = atomic_write(path, text)
         written[f"{name}.png"] = write_table_png(text, directory / f"{name}.png")
-    written["leaderboard.md"] = atomic_write(directory / "leaderboard.md", "# Leaderboard\n\n" + board.markdown)
+    written["leaderboard.md"] = atomic_write(
+        directory / "leaderboard.md", "# Leaderboard\n\n" + board.markdown
+    )
     csv = directory / "leaderboard.csv"
     with atomic_path(csv) as temporary:
         board.rows.to_csv(temporary, index=False)

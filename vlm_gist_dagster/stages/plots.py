@@ -53,12 +53,12 @@ def _box_for(
 def _overlaps(box: tuple[float, float, float, float], boxes: np.ndarray) -> np.ndarray:
     if not len(boxes):
         return np.zeros(0, dtype=bool)
-    return (
-        (box[0] < boxes[:, 2]) & (boxes[:, 0] < box[2]) & (box[1] < boxes[:, 3]) & (boxes[:, 1] < box[3])
-    )
+    return (box[0] < boxes[:, 2]) & (boxes[:, 0] < box[2]) & (box[1] < boxes[:, 3]) & (boxes[:, 1] < box[3])
 
 
-def place_labels(ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[str], *, fontsize: float = LABEL_FONTSIZE):
+def place_labels(
+    ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[str], *, fontsize: float = LABEL_FONTSIZE
+):
     """Label each point (data coordinates) with its name, without overlaps (see the module docstring).
 
     Call after the axes limits and the figure layout are final (positions are computed in pixels).
@@ -198,7 +198,9 @@ def f1_figure(rows: pd.DataFrame, headings: Mapping[str, str]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 0.3 * most + 1.8), squeeze=False, dpi=DPI)
+    fig, axes = plt.subplots(
+        1, len(tables), figsize=(6 * len(tables), 0.3 * most + 1.8), squeeze=False, dpi=DPI
+    )
     for ax, table in zip(axes[0], tables):
         sub = rows[rows["table"] == table].sort_values("f1")
         ax.barh(sub["name"], sub["f1"].fillna(0), color="#4c72b0")

@@ -123,7 +123,11 @@ DETECTIONS = TableSpec(
         ("x2", "int64", _BOX_DOC.format("right")),
         ("y2", "int64", _BOX_DOC.format("bottom")),
         ("confidence", "float64", "the detector's score; NaN for baselines"),
-        ("is_over_detection", None, "not the direct detection of a prompt (docs/protocol/pipeline.md §4.4); null for baselines"),
+        (
+            "is_over_detection",
+            None,
+            "not the direct detection of a prompt (docs/protocol/pipeline.md §4.4); null for baselines",
+        ),
     ),
 )
 
@@ -215,7 +219,11 @@ _NINE = {
 #: the leaderboard's rows.
 _STATISTICS = (
     *(
-        (f"{key}_{end}", None, f"{end} end of the 95 % bootstrap interval of {title} (settings/statistics.json)")
+        (
+            f"{key}_{end}",
+            None,
+            f"{end} end of the 95 % bootstrap interval of {title} (settings/statistics.json)",
+        )
         for key, title in (("f1", "F1"), ("prec", "Prec."), ("rec", "Rec."), ("map", "mAP"))
         for end in ("low", "high")
     ),
@@ -256,7 +264,11 @@ METRICS = TableSpec(
         ("bootstrap_seed", None, "seed of the resampling (settings/statistics.json)"),
         ("confidence_level", None, "level of the intervals (settings/statistics.json)"),
         ("mask_unavailable_reason", None, "why the mask columns are NaN"),
-        ("masks_missing", None, "evaluated predictions without a mask (SAM2 failed): empty masks in the mask columns"),
+        (
+            "masks_missing",
+            None,
+            "evaluated predictions without a mask (SAM2 failed): empty masks in the mask columns",
+        ),
         ("image_ids", None, "the dataset's image ids, sorted: the order of the image_* lists"),
         ("image_tp", None, "true positives per image (for the leaderboard's paired tests)"),
         ("image_fp", None, "false positives per image"),

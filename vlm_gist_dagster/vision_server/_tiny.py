@@ -103,7 +103,9 @@ def tiny_sam2_video(seed: int = 0, image_size: int = 256) -> Any:
             backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
         ),
         prompt_encoder_config=dict(hidden_size=hidden, image_size=s),
-        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        mask_decoder_config=dict(
+            hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32
+        ),
         image_size=s,
         memory_attention_hidden_size=hidden,
         memory_attention_num_layers=1,
@@ -147,7 +149,7 @@ def tiny_clip_tokenizer() -> Any:
 def tiny_sam3(seed: int = 0, image_size: int = 224, vocab_size: int | None = None) -> Any:
     """SAM 3 with a 2-layer ViT of width 32, 1-layer DETR encoder/decoder (20 queries) and CLIP text."""
     import torch
-    from transformers import CLIPTextConfig, Sam3Config, Sam3Model, Sam3ViTConfig, Sam3VisionConfig
+    from transformers import CLIPTextConfig, Sam3Config, Sam3Model, Sam3VisionConfig, Sam3ViTConfig
 
     s = image_size
     grid = s // 14
@@ -180,7 +182,9 @@ def tiny_sam3(seed: int = 0, image_size: int = 224, vocab_size: int | None = Non
             eos_token_id=vocab - 1,
             pad_token_id=vocab - 1,
         ),
-        geometry_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        geometry_encoder_config=dict(
+            hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64
+        ),
         detr_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
         detr_decoder_config=dict(
             hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64, num_queries=20
@@ -297,7 +301,9 @@ def tiny_kosmos2(seed: int = 0, image_size: int = 56) -> tuple[Any, Any]:
         RobertaTokenizer,
     )
 
-    tokenizer = RobertaTokenizer(vocab=_byte_level_vocab(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]), merges=[])
+    tokenizer = RobertaTokenizer(
+        vocab=_byte_level_vocab(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]), merges=[]
+    )
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -318,7 +324,11 @@ def tiny_kosmos2(seed: int = 0, image_size: int = 56) -> tuple[Any, Any]:
             eos_token_id=tokenizer.eos_token_id,
         ),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=image_size
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=image_size,
         ),
         latent_query_num=64,
     )

@@ -108,7 +108,11 @@ class ModelFamily:
         self.device = self.runtime.torch_device()
         self.dtype = self.runtime.torch_dtype(self.device)
         if self.runtime.random_weights:
-            self.weights = "random" if self.runtime.random_size == "tiny" else f"random ({self.runtime.random_size} size)"
+            self.weights = (
+                "random"
+                if self.runtime.random_size == "tiny"
+                else f"random ({self.runtime.random_size} size)"
+            )
         else:
             self.weights = self.runtime.weights_source(flavor, self.flavors[flavor])
         self.load_model(flavor, payload)
@@ -198,7 +202,9 @@ class VisionServer:
 
 
 def _error_detail(exc: BaseException) -> str:
-    if isinstance(exc, (RequestError, InvalidImageError, DeviceUnavailableError, WeightsError, MissingExtraError)):
+    if isinstance(
+        exc, (RequestError, InvalidImageError, DeviceUnavailableError, WeightsError, MissingExtraError)
+    ):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
@@ -220,7 +226,14 @@ def create_app(server: VisionServer) -> Starlette:
             elapsed = time.perf_counter() - started
             level = logging.INFO if response.status_code < 400 else logging.WARNING
             if request.url.path not in ("/health", "/status") or response.status_code >= 400:
-                log.log(level, "%s %s → %d in %.3f s", request.method, request.url.path, response.status_code, elapsed)
+                log.log(
+                    level,
+                    "%s %s → %d in %.3f s",
+                    request.method,
+                    request.url.path,
+                    response.status_code,
+                    elapsed,
+                )
             return response
 
         return endpoint
@@ -244,7 +257,7 @@ def create_app(server: VisionServer) -> Starlette:
     async def load(request: Request) -> dict[str, Any]:
         payload = await server.json_body(request, "Model load error")
         if not isinstance(payload, dict):
-            raise HTTPError(500, "Model load error: the request body must be a JSON object {\"flavor\": ...}")
+            raise HTTPError(500, 'Model load error: the request body must be a JSON object {"flavor": ...}')
         flavor = payload.get("flavor")
         started = time.perf_counter()
         try:
@@ -257,7 +270,12 @@ def create_app(server: VisionServer) -> Starlette:
             raise HTTPError(500, f"Model load error: {_error_detail(exc)}") from None
         log.info(
             "loaded %s flavor %r (%s) on %s as %s in %.1f s",
-            family.name, flavor, family.weights, family.device, family.dtype, time.perf_counter() - started,
+            family.name,
+            flavor,
+            family.weights,
+            family.device,
+            family.dtype,
+            time.perf_counter() - started,
         )
         return {"loaded_model": "Model", "flavor": flavor}
 

@@ -62,7 +62,14 @@ _TASKS: dict[str, str] = {
     "<REGION_TO_DESCRIPTION>": r"(?:<loc_\d+>){4}",
 }
 _PATTERNS = {tag: re.compile(rf"^\s*{re.escape(tag)}{rest}\s*$", re.I | re.S) for tag, rest in _TASKS.items()}
-_CAPTION_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OCR>", "<REGION_TO_CATEGORY>", "<REGION_TO_DESCRIPTION>")
+_CAPTION_TASKS = (
+    "<CAPTION>",
+    "<DETAILED_CAPTION>",
+    "<MORE_DETAILED_CAPTION>",
+    "<OCR>",
+    "<REGION_TO_CATEGORY>",
+    "<REGION_TO_DESCRIPTION>",
+)
 _ARG_TASKS = {
     "<CAPTION_TO_PHRASE_GROUNDING>": "caption",
     "<REFERRING_EXPRESSION_SEGMENTATION>": "phrase",
@@ -102,7 +109,11 @@ def _polygons_box_and_mask(polygons: list[list[float]]) -> tuple[list[int], np.n
     x1, y1 = int(np.ceil(xs.max())), int(np.ceil(ys.max()))
     mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=bool)
     for p in polygons:
-        rr, cc = fill_polygon(np.asarray(p[1::2], dtype=np.float32) - y0, np.asarray(p[0::2], dtype=np.float32) - x0, shape=mask.shape)
+        rr, cc = fill_polygon(
+            np.asarray(p[1::2], dtype=np.float32) - y0,
+            np.asarray(p[0::2], dtype=np.float32) - x0,
+            shape=mask.shape,
+        )
         mask[rr, cc] = True
     return [x0, y0, x1 + 1, y1 + 1], mask
 
@@ -169,14 +180,18 @@ class Florence2(_Generative):
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         if self.runtime.random_weights:
             if self.runtime.random_size != "tiny":
-                raise RequestError(f"--random-size {self.runtime.random_size} is not available for {self.name}")
+                raise RequestError(
+                    f"--random-size {self.runtime.random_size} is not available for {self.name}"
+                )
             from ._tiny import tiny_florence2
 
             model, processor = tiny_florence2(self.runtime.seed)
         else:
             from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
-            model = from_pretrained(Florence2ForConditionalGeneration, self.pretrained_weights(), flavor=flavor)
+            model = from_pretrained(
+                Florence2ForConditionalGeneration, self.pretrained_weights(), flavor=flavor
+            )
             processor = from_pretrained(AutoProcessor, self.pretrained_weights(), flavor=flavor)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.processor = processor
@@ -198,7 +213,9 @@ class Florence2(_Generative):
         if len(prompts) != len(images):
             raise RequestError("Mismatch between number of images and prompts")
         params = self._parameters(payload)
-        built = [self._build_prompt(p, image, i) for i, (p, image) in enumerate(zip(prompts, images, strict=True))]
+        built = [
+            self._build_prompt(p, image, i) for i, (p, image) in enumerate(zip(prompts, images, strict=True))
+        ]
         return images, built, params
 
     @staticmethod
@@ -227,7 +244,9 @@ class Florence2(_Generative):
             raise RequestError(f"Invalid prompt format: {task}. Accepted formats: {list(_TASKS)}")
         return task
 
-    def compute(self, prepared: tuple[list[np.ndarray], list[str], dict[str, int]]) -> list[tuple[str, dict[str, Any], tuple[int, int]]]:
+    def compute(
+        self, prepared: tuple[list[np.ndarray], list[str], dict[str, int]]
+    ) -> list[tuple[str, dict[str, Any], tuple[int, int]]]:
         import torch
         from PIL import Image
 
@@ -237,7 +256,9 @@ class Florence2(_Generative):
         for start in range(0, len(images), step):
             batch_images = [Image.fromarray(im) for im in images[start : start + step]]
             batch_prompts = prompts[start : start + step]
-            inputs = self.processor(text=batch_prompts, images=batch_images, return_tensors="pt", padding=True)
+            inputs = self.processor(
+                text=batch_prompts, images=batch_images, return_tensors="pt", padding=True
+            )
             inputs = self._to_device(inputs)
             with torch.inference_mode():
                 generated = self.model.generate(
@@ -251,7 +272,9 @@ class Florence2(_Generative):
             texts = self.processor.batch_decode(generated, skip_special_tokens=False)
             for text, prompt, image in zip(texts, batch_prompts, batch_images, strict=True):
                 task = task_of(prompt)
-                parsed = self.processor.post_process_generation(text, task=task, image_size=(image.width, image.height))
+                parsed = self.processor.post_process_generation(
+                    text, task=task, image_size=(image.width, image.height)
+                )
                 results.append((prompt, parsed, (image.width, image.height)))
         return results
 
@@ -268,11 +291,16 @@ class Florence2(_Generative):
             captions.append(None)
             found: list[dict[str, Any]] = []
             if task in ("<OD>", "<DENSE_REGION_CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>"):
-                found = [{"box_xyxy": [int(v) for v in b], "label": l} for b, l in zip(output["bboxes"], output["labels"], strict=True)]
+                found = [
+                    {"box_xyxy": [int(v) for v in b], "label": l}
+                    for b, l in zip(output["bboxes"], output["labels"], strict=True)
+                ]
             elif task == "<OPEN_VOCABULARY_DETECTION>":
                 boxes = list(output["bboxes"]) + [_polygons_box_and_mask(p)[0] for p in output["polygons"]]
                 labels = list(output["bboxes_labels"]) + list(output["polygons_labels"])
-                found = [{"box_xyxy": [int(v) for v in b], "label": l} for b, l in zip(boxes, labels, strict=True)]
+                found = [
+                    {"box_xyxy": [int(v) for v in b], "label": l} for b, l in zip(boxes, labels, strict=True)
+                ]
             elif task == "<REGION_PROPOSAL>":
                 found = [{"box_xyxy": [int(v) for v in b]} for b in output["bboxes"]]
             elif task in ("<REGION_TO_SEGMENTATION>", "<REFERRING_EXPRESSION_SEGMENTATION>"):
@@ -288,7 +316,12 @@ class Florence2(_Generative):
             elif task == "<OCR_WITH_REGION>":
                 for quad, label in zip(output["quad_boxes"], output["labels"], strict=True):
                     xs, ys = np.asarray(quad[0::2], dtype=float), np.asarray(quad[1::2], dtype=float)
-                    box = [int(np.floor(xs.min())), int(np.floor(ys.min())), int(np.ceil(xs.max())), int(np.ceil(ys.max()))]
+                    box = [
+                        int(np.floor(xs.min())),
+                        int(np.floor(ys.min())),
+                        int(np.ceil(xs.max())),
+                        int(np.ceil(ys.max())),
+                    ]
                     found.append({"box_xyxy": box, "label": re.sub(r"<pad>|<loc_\d+>", "", label).rstrip()})
             detections.append(found)
         return {"artifact": {"detections": detections, "captions": captions, "model": "florence2"}}

@@ -59,7 +59,9 @@ class Kosmos2(_Generative):
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         if self.runtime.random_weights:
             if self.runtime.random_size != "tiny":
-                raise RequestError(f"--random-size {self.runtime.random_size} is not available for {self.name}")
+                raise RequestError(
+                    f"--random-size {self.runtime.random_size} is not available for {self.name}"
+                )
             from ._tiny import tiny_kosmos2
 
             model, processor = tiny_kosmos2(self.runtime.seed)
@@ -98,7 +100,9 @@ class Kosmos2(_Generative):
         step = params["max_batch_size"]
         for start in range(0, len(images), step):
             batch_images = [Image.fromarray(im) for im in images[start : start + step]]
-            inputs = self.processor(text=prompts[start : start + step], images=batch_images, return_tensors="pt", padding=True)
+            inputs = self.processor(
+                text=prompts[start : start + step], images=batch_images, return_tensors="pt", padding=True
+            )
             inputs = self._to_device(inputs)
             with torch.inference_mode():
                 generated = self.model.generate(
@@ -110,7 +114,9 @@ class Kosmos2(_Generative):
                     use_cache=True,
                     max_new_tokens=params["max_new_tokens"],
                 )
-            for text, image in zip(self.processor.batch_decode(generated, skip_special_tokens=True), batch_images, strict=True):
+            for text, image in zip(
+                self.processor.batch_decode(generated, skip_special_tokens=True), batch_images, strict=True
+            ):
                 caption, entities = self.processor.post_process_generation(text)
                 boxes, labels = [], []
                 for label, _span, entity_boxes in entities:
@@ -126,7 +132,8 @@ class Kosmos2(_Generative):
         return {
             "artifact": {
                 "detections": [
-                    [{"box_xyxy": b, "label": l} for b, l in zip(r["boxes"], r["labels"], strict=True)] for r in results
+                    [{"box_xyxy": b, "label": l} for b, l in zip(r["boxes"], r["labels"], strict=True)]
+                    for r in results
                 ],
                 "captions": [r["caption"] for r in results],
                 "model": "kosmos2",

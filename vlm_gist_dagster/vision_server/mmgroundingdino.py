@@ -126,8 +126,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     while order.size:
         best, rest = order[0], order[1:]
         keep.append(int(best))
-        w = np.clip(np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0]), 0, None)
-        h = np.clip(np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1]), 0, None)
+        w = np.clip(
+            np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0]), 0, None
+        )
+        h = np.clip(
+            np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1]), 0, None
+        )
         inter = w * h
         union = areas[best] + areas[rest] - inter
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
@@ -217,7 +221,9 @@ class MMGroundingDino(ModelFamily):
         else:
             from transformers import AutoTokenizer, MMGroundingDinoForObjectDetection
 
-            model = from_pretrained(MMGroundingDinoForObjectDetection, self.pretrained_weights(), flavor=flavor)
+            model = from_pretrained(
+                MMGroundingDinoForObjectDetection, self.pretrained_weights(), flavor=flavor
+            )
             tokenizer = from_pretrained(AutoTokenizer, self.pretrained_weights(), flavor=flavor)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
@@ -295,7 +301,9 @@ class MMGroundingDino(ModelFamily):
             for j, _ in batch:
                 if j not in pixels:
                     pixels[j] = self.preprocess(jobs[j].image)
-            for (j, chunk), found in zip(batch, self.detect([pixels[j] for j, _ in batch], [c for _, c in batch]), strict=True):
+            for (j, chunk), found in zip(
+                batch, self.detect([pixels[j] for j, _ in batch], [c for _, c in batch]), strict=True
+            ):
                 height, width = jobs[j].image.shape[:2]
                 raw[j].extend(self._to_boxes(found, chunk, width, height))
         return [
@@ -379,7 +387,9 @@ class MMGroundingDino(ModelFamily):
         return results
 
     @staticmethod
-    def _to_boxes(found: tuple[Any, Any, Any], chunk: list[str], width: int, height: int) -> list[DetectorBox]:
+    def _to_boxes(
+        found: tuple[Any, Any, Any], chunk: list[str], width: int, height: int
+    ) -> list[DetectorBox]:
         scores, entity, cxcywh = found
         if not len(scores):
             return []
@@ -413,4 +423,3 @@ class MMGroundingDino(ModelFamily):
             for boxes in selected
         ]
         return {"artifact": {"detections": detections, "model": "mmgroundingdino"}}
-

@@ -67,7 +67,9 @@ class Sam2Realtime(ModelFamily):
         if self.runtime.random_weights:
             from ._tiny import full_sam2_video, tiny_sam2_video
 
-            model = (full_sam2_video if self.runtime.random_size == "full" else tiny_sam2_video)(self.runtime.seed)
+            model = (full_sam2_video if self.runtime.random_size == "full" else tiny_sam2_video)(
+                self.runtime.seed
+            )
         else:
             from transformers import Sam2VideoModel
 
@@ -141,7 +143,11 @@ class Sam2Realtime(ModelFamily):
                 points = np.asarray(points, dtype=np.float32)
                 if points.ndim != 2 or points.shape[1] != 2:
                     raise RequestError(f"Invalid 'points' in prompt {i}")
-                if not isinstance(labels, list) or len(labels) != len(points) or not all(v in (0, 1) for v in labels):
+                if (
+                    not isinstance(labels, list)
+                    or len(labels) != len(points)
+                    or not all(v in (0, 1) for v in labels)
+                ):
                     raise RequestError(f"Invalid 'labels' in prompt {i}")
                 labels = np.asarray(labels, dtype=np.int32)
             else:
@@ -161,7 +167,9 @@ class Sam2Realtime(ModelFamily):
         std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
         return ((tensor - mean) / std)[0].to(self.dtype)
 
-    def update(self, prepared: tuple[np.ndarray, list[_Prompt]]) -> list[tuple[list[int], Any, tuple[int, int]]]:
+    def update(
+        self, prepared: tuple[np.ndarray, list[_Prompt]]
+    ) -> list[tuple[list[int], Any, tuple[int, int]]]:
         import torch
         from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
@@ -204,7 +212,9 @@ class Sam2Realtime(ModelFamily):
             height, width = image.shape[:2]
             self.frame_index += 1
             with torch.inference_mode():
-                out = self.model(inference_session=self.session, frame_idx=self.frame_index, frame=self._pixels(image))
+                out = self.model(
+                    inference_session=self.session, frame_idx=self.frame_index, frame=self._pixels(image)
+                )
             results.append(self._frame_result(out, height, width))
             self._forget_old_frames()
         return results

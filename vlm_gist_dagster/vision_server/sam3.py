@@ -125,7 +125,9 @@ class Sam3(ModelFamily):
                 raise RequestError(f"Missing 'prompts' in inference_parameters[{i}]")
             prompts = [p["prompts"]] if isinstance(p["prompts"], str) else p["prompts"]
             if not isinstance(prompts, list) or not all(isinstance(s, str) and s.strip() for s in prompts):
-                raise RequestError(f"Invalid 'prompts' in inference_parameters[{i}]: a list of non-empty strings")
+                raise RequestError(
+                    f"Invalid 'prompts' in inference_parameters[{i}]: a list of non-empty strings"
+                )
             values = []
             for key, default in (("min_confidence", 0.5), ("mask_threshold", 0.5)):
                 value = p.get(key, default)
@@ -134,7 +136,9 @@ class Sam3(ModelFamily):
                 values.append(float(value))
             limit = p.get("max_detections_per_prompt")
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-                raise RequestError(f"Invalid 'max_detections_per_prompt' in inference_parameters[{i}]: null or an integer >= 1")
+                raise RequestError(
+                    f"Invalid 'max_detections_per_prompt' in inference_parameters[{i}]: null or an integer >= 1"
+                )
             min_confidence, mask_threshold = values
             parsed.append((list(dict.fromkeys(prompts)), min_confidence, mask_threshold, limit))
         decoded = [decode_image(value, f"images[{i}]") for i, value in enumerate(images)]
@@ -168,9 +172,15 @@ class Sam3(ModelFamily):
             text_embeds = None
             if prompts:
                 text = self.tokenizer(
-                    prompts, padding="max_length", truncation=True, max_length=TEXT_TOKENS, return_tensors="pt"
+                    prompts,
+                    padding="max_length",
+                    truncation=True,
+                    max_length=TEXT_TOKENS,
+                    return_tensors="pt",
                 ).to(self.device)
-                text_embeds = self.model.get_text_features(input_ids=text.input_ids, attention_mask=text.attention_mask)
+                text_embeds = self.model.get_text_features(
+                    input_ids=text.input_ids, attention_mask=text.attention_mask
+                )
                 text_index = {p: i for i, p in enumerate(prompts)}
             for start in range(0, len(jobs), self.max_batch_size):
                 group = jobs[start : start + self.max_batch_size]
@@ -184,12 +194,16 @@ class Sam3(ModelFamily):
                     rows = torch.tensor([text_index[p] for p in job.prompts], device=self.device)
                     n = len(job.prompts)
                     embeds = Sam3VisionEncoderOutput(
-                        fpn_hidden_states=tuple(x[g : g + 1].expand(n, -1, -1, -1) for x in vision.fpn_hidden_states),
+                        fpn_hidden_states=tuple(
+                            x[g : g + 1].expand(n, -1, -1, -1) for x in vision.fpn_hidden_states
+                        ),
                         fpn_position_encoding=tuple(
                             x[g : g + 1].expand(n, -1, -1, -1) for x in vision.fpn_position_encoding
                         ),
                     )
-                    text_rows = SimpleNamespace(pooler_output=text_embeds.pooler_output[rows])  # what forward reads
+                    text_rows = SimpleNamespace(
+                        pooler_output=text_embeds.pooler_output[rows]
+                    )  # what forward reads
                     out = self.model(
                         vision_embeds=embeds, text_embeds=text_rows, attention_mask=text.attention_mask[rows]
                     )
@@ -197,7 +211,9 @@ class Sam3(ModelFamily):
                     if out.presence_logits is not None:
                         scores = scores * out.presence_logits.float().sigmoid()
                     found, masks = [], []
-                    scale = torch.tensor([width, height, width, height], device=self.device, dtype=torch.float32)
+                    scale = torch.tensor(
+                        [width, height, width, height], device=self.device, dtype=torch.float32
+                    )
                     for r, prompt in enumerate(job.prompts):
                         keep = torch.nonzero(scores[r] > job.min_confidence).flatten()
                         keep = keep[scores[r][keep].argsort(descending=True)][: job.max_detections]
@@ -207,12 +223,20 @@ class Sam3(ModelFamily):
                         boxes[:, 0::2] = boxes[:, 0::2].clamp(max=width)
                         boxes[:, 1::2] = boxes[:, 1::2].clamp(max=height)
                         logits = F.interpolate(
-                            out.pred_masks[r][keep][None].float(), size=(height, width), mode="bilinear",
+                            out.pred_masks[r][keep][None].float(),
+                            size=(height, width),
+                            mode="bilinear",
                             align_corners=False,
                         )[0]
                         masks.append(logits.sigmoid() > job.mask_threshold)
                         for score, box in zip(scores[r][keep].tolist(), boxes.tolist(), strict=True):
-                            found.append({"prompt": prompt, "confidence": float(score), "box_xyxy": [int(v) for v in box]})
+                            found.append(
+                                {
+                                    "prompt": prompt,
+                                    "confidence": float(score),
+                                    "box_xyxy": [int(v) for v in box],
+                                }
+                            )
                     all_masks = torch.cat(masks) if masks else None
                     results.append((found, all_masks, (width, height)))
         return results

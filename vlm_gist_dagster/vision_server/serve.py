@@ -31,13 +31,17 @@ def family_class(family: str) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", required=True, choices=FAMILIES, help="the model family this server serves")
+    parser.add_argument(
+        "--family", required=True, choices=FAMILIES, help="the model family this server serves"
+    )
     parser.add_argument(
         "--flavor",
         help="flavour to load at start (like the real servers' --preload_flavor); without it the first "
         "client's POST /load loads one",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)"
+    )
     parser.add_argument(
         "--port",
         type=int,
@@ -45,8 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + ", ".join(f"{f} {p}" for f, p in DEFAULT_PORTS.items())
         + ")",
     )
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or mps (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (default: bf16 on CUDA, fp32 elsewhere)")
+    parser.add_argument(
+        "--device", default="auto", help="cuda, cuda:N, cpu or mps (default: cuda if available, else cpu)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="weights dtype (default: bf16 on CUDA, fp32 elsewhere)",
+    )
     parser.add_argument(
         "--token",
         help=f"Bearer token clients must send (default: ${TOKEN_ENV}, as the real servers read it; unset = any token)",
@@ -123,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
     if args.weights is not None and args.flavor is None:
-        print("vlm-gist vision-serve: --weights needs --flavor (the flavour those weights are)", file=sys.stderr)
+        print(
+            "vlm-gist vision-serve: --weights needs --flavor (the flavour those weights are)", file=sys.stderr
+        )
         return 2
     try:
         server = build_server(args)

@@ -55,7 +55,9 @@ class DagsterUI:
     server: ServerProcess
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
-        response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30)
+        response = httpx.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30
+        )
         response.raise_for_status()
         body = response.json()
         assert "errors" not in body, body
@@ -74,10 +76,15 @@ class DagsterUI:
 def dagster_dev(bench: Bench, log_path: Path, **env: str) -> Iterator[DagsterUI]:
     """``dg dev -w workspace.yaml`` on ``bench``'s instance until the code location has loaded."""
     port = free_port()
-    command = [Path(sys.executable).with_name("dg"), "dev", "-w", REPO / "workspace.yaml", "--port", str(port)]
-    variables = environment(
-        **bench.environ(), DAGSTER_HOME=str(bench.home), PYTHONUNBUFFERED="1", **env
-    )
+    command = [
+        Path(sys.executable).with_name("dg"),
+        "dev",
+        "-w",
+        REPO / "workspace.yaml",
+        "--port",
+        str(port),
+    ]
+    variables = environment(**bench.environ(), DAGSTER_HOME=str(bench.home), PYTHONUNBUFFERED="1", **env)
     variables.pop("DAGSTER_DISABLE_TELEMETRY", None)
     with ServerProcess(command, env=variables, log_path=log_path, cwd=REPO, stop_timeout=60) as server:
         url = f"http://127.0.0.1:{port}"

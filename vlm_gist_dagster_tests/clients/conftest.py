@@ -31,7 +31,9 @@ def sim_datasets(vlm_gist_dataset):
 @pytest.fixture()
 def sim(sim_datasets):
     # "test/model" is the tests' chat model: the simulator answers only models it lists (others: 404).
-    with run_simulator(sim_datasets, ports=EPHEMERAL, capture_bodies=True, served_models=["test/model"]) as handle:
+    with run_simulator(
+        sim_datasets, ports=EPHEMERAL, capture_bodies=True, served_models=["test/model"]
+    ) as handle:
         yield handle
 
 

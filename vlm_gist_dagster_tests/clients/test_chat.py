@@ -241,7 +241,12 @@ def test_data_lines_that_are_not_json_are_ignored_and_do_not_reset_the_timers():
     chunk = {"choices": [{"delta": {"content": "[]"}, "finish_reason": "stop"}]}
     ok = _stub_attempt(
         _sse_server(
-            [(0, ": OPENROUTER PROCESSING"), (0, "data: not json"), (0, "data: " + json.dumps(chunk)), (0, "data: [DONE]")]
+            [
+                (0, ": OPENROUTER PROCESSING"),
+                (0, "data: not json"),
+                (0, "data: " + json.dumps(chunk)),
+                (0, "data: [DONE]"),
+            ]
         ),
         completion_params(stream=True),
     )

@@ -84,9 +84,10 @@ def test_cache_key_material_and_modes(tmp_path):
     )
     assert simulated.service == "simulator" and simulated.digest != key.digest
     # Two subjects with one payload (e.g. two detections with identical crops) keep their own entries.
-    assert key.digest != CacheKey.for_request(
-        "chat", url, "m", payload, subject=Subject.definition("ab"), attempt=2
-    ).digest
+    assert (
+        key.digest
+        != CacheKey.for_request("chat", url, "m", payload, subject=Subject.definition("ab"), attempt=2).digest
+    )
 
     ResponseCache(tmp_path).put(key, {"kind": "json", "status": 200, "body_text": "{}"})
     assert ResponseCache(tmp_path).get(key)["kind"] == "json"

@@ -61,7 +61,10 @@ def test_load_once_per_run_then_infer_per_call(sim, images):
     assert len(log_of(sim, "mmgroundingdino", "/infer")) == 3
     assert (changed, again) == (True, False)
     for detections in found:
-        assert set(detections.label) <= {"a person", "a chair"} and detections.xyxy.shape == (len(detections), 4)
+        assert set(detections.label) <= {"a person", "a chair"} and detections.xyxy.shape == (
+            len(detections),
+            4,
+        )
     body = json.loads(log_of(sim, "mmgroundingdino", "/infer")[0].body)
     # docs/protocol/pipeline.md §4.2: floats for the numeric fields, prompts as given, one image per request
     assert body["inference_parameters"] == [

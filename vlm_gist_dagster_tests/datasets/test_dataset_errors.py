@@ -63,7 +63,9 @@ def test_non_positive_box_names_the_detection(tmp_path, vlm_gist_dir):
     document = _mini_fiftyone_export(vlm_gist_dir, tmp_path)
     document["samples"][0]["ground_truth"]["detections"][3]["bounding_box"] = [0.1, 0.1, 0.0, 0.2]
     (tmp_path / "samples.json").write_text(json.dumps(document))
-    with pytest.raises(DatasetError, match=r"samples\[0\]\.ground_truth\.detections\[3\]\.bounding_box.*non-positive"):
+    with pytest.raises(
+        DatasetError, match=r"samples\[0\]\.ground_truth\.detections\[3\]\.bounding_box.*non-positive"
+    ):
         load_dataset(tmp_path)
 
 
@@ -84,7 +86,9 @@ def test_box_outside_image_is_an_error_and_overhang_a_warning(tmp_path, vlm_gist
 
 def test_corrupt_mask_names_the_field(tmp_path, vlm_gist_dir):
     document = _mini_fiftyone_export(vlm_gist_dir, tmp_path)
-    document["samples"][1]["ground_truth"]["detections"][2]["mask"] = {"$binary": {"base64": "bm90IHpsaWI=", "subType": "00"}}
+    document["samples"][1]["ground_truth"]["detections"][2]["mask"] = {
+        "$binary": {"base64": "bm90IHpsaWI=", "subType": "00"}
+    }
     (tmp_path / "samples.json").write_text(json.dumps(document))
     with pytest.raises(DatasetError, match=r"detections\[2\]\.mask.*undecodable"):
         load_dataset(tmp_path)
@@ -102,7 +106,9 @@ def test_malformed_labels_json_names_the_field(tmp_path, coco_dir):
     document = _mini_coco(coco_dir, tmp_path)
     document["annotations"][0]["category_id"] = 999
     (tmp_path / "labels.json").write_text(json.dumps(document))
-    with pytest.raises(DatasetError, match=r"labels\.json, field 'annotations\[0\]\.category_id': unknown category_id 999"):
+    with pytest.raises(
+        DatasetError, match=r"labels\.json, field 'annotations\[0\]\.category_id': unknown category_id 999"
+    ):
         load_dataset(tmp_path)
     (tmp_path / "labels.json").write_text("[1, 2")
     with pytest.raises(DatasetError, match=r"labels\.json: not valid JSON"):

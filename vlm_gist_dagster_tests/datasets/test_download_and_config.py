@@ -43,8 +43,16 @@ def test_download_vlm_gist_extracts_only_the_dataset(tmp_path, archive):
         return httpx.Response(200, content=archive)
 
     target = download_vlm_gist(tmp_path / "vlm_gist", transport=httpx.MockTransport(handler))
-    assert len(requests) == 1 and requests[0].startswith("https://codeload.github.com/AIS-Bonn/vlm_gist/tar.gz/")
-    assert sorted(p.name for p in target.iterdir()) == ["LICENSE", "data", "metadata.json", "samples.json", "vlm_gist_download.json"]
+    assert len(requests) == 1 and requests[0].startswith(
+        "https://codeload.github.com/AIS-Bonn/vlm_gist/tar.gz/"
+    )
+    assert sorted(p.name for p in target.iterdir()) == [
+        "LICENSE",
+        "data",
+        "metadata.json",
+        "samples.json",
+        "vlm_gist_download.json",
+    ]
     ds = load_dataset(target)
     assert (ds.num_images, ds.num_instances) == (64, 1178)
     assert not any(p.name.startswith(".vlm_gist_download_") for p in tmp_path.iterdir())
@@ -110,7 +118,9 @@ def test_settings_path_used_and_missing_dataset_is_not_skipped(tmp_path, monkeyp
     monkeypatch.delenv("VLM_GIST_DATASET_DIR_COCO", raising=False)
     settings = _settings(tmp_path, coco={"path": str(coco_dir)})
     assert resolve_dataset_dir("coco", settings_file=settings) == coco_dir
-    settings = _settings(tmp_path, coco={"path": str(tmp_path / "nowhere"), "download": "coco_2017_val_lowest_ids"})
+    settings = _settings(
+        tmp_path, coco={"path": str(tmp_path / "nowhere"), "download": "coco_2017_val_lowest_ids"}
+    )
     with pytest.raises(DatasetDownloadError, match="VLM_GIST_DATASET_DIR_COCO"):
         resolve_dataset_dir("coco", settings_file=settings, download=False)
 

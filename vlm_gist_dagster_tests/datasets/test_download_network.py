@@ -45,7 +45,9 @@ def fake_coco() -> dict:
     for n, image_id in enumerate(ids):
         name = f"{image_id:012d}.jpg"
         url = f"http://images.cocodataset.org/val2017/{name}"
-        images.append({"id": image_id, "file_name": name, "width": 16, "height": 12, "coco_url": url, "license": 1})
+        images.append(
+            {"id": image_id, "file_name": name, "width": 16, "height": 12, "coco_url": url, "license": 1}
+        )
         files[url] = _jpeg(image_id)
         annotations.append(
             {
@@ -75,7 +77,10 @@ def fake_coco() -> dict:
         "licenses": [{"id": 1, "name": "test"}],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": 1, "name": "person", "supercategory": "person"}, {"id": 2, "name": "dog", "supercategory": "animal"}],
+        "categories": [
+            {"id": 1, "name": "person", "supercategory": "person"},
+            {"id": 2, "name": "dog", "supercategory": "animal"},
+        ],
     }
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
@@ -99,9 +104,9 @@ class FakeNetwork:
         if self.offline:
             raise requests.ConnectionError(
                 "HTTPConnectionPool(host='images.cocodataset.org', port=80): Max retries exceeded with url: "
-                "/annotations/annotations_trainval2017.zip (Caused by NameResolutionError(\"<urllib3.connection."
+                '/annotations/annotations_trainval2017.zip (Caused by NameResolutionError("<urllib3.connection.'
                 "HTTPConnection object at 0x7f00>: Failed to resolve 'images.cocodataset.org' ([Errno -3] "
-                "Temporary failure in name resolution)\"))",
+                'Temporary failure in name resolution)"))',
                 request=request,
             )
         body = self.files.get(request.url)
@@ -119,7 +124,9 @@ class FakeNetwork:
 def network(monkeypatch):
     def install(**kwargs) -> FakeNetwork:
         fake = FakeNetwork(**kwargs)
-        monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", lambda self, request, **kw: fake.send(self, request, **kw))
+        monkeypatch.setattr(
+            requests.adapters.HTTPAdapter, "send", lambda self, request, **kw: fake.send(self, request, **kw)
+        )
         return fake
 
     return install
@@ -140,7 +147,9 @@ def _coco_settings(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
     return settings, target
 
 
-def test_coco_download_through_the_fiftyone_zoo_takes_the_500_lowest_ids(tmp_path, monkeypatch, network, fake_coco):
+def test_coco_download_through_the_fiftyone_zoo_takes_the_500_lowest_ids(
+    tmp_path, monkeypatch, network, fake_coco
+):
     fake = network(files=fake_coco["files"])
     settings, target = _coco_settings(tmp_path, monkeypatch)
     root = resolve_dataset_dir("coco", settings_file=settings)
@@ -167,7 +176,9 @@ def test_coco_download_through_the_fiftyone_zoo_takes_the_500_lowest_ids(tmp_pat
     assert resolve_dataset_dir("coco", settings_file=settings) == root and fake.requested == []
 
 
-def test_coco_download_resumes_a_zoo_directory_holding_other_images(tmp_path, monkeypatch, network, fake_coco):
+def test_coco_download_resumes_a_zoo_directory_holding_other_images(
+    tmp_path, monkeypatch, network, fake_coco
+):
     """FiftyOne's max_samples counts images already on disk; a zoo directory left by an interrupted
     download that holds images above the 500 lowest must not change the selection."""
     network(files=fake_coco["files"])
@@ -208,7 +219,9 @@ def vlm_gist_tarball(vlm_gist_dir) -> bytes:
     the dataset under data/datasets/vlm_gist and other files."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(vlm_gist_dir, arcname="vlm_gist-55f898172df5021820d1061ad112ad7989c51ade/data/datasets/vlm_gist")
+        tar.add(
+            vlm_gist_dir, arcname="vlm_gist-55f898172df5021820d1061ad112ad7989c51ade/data/datasets/vlm_gist"
+        )
         readme = b"# vlm_gist"
         info = tarfile.TarInfo("vlm_gist-55f898172df5021820d1061ad112ad7989c51ade/README.md")
         info.size = len(readme)
@@ -222,7 +235,9 @@ def test_vlm_gist_download_over_the_http_transport(tmp_path, monkeypatch, vlm_gi
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         requested.append(str(request.url))
         if request.url.host == "codeload.github.com":
-            return httpx.Response(200, content=vlm_gist_tarball, headers={"content-length": str(len(vlm_gist_tarball))})
+            return httpx.Response(
+                200, content=vlm_gist_tarball, headers={"content-length": str(len(vlm_gist_tarball))}
+            )
         return httpx.Response(404)
 
     monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)

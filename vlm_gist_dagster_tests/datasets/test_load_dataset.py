@@ -22,7 +22,18 @@ def test_vlm_gist_counts(vlm_gist_dataset):
     assert sizes == {(640, 480): 42, (1920, 1080): 21, (3840, 2160): 1}
     assert ds.images.set_index("image_id").loc["00012", ["width", "height"]].tolist() == [3840, 2160]
     # samples.json order is kept (00006 comes after 00009, docs/protocol/evaluation.md gotcha 22)
-    assert ds.images["image_id"].tolist()[:10] == ["00001", "00002", "00003", "00004", "00005", "00007", "00008", "00009", "00006", "00010"]
+    assert ds.images["image_id"].tolist()[:10] == [
+        "00001",
+        "00002",
+        "00003",
+        "00004",
+        "00005",
+        "00007",
+        "00008",
+        "00009",
+        "00006",
+        "00010",
+    ]
     # per-image counts in file order, from the spec (§6 statistics)
     per_image = ds.ground_truth.groupby("image_id", sort=False).size().reindex(ds.images["image_id"]).tolist()
     assert per_image[:12] == [16, 24, 14, 19, 11, 11, 28, 25, 16, 23, 43, 11]
@@ -101,5 +112,7 @@ def test_coco_masks_and_boxes_equal_pycocotools(coco_dir):
         assert np.array_equal(decode_rle(row["mask"]), reference)
         img = images.loc[row["image_id"]]
         x, y, w, h = ann["bbox"]
-        assert (row["x"], row["y"], row["w"], row["h"]) == pytest.approx((x / img.width, y / img.height, w / img.width, h / img.height), abs=1e-12)
+        assert (row["x"], row["y"], row["w"], row["h"]) == pytest.approx(
+            (x / img.width, y / img.height, w / img.width, h / img.height), abs=1e-12
+        )
         assert row["label"] == coco.cats[ann["category_id"]]["name"]

@@ -27,7 +27,6 @@ import pytest
 from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.defs.io_manager import ParquetIOManagerFactory, read_parquet
 from vlm_gist_dagster.defs.partitions import pair_key
-from vlm_gist_dagster.defs.selections import PAIR_ASSET_KEYS
 from vlm_gist_dagster.defs.resources import (
     SIMULATOR_ENV,
     DatasetsResource,
@@ -35,6 +34,7 @@ from vlm_gist_dagster.defs.resources import (
     ServicesResource,
     SettingsResource,
 )
+from vlm_gist_dagster.defs.selections import PAIR_ASSET_KEYS
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import (
     FAULT_TYPES,

@@ -106,16 +106,23 @@ def test_pair_selection_is_the_per_pair_stages():
 
 def test_dg_check_defs_passes():
     dg_bin = Path(sys.executable).with_name("dg")
-    result = subprocess.run([str(dg_bin), "check", "defs"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(dg_bin), "check", "defs"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All definitions loaded successfully" in result.stdout + result.stderr
 
 
 def test_materialise_both_dataset_partitions(tmp_path, vlm_gist_dataset, coco_dataset):
-    resources = {"io_manager": ParquetIOManagerFactory(base_path=str(tmp_path)), "datasets": DatasetsResource()}
+    resources = {
+        "io_manager": ParquetIOManagerFactory(base_path=str(tmp_path)),
+        "datasets": DatasetsResource(),
+    }
     with dg.instance_for_test() as instance:
         for name, expected in (("vlm_gist", vlm_gist_dataset), ("coco", coco_dataset)):
-            result = dg.materialize([dataset_tables], partition_key=name, instance=instance, resources=resources)
+            result = dg.materialize(
+                [dataset_tables], partition_key=name, instance=instance, resources=resources
+            )
             assert result.success
             images = read_parquet(tmp_path / "dataset_images" / f"{name}.parquet")
             gt = read_parquet(tmp_path / "ground_truth" / f"{name}.parquet")

@@ -102,12 +102,25 @@ def test_per_pair_paths_and_dict_loading(tmp_path):
     io_manager = ParquetIOManagerFactory(base_path=str(tmp_path))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(model_partitions.name, ["m1"])
-        result = dg.materialize([pair_table, summary], selection=[pair_table], partition_key="coco|m1", instance=instance, resources={"io_manager": io_manager})
+        result = dg.materialize(
+            [pair_table, summary],
+            selection=[pair_table],
+            partition_key="coco|m1",
+            instance=instance,
+            resources={"io_manager": io_manager},
+        )
         assert result.success
         assert (tmp_path / "pair_table" / "coco" / "m1.parquet").is_file()
-        result = dg.materialize([pair_table, summary], selection=[summary], instance=instance, resources={"io_manager": io_manager})
+        result = dg.materialize(
+            [pair_table, summary],
+            selection=[summary],
+            instance=instance,
+            resources={"io_manager": io_manager},
+        )
         assert result.success
-        assert read_parquet(tmp_path / "summary.parquet").to_dict("records") == [{"dataset": "coco", "model": "m1"}]
+        assert read_parquet(tmp_path / "summary.parquet").to_dict("records") == [
+            {"dataset": "coco", "model": "m1"}
+        ]
 
 
 def test_single_upstream_partition_still_loads_as_dict(tmp_path):
@@ -126,5 +139,9 @@ def test_single_upstream_partition_still_loads_as_dict(tmp_path):
 
     resources = {"io_manager": ParquetIOManagerFactory(base_path=str(tmp_path))}
     with dg.instance_for_test() as instance:
-        assert dg.materialize([part, combined], selection=[part], partition_key="only", instance=instance, resources=resources).success
-        assert dg.materialize([part, combined], selection=[combined], instance=instance, resources=resources).success
+        assert dg.materialize(
+            [part, combined], selection=[part], partition_key="only", instance=instance, resources=resources
+        ).success
+        assert dg.materialize(
+            [part, combined], selection=[combined], instance=instance, resources=resources
+        ).success

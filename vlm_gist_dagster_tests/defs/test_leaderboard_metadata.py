@@ -45,7 +45,9 @@ def run(simulator, tmp_path_factory):  # noqa: F811
 
 def latest(instance, asset: str, partition: str | None = None):
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None
+        ),
         limit=1,
     ).records
     return records[0].asset_materialization.metadata
@@ -58,7 +60,9 @@ def test_one_typed_table_per_leaderboard_table_with_every_model(run):
         value = meta[f"table_{table}"].value
         types = {c.name: c.type for c in value.schema.columns}
         assert types["name"] == "string" and types["rank"] == "int" and types["rank_low"] == "int"
-        assert all(types[c] == "float" for c in ("f1", "rec", "prec", "map", "ins", "time", "f1_low", "f1_high"))
+        assert all(
+            types[c] == "float" for c in ("f1", "rec", "prec", "map", "ins", "time", "f1_low", "f1_high")
+        )
         records = [r.data for r in value.records]
         assert sorted(r["model"] for r in records) == sorted(MODELS), table
         assert [r["rank"] for r in records] == [1, 2]
@@ -80,7 +84,10 @@ def test_paper_text_as_code_block_and_file(run):
         assert meta[f"{table}_text"].value == f"```\n{text}\n```"
         assert meta[f"{table}_text_file"].value == str(bench.leaderboard_dir / f"{table}.txt")
     for plot in ("f1", "precision_recall", "f1_time"):
-        assert meta[f"plot_{plot}"].value.startswith(f"![") and "data:image/png;base64," in meta[f"plot_{plot}"].value
+        assert (
+            meta[f"plot_{plot}"].value.startswith("![")
+            and "data:image/png;base64," in meta[f"plot_{plot}"].value
+        )
 
 
 def test_missing_pairs_say_why(run):

@@ -17,7 +17,9 @@ SETTINGS = Path(__file__).resolve().parents[2] / "settings"
 
 def _model(simulated: bool):
     # simulated models in settings/models, the paper's real ones in settings/paper
-    for path in sorted(SETTINGS.glob("models/*.json")) + sorted(SETTINGS.glob("paper/description_settings_*.json")):
+    for path in sorted(SETTINGS.glob("models/*.json")) + sorted(
+        SETTINGS.glob("paper/description_settings_*.json")
+    ):
         model = load_model_settings(path)
         if model.simulated == simulated:
             return model

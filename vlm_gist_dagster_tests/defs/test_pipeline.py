@@ -190,7 +190,9 @@ def test_every_asset_publishes_its_column_schema(full_run):
         elif partition is not None:
             where = (asset, partition, None)
         assert columns == list(bench.read(*where).columns), asset
-        assert all(c.description for c in schema.schema.columns if asset not in ("dataset_images", "ground_truth"))
+        assert all(
+            c.description for c in schema.schema.columns if asset not in ("dataset_images", "ground_truth")
+        )
 
 
 def test_leaderboard_equals_the_evaluation_run_on_the_stored_parquet(full_run):

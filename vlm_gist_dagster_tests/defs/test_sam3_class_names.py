@@ -37,7 +37,9 @@ def test_coco_prompts_the_80_coco_categories():
 
 def test_a_per_image_dataset_prompts_its_ground_truth_vocabulary(tmp_path):
     (tmp_path / "label_matching").mkdir()
-    (tmp_path / "label_matching" / "mine.json").write_text(json.dumps({"use_per_set_targets": True, "dataset_targets": [], "augmented_targets": []}))
+    (tmp_path / "label_matching" / "mine.json").write_text(
+        json.dumps({"use_per_set_targets": True, "dataset_targets": [], "augmented_targets": []})
+    )
     model = load_model_settings(MODELS / "sim_sam3_classes.json")
     dataset = SimpleNamespace(ground_truth=pd.DataFrame({"label": ["red mug", "apple", "red mug"]}))
     datasets = SimpleNamespace(load=lambda name: dataset)

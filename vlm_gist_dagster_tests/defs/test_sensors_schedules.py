@@ -116,9 +116,7 @@ def test_bad_model_file_name_is_reported_not_fatal(bench: Bench, capfd):
     assert "WARNING" in logged and "Sim Medium.json" in logged and "rename the file" in logged
 
 
-def test_the_paper_s_47_description_settings_files_become_47_partitions(
-    bench: Bench, reference_settings_dir
-):
+def test_the_paper_s_47_description_settings_files_become_47_partitions(bench: Bench, reference_settings_dir):
     files = sorted((reference_settings_dir / "description").glob("*.json"))
     assert len(files) == 47
     for path in files:

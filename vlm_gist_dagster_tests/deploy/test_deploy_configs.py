@@ -130,33 +130,151 @@ def test_the_docker_instance_is_the_base_plus_the_docker_run_launcher(tmp_path):
 # --- docker-compose.yml ----------------------------------------------------------------------------
 # Keys of the Compose specification (compose-spec/compose-spec schema/compose-spec.json): top level,
 # service, and the nested objects this file uses; `x-` extension keys are allowed everywhere.
-COMPOSE_TOP = {"version", "name", "include", "services", "models", "networks", "volumes", "secrets", "configs"}
+COMPOSE_TOP = {
+    "version",
+    "name",
+    "include",
+    "services",
+    "models",
+    "networks",
+    "volumes",
+    "secrets",
+    "configs",
+}
 COMPOSE_SERVICE = {
-    "develop", "deploy", "annotations", "attach", "build", "blkio_config", "cap_add", "cap_drop", "cgroup",
-    "cgroup_parent", "command", "configs", "container_name", "cpu_count", "cpu_percent", "cpu_shares",
-    "cpu_quota", "cpu_period", "cpu_rt_period", "cpu_rt_runtime", "cpus", "cpuset", "credential_spec",
-    "depends_on", "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname",
-    "entrypoint", "env_file", "label_file", "environment", "expose", "extends", "external_links",
-    "extra_hosts", "gpus", "group_add", "healthcheck", "hostname", "image", "init", "ipc", "isolation",
-    "labels", "links", "logging", "mac_address", "mem_limit", "mem_reservation", "mem_swappiness",
-    "memswap_limit", "network_mode", "models", "networks", "oom_kill_disable", "oom_score_adj", "pid",
-    "pids_limit", "platform", "ports", "post_start", "pre_stop", "privileged", "profiles", "provider",
-    "pull_policy", "pull_refresh_after", "read_only", "restart", "runtime", "scale", "security_opt",
-    "shm_size", "secrets", "sysctls", "stdin_open", "stop_grace_period", "stop_signal", "storage_opt",
-    "tmpfs", "tty", "ulimits", "use_api_socket", "user", "uts", "userns_mode", "volumes", "volumes_from",
+    "develop",
+    "deploy",
+    "annotations",
+    "attach",
+    "build",
+    "blkio_config",
+    "cap_add",
+    "cap_drop",
+    "cgroup",
+    "cgroup_parent",
+    "command",
+    "configs",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_shares",
+    "cpu_quota",
+    "cpu_period",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "depends_on",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "entrypoint",
+    "env_file",
+    "label_file",
+    "environment",
+    "expose",
+    "extends",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "healthcheck",
+    "hostname",
+    "image",
+    "init",
+    "ipc",
+    "isolation",
+    "labels",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "network_mode",
+    "models",
+    "networks",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "ports",
+    "post_start",
+    "pre_stop",
+    "privileged",
+    "profiles",
+    "provider",
+    "pull_policy",
+    "pull_refresh_after",
+    "read_only",
+    "restart",
+    "runtime",
+    "scale",
+    "security_opt",
+    "shm_size",
+    "secrets",
+    "sysctls",
+    "stdin_open",
+    "stop_grace_period",
+    "stop_signal",
+    "storage_opt",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "use_api_socket",
+    "user",
+    "uts",
+    "userns_mode",
+    "volumes",
+    "volumes_from",
     "working_dir",
 }
 COMPOSE_BUILD = {
-    "context", "dockerfile", "dockerfile_inline", "entitlements", "args", "ssh", "labels", "cache_from",
-    "cache_to", "no_cache", "additional_contexts", "network", "pull", "target", "shm_size", "extra_hosts",
-    "isolation", "privileged", "secrets", "tags", "ulimits", "platforms",
+    "context",
+    "dockerfile",
+    "dockerfile_inline",
+    "entitlements",
+    "args",
+    "ssh",
+    "labels",
+    "cache_from",
+    "cache_to",
+    "no_cache",
+    "additional_contexts",
+    "network",
+    "pull",
+    "target",
+    "shm_size",
+    "extra_hosts",
+    "isolation",
+    "privileged",
+    "secrets",
+    "tags",
+    "ulimits",
+    "platforms",
 }
 COMPOSE_HEALTHCHECK = {"disable", "interval", "retries", "test", "timeout", "start_period", "start_interval"}
 COMPOSE_DEPENDS_ON = {"restart", "required", "condition"}
 COMPOSE_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 COMPOSE_ENV_FILE = {"path", "required", "format"}
 COMPOSE_VOLUME = {"name", "driver", "driver_opts", "external", "labels"}
-COMPOSE_NETWORK = {"name", "driver", "driver_opts", "ipam", "external", "internal", "enable_ipv6", "attachable", "labels"}
+COMPOSE_NETWORK = {
+    "name",
+    "driver",
+    "driver_opts",
+    "ipam",
+    "external",
+    "internal",
+    "enable_ipv6",
+    "attachable",
+    "labels",
+}
 COMPOSE_RESTART = {"no", "always", "on-failure", "unless-stopped"}
 
 
@@ -202,7 +320,10 @@ def test_compose_fits_the_docker_run_launcher_and_the_workspace():
     assert mount.split(":")[0] == compose["volumes"]["vlm_gist_data"]["name"]
     assert mount.split(":")[1] == services["code_location"]["environment"].get("VLM_GIST_DATA_DIR", "/data")
     # ... and start from the code location's image, which the daemon can reach the Docker engine for.
-    assert services["code_location"]["environment"]["DAGSTER_CURRENT_IMAGE"] == services["code_location"]["image"]
+    assert (
+        services["code_location"]["environment"]["DAGSTER_CURRENT_IMAGE"]
+        == services["code_location"]["image"]
+    )
     assert "/var/run/docker.sock:/var/run/docker.sock" in services["daemon"]["volumes"]
     # Every variable the launcher copies must be set in the daemon's environment (else the launch fails:
     # "Tried to load environment variable ..., but it was not set").
@@ -230,52 +351,167 @@ def test_compose_fits_the_docker_run_launcher_and_the_workspace():
 # Keys of the official chart's values.schema.json (dagster-io/dagster helm/dagster, Dagster 1.13), for
 # the objects these values set. Objects typed as plain dicts by the chart (env, resources, ...) are free.
 HELM_TOP = {
-    "dagsterWebserver", "dagster-user-deployments", "postgresql", "generatePostgresqlPasswordSecret",
-    "generateCeleryConfigSecret", "rabbitmq", "redis", "flower", "ingress", "imagePullSecrets",
-    "computeLogManager", "scheduler", "runLauncher", "pythonLogs", "dagsterDaemon", "busybox", "migrate",
-    "telemetry", "serviceAccount", "global", "retention", "additionalInstanceConfig",
+    "dagsterWebserver",
+    "dagster-user-deployments",
+    "postgresql",
+    "generatePostgresqlPasswordSecret",
+    "generateCeleryConfigSecret",
+    "rabbitmq",
+    "redis",
+    "flower",
+    "ingress",
+    "imagePullSecrets",
+    "computeLogManager",
+    "scheduler",
+    "runLauncher",
+    "pythonLogs",
+    "dagsterDaemon",
+    "busybox",
+    "migrate",
+    "telemetry",
+    "serviceAccount",
+    "global",
+    "retention",
+    "additionalInstanceConfig",
 }
 HELM_WEBSERVER = {
-    "replicaCount", "image", "nameOverride", "pathPrefix", "service", "workspace", "env", "envConfigMaps",
-    "envSecrets", "deploymentLabels", "labels", "nodeSelector", "affinity", "tolerations",
-    "podSecurityContext", "securityContext", "resources", "readinessProbe", "livenessProbe", "startupProbe",
-    "annotations", "enableReadOnly", "dbStatementTimeout", "dbPoolRecycle", "logLevel", "schedulerName",
-    "volumeMounts", "volumes", "initContainerResources",
+    "replicaCount",
+    "image",
+    "nameOverride",
+    "pathPrefix",
+    "service",
+    "workspace",
+    "env",
+    "envConfigMaps",
+    "envSecrets",
+    "deploymentLabels",
+    "labels",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "podSecurityContext",
+    "securityContext",
+    "resources",
+    "readinessProbe",
+    "livenessProbe",
+    "startupProbe",
+    "annotations",
+    "enableReadOnly",
+    "dbStatementTimeout",
+    "dbPoolRecycle",
+    "logLevel",
+    "schedulerName",
+    "volumeMounts",
+    "volumes",
+    "initContainerResources",
 }
 HELM_USER_DEPLOYMENTS = {"enabled", "enableSubchart", "imagePullSecrets", "deployments"}
 HELM_USER_DEPLOYMENT = {
-    "name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns",
-    "deploymentNamespace", "port", "env", "envConfigMaps", "envSecrets", "annotations", "nodeSelector",
-    "affinity", "tolerations", "podSecurityContext", "securityContext", "resources", "livenessProbe",
-    "readinessProbe", "startupProbe", "labels", "volumeMounts", "volumes", "schedulerName", "initContainers",
+    "name",
+    "image",
+    "dagsterApiGrpcArgs",
+    "codeServerArgs",
+    "includeConfigInLaunchedRuns",
+    "deploymentNamespace",
+    "port",
+    "env",
+    "envConfigMaps",
+    "envSecrets",
+    "annotations",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "podSecurityContext",
+    "securityContext",
+    "resources",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "labels",
+    "volumeMounts",
+    "volumes",
+    "schedulerName",
+    "initContainers",
     "sidecarContainers",
 }
 HELM_IMAGE = {"repository", "tag", "pullPolicy"}
 HELM_PULL_POLICIES = {"Always", "IfNotPresent", "Never"}
 HELM_POSTGRESQL = {
-    "image", "enabled", "postgresqlHost", "postgresqlUsername", "postgresqlPassword", "postgresqlDatabase",
-    "postgresqlParams", "postgresqlScheme", "service",
+    "image",
+    "enabled",
+    "postgresqlHost",
+    "postgresqlUsername",
+    "postgresqlPassword",
+    "postgresqlDatabase",
+    "postgresqlParams",
+    "postgresqlScheme",
+    "service",
 }
 HELM_RUN_LAUNCHER_TYPES = {"CeleryK8sRunLauncher", "K8sRunLauncher", "CustomRunLauncher"}
 HELM_K8S_RUN_LAUNCHER = {
-    "image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile", "envConfigMaps",
-    "envSecrets", "envVars", "volumeMounts", "volumes", "labels", "failPodOnRunFailure", "resources",
-    "schedulerName", "securityContext", "runK8sConfig",
+    "image",
+    "imagePullPolicy",
+    "jobNamespace",
+    "loadInclusterConfig",
+    "kubeconfigFile",
+    "envConfigMaps",
+    "envSecrets",
+    "envVars",
+    "volumeMounts",
+    "volumes",
+    "labels",
+    "failPodOnRunFailure",
+    "resources",
+    "schedulerName",
+    "securityContext",
+    "runK8sConfig",
 }
 HELM_K8S_RUN_LAUNCHER_REQUIRED = {
-    "imagePullPolicy", "loadInclusterConfig", "envConfigMaps", "envSecrets", "envVars", "volumeMounts", "volumes",
+    "imagePullPolicy",
+    "loadInclusterConfig",
+    "envConfigMaps",
+    "envSecrets",
+    "envVars",
+    "volumeMounts",
+    "volumes",
 }
 HELM_DAEMON = {
-    "enabled", "image", "runCoordinator", "heartbeatTolerance", "env", "envConfigMaps", "envSecrets",
-    "deploymentLabels", "labels", "nodeSelector", "affinity", "tolerations", "podSecurityContext",
-    "securityContext", "resources", "livenessProbe", "readinessProbe", "startupProbe", "annotations",
-    "runMonitoring", "runRetries", "sensors", "schedules", "schedulerName", "volumeMounts", "volumes",
+    "enabled",
+    "image",
+    "runCoordinator",
+    "heartbeatTolerance",
+    "env",
+    "envConfigMaps",
+    "envSecrets",
+    "deploymentLabels",
+    "labels",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "podSecurityContext",
+    "securityContext",
+    "resources",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "annotations",
+    "runMonitoring",
+    "runRetries",
+    "sensors",
+    "schedules",
+    "schedulerName",
+    "volumeMounts",
+    "volumes",
     "initContainerResources",
 }
 HELM_RUN_COORDINATOR = {"enabled", "type", "config"}
 HELM_QUEUED_RUN_COORDINATOR = {
-    "maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds", "dequeueNumWorkers",
-    "dequeueUseThreads", "blockOpConcurrencyLimitedRuns",
+    "maxConcurrentRuns",
+    "tagConcurrencyLimits",
+    "dequeueIntervalSeconds",
+    "dequeueNumWorkers",
+    "dequeueUseThreads",
+    "blockOpConcurrencyLimitedRuns",
 }
 HELM_THREADS = {"useThreads", "numWorkers", "numSubmitWorkers"}
 HELM_GLOBAL = {"postgresqlSecretName", "dagsterHome", "serviceAccountName", "celeryConfigSecretName"}
@@ -295,8 +531,14 @@ def test_helm_values_name_only_keys_of_the_charts_schema():
     for deployment in user["deployments"]:
         assert not unknown(deployment, HELM_USER_DEPLOYMENT)
         assert {"name", "image", "port"} <= set(deployment)
-        assert not unknown(deployment["image"], HELM_IMAGE) and deployment["image"]["pullPolicy"] in HELM_PULL_POLICIES
-        assert deployment["codeServerArgs"][deployment["codeServerArgs"].index("-m") + 1] == "vlm_gist_dagster.definitions"
+        assert (
+            not unknown(deployment["image"], HELM_IMAGE)
+            and deployment["image"]["pullPolicy"] in HELM_PULL_POLICIES
+        )
+        assert (
+            deployment["codeServerArgs"][deployment["codeServerArgs"].index("-m") + 1]
+            == "vlm_gist_dagster.definitions"
+        )
     assert not unknown(values["postgresql"], HELM_POSTGRESQL)
     launcher = values["runLauncher"]
     assert launcher["type"] == "K8sRunLauncher" and launcher["type"] in HELM_RUN_LAUNCHER_TYPES
@@ -360,7 +602,10 @@ def test_vision_servers_are_gpu_deployments_behind_the_urls_the_code_location_us
         family, port = command[command.index("--family") + 1], int(command[command.index("--port") + 1])
         assert family in families
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-        assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert (
+            deployment["spec"]["selector"]["matchLabels"].items()
+            <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        )
         url = urlsplit(env[f"VLM_GIST_VISION_URL_{family.upper()}"])
         assert (url.hostname, url.port) == (name, port)
         assert services[name]["spec"]["ports"][0]["port"] == port

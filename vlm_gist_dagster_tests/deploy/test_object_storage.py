@@ -25,7 +25,15 @@ BUCKET = "vlm-gist-test"
 PREFIX = "bench/assets"
 MODELS = ("s3a", "s3b")
 NO_FAULTS = {name: 0.0 for name in FAULT_TYPES}
-PAIR_ASSETS = ("descriptions", "detections", "detection_images", "masks", "validations", "label_matches", "metrics")
+PAIR_ASSETS = (
+    "descriptions",
+    "detections",
+    "detection_images",
+    "masks",
+    "validations",
+    "label_matches",
+    "metrics",
+)
 
 
 @pytest.fixture()
@@ -48,8 +56,13 @@ def test_a_pair_run_and_the_leaderboard_keep_their_parquet_in_s3(tmp_path, coco_
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     client.create_bucket(Bucket=BUCKET)
     models = tmp_path / "models"
     models.mkdir()
@@ -64,13 +77,18 @@ def test_a_pair_run_and_the_leaderboard_keep_their_parquet_in_s3(tmp_path, coco_
         "VLM_GIST_DATASET_DIR_COCO": str(coco),
         "VLM_GIST_CONCURRENCY": "8",
     }
-    handle = start_simulator({"coco": coco}, ports={n: 0 for n in SERVER_NAMES}, seed=0,
-                             model_controls=controls_from_model_files(files))
+    handle = start_simulator(
+        {"coco": coco},
+        ports={n: 0 for n in SERVER_NAMES},
+        seed=0,
+        model_controls=controls_from_model_files(files),
+    )
     try:
         for model in MODELS:
             handle.set_controls("chat", model=f"test/{model}", faults=NO_FAULTS)
-        handle.set_controls("chat", model=None, latency_mean_s=0.0, latency_jitter_s=0.0, chunk_chars=4096,
-                            faults=NO_FAULTS)
+        handle.set_controls(
+            "chat", model=None, latency_mean_s=0.0, latency_jitter_s=0.0, chunk_chars=4096, faults=NO_FAULTS
+        )
         with patched_environ({**env, **simulator_environment(handle)}), dg.instance_for_test() as instance:
             # The default resources, as a deployment builds them: the IO manager's base path comes from
             # VLM_GIST_ASSETS_DIR.
@@ -91,11 +109,17 @@ def test_a_pair_run_and_the_leaderboard_keep_their_parquet_in_s3(tmp_path, coco_
             for model in MODELS:
                 run("benchmark_pair_job", f"coco|{model}")
             run("leaderboard_job")
-            metadata = instance.get_latest_materialization_event(dg.AssetKey("metrics")).asset_materialization.metadata
+            metadata = instance.get_latest_materialization_event(
+                dg.AssetKey("metrics")
+            ).asset_materialization.metadata
     finally:
         handle.stop()
 
-    keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])}
+    keys = {
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    }
     for model in MODELS:
         for asset in PAIR_ASSETS:
             assert f"{PREFIX}/{asset}/coco/{model}.parquet" in keys, (asset, model, sorted(keys))

@@ -36,7 +36,9 @@ def pg_bin_dir() -> Path:
         Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
     )
     if not versions:
-        raise PostgresUnavailable(f"PostgreSQL server binaries not found under /usr/lib/postgresql; {INSTALL_HINT}")
+        raise PostgresUnavailable(
+            f"PostgreSQL server binaries not found under /usr/lib/postgresql; {INSTALL_HINT}"
+        )
     return versions[-1].parent
 
 
@@ -83,7 +85,9 @@ class PostgresCluster:
             self._cmd(str(self.bin_dir / tool), *args), capture_output=True, text=True, timeout=timeout
         )
         if result.returncode != 0:
-            raise RuntimeError(f"{tool} {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{tool} {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}"
+            )
         return result
 
     def create_database(self, name: str) -> str:
@@ -94,7 +98,16 @@ class PostgresCluster:
     def database_size(self, name: str) -> int:
         """Bytes on disk of database ``name`` (``pg_database_size``)."""
         out = self.run(
-            "psql", "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", name, "-tAc",
+            "psql",
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-U",
+            self.user,
+            "-d",
+            name,
+            "-tAc",
             f"select pg_database_size('{name}')",
         )
         return int(out.stdout.strip())
@@ -102,7 +115,9 @@ class PostgresCluster:
     def stop(self) -> None:
         try:
             subprocess.run(
-                self._cmd(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"),
+                self._cmd(
+                    str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"
+                ),
                 capture_output=True,
                 timeout=60,
             )
@@ -121,16 +136,33 @@ def start_cluster(*, max_connections: int = 200) -> PostgresCluster:
     cluster = PostgresCluster(root=root, bin_dir=bin_dir, port=_free_port(), run_as=run_as)
     try:
         cluster.run(
-            "initdb", "-D", str(cluster.data_dir), "-U", cluster.user, "--auth=trust", "--encoding=UTF8",
-            "--no-sync", timeout=180,
+            "initdb",
+            "-D",
+            str(cluster.data_dir),
+            "-U",
+            cluster.user,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+            timeout=180,
         )
         options = (
             f"-c listen_addresses={cluster.host} -c port={cluster.port} -k {root} -c fsync=off "
             f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={max_connections}"
         )
         cluster.run(
-            "pg_ctl", "-D", str(cluster.data_dir), "-o", options, "-l", str(root / "server.log"), "-w",
-            "-t", "60", "start", timeout=90,
+            "pg_ctl",
+            "-D",
+            str(cluster.data_dir),
+            "-o",
+            options,
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            timeout=90,
         )
     except BaseException:
         log = root / "server.log"

@@ -29,7 +29,15 @@ DAEMON = Path(sys.executable).with_name("dagster-daemon")
 #: 2-core CI machine from spending its time importing Dagster.
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 #: Every per-pair asset (stages A-E), as the backfill selects them.
-PAIR_ASSETS = ("descriptions", "detections", "detection_images", "masks", "validations", "label_matches", "metrics")
+PAIR_ASSETS = (
+    "descriptions",
+    "detections",
+    "detection_images",
+    "masks",
+    "validations",
+    "label_matches",
+    "metrics",
+)
 
 
 def write_fast_model(models_dir: Path, key: str) -> Path:
@@ -96,7 +104,9 @@ class Service:
         return self.root / "data" / "assets"
 
     @classmethod
-    def create(cls, root: Path, pg_env: dict[str, str], extra_env: dict[str, str], config: dict | None = None) -> Service:
+    def create(
+        cls, root: Path, pg_env: dict[str, str], extra_env: dict[str, str], config: dict | None = None
+    ) -> Service:
         service = cls(root=root, env={})
         service.home.mkdir(parents=True)
         service.models_dir.mkdir()
@@ -169,7 +179,10 @@ class Service:
 
 
 def submit_asset_backfill(
-    instance: dg.DagsterInstance, defs: dg.Definitions, models: Sequence[str], datasets: Sequence[str] = DATASETS
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    models: Sequence[str],
+    datasets: Sequence[str] = DATASETS,
 ) -> str:
     """An asset backfill of every pair asset for ``models`` x ``datasets`` (one run per pair), as the UI's
     "Materialize" on a partition selection submits it; the daemon's backfill loop launches its runs
@@ -201,15 +214,21 @@ def wait_for(predicate, timeout: float, what: str, service: Service, poll: float
         if value:
             return value
         if service.daemon is not None and service.daemon.poll() is not None:
-            raise AssertionError(f"the daemon exited ({service.daemon.returncode}):\n{service.daemon_output()}")
+            raise AssertionError(
+                f"the daemon exited ({service.daemon.returncode}):\n{service.daemon_output()}"
+            )
         time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; daemon log:\n{service.daemon_output()}")
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what}; daemon log:\n{service.daemon_output()}"
+    )
 
 
 def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
     """The largest number of intervals open at one instant (an end at t closes before a start at t)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
-                    key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+        key=lambda e: (e[0], e[1]),
+    )
     open_now = peak = 0
     for _, delta in events:
         open_now += delta
@@ -217,7 +236,9 @@ def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
     return peak
 
 
-def step_intervals(instance: dg.DagsterInstance, run_ids: Sequence[str], step_key: str) -> list[tuple[float, float, str]]:
+def step_intervals(
+    instance: dg.DagsterInstance, run_ids: Sequence[str], step_key: str
+) -> list[tuple[float, float, str]]:
     """(start, end, run id) of ``step_key`` in each run, from the event log (STEP_START to
     STEP_SUCCESS / STEP_FAILURE)."""
     out = []

@@ -54,14 +54,24 @@ BACKFILL_TAG = "dagster/backfill"
 def test_dagster_instance_info_accepts_the_deploy_config(tmp_path, pg_env):
     service = Service.create(tmp_path, pg_env, {})
     env = {**os.environ, **service.env}
-    info = subprocess.run([str(DAGSTER), "instance", "info"], env=env, capture_output=True, text=True, timeout=120)
+    info = subprocess.run(
+        [str(DAGSTER), "instance", "info"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert info.returncode == 0, info.stderr[-3000:]
-    for expected in ("PostgresRunStorage", "PostgresEventLogStorage", "PostgresScheduleStorage", "max_concurrent_runs: 4"):
+    for expected in (
+        "PostgresRunStorage",
+        "PostgresEventLogStorage",
+        "PostgresScheduleStorage",
+        "max_concurrent_runs: 4",
+    ):
         assert expected in info.stdout, info.stdout
     assert "current: " in info.stdout.split("Storage schema state:")[1]  # it created and reads the schema
     # The README's one-off setup: the VLM APIs' pool above the default limit of 1.
     done = subprocess.run(
-        [str(DAGSTER), "instance", "concurrency", "set", "vlm_api", "8"], env=env, capture_output=True, text=True,
+        [str(DAGSTER), "instance", "concurrency", "set", "vlm_api", "8"],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -95,9 +105,13 @@ def service(tmp_path, pg_env, vlm_gist_dir, coco_dir) -> Iterator[tuple[Service,
         for model in MODELS:
             handle.set_controls("chat", model=f"test/{model}", faults=NO_FAULTS)
         # The label-matching LLM: one SSE chunk per answer, no latency, no faults.
-        handle.set_controls("chat", model=None, latency_mean_s=0.0, latency_jitter_s=0.0, chunk_chars=4096, faults=NO_FAULTS)
+        handle.set_controls(
+            "chat", model=None, latency_mean_s=0.0, latency_jitter_s=0.0, chunk_chars=4096, faults=NO_FAULTS
+        )
         service.env.update(simulator_environment(handle))
-        service.env.update({"VLM_GIST_DATASET_DIR_VLM_GIST": str(vlm_gist), "VLM_GIST_DATASET_DIR_COCO": str(coco)})
+        service.env.update(
+            {"VLM_GIST_DATASET_DIR_VLM_GIST": str(vlm_gist), "VLM_GIST_DATASET_DIR_COCO": str(coco)}
+        )
         yield service, handle
     finally:
         service.stop_daemon()
@@ -110,7 +124,9 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
     config = deploy_config()
     max_runs = config["concurrency"]["runs"]["max_concurrent_runs"]
     backfill_limit = next(
-        limit["limit"] for limit in config["concurrency"]["runs"]["tag_concurrency_limits"] if limit["key"] == BACKFILL_TAG
+        limit["limit"]
+        for limit in config["concurrency"]["runs"]["tag_concurrency_limits"]
+        if limit["key"] == BACKFILL_TAG
     )
     assert config["concurrency"]["pools"]["default_limit"] == 1  # the SAM2 server's pool
 
@@ -154,7 +170,9 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
             )
 
         wait_for(backfill_done, 420, "the backfill to finish", service)
-        assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS, service.daemon_output()
+        assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS, (
+            service.daemon_output()
+        )
 
         last_metrics = max(
             r.timestamp for r in instance.fetch_materializations(dg.AssetKey("metrics"), limit=1000).records
@@ -175,7 +193,9 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
             assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
         # ... and no model request sent twice (every answer came from the server once, then the cache).
         bodies = Counter(
-            (r.model, r.body) for r in simulator.request_log.filter(server="chat") if (r.model or "").startswith("test/")
+            (r.model, r.body)
+            for r in simulator.request_log.filter(server="chat")
+            if (r.model or "").startswith("test/")
         )
         assert bodies and max(bodies.values()) == 1, [k[0] for k, n in bodies.items() if n > 1]
 
@@ -183,7 +203,11 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
         runs = [r for r in instance.get_run_records() if r.start_time and r.end_time]
         pair_runs = [r for r in runs if r.dagster_run.tags.get(BACKFILL_TAG) == backfill_id]
         assert len(pair_runs) == len(pairs)
-        launched = [r for r in runs if r.dagster_run.tags.get(BACKFILL_TAG) or r.dagster_run.tags.get("dagster/sensor_name")]
+        launched = [
+            r
+            for r in runs
+            if r.dagster_run.tags.get(BACKFILL_TAG) or r.dagster_run.tags.get("dagster/sensor_name")
+        ]
         assert max_overlap([(r.start_time, r.end_time) for r in launched]) <= max_runs
         peak = max_overlap([(r.start_time, r.end_time) for r in pair_runs])
         assert 2 <= peak <= backfill_limit, peak  # the queue ran pairs in parallel, within the tag limit
@@ -200,9 +224,13 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
 
         # The leaderboard was launched by the automation sensor and lists every model on both datasets.
         leaderboard_run = instance.get_run_by_id(leaderboard_event.run_id)
-        assert leaderboard_run.tags.get("dagster/sensor_name") == "benchmark_automation_sensor", leaderboard_run.tags
+        assert leaderboard_run.tags.get("dagster/sensor_name") == "benchmark_automation_sensor", (
+            leaderboard_run.tags
+        )
         table = pd.read_parquet(service.assets_dir / "leaderboard.parquet")
-        print(f"in flight at the kill: {in_flight_at_kill}; peak pair runs: {peak}; leaderboard columns: {list(table.columns)}")
+        print(
+            f"in flight at the kill: {in_flight_at_kill}; peak pair runs: {peak}; leaderboard columns: {list(table.columns)}"
+        )
         assert {f"{m} (simulated)" for m in MODELS} <= set(table.astype(str).stack()), table.head()
     finally:
         instance.dispose()

@@ -39,11 +39,17 @@ URI = "data:image/jpeg;base64,AAAA"
 
 
 def _messages(role: str = "system") -> list[dict]:
-    return [system_message(f"  {SYS}\n", role), user_image_message(URI, "high"), user_text_message(f"\n{PROMPT} ")]
+    return [
+        system_message(f"  {SYS}\n", role),
+        user_image_message(URI, "high"),
+        user_text_message(f"\n{PROMPT} "),
+    ]
 
 
 def _block(settings_dir: Path, stem: str) -> CompletionParams:
-    return load_description_settings(settings_dir / "description" / f"description_settings_{stem}.json").vlm_structured_description
+    return load_description_settings(
+        settings_dir / "description" / f"description_settings_{stem}.json"
+    ).vlm_structured_description
 
 
 # ------------------------------------------------------------------------------------------- messages
@@ -52,25 +58,36 @@ def _block(settings_dir: Path, stem: str) -> CompletionParams:
 def test_messages_are_stripped_and_consecutive_user_messages_merged() -> None:
     assert merge_user_messages(_messages()) == [
         {"role": "system", "content": SYS},
-        {"role": "user", "content": [
-            {"type": "image_url", "image_url": {"detail": "high", "url": URI}},
-            {"type": "text", "text": PROMPT},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"detail": "high", "url": URI}},
+                {"type": "text", "text": PROMPT},
+            ],
+        },
     ]
 
 
 def test_system_role_user_becomes_the_first_text_part() -> None:
     assert merge_user_messages(_messages("user")) == [
-        {"role": "user", "content": [
-            {"type": "text", "text": SYS},
-            {"type": "image_url", "image_url": {"detail": "high", "url": URI}},
-            {"type": "text", "text": PROMPT},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": SYS},
+                {"type": "image_url", "image_url": {"detail": "high", "url": URI}},
+                {"type": "text", "text": PROMPT},
+            ],
+        },
     ]
 
 
 def test_assistant_breaks_the_merge() -> None:
-    messages = [user_text_message("a"), assistant_message(" b "), user_text_message("c"), user_text_message("d")]
+    messages = [
+        user_text_message("a"),
+        assistant_message(" b "),
+        user_text_message("c"),
+        user_text_message("d"),
+    ]
     assert merge_user_messages(messages) == [
         {"role": "user", "content": [{"type": "text", "text": "a"}]},
         {"role": "assistant", "content": "b"},
@@ -82,10 +99,13 @@ def test_assistant_breaks_the_merge() -> None:
 
 MERGED_SYSTEM = [
     {"role": "system", "content": SYS},
-    {"role": "user", "content": [
-        {"type": "image_url", "image_url": {"detail": "high", "url": URI}},
-        {"type": "text", "text": PROMPT},
-    ]},
+    {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"detail": "high", "url": URI}},
+            {"type": "text", "text": PROMPT},
+        ],
+    },
 ]
 
 
@@ -143,15 +163,20 @@ def test_mistral_payload_medium_3_1(reference_settings_dir: Path) -> None:
 
 
 def test_vllm_payload_internvl_38b_reason(reference_settings_dir: Path) -> None:
-    payload = build_payload(_block(reference_settings_dir, "internvl_3_5_38b_reason"), _messages("user"), "text")
+    payload = build_payload(
+        _block(reference_settings_dir, "internvl_3_5_38b_reason"), _messages("user"), "text"
+    )
     assert payload == {
         "model": "ais/internvl3-5-38b",
         "messages": [
-            {"role": "user", "content": [
-                {"type": "text", "text": SYS},
-                {"type": "image_url", "image_url": {"url": URI}},  # detail removed for vLLM
-                {"type": "text", "text": PROMPT},
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": SYS},
+                    {"type": "image_url", "image_url": {"url": URI}},  # detail removed for vLLM
+                    {"type": "text", "text": PROMPT},
+                ],
+            },
         ],
         "temperature": 0.6,
         "top_p": 0.8,
@@ -167,7 +192,9 @@ def test_vllm_payload_internvl_38b_reason(reference_settings_dir: Path) -> None:
 
 
 def test_effort_none_sends_no_reasoning_field(reference_settings_dir: Path) -> None:
-    internvl_off = build_payload(_block(reference_settings_dir, "internvl_3_5_2b_none"), _messages("user"), "text")
+    internvl_off = build_payload(
+        _block(reference_settings_dir, "internvl_3_5_2b_none"), _messages("user"), "text"
+    )
     assert internvl_off["chat_template_kwargs"] == {"enable_thinking": False}
     ovis = build_payload(_block(reference_settings_dir, "ovis_2_5_9b_none"), _messages("user"), "json")
     assert ovis["stream_options"] == {"include_usage": True}  # vLLM streams with usage
@@ -216,10 +243,20 @@ def test_named_endpoints() -> None:
 
 
 def test_endpoint_dict_form() -> None:
-    spec = {"name": "Sim", "api_flavor": "openrouter", "completions_url": "http://127.0.0.1:8100/v1/chat/completions",
-            "models_url": "http://127.0.0.1:8100/v1/models", "key_type": "environment", "key_value": "SIM_KEY"}
+    spec = {
+        "name": "Sim",
+        "api_flavor": "openrouter",
+        "completions_url": "http://127.0.0.1:8100/v1/chat/completions",
+        "models_url": "http://127.0.0.1:8100/v1/models",
+        "key_type": "environment",
+        "key_value": "SIM_KEY",
+    }
     endpoint = endpoint_from_dict(spec)
-    assert (endpoint.api_flavor, endpoint.key_env_var, endpoint.models_url) == ("openrouter", "SIM_KEY", spec["models_url"])
+    assert (endpoint.api_flavor, endpoint.key_env_var, endpoint.models_url) == (
+        "openrouter",
+        "SIM_KEY",
+        spec["models_url"],
+    )
     with pytest.raises(EndpointError, match="environment variable"):
         endpoint_from_dict({**spec, "key_type": "plain", "key_value": "sk-123"})
     with pytest.raises(EndpointError, match="api_flavor"):
@@ -235,18 +272,31 @@ def test_endpoint_dict_form() -> None:
 def _body(content: str | None = "[]", finish: str | None = "stop", **message: object) -> dict:
     return {
         "model": "m",
-        "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content, **message}}],
-        "usage": {"prompt_tokens": 1200, "completion_tokens": 340,
-                  "prompt_tokens_details": {"cached_tokens": 1024},
-                  "completion_tokens_details": {"reasoning_tokens": 300}},
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": finish,
+                "message": {"role": "assistant", "content": content, **message},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 1200,
+            "completion_tokens": 340,
+            "prompt_tokens_details": {"cached_tokens": 1024},
+            "completion_tokens_details": {"reasoning_tokens": 300},
+        },
     }
 
 
 def test_interpret_response() -> None:
     completion = interpret_response(_body('{"objects": []}', reasoning="thinking…"))
     assert completion == Completion(
-        text='{"objects": []}', reasoning="thinking…", finish_reason="stop",
-        usage=TokenUsage(prompt_tokens=1200, cached_prompt_tokens=1024, completion_tokens=340, reasoning_tokens=300),
+        text='{"objects": []}',
+        reasoning="thinking…",
+        finish_reason="stop",
+        usage=TokenUsage(
+            prompt_tokens=1200, cached_prompt_tokens=1024, completion_tokens=340, reasoning_tokens=300
+        ),
         model="m",
     )
     assert interpret_response(_body("x", reasoning_content="r")).reasoning == "r"
@@ -305,10 +355,15 @@ def _sse(*chunks: dict | str) -> list[str]:
 def test_stream_accumulates_text_reasoning_and_usage() -> None:
     lines = _sse(
         ": OPENROUTER PROCESSING",
-        {"model": "g", "choices": [{"delta": {"role": "assistant", "reasoning": "Let me look. "}, "finish_reason": None}]},
+        {
+            "model": "g",
+            "choices": [
+                {"delta": {"role": "assistant", "reasoning": "Let me look. "}, "finish_reason": None}
+            ],
+        },
         {"choices": [{"delta": {"reasoning": "A cup."}, "finish_reason": None}]},
-        {"choices": [{"delta": {"content": "```json\n[{\"object_name\""}, "finish_reason": None}]},
-        {"choices": [{"delta": {"content": ": \"cup\"}]\n```"}, "finish_reason": "stop"}]},
+        {"choices": [{"delta": {"content": '```json\n[{"object_name"'}, "finish_reason": None}]},
+        {"choices": [{"delta": {"content": ': "cup"}]\n```'}, "finish_reason": "stop"}]},
         {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 20}},
         "",
         "data: [DONE]",
@@ -324,7 +379,9 @@ def test_stream_accumulates_text_reasoning_and_usage() -> None:
 
 def test_stream_fails_at_once_on_length() -> None:
     stream = StreamAccumulator()
-    stream.feed_line("data: " + json.dumps({"choices": [{"delta": {"content": "[{"}, "finish_reason": None}]}))
+    stream.feed_line(
+        "data: " + json.dumps({"choices": [{"delta": {"content": "[{"}, "finish_reason": None}]})
+    )
     with pytest.raises(BadFinishReason) as info:
         stream.feed_line("data: " + json.dumps({"choices": [{"delta": {}, "finish_reason": "length"}]}))
     assert info.value.reason == "finish_reason:length" and info.value.completion.text == "[{"
@@ -338,7 +395,9 @@ def test_stream_top_level_finish_reason_is_checked() -> None:
 
 def test_stream_without_done_fails() -> None:
     stream = StreamAccumulator()
-    stream.feed_line("data: " + json.dumps({"choices": [{"delta": {"content": "[]"}, "finish_reason": "stop"}]}))
+    stream.feed_line(
+        "data: " + json.dumps({"choices": [{"delta": {"content": "[]"}, "finish_reason": "stop"}]})
+    )
     with pytest.raises(StreamIncomplete) as info:
         stream.result()
     assert info.value.reason == "stream_incomplete" and info.value.completion.text == "[]"
@@ -358,7 +417,7 @@ def _reference_extract_json(text: str):
     first, first that json.loads accepts."""
     opens = [i for i, c in enumerate(text) if c in "{["]
     closes = [j for j, c in enumerate(text) if c in "}]"]
-    options = [text[i:j + 1] for i in opens for j in closes if j >= i]
+    options = [text[i : j + 1] for i in opens for j in closes if j >= i]
     options.sort(key=len, reverse=True)
     for option in options:
         try:
@@ -373,7 +432,9 @@ def test_extract_json_hand_cases() -> None:
     # the longest valid substring wins over an earlier, shorter one
     assert extract_json('{"x": 1} and then [1, 2, 3, 4, 5]') == [1, 2, 3, 4, 5]
     # a truncated outer list: the longest valid inner object wins
-    assert extract_json('[{"object_name": "cup"}, {"object_name": "table lamp"}, {"obj') == {"object_name": "table lamp"}
+    assert extract_json('[{"object_name": "cup"}, {"object_name": "table lamp"}, {"obj') == {
+        "object_name": "table lamp"
+    }
     # equal lengths: the earlier start wins
     assert extract_json("[1] [2]") == [1]
     assert extract_json("no json here") is None
@@ -382,7 +443,7 @@ def test_extract_json_hand_cases() -> None:
 
 def test_extract_json_matches_the_reference_on_random_texts() -> None:
     rng = random.Random(1234)
-    alphabet = ['{', '}', '[', ']', '"a"', ':', ',', '1', ' ', 'x', '"']
+    alphabet = ["{", "}", "[", "]", '"a"', ":", ",", "1", " ", "x", '"']
     for _ in range(400):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 25)))
         assert extract_json(text) == _reference_extract_json(text), text
@@ -393,9 +454,14 @@ def test_extract_json_on_a_large_truncated_completion() -> None:
     # is the longest single object. Objects 100..298 have 3-digit numbers (twice each), so they are the
     # longest and equally long; the earliest start wins: object 100. (The reference would try ~45 000
     # candidate substrings of up to 20 kB here.)
-    objects = [{"object_name": f"thing {i}", "description": f"a thing number {i} on the table"} for i in range(300)]
+    objects = [
+        {"object_name": f"thing {i}", "description": f"a thing number {i} on the table"} for i in range(300)
+    ]
     text = json.dumps(objects)[:-30]
-    assert extract_json(text) == {"object_name": "thing 100", "description": "a thing number 100 on the table"}
+    assert extract_json(text) == {
+        "object_name": "thing 100",
+        "description": "a thing number 100 on the table",
+    }
 
 
 # ----------------------------------------------------------------------------------- post-processing
@@ -404,7 +470,7 @@ def test_extract_json_on_a_large_truncated_completion() -> None:
 def test_json_mode_postprocess() -> None:
     params = CompletionParams()
     assert postprocess(Completion('{"objects": [1]}'), "json", params).value == {"objects": [1]}
-    assert postprocess(Completion('prose ```json\n[1]\n``` prose'), "json", params).value == [1]
+    assert postprocess(Completion("prose ```json\n[1]\n``` prose"), "json", params).value == [1]
     with pytest.raises(InvalidJson) as info:
         postprocess(Completion("I cannot see any objects."), "json", params)
     assert info.value.reason == "invalid_json" and info.value.completion.text == "I cannot see any objects."

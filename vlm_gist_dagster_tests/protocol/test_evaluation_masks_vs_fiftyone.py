@@ -104,7 +104,9 @@ def fiftyone_mask_reference(images: pd.DataFrame, gt: pd.DataFrame, pred: pd.Dat
         full = decode_rle(r.mask)
         H, W = full.shape
         x1, y1, x2, y2 = _float_to_pixel([r.x, r.y, r.w, r.h], W, H)
-        return fo.Detection(label=r.label, bounding_box=[r.x, r.y, r.w, r.h], mask=full[y1:y2, x1:x2], **kwargs)
+        return fo.Detection(
+            label=r.label, bounding_box=[r.x, r.y, r.w, r.h], mask=full[y1:y2, x1:x2], **kwargs
+        )
 
     dataset = fo.Dataset()
     gt_row_of_id, pred_row_of_id, samples = {}, {}, []
@@ -140,7 +142,10 @@ def fiftyone_mask_reference(images: pd.DataFrame, gt: pd.DataFrame, pred: pd.Dat
     pred_status, gt_status = {}, {}
     for s in dataset.select_fields(["ground_truth", "pred"]):
         for d in s["pred"].detections:
-            pred_status[pred_row_of_id[d.id]] = (d["eval"], gt_row_of_id[d["eval_id"]] if d["eval_id"] else -1)
+            pred_status[pred_row_of_id[d.id]] = (
+                d["eval"],
+                gt_row_of_id[d["eval_id"]] if d["eval_id"] else -1,
+            )
         for d in s["ground_truth"].detections:
             gt_status[gt_row_of_id[d.id]] = (d["eval"], pred_row_of_id[d["eval_id"]] if d["eval_id"] else -1)
     ref["pred_status"], ref["gt_status"] = pred_status, gt_status

@@ -160,7 +160,7 @@ def test_data_uri_is_always_jpeg_labelled() -> None:
     png = _png_bytes(np.zeros((1, 1, 3), np.uint8))
     uri = data_uri(png)
     assert uri.startswith("data:image/jpeg;base64,")
-    assert base64.b64decode(uri[len(DATA_URI_PREFIX):]) == png
+    assert base64.b64decode(uri[len(DATA_URI_PREFIX) :]) == png
 
 
 def test_to_image_url_rules() -> None:

@@ -204,7 +204,10 @@ def test_weighted_keeps_only_models_present_everywhere_with_exact_names():
     coco = [row("OVIS 2.5 9B "), row("A"), row("Only COCO"), row("B")]
     custom = [row("B"), row("OVIS 2.5 9B"), row("A"), row("Only custom")]
     names = [r["name"] for r in weighted([coco, custom], [1, 1])]
-    assert names == ["A", "B"]  # first dataset's order; the trailing-space key drops OVIS (docs/protocol/evaluation.md gotcha 17)
+    assert names == [
+        "A",
+        "B",
+    ]  # first dataset's order; the trailing-space key drops OVIS (docs/protocol/evaluation.md gotcha 17)
 
 
 def test_weighted_propagates_nan():

@@ -81,7 +81,9 @@ def test_baseline_files_load_as_model_settings(reference_settings_dir: Path) -> 
 
 def test_kind_is_detected_from_content_not_file_name(reference_settings_dir: Path, tmp_path: Path) -> None:
     misnamed = tmp_path / "description_settings_actually_detection.json"
-    misnamed.write_text((reference_settings_dir / "detection" / "detection_settings_mmgd_large.json").read_text())
+    misnamed.write_text(
+        (reference_settings_dir / "detection" / "detection_settings_mmgd_large.json").read_text()
+    )
     assert isinstance(load_settings(misnamed), DetectionSettings)
     with pytest.raises(SettingsError, match="expected description settings"):
         load_description_settings(misnamed)
@@ -92,11 +94,17 @@ def test_kind_is_detected_from_content_not_file_name(reference_settings_dir: Pat
 
 
 def test_gpt_5_nano_block_values(reference_settings_dir: Path) -> None:
-    s = load_description_settings(reference_settings_dir / "description" / "description_settings_gpt_5_nano_none.json")
+    s = load_description_settings(
+        reference_settings_dir / "description" / "description_settings_gpt_5_nano_none.json"
+    )
     block = s.vlm_structured_description
     # the file holds "100000", "15.0"/"15.0"/"100.0", "False", "none" (docs/protocol/pipeline.md §1.9)
     assert block.model_max_tokens == 100000
-    assert (block.timeout_chunk_first, block.timeout_chunk_next, block.timeout_completion) == (15.0, 15.0, 100.0)
+    assert (block.timeout_chunk_first, block.timeout_chunk_next, block.timeout_completion) == (
+        15.0,
+        15.0,
+        100.0,
+    )
     assert block.stream_completion is False
     assert block.model_reasoning_effort == "none" and not block.reasoning_requested
     assert block.endpoint.api_flavor == "openai"
@@ -104,7 +112,9 @@ def test_gpt_5_nano_block_values(reference_settings_dir: Path) -> None:
 
 
 def test_mistral_temperature(reference_settings_dir: Path) -> None:
-    s = load_description_settings(reference_settings_dir / "description" / "description_settings_mistral_medium_3_1.json")
+    s = load_description_settings(
+        reference_settings_dir / "description" / "description_settings_mistral_medium_3_1.json"
+    )
     assert s.vlm_structured_description.model_temperature == 0.15
     assert s.vlm_structured_description.api_flavor == "mistral"
     assert s.vlm_structured_description.stream_completion is True
@@ -117,7 +127,10 @@ def test_internvl_pseudo_json_and_user_system_role(reference_settings_dir: Path)
     assert s.use_json_mode is False
     assert s.vlm_structured_description.completion_parsers == ("json_decoder.py",)
     assert s.system_prompt_structured_description_role == "user"
-    assert (s.vlm_structured_description.model_temperature, s.vlm_structured_description.model_top_p) == (0.6, 0.8)
+    assert (s.vlm_structured_description.model_temperature, s.vlm_structured_description.model_top_p) == (
+        0.6,
+        0.8,
+    )
     assert s.vlm_structured_description.endpoint.key_env_var == "AIS_API_KEY"
 
 
@@ -131,9 +144,15 @@ def test_gemini_flash_high_inherits_retry_and_role(reference_settings_dir: Path)
 
 
 def test_benchmark_normalisation_differs_from_module_default(reference_settings_dir: Path) -> None:
-    s = load_description_settings(reference_settings_dir / "description" / "description_settings_gpt_5_high.json")
+    s = load_description_settings(
+        reference_settings_dir / "description" / "description_settings_gpt_5_high.json"
+    )
     norm = s.dict_value_normalization
-    assert (norm.remove_underscores, norm.remove_punctuation, norm.remove_common_specials) == (True, True, True)
+    assert (norm.remove_underscores, norm.remove_punctuation, norm.remove_common_specials) == (
+        True,
+        True,
+        True,
+    )
     assert (norm.remove_whitespaces, norm.lowercase) == (False, True)
     default = DescriptionSettings().dict_value_normalization
     assert (default.remove_punctuation, default.lowercase) == (False, False)
@@ -142,8 +161,16 @@ def test_benchmark_normalisation_differs_from_module_default(reference_settings_
 def test_module_defaults() -> None:
     s = DescriptionSettings()
     block = s.vlm_structured_description
-    assert (block.api_endpoint, block.model_name, block.model_max_tokens) == ("OpenRouter", "google/gemini-2.5-flash", 5000)
-    assert (block.timeout_chunk_first, block.timeout_chunk_next, block.timeout_completion) == (10.0, 5.0, 30.0)
+    assert (block.api_endpoint, block.model_name, block.model_max_tokens) == (
+        "OpenRouter",
+        "google/gemini-2.5-flash",
+        5000,
+    )
+    assert (block.timeout_chunk_first, block.timeout_chunk_next, block.timeout_completion) == (
+        10.0,
+        5.0,
+        30.0,
+    )
     assert s.png_max_pixels == 1920 * 1080 == 2073600
     assert s.retry == 3 and s.use_json_mode
     # the module dict prompt lacks the space after "person." (docs/protocol/pipeline.md §1.1)
@@ -153,12 +180,16 @@ def test_module_defaults() -> None:
 
 
 def test_benchmark_dict_prompt_has_the_space(reference_settings_dir: Path) -> None:
-    s = load_description_settings(reference_settings_dir / "description" / "description_settings_gpt_5_high.json")
+    s = load_description_settings(
+        reference_settings_dir / "description" / "description_settings_gpt_5_high.json"
+    )
     assert "must be person. The description" in s.dict_prompt
 
 
 def test_label_matching_defaults_equal_the_coco_file(reference_settings_dir: Path) -> None:
-    coco = load_label_matching_settings(reference_settings_dir / "label_matching" / "label_matching_settings_coco.json")
+    coco = load_label_matching_settings(
+        reference_settings_dir / "label_matching" / "label_matching_settings_coco.json"
+    )
     raw = _raw(reference_settings_dir, "label_matching", "label_matching_settings_coco")
     assert list(coco.dataset_targets) == raw["dataset_targets"] == list(COCO_TARGETS)
     assert list(coco.augmented_targets) == raw["augmented_targets"] == list(AUGMENTED_TARGETS)
@@ -181,7 +212,9 @@ def test_label_matching_per_image(reference_settings_dir: Path) -> None:
 
 
 def test_detection_module_default_vs_benchmark(reference_settings_dir: Path) -> None:
-    bench = load_detection_settings(reference_settings_dir / "detection" / "detection_settings_mmgd_large.json")
+    bench = load_detection_settings(
+        reference_settings_dir / "detection" / "detection_settings_mmgd_large.json"
+    )
     assert bench.over_detect == 1.0 and DetectionSettings().over_detect == 0.0
     assert bench.png_max_pixels == 2073600
     node = bench.as_run_by_fiftyone_node()
@@ -189,7 +222,9 @@ def test_detection_module_default_vs_benchmark(reference_settings_dir: Path) -> 
 
 
 def test_validation_files(reference_settings_dir: Path) -> None:
-    gemini = load_settings(reference_settings_dir / "validation" / "validation_settings_gemini_2_5_flash.json")
+    gemini = load_settings(
+        reference_settings_dir / "validation" / "validation_settings_gemini_2_5_flash.json"
+    )
     assert gemini.vlm.model_max_tokens == 50 and gemini.vlm.normalize_text_completion is True
     assert (gemini.vlm.timeout_chunk_first, gemini.vlm.timeout_chunk_next) == (20.0, 20.0)
     gpt = load_settings(reference_settings_dir / "validation" / "validation_settings_gpt_5_mini_none.json")
@@ -212,9 +247,18 @@ def test_partial_block_keeps_context_defaults() -> None:
 
 def test_typed_values_are_accepted_too() -> None:
     block = CompletionParams.model_validate(
-        {"stream_completion": False, "model_max_tokens": 7, "completion_parsers": ["json_decoder.py"], "timeout_completion": "None"}
+        {
+            "stream_completion": False,
+            "model_max_tokens": 7,
+            "completion_parsers": ["json_decoder.py"],
+            "timeout_completion": "None",
+        }
     )
-    assert (block.stream_completion, block.model_max_tokens, block.completion_parsers) == (False, 7, ("json_decoder.py",))
+    assert (block.stream_completion, block.model_max_tokens, block.completion_parsers) == (
+        False,
+        7,
+        ("json_decoder.py",),
+    )
     assert block.timeout_completion is None
 
 
@@ -238,7 +282,10 @@ def test_misspelled_block_key_names_file_and_key(gpt_5_high: dict, tmp_path: Pat
     data = copy.deepcopy(gpt_5_high)
     data["vlm_structured_description"]["model_tempreature"] = "1.0"
     error = _error(data, tmp_path)
-    assert str(error) == "description_settings_x.json: unknown key 'vlm_structured_description.model_tempreature'"
+    assert (
+        str(error)
+        == "description_settings_x.json: unknown key 'vlm_structured_description.model_tempreature'"
+    )
     assert error.key == "vlm_structured_description.model_tempreature"
     assert error.file == tmp_path / "description_settings_x.json"
 
@@ -272,8 +319,11 @@ def test_wrong_types_name_the_key(gpt_5_high: dict, tmp_path: Path) -> None:
 def test_plain_api_keys_are_refused(gpt_5_high: dict, tmp_path: Path) -> None:
     data = copy.deepcopy(gpt_5_high)
     data["vlm_structured_description"]["api_endpoint"] = {
-        "name": "Mine", "api_flavor": "vllm", "completions_url": "http://localhost:1/v1/chat/completions",
-        "key_type": "plain", "key_value": "sk-secret",
+        "name": "Mine",
+        "api_flavor": "vllm",
+        "completions_url": "http://localhost:1/v1/chat/completions",
+        "key_type": "plain",
+        "key_value": "sk-secret",
     }
     error = _error(data, tmp_path)
     assert error.key == "vlm_structured_description.api_endpoint"
@@ -318,7 +368,12 @@ def test_model_header(gpt_5_high: dict, tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     model = load_settings(path)
     assert isinstance(model, ModelSettings)
-    assert (model.name, model.display_name, model.simulated, model.kind) == ("gpt_5_high", "GPT-5 (high)", True, "vlm")
+    assert (model.name, model.display_name, model.simulated, model.kind) == (
+        "gpt_5_high",
+        "GPT-5 (high)",
+        True,
+        "vlm",
+    )
     assert model.description.vlm_structured_description.model_name == "gpt-5-2025-08-07"
 
 
@@ -333,7 +388,14 @@ def test_model_header_errors(gpt_5_high: dict) -> None:
 
 def test_dict_items_rules(gpt_5_high: dict) -> None:
     items = gpt_5_high["dict_items"]
-    extra = {"key": "size", "type": "str", "valid": None, "invalid": None, "requires": "material", "required": False}
+    extra = {
+        "key": "size",
+        "type": "str",
+        "valid": None,
+        "invalid": None,
+        "requires": "material",
+        "required": False,
+    }
     with pytest.raises(SettingsError, match="requires 'material', which is not another dict item"):
         parse_settings({**gpt_5_high, "dict_items": items + [extra]})
     with pytest.raises(SettingsError, match="must hold strings"):
@@ -353,4 +415,6 @@ def test_baseline_prompt_and_threshold_errors_name_the_key() -> None:
         parse_settings({"dict_prompt": "x", "levenshtein_threshold": -1}, "description")
     # an int threshold stays an int (edit distance), a float stays a float (fraction of the length)
     assert parse_settings({"dict_prompt": "x", "levenshtein_threshold": 2}).levenshtein_threshold == 2
-    assert isinstance(parse_settings({"dict_prompt": "x", "levenshtein_threshold": 0.3}).levenshtein_threshold, float)
+    assert isinstance(
+        parse_settings({"dict_prompt": "x", "levenshtein_threshold": 0.3}).levenshtein_threshold, float
+    )

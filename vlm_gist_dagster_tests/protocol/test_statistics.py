@@ -191,7 +191,9 @@ def test_known_answer_exact_enumeration():
     assert tests.significant[0]  # one pair: Holm changes nothing
     # Five differing images: p = 2 / 32 = 0.0625, not significant at 5 %.
     five = one_object_per_image(10, a_finds=[0, 1, 2, 3, 4], b_finds=[])
-    assert paired_permutation_test([five], permutations=5000, rng=np.random.default_rng(0)).p_value[0] == 0.0625
+    assert (
+        paired_permutation_test([five], permutations=5000, rng=np.random.default_rng(0)).p_value[0] == 0.0625
+    )
 
 
 def test_known_answer_monte_carlo():
@@ -214,7 +216,9 @@ def test_several_datasets_swap_independently():
     first = one_object_per_image(8, a_finds=[0, 1, 2, 3, 4, 5], b_finds=[])
     second = one_object_per_image(5, a_finds=[0, 1], b_finds=[0, 1])
     for weights in ([0.5, 0.5], [0.9, 0.1]):
-        tests = paired_permutation_test([first, second], weights, permutations=10_000, rng=np.random.default_rng(0))
+        tests = paired_permutation_test(
+            [first, second], weights, permutations=10_000, rng=np.random.default_rng(0)
+        )
         assert tests.exact and tests.permutations == 2**13
         assert tests.p_value[0] == 2 / 2**6
         assert tests.difference[0] == pytest.approx(weights[0] * (12 / 14 - 0.0), abs=1e-15)
@@ -248,7 +252,9 @@ def test_matches_scipy_permutation_test():
 
 
 def test_holm_and_the_tables_of_many_models():
-    assert holm_adjust(np.array([0.01, 0.04, 0.03, 0.005])).tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust(np.array([0.01, 0.04, 0.03, 0.005])).tolist() == pytest.approx(
+        [0.03, 0.06, 0.06, 0.02]
+    )
     # Four models on 200 images: A clearly best, B and C equal, D clearly worst.
     rng = np.random.default_rng(0)
     n = 200

@@ -37,7 +37,9 @@ def _raw(settings_dir: Path, stem: str) -> dict:
 @pytest.fixture(scope="module")
 def bench(reference_settings_dir: Path) -> DescriptionSettings:
     """A benchmark file in JSON mode (OpenAI gpt-5 high)."""
-    return load_description_settings(reference_settings_dir / "description" / "description_settings_gpt_5_high.json")
+    return load_description_settings(
+        reference_settings_dir / "description" / "description_settings_gpt_5_high.json"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,9 @@ def test_dict_wrapping_a_single_object(bench: DescriptionSettings) -> None:
 
 
 def test_list_with_malformed_items(bench: DescriptionSettings) -> None:
-    text = json.dumps(["cup", {"object_name": "cup"}, {"object_name": "mug", "description": "a white mug"}, 5, None])
+    text = json.dumps(
+        ["cup", {"object_name": "cup"}, {"object_name": "mug", "description": "a white mug"}, 5, None]
+    )
     result = parse_with_report(text, bench)
     assert result.objects == [{"object_name": "mug", "description": "a white mug"}]
     # "cup" (str), 5 (int), None: not dicts; {"object_name": "cup"}: missing the required description
@@ -110,11 +114,13 @@ def test_list_with_malformed_items(bench: DescriptionSettings) -> None:
 
 
 def test_key_variants_match_by_normalised_levenshtein(bench: DescriptionSettings) -> None:
-    text = json.dumps([
-        {"Object Name": "Lamp", "DESCRIPTION": "A tall lamp"},
-        {"objectName": "Sofa", "description:": "A grey sofa", "colour": "grey"},
-        {"object-name": "Rug", "Description": "A striped rug"},
-    ])
+    text = json.dumps(
+        [
+            {"Object Name": "Lamp", "DESCRIPTION": "A tall lamp"},
+            {"objectName": "Sofa", "description:": "A grey sofa", "colour": "grey"},
+            {"object-name": "Rug", "Description": "A striped rug"},
+        ]
+    )
     result = parse_with_report(text, bench)
     assert result.objects == [
         {"object_name": "lamp", "description": "a tall lamp"},
@@ -125,16 +131,19 @@ def test_key_variants_match_by_normalised_levenshtein(bench: DescriptionSettings
 
 
 def test_value_normalisation_punctuation_case_unicode(bench: DescriptionSettings) -> None:
-    text = json.dumps([
-        # unidecode "Café" → "Cafe"; lowercase
-        {"object_name": "Café Table", "description": "A small café table."},
-        # apostrophe deleted, "-" → space: "T-shirt's" → "T shirts"
-        {"object_name": "T-shirt's collar", "description": "A  blue\tcollar!"},
-        # parentheses and "#" → spaces, whitespace collapsed and stripped
-        {"object_name": "Person (standing)", "description": "A man, wearing a hat #2"},
-        # underscores removed
-        {"object_name": "coffee_mug", "description": "a_mug"},
-    ], ensure_ascii=False)
+    text = json.dumps(
+        [
+            # unidecode "Café" → "Cafe"; lowercase
+            {"object_name": "Café Table", "description": "A small café table."},
+            # apostrophe deleted, "-" → space: "T-shirt's" → "T shirts"
+            {"object_name": "T-shirt's collar", "description": "A  blue\tcollar!"},
+            # parentheses and "#" → spaces, whitespace collapsed and stripped
+            {"object_name": "Person (standing)", "description": "A man, wearing a hat #2"},
+            # underscores removed
+            {"object_name": "coffee_mug", "description": "a_mug"},
+        ],
+        ensure_ascii=False,
+    )
     assert parse(text, bench) == [
         {"object_name": "cafe table", "description": "a small cafe table"},
         {"object_name": "t shirts collar", "description": "a blue collar"},
@@ -146,16 +155,20 @@ def test_value_normalisation_punctuation_case_unicode(bench: DescriptionSettings
 def test_module_default_normalisation_keeps_case_and_punctuation() -> None:
     # module defaults: specials and underscores removed, punctuation (.,:!?) and case kept
     text = json.dumps([{"object_name": "Coffee_Mug", "description": "A mug (white), 0.5 l!"}])
-    assert parse(text, DescriptionSettings()) == [{"object_name": "Coffee Mug", "description": "A mug white , 0.5 l!"}]
+    assert parse(text, DescriptionSettings()) == [
+        {"object_name": "Coffee Mug", "description": "A mug white , 0.5 l!"}
+    ]
 
 
 def test_duplicates_renamed_after_normalisation(bench: DescriptionSettings) -> None:
-    text = json.dumps([
-        {"object_name": "chair", "description": "a chair"},
-        {"object_name": "Table", "description": "a table"},
-        {"object_name": "Chair.", "description": "a chair"},
-        {"object_name": "chair", "description": "another chair"},
-    ])
+    text = json.dumps(
+        [
+            {"object_name": "chair", "description": "a chair"},
+            {"object_name": "Table", "description": "a table"},
+            {"object_name": "Chair.", "description": "a chair"},
+            {"object_name": "chair", "description": "another chair"},
+        ]
+    )
     assert parse(text, bench) == [
         {"object_name": "chair 1", "description": "a chair"},
         {"object_name": "table", "description": "a table"},
@@ -166,14 +179,16 @@ def test_duplicates_renamed_after_normalisation(bench: DescriptionSettings) -> N
 
 
 def test_invalid_values(bench: DescriptionSettings) -> None:
-    text = json.dumps([
-        {"object_name": "N/A", "description": "a thing"},       # key("N/A") = "na" = key("n/a")
-        {"object_name": "cup", "description": "none"},
-        {"object_name": "Not applicable", "description": "x"},
-        {"object_name": "bowl", "description": "?!"},           # key("?!") = "" = key("")
-        {"object_name": None, "description": "a ghost"},        # str(None) = "None" → invalid
-        {"object_name": 7, "description": "a seven"},           # cast to "7"
-    ])
+    text = json.dumps(
+        [
+            {"object_name": "N/A", "description": "a thing"},  # key("N/A") = "na" = key("n/a")
+            {"object_name": "cup", "description": "none"},
+            {"object_name": "Not applicable", "description": "x"},
+            {"object_name": "bowl", "description": "?!"},  # key("?!") = "" = key("")
+            {"object_name": None, "description": "a ghost"},  # str(None) = "None" → invalid
+            {"object_name": 7, "description": "a seven"},  # cast to "7"
+        ]
+    )
     result = parse_with_report(text, bench)
     assert result.objects == [{"object_name": "7", "description": "a seven"}]
     assert any("cast to str" in line for line in result.report)
@@ -182,7 +197,9 @@ def test_invalid_values(bench: DescriptionSettings) -> None:
 def test_invalid_after_normalisation_only(bench_raw: dict) -> None:
     # without Levenshtein normalisation "None." is 2 edits from "none"; normalised it is "none"
     settings = DescriptionSettings.model_validate({**bench_raw, "levenshtein_normalization": False})
-    text = json.dumps([{"object_name": "cup", "description": "None."}, {"object_name": "jar", "description": "A jar"}])
+    text = json.dumps(
+        [{"object_name": "cup", "description": "None."}, {"object_name": "jar", "description": "A jar"}]
+    )
     result = parse_with_report(text, settings)
     assert result.objects == [{"object_name": "jar", "description": "a jar"}]
     assert any("invalid after normalisation" in line for line in result.report)
@@ -212,7 +229,9 @@ def test_json_only_in_reasoning_fails(bench: DescriptionSettings) -> None:
         evaluate_completion(completion, bench)
     assert info.value.reason == "invalid_json"
     # with the JSON in the text, the same reasoning is simply ignored
-    ok = evaluate_completion(Completion(text='[{"object_name": "cup", "description": "a cup"}]', reasoning="hmm"), bench)
+    ok = evaluate_completion(
+        Completion(text='[{"object_name": "cup", "description": "a cup"}]', reasoning="hmm"), bench
+    )
     assert ok.objects == [{"object_name": "cup", "description": "a cup"}]
 
 
@@ -247,16 +266,42 @@ def _obj(**extra: object) -> dict:
 
 
 def test_bool_int_float_need_exact_json_types(bench_raw: dict) -> None:
-    settings = _typed(bench_raw, [
-        {"key": "movable", "type": "bool", "valid": None, "invalid": None, "requires": None, "required": False},
-        {"key": "count", "type": "int", "valid": None, "invalid": None, "requires": None, "required": False},
-        {"key": "weight", "type": "float", "valid": None, "invalid": None, "requires": None, "required": False},
-    ])
-    text = json.dumps([
-        _obj(movable=True, count=2, weight=0.5),
-        _obj(movable="true", count=2.0, weight=1),       # no casting: all three dropped
-        _obj(movable=False, count=True, weight=1.0),     # a bool is an int in Python's isinstance (paper)
-    ])
+    settings = _typed(
+        bench_raw,
+        [
+            {
+                "key": "movable",
+                "type": "bool",
+                "valid": None,
+                "invalid": None,
+                "requires": None,
+                "required": False,
+            },
+            {
+                "key": "count",
+                "type": "int",
+                "valid": None,
+                "invalid": None,
+                "requires": None,
+                "required": False,
+            },
+            {
+                "key": "weight",
+                "type": "float",
+                "valid": None,
+                "invalid": None,
+                "requires": None,
+                "required": False,
+            },
+        ],
+    )
+    text = json.dumps(
+        [
+            _obj(movable=True, count=2, weight=0.5),
+            _obj(movable="true", count=2.0, weight=1),  # no casting: all three dropped
+            _obj(movable=False, count=True, weight=1.0),  # a bool is an int in Python's isinstance (paper)
+        ]
+    )
     assert parse(text, settings) == [
         {"object_name": "cup 1", "description": "a cup", "movable": True, "count": 2, "weight": 0.5},
         {"object_name": "cup 2", "description": "a cup"},
@@ -265,20 +310,47 @@ def test_bool_int_float_need_exact_json_types(bench_raw: dict) -> None:
 
 
 def test_valid_and_invalid_lists_for_non_str_items(bench_raw: dict) -> None:
-    settings = _typed(bench_raw, [
-        {"key": "count", "type": "int", "valid": [1, 2, 3], "invalid": [2], "requires": None, "required": False},
-    ])
+    settings = _typed(
+        bench_raw,
+        [
+            {
+                "key": "count",
+                "type": "int",
+                "valid": [1, 2, 3],
+                "invalid": [2],
+                "requires": None,
+                "required": False,
+            },
+        ],
+    )
     text = json.dumps([_obj(count=1), _obj(count=2), _obj(count=4)])
     assert [o.get("count") for o in parse(text, settings)] == [1, None, None]
 
 
 def test_valid_list_for_str_items(bench_raw: dict) -> None:
-    settings = _typed(bench_raw, [
-        # valid only: the stored value is the normalised input
-        {"key": "kind", "type": "str", "valid": ["Furniture", "Animal"], "invalid": None, "requires": None, "required": False},
-        # valid and invalid: the paper stores the matched valid entry itself
-        {"key": "room", "type": "str", "valid": ["Living Room", "Kitchen"], "invalid": ["n/a"], "requires": None, "required": False},
-    ])
+    settings = _typed(
+        bench_raw,
+        [
+            # valid only: the stored value is the normalised input
+            {
+                "key": "kind",
+                "type": "str",
+                "valid": ["Furniture", "Animal"],
+                "invalid": None,
+                "requires": None,
+                "required": False,
+            },
+            # valid and invalid: the paper stores the matched valid entry itself
+            {
+                "key": "room",
+                "type": "str",
+                "valid": ["Living Room", "Kitchen"],
+                "invalid": ["n/a"],
+                "requires": None,
+                "required": False,
+            },
+        ],
+    )
     text = json.dumps([_obj(kind="FURNITURE!", room="living-room"), _obj(kind="Plant", room="garage")])
     result = parse(text, settings)
     assert result == [
@@ -288,22 +360,61 @@ def test_valid_list_for_str_items(bench_raw: dict) -> None:
 
 
 def test_requires_chain_and_required(bench_raw: dict) -> None:
-    settings = _typed(bench_raw, [
-        {"key": "material", "type": "str", "valid": None, "invalid": ["none"], "requires": None, "required": False},
-        {"key": "size", "type": "str", "valid": None, "invalid": None, "requires": "material", "required": False},
-        {"key": "color", "type": "str", "valid": None, "invalid": None, "requires": "size", "required": False},
-        {"key": "shape", "type": "str", "valid": None, "invalid": None, "requires": "color", "required": False},
-    ])
-    text = json.dumps([
-        _obj(size="big", color="red", shape="round"),                  # material missing: size, then color, then shape go
-        _obj(size="big", color="red", shape="round", material="wood"),  # all kept
-        _obj(color="red", material="glass"),                           # size missing: color goes
-        _obj(size="big", material="none"),                             # material invalid → size goes
-    ])
+    settings = _typed(
+        bench_raw,
+        [
+            {
+                "key": "material",
+                "type": "str",
+                "valid": None,
+                "invalid": ["none"],
+                "requires": None,
+                "required": False,
+            },
+            {
+                "key": "size",
+                "type": "str",
+                "valid": None,
+                "invalid": None,
+                "requires": "material",
+                "required": False,
+            },
+            {
+                "key": "color",
+                "type": "str",
+                "valid": None,
+                "invalid": None,
+                "requires": "size",
+                "required": False,
+            },
+            {
+                "key": "shape",
+                "type": "str",
+                "valid": None,
+                "invalid": None,
+                "requires": "color",
+                "required": False,
+            },
+        ],
+    )
+    text = json.dumps(
+        [
+            _obj(size="big", color="red", shape="round"),  # material missing: size, then color, then shape go
+            _obj(size="big", color="red", shape="round", material="wood"),  # all kept
+            _obj(color="red", material="glass"),  # size missing: color goes
+            _obj(size="big", material="none"),  # material invalid → size goes
+        ]
+    )
     assert parse(text, settings) == [
         {"object_name": "cup 1", "description": "a cup"},
-        {"object_name": "cup 2", "description": "a cup", "material": "wood", "size": "big", "color": "red",
-         "shape": "round"},
+        {
+            "object_name": "cup 2",
+            "description": "a cup",
+            "material": "wood",
+            "size": "big",
+            "color": "red",
+            "shape": "round",
+        },
         {"object_name": "cup 3", "description": "a cup", "material": "glass"},
         {"object_name": "cup 4", "description": "a cup"},
     ]
@@ -321,10 +432,13 @@ def test_build_request_openrouter(reference_settings_dir: Path) -> None:
     assert request.response_type == "json"
     assert request.messages == [
         {"role": "system", "content": settings.system_prompt_structured_description},
-        {"role": "user", "content": [
-            {"type": "image_url", "image_url": {"detail": "high", "url": URI}},
-            {"type": "text", "text": settings.dict_prompt},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"detail": "high", "url": URI}},
+                {"type": "text", "text": settings.dict_prompt},
+            ],
+        },
     ]
     assert request.payload["reasoning"] == {"effort": "high", "exclude": False}
     assert request.payload["stream"] is True and request.payload["stream_options"] == {"include_usage": True}
@@ -334,11 +448,14 @@ def test_build_request_vllm_user_system_role(internvl: DescriptionSettings) -> N
     request = build_request(URI, internvl)
     assert request.endpoint.name == "AIS" and request.response_type == "text"
     assert request.messages == [
-        {"role": "user", "content": [
-            {"type": "text", "text": internvl.system_prompt_structured_description},
-            {"type": "image_url", "image_url": {"url": URI}},
-            {"type": "text", "text": internvl.dict_prompt},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": internvl.system_prompt_structured_description},
+                {"type": "image_url", "image_url": {"url": URI}},
+                {"type": "text", "text": internvl.dict_prompt},
+            ],
+        },
     ]
     assert request.payload["response_format"] == {"type": "text"}
     assert request.payload["chat_template_kwargs"] == {"enable_thinking": True}
@@ -361,16 +478,20 @@ def test_build_request_with_a_prepared_image(bench: DescriptionSettings, tmp_pat
 
 
 def test_direct_task_relevancy(bench_raw: dict) -> None:
-    settings = DescriptionSettings.model_validate({**bench_raw, "task": "set the table", "decoupled_task_relevancy": False})
+    settings = DescriptionSettings.model_validate(
+        {**bench_raw, "task": "set the table", "decoupled_task_relevancy": False}
+    )
     prompt = structured_description_prompt(settings)
     assert prompt.startswith(bench_raw["dict_prompt"] + " In addition,")
     assert "task: 'set the table'For each list element" in prompt  # the paper's missing space, kept
-    text = json.dumps([
-        {"object_name": "plate", "description": "a plate", "task_relevant": True},
-        {"object_name": "sofa", "description": "a sofa", "Task Relevant": False},
-        {"object_name": "cup", "description": "a cup", "task_relevant": "true"},  # str, not bool: dropped
-        {"object_name": "lamp", "description": "a lamp"},                           # required key missing
-    ])
+    text = json.dumps(
+        [
+            {"object_name": "plate", "description": "a plate", "task_relevant": True},
+            {"object_name": "sofa", "description": "a sofa", "Task Relevant": False},
+            {"object_name": "cup", "description": "a cup", "task_relevant": "true"},  # str, not bool: dropped
+            {"object_name": "lamp", "description": "a lamp"},  # required key missing
+        ]
+    )
     assert parse(text, settings) == [
         {"object_name": "plate", "description": "a plate", "task_relevant": True},
         {"object_name": "sofa", "description": "a sofa", "task_relevant": False},
@@ -413,7 +534,12 @@ def test_retry_3_means_4_attempts(bench: DescriptionSettings) -> None:
     assert book.finished and not book.success and not book.can_retry
     # 4 failures, but only the 3 followed by a retry count as Ret. (evaluation.md §2.10: "an image
     # that failed completely contributes 3")
-    assert (book.failed_attempts, book.failed_attempts_total, book.duration_s, book.last_error) == (3, 4, None, "invalid_json")
+    assert (book.failed_attempts, book.failed_attempts_total, book.duration_s, book.last_error) == (
+        3,
+        4,
+        None,
+        "invalid_json",
+    )
     with pytest.raises(RuntimeError):
         book.record(Attempt(1.0))
 
@@ -423,16 +549,25 @@ def test_time_is_the_successful_attempts_duration(bench: DescriptionSettings) ->
 
     book = DescriptionAttempts.for_settings(bench)
     book.record(Attempt(30.0, error="timeout_completion", usage=None))
-    book.record(Attempt(8.0, error="zero_valid_objects", usage=TokenUsage(prompt_tokens=1000, completion_tokens=50)))
-    book.record(Attempt(5.5, usage=TokenUsage(prompt_tokens=1000, cached_prompt_tokens=900, completion_tokens=400)))
+    book.record(
+        Attempt(8.0, error="zero_valid_objects", usage=TokenUsage(prompt_tokens=1000, completion_tokens=50))
+    )
+    book.record(
+        Attempt(5.5, usage=TokenUsage(prompt_tokens=1000, cached_prompt_tokens=900, completion_tokens=400))
+    )
     assert book.success and book.finished
-    assert book.duration_s == 5.5          # not 30 + 8 + 5.5
-    assert book.failed_attempts == 2       # the README "Ret." for this image
+    assert book.duration_s == 5.5  # not 30 + 8 + 5.5
+    assert book.failed_attempts == 2  # the README "Ret." for this image
     assert (book.prompt_tokens, book.completion_tokens, book.cached_prompt_tokens) == (2000, 450, 900)
 
 
 def test_retry_limits(bench_raw: dict) -> None:
-    assert DescriptionAttempts.for_settings(DescriptionSettings.model_validate({**bench_raw, "retry": 0})).max_attempts == 1
+    assert (
+        DescriptionAttempts.for_settings(
+            DescriptionSettings.model_validate({**bench_raw, "retry": 0})
+        ).max_attempts
+        == 1
+    )
     unlimited = DescriptionSettings.model_validate({**bench_raw, "retry": -1})
     assert DescriptionAttempts.for_settings(unlimited).max_attempts == 20  # the safety cap
     capped = DescriptionSettings.model_validate({**bench_raw, "retry": -1, "unlimited_retry_cap": 7})

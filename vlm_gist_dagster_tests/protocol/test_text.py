@@ -5,7 +5,11 @@ import pytest
 from vlm_gist_dagster.protocol.text import key, levenshtein, levenshtein_match, normalize_string
 
 BENCHMARK_FLAGS = dict(
-    remove_underscores=True, remove_punctuation=True, remove_common_specials=True, reduce_whitespaces=True, lowercase=True
+    remove_underscores=True,
+    remove_punctuation=True,
+    remove_common_specials=True,
+    reduce_whitespaces=True,
+    lowercase=True,
 )
 
 

@@ -9,8 +9,8 @@ process on ephemeral loopback ports; tests that need particular controls set the
 from __future__ import annotations
 
 import contextlib
-import os
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path

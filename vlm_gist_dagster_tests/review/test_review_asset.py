@@ -114,7 +114,9 @@ def test_review_dataset_is_per_dataset_reads_every_pair_and_is_not_automated():
         instance.add_dynamic_partitions("models", ["m1", "m2"])
         for parent in ("label_matches", "metrics"):
             parent_def = graph.get(dg.AssetKey(parent)).partitions_def
-            mapped = graph.get_partition_mapping(key, dg.AssetKey(parent)).get_upstream_mapped_partitions_result_for_partitions(
+            mapped = graph.get_partition_mapping(
+                key, dg.AssetKey(parent)
+            ).get_upstream_mapped_partitions_result_for_partitions(
                 node.partitions_def.subset_with_partition_keys(["coco"]),
                 node.partitions_def,
                 parent_def,

@@ -155,7 +155,9 @@ def test_sam3_classes_baseline_prompts_the_dataset_classes(images, sim_and_servi
     assert _families(sim) == {"sam3"}
     assert len([e for e in sim.request_log.snapshot() if e.path == "/infer"]) == N_IMAGES  # masks: cached
     assert all(list(p) == list(COCO_TARGETS) for p in detection_images["prompts"])
-    assert (detection_images["num_prompts"] == 1).all()  # a baseline image counts once (Ins., docs/protocol/pipeline.md §6)
+    assert (
+        detection_images["num_prompts"] == 1
+    ).all()  # a baseline image counts once (Ins., docs/protocol/pipeline.md §6)
     assert detections["object_name"].isin(COCO_TARGETS).all() and (detections["confidence"] > 0.5).all()
     assert detections["prompt"].isna().all() and detections["is_over_detection"].isna().all()
     # the simulated SAM 3 finds (recall 0.9) the GT classes of each image and no absent one

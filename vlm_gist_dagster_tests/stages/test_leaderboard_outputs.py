@@ -40,7 +40,9 @@ def metrics_rows(num_models: int = NUM_MODELS, seed: int = 3) -> pd.DataFrame:
                 {
                     "dataset": dataset,
                     "model": f"model_{i:02d}",
-                    "display_name": f"Simulated copy number {i:02d} (simulated)" if not baseline else "Florence-2 OD baseline",
+                    "display_name": f"Simulated copy number {i:02d} (simulated)"
+                    if not baseline
+                    else "Florence-2 OD baseline",
                     "simulated": True,
                     "f1": 2 * rec * prec / (rec + prec),
                     "rec": rec,
@@ -92,7 +94,9 @@ def board():
     return build_leaderboard(metrics_rows())
 
 
-@pytest.mark.parametrize("make", [precision_recall_figure, f1_time_figure], ids=["precision_recall", "f1_time"])
+@pytest.mark.parametrize(
+    "make", [precision_recall_figure, f1_time_figure], ids=["precision_recall", "f1_time"]
+)
 def test_point_labels_do_not_overlap_and_are_not_cut_off(board, make):
     fig = make(board.rows, board.headings)
     fig.canvas.draw()
@@ -101,7 +105,9 @@ def test_point_labels_do_not_overlap_and_are_not_cut_off(board, make):
     assert len(fig.axes) == 3  # one panel per table: coco, vlm_gist, weighted
     for ax in fig.axes:
         labels = _labels(fig, ax)
-        expected = NUM_MODELS if make is precision_recall_figure else NUM_MODELS - 1  # the baseline has no time
+        expected = (
+            NUM_MODELS if make is precision_recall_figure else NUM_MODELS - 1
+        )  # the baseline has no time
         assert len(labels) == expected, ax.get_title()
         boxes = _boxes(fig, labels)
         _assert_disjoint(boxes, f"labels of {ax.get_title()!r}")
@@ -118,10 +124,19 @@ def test_point_labels_do_not_overlap_and_are_not_cut_off(board, make):
             _assert_disjoint(_boxes(fig, ticks), f"tick labels of {ax.get_title()!r}")
     # Nothing is cut off at the figure's edge: every drawn text lies inside the figure.
     for ax in fig.axes:
-        texts = [*_labels(fig, ax), ax.title, ax.xaxis.label, ax.yaxis.label, *_drawn_ticklabels(ax.xaxis), *_drawn_ticklabels(ax.yaxis)]
+        texts = [
+            *_labels(fig, ax),
+            ax.title,
+            ax.xaxis.label,
+            ax.yaxis.label,
+            *_drawn_ticklabels(ax.xaxis),
+            *_drawn_ticklabels(ax.yaxis),
+        ]
         for text in texts:
             if text.get_visible() and text.get_text():
-                _assert_inside(Text.get_window_extent(text, renderer), figure_box, f"text {text.get_text()!r}")
+                _assert_inside(
+                    Text.get_window_extent(text, renderer), figure_box, f"text {text.get_text()!r}"
+                )
 
 
 def test_f1_time_names_the_baseline_without_time_instead_of_plotting_it(board):
@@ -149,7 +164,10 @@ def test_headings_name_the_data_used(tmp_path):
     )
     # Our download with another max_samples is not the paper's subset either.
     smaller = DatasetProvenance("coco", "COCO val2017", images=100, selection="the 100 lowest image ids")
-    assert heading("coco", images=100, root=None, provenance=smaller) == "COCO, the 100 lowest image ids: 100 images"
+    assert (
+        heading("coco", images=100, root=None, provenance=smaller)
+        == "COCO, the 100 lowest image ids: 100 images"
+    )
     board = build_leaderboard(rows, headings={"coco": local})
     assert "### COCO, local copy coco_val2017_32: 32 images" in board.markdown
     assert "COCO minival" not in board.markdown
@@ -162,10 +180,16 @@ def test_a_baseline_without_timing_has_an_empty_time_cell(tmp_path):
     board = build_leaderboard(metrics_rows(num_models=4))
     write_leaderboard(board, tmp_path)
     # Paper format: the paper's rendering of NaN, "nans".
-    text_line = next(line for line in (tmp_path / "coco.txt").read_text().splitlines() if line.startswith("Florence-2"))
+    text_line = next(
+        line for line in (tmp_path / "coco.txt").read_text().splitlines() if line.startswith("Florence-2")
+    )
     assert text_line.endswith("| 1.01 |   nans || 0.00 | 0.00")
     # Markdown: an empty Time cell.
-    md_line = next(line for line in (tmp_path / "leaderboard.md").read_text().splitlines() if line.startswith("| Florence-2"))
+    md_line = next(
+        line
+        for line in (tmp_path / "leaderboard.md").read_text().splitlines()
+        if line.startswith("| Florence-2")
+    )
     assert md_line.endswith("| 8.0 | 1.01 |  | 0.00 | 0.00 |")
     # CSV: an empty field.
     with (tmp_path / "leaderboard.csv").open() as f:

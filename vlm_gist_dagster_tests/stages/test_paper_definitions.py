@@ -107,8 +107,13 @@ def test_a_coco_partition_asks_for_no_target_definition(tmp_path, paper, paper_f
     # One definition request per detection label, none for any of the 357 targets.
     assert len(prompts) == len(labels) == summary["definitions_generated"]
     for label in labels:
-        assert sum(f'"object_name": "{label}"' in p or p.endswith(f": {label}") or f"\n{label}\n" in p
-                   for p in prompts) == 1, label
+        assert (
+            sum(
+                f'"object_name": "{label}"' in p or p.endswith(f": {label}") or f"\n{label}\n" in p
+                for p in prompts
+            )
+            == 1
+        ), label
     for target in targets:
         assert not any(p.endswith(f": {target}") or f"\n{target}\n" in p for p in prompts), target
     assert summary["definitions_from_paper"] == 357
@@ -128,8 +133,13 @@ def test_opting_out_defines_every_target_with_the_llm(tmp_path, paper_file):
         prompts = definition_prompts(stub)
     assert len(prompts) == summary["definitions_generated"] == len(labels) + 357
     assert summary["definitions_from_paper"] == 0
-    assert any(p.endswith("\nteddy bear\n\nYour description must not refer to the given task or include the "
-                          "words 'item', 'category' and 'context'.") for p in prompts)
+    assert any(
+        p.endswith(
+            "\nteddy bear\n\nYour description must not refer to the given task or include the "
+            "words 'item', 'category' and 'context'."
+        )
+        for p in prompts
+    )
 
 
 @pytest.mark.parametrize(
@@ -180,7 +190,13 @@ def test_the_vlm_gist_download_puts_the_definitions_next_to_the_dataset(tmp_path
     target = download_vlm_gist(tmp_path / "datasets" / "vlm_gist", transport=transport)
     placed = tmp_path / "datasets" / "vlm_gist_definitions.json"
     assert placed.read_bytes() == paper_file.read_bytes()
-    assert sorted(p.name for p in target.iterdir()) == ["LICENSE", "data", "metadata.json", "samples.json", "vlm_gist_download.json"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "LICENSE",
+        "data",
+        "metadata.json",
+        "samples.json",
+        "vlm_gist_download.json",
+    ]
 
 
 def datasets_file(tmp_path: Path) -> Path:

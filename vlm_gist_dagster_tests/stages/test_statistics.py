@@ -48,7 +48,12 @@ def test_metrics_row_intervals_by_hand():
     assert set(np.round(f1, 12)) == {0.5, round(2 / 3, 12), 1.0}
     assert 0.4 < np.mean(f1 == 1.0) / 0.25 < 1.6  # about a quarter are bb
     # per-image results for the paired tests, in sorted image order
-    assert (row["image_ids"], row["image_tp"], row["image_fp"], row["image_fn"]) == (["a", "b"], [1, 1], [1, 0], [1, 0])
+    assert (row["image_ids"], row["image_tp"], row["image_fp"], row["image_fn"]) == (
+        ["a", "b"],
+        [1, 1],
+        [1, 0],
+        [1, 0],
+    )
     # The cat predicted on the dog counts as found when labels are ignored: TP 3, FP 0, FN 0.
     assert row["agnostic_f1"] == 1.0
     # Every match is exact (IoU 1): F1 is the same at every threshold.
@@ -85,7 +90,12 @@ def test_mask_columns_when_masks_exist():
     )  # fmt: skip
     row = table.iloc[0]
     assert row["mask_unavailable_reason"] is None
-    for mask_column, box_column in (("mask_f1", "f1"), ("mask_prec", "prec"), ("mask_rec", "rec"), ("mask_map", "map")):
+    for mask_column, box_column in (
+        ("mask_f1", "f1"),
+        ("mask_prec", "prec"),
+        ("mask_rec", "rec"),
+        ("mask_map", "map"),
+    ):
         assert row[mask_column] == pytest.approx(row[box_column]), mask_column
 
 
@@ -116,7 +126,9 @@ def test_a_prediction_whose_segmentation_failed_is_a_false_positive_of_the_mask_
     assert row["mask_f1"] == pytest.approx(1 / 3)
 
 
-def metrics_row(dataset: str, model: str, tp: list[int], fp: list[int], fn: list[int], f1_replicates=None) -> dict:
+def metrics_row(
+    dataset: str, model: str, tp: list[int], fp: list[int], fn: list[int], f1_replicates=None
+) -> dict:
     t, p, f = sum(tp), sum(fp), sum(fn)
     f1 = 2 * t / (2 * t + p + f)
     row = {
@@ -161,14 +173,25 @@ def test_leaderboard_ranks_groups_and_paper_tables_unchanged(tmp_path):
         2 * 49 / (60 + 49) - 2 * 15 / (60 + 15)
     )
     # Markdown: the statistics table after each paper table, with ranks and groups
-    row = "| ALPHA | 0.909 | 1.000 | 0.833 | 0.500 | 1–2 | a | 0.400 | 0.400 | 0.400 | 0.300 | 0.950 | 0.455 |"
+    row = (
+        "| ALPHA | 0.909 | 1.000 | 0.833 | 0.500 | 1–2 | a | 0.400 | 0.400 | 0.400 | 0.300 | 0.950 | 0.455 |"
+    )
     assert row in board.markdown  # no replicates in these rows: values without intervals
     assert board.markdown.count("Uncertainty and extra metrics (not in the paper)") == 3
     assert "Holm-corrected over 3 pairs" in board.markdown
 
     written = write_leaderboard(board, tmp_path)
     csv = pd.read_csv(tmp_path / "leaderboard.csv")
-    assert {"f1_low", "f1_high", "rank_low", "rank_high", "group", "mask_f1", "agnostic_f1", "f1_50_95"} <= set(csv)
+    assert {
+        "f1_low",
+        "f1_high",
+        "rank_low",
+        "rank_high",
+        "group",
+        "mask_f1",
+        "agnostic_f1",
+        "f1_50_95",
+    } <= set(csv)
     assert len(pd.read_csv(tmp_path / "pairwise_f1.csv")) == 9  # 3 pairs x 3 tables
     with Image.open(written["f1_intervals"]) as image:
         assert image.format == "PNG" and image.width > 300
@@ -196,7 +219,9 @@ def test_rows_from_before_the_statistics_still_make_a_leaderboard():
     assert "No paired tests: no per-image results" in board.markdown
     mixed = pd.concat([frame.iloc[:3], old.iloc[3:]], ignore_index=True)  # coco new, vlm_gist old
     rows = build_leaderboard(mixed).rows.set_index(["table", "model"])
-    assert rows.loc[("coco", "alpha"), "rank_low"] == 1 and pd.isna(rows.loc[("vlm_gist", "alpha"), "rank_low"])
+    assert rows.loc[("coco", "alpha"), "rank_low"] == 1 and pd.isna(
+        rows.loc[("vlm_gist", "alpha"), "rank_low"]
+    )
 
 
 def test_different_image_lists_are_not_compared():

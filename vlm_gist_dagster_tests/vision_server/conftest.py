@@ -33,7 +33,9 @@ def _vision_extra_missing() -> str | None:
         import transformers  # noqa: F401
     except ImportError as exc:
         if REQUIRE_VISION:
-            raise RuntimeError(f"VLM_GIST_REQUIRE_VISION=1 but the 'vision' extra is not installed: {exc}") from exc
+            raise RuntimeError(
+                f"VLM_GIST_REQUIRE_VISION=1 but the 'vision' extra is not installed: {exc}"
+            ) from exc
         return str(exc)
     return None
 
@@ -76,7 +78,9 @@ def vision_serve(family: str, *args: str, env: dict[str, str] | None = None) -> 
     log = Path(os.environ["VLM_GIST_DATA_DIR"]) / f"vision_serve_{family}_{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -101,5 +105,7 @@ def vision_serve(family: str, *args: str, env: dict[str, str] | None = None) -> 
             process.wait()
             pytest.fail(f"vision-serve did not stop within 30 s of SIGTERM:\n{log.read_text()}")
     output = log.read_text()
-    assert process.returncode in (0, -signal.SIGTERM), f"vision-serve exited with {process.returncode}:\n{output}"
+    assert process.returncode in (0, -signal.SIGTERM), (
+        f"vision-serve exited with {process.returncode}:\n{output}"
+    )
     assert "Traceback" not in output, output

@@ -41,7 +41,13 @@ def gdino() -> Iterator[Any]:
 
 
 def gdino_body(images: list[str], prompts: list[str], **params: Any) -> dict[str, Any]:
-    parameters = {"prompts": prompts, "min_confidence": 0.0, "nms_iou": None, "overdetect_factor": 1.0, **params}
+    parameters = {
+        "prompts": prompts,
+        "min_confidence": 0.0,
+        "nms_iou": None,
+        "overdetect_factor": 1.0,
+        **params,
+    }
     return {"images": images, "inference_parameters": [parameters]}
 
 
@@ -55,9 +61,20 @@ def test_common_routes_lifecycle() -> None:
         assert health.status_code == 200
         assert health.json()["status"] == "ok" and health.json()["cuda_available"] is True  # cpu is usable
         assert client.get("/model_flavors", headers=AUTH).json() == {
-            "flavors": ["tiny", "base", "large", "large_zeroshot", "llmdet_tiny", "llmdet_base", "llmdet_large"]
+            "flavors": [
+                "tiny",
+                "base",
+                "large",
+                "large_zeroshot",
+                "llmdet_tiny",
+                "llmdet_base",
+                "llmdet_large",
+            ]
         }
-        assert client.get("/status", headers=AUTH).json() == {"model_family": "mmgroundingdino", "status": None}
+        assert client.get("/status", headers=AUTH).json() == {
+            "model_family": "mmgroundingdino",
+            "status": None,
+        }
         for path in ("/infer", "/unload"):
             response = client.post(path, headers=AUTH, json={})
             assert (response.status_code, response.json()) == (503, {"detail": "No model loaded"})
@@ -140,10 +157,12 @@ def test_request_validation_as_the_real_server(gdino: Any) -> None:
     assert detail(gdino_body([image_b64()], ["a"], min_confidence=0)) == (
         "Inference failed: Invalid 'min_confidence' in inference_parameters[0]"  # an int is refused
     )
-    assert detail(gdino_body([image_b64()] * 2, ["a"]) | {"inference_parameters": [{"prompts": ["a"]}] * 3}) == (
-        "Inference failed: Mismatch between number of images and inference_parameters"
+    assert detail(
+        gdino_body([image_b64()] * 2, ["a"]) | {"inference_parameters": [{"prompts": ["a"]}] * 3}
+    ) == ("Inference failed: Mismatch between number of images and inference_parameters")
+    bad_json = gdino.post(
+        "/infer", headers={**AUTH, "Content-Type": "application/json"}, content=b"{not json"
     )
-    bad_json = gdino.post("/infer", headers={**AUTH, "Content-Type": "application/json"}, content=b"{not json")
     assert bad_json.status_code == 500 and "not valid JSON" in bad_json.json()["detail"]
 
 
@@ -152,7 +171,9 @@ def test_request_validation_as_the_real_server(gdino: Any) -> None:
 
 def test_gdino_response_and_selection(gdino: Any) -> None:
     prompts = ["a red chair", "a dog", "a dog"]
-    response = gdino.post("/infer", headers=AUTH, json=gdino_body([image_b64(120, 160), image_b64(90, 70, seed=1)], prompts))
+    response = gdino.post(
+        "/infer", headers=AUTH, json=gdino_body([image_b64(120, 160), image_b64(90, 70, seed=1)], prompts)
+    )
     assert response.status_code == 200
     artifact = response.json()["artifact"]
     assert artifact["model"] == "mmgroundingdino" and len(artifact["detections"]) == 2
@@ -246,9 +267,17 @@ def test_sam2_update_then_track_frame_after_frame() -> None:
             _check_tracks(frame, 160, 120, {0, 1, 2, 7})
         assert server.family.frame_index == 3
         assert client.post("/reset", headers=AUTH).json() == {"reset": True}
-        assert client.post("/infer", headers=AUTH, json={"images": frames[:1]}).json()["artifact"]["tracks"] == []
-        bad = client.post("/update", headers=AUTH, json={"image": image_b64(), "prompts": [{"bbox": [0, 0, 5, 5]}]})
-        assert (bad.status_code, bad.json()) == (500, {"detail": "Update failed: Missing 'object_id' in prompt 0"})
+        assert (
+            client.post("/infer", headers=AUTH, json={"images": frames[:1]}).json()["artifact"]["tracks"]
+            == []
+        )
+        bad = client.post(
+            "/update", headers=AUTH, json={"image": image_b64(), "prompts": [{"bbox": [0, 0, 5, 5]}]}
+        )
+        assert (bad.status_code, bad.json()) == (
+            500,
+            {"detail": "Update failed: Missing 'object_id' in prompt 0"},
+        )
     finally:
         server.close()
 
@@ -257,7 +286,12 @@ def test_sam2_long_stream_keeps_memory_bounded() -> None:
     client, server = make_client("sam2_realtime", flavor="tiny")
     try:
         prompts = [{"object_id": 0, "bbox": [10, 10, 50, 50]}]
-        assert client.post("/update", headers=AUTH, json={"image": image_b64(64, 64), "prompts": prompts}).status_code == 200
+        assert (
+            client.post(
+                "/update", headers=AUTH, json={"image": image_b64(64, 64), "prompts": prompts}
+            ).status_code
+            == 200
+        )
         frames = [image_b64(64, 64, seed=s) for s in range(30)]
         assert client.post("/infer", headers=AUTH, json={"images": frames}).status_code == 200
         session = server.family.session
@@ -298,9 +332,14 @@ def test_sam3_prompts_of_an_image_are_one_batch_on_one_vision_pass() -> None:
         assert forward_calls == [3, 3]  # per image, its three distinct prompts in one batch
         artifact = response.json()["artifact"]
         assert artifact["model"] == "sam3"
-        assert artifact["metadata"] == [{"image_width": 160, "image_height": 120}, {"image_width": 70, "image_height": 90}]
+        assert artifact["metadata"] == [
+            {"image_width": 160, "image_height": 120},
+            {"image_width": 70, "image_height": 90},
+        ]
         for detections, (width, height) in zip(artifact["detections"], [(160, 120), (70, 90)], strict=True):
-            assert len(detections) == 3 * 20  # min_confidence 0: every one of the 20 queries, per distinct prompt
+            assert (
+                len(detections) == 3 * 20
+            )  # min_confidence 0: every one of the 20 queries, per distinct prompt
             assert [d["prompt"] for d in detections] == [p for p in dict.fromkeys(prompts) for _ in range(20)]
             for d in detections:
                 x1, y1, x2, y2 = d["box_xyxy"]
@@ -312,7 +351,14 @@ def test_sam3_prompts_of_an_image_are_one_batch_on_one_vision_pass() -> None:
             assert per_prompt == sorted(per_prompt, reverse=True)
         strict = {**body, "inference_parameters": {"prompts": prompts, "min_confidence": 1.0}}
         assert client.post("/infer", headers=AUTH, json=strict).json()["artifact"]["detections"] == [[], []]
-        best = {**body, "inference_parameters": {"prompts": prompts, "min_confidence": 0.0, "max_detections_per_prompt": 1}}
+        best = {
+            **body,
+            "inference_parameters": {
+                "prompts": prompts,
+                "min_confidence": 0.0,
+                "max_detections_per_prompt": 1,
+            },
+        }
         firsts = client.post("/infer", headers=AUTH, json=best).json()["artifact"]["detections"][0]
         assert [(d["prompt"], d["confidence"]) for d in firsts] == [
             (d["prompt"], d["confidence"]) for d in artifact["detections"][0][::20]
@@ -338,11 +384,19 @@ def test_florence2_paper_baseline_request() -> None:
         for d in artifact["detections"][0]:
             assert set(d) == {"box_xyxy", "label"} and len(d["box_xyxy"]) == 4
         caption = client.post(
-            "/infer", headers=AUTH, json={"images": [image_b64()], "prompts": "<CAPTION>", "inference_parameters": {"max_new_tokens": 8}}
+            "/infer",
+            headers=AUTH,
+            json={
+                "images": [image_b64()],
+                "prompts": "<CAPTION>",
+                "inference_parameters": {"max_new_tokens": 8},
+            },
         ).json()["artifact"]
         assert caption["detections"] == [[]] and isinstance(caption["captions"][0], str)
         bad = client.post("/infer", headers=AUTH, json={"images": [image_b64()], "prompts": "<NOPE>"})
-        assert bad.status_code == 500 and bad.json()["detail"].startswith("Inference failed: Invalid prompt format: <NOPE>")
+        assert bad.status_code == 500 and bad.json()["detail"].startswith(
+            "Inference failed: Invalid prompt format: <NOPE>"
+        )
     finally:
         server.close()
 
@@ -370,12 +424,16 @@ def test_weights_that_cannot_be_had_are_a_clear_load_error(tmp_path: Any) -> Non
         response = client.post("/load", headers=AUTH, json={"flavor": "tiny"})
         assert response.status_code == 500
         detail = response.json()["detail"]
-        assert detail.startswith("Model load error: cannot load the weights of flavor 'tiny' from 'facebook/sam2.1-hiera-tiny'")
+        assert detail.startswith(
+            "Model load error: cannot load the weights of flavor 'tiny' from 'facebook/sam2.1-hiera-tiny'"
+        )
         assert "--weights DIR" in detail
         assert client.get("/status", headers=AUTH).json()["status"] is None
     finally:
         server.close()
-    client, server = make_client("sam2_realtime", random_weights=False, weights=str(tmp_path), weights_flavor="tiny")
+    client, server = make_client(
+        "sam2_realtime", random_weights=False, weights=str(tmp_path), weights_flavor="tiny"
+    )
     try:
         detail = client.post("/load", headers=AUTH, json={"flavor": "tiny"}).json()["detail"]
         assert f"from {str(tmp_path)!r}" in detail and "does not hold this model's files" in detail

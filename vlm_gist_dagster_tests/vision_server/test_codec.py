@@ -33,7 +33,11 @@ def test_mask_crops_by_hand() -> None:
     out = encode_mask_crops(masks)
     assert out[0][0] == [2, 1, 5, 3]
     assert (decode_png(out[0][1]) > 0).all() and decode_png(out[0][1]).shape == (2, 3)
-    assert out[1][0] == [7, 5, 8, 6] and decode_png(out[1][1]).shape == (1, 1) and decode_png(out[1][1])[0, 0] == 255
+    assert (
+        out[1][0] == [7, 5, 8, 6]
+        and decode_png(out[1][1]).shape == (1, 1)
+        and decode_png(out[1][1])[0, 0] == 255
+    )
     assert out[2] is None  # empty: dropped
     assert out[3][0] == [3, 0, 4, 5] and decode_png(out[3][1]).shape == (5, 1)
 

@@ -14,7 +14,9 @@ _WITHOUT_EXTRA = (
 
 
 def test_missing_extra_is_a_clear_error() -> None:
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_EXTRA], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRA], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 2, result.stderr
     assert "needs the optional extra 'vision' (torch and transformers)" in result.stderr
     assert "pip install -e '.[vision]'" in result.stderr

@@ -55,7 +55,9 @@ def test_mmgroundingdino_client(image: str) -> None:
 
     with vision_serve("mmgroundingdino", env=SERVER_ENV) as url:
         client = MmGroundingDino(endpoint=endpoint(url))
-        success, message, detections = client.get_detections(image=image, prompts=["a person", "a red bus", "a dog"])
+        success, message, detections = client.get_detections(
+            image=image, prompts=["a person", "a red bus", "a dog"]
+        )
         assert success, message
         # client defaults: over-detect 0.0 → at most one box per prompt, NMS 0.6
         assert 1 <= len(detections) <= 3
@@ -71,7 +73,10 @@ def test_sam2_realtime_client_update_then_track(image: str) -> None:
 
     with vision_serve("sam2_realtime", env=SERVER_ENV) as url:
         client = Sam2Realtime(endpoint=endpoint(url))
-        prompts = [{"object_id": 0, "bbox": [10, 20, 200, 300]}, {"object_id": 1, "points": [[100, 100]], "labels": [1]}]
+        prompts = [
+            {"object_id": 0, "bbox": [10, 20, 200, 300]},
+            {"object_id": 1, "points": [[100, 100]], "labels": [1]},
+        ]
         success, message, tracks = client.get_response(image=image, prompts=prompts)
         assert success, message
         assert {t["track_id"] for t in tracks} == {0, 1}
@@ -105,7 +110,9 @@ def test_wrong_token_is_refused(image: str) -> None:
     from nimbro_api.api.nimbro_vision_servers import MmGroundingDino
 
     with vision_serve("mmgroundingdino", env={"NIMBRO_VISION_SERVER_TOKEN": "another-token"}) as url:
-        success, message, _ = MmGroundingDino(endpoint=endpoint(url)).get_detections(image=image, prompts=["a"])
+        success, message, _ = MmGroundingDino(endpoint=endpoint(url)).get_detections(
+            image=image, prompts=["a"]
+        )
         assert not success and "403" in message
         assert httpx.get(url + "/health").json()["status"] == "ok"  # and it keeps serving
 
@@ -130,7 +137,10 @@ def test_unknown_flavor_at_start_lists_the_flavors() -> None:
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "unknown flavor 'huge' for sam2_realtime; valid flavors: ['tiny', 'small', 'base', 'large']" in result.stderr
+    assert (
+        "unknown flavor 'huge' for sam2_realtime; valid flavors: ['tiny', 'small', 'base', 'large']"
+        in result.stderr
+    )
 
 
 def test_the_pipelines_own_client_against_vision_serve(image: str) -> None:
@@ -147,9 +157,10 @@ def test_the_pipelines_own_client_against_vision_serve(image: str) -> None:
     prompts = ["a person on a bus", "a red bus", "a red bus"]
 
     async def stage_b(gdino_url: str, sam2_url: str) -> None:
-        async with VisionClient("mmgroundingdino", gdino_url, env=env) as gdino, VisionClient(
-            "sam2_realtime", sam2_url, env=env
-        ) as sam2:
+        async with (
+            VisionClient("mmgroundingdino", gdino_url, env=env) as gdino,
+            VisionClient("sam2_realtime", sam2_url, env=env) as sam2,
+        ):
             detections = await gdino.detect(image, prompts, overdetect_factor=1.0)
             assert len(detections) == 3 and set(detections.label.tolist()) <= set(prompts)
             boxes = [[int(v) for v in box] for box in detections.xyxy.tolist()]
@@ -161,5 +172,8 @@ def test_the_pipelines_own_client_against_vision_serve(image: str) -> None:
             for track in tracked:
                 assert decode_sam2_track(track, width, height)["size"] == [height, width]
 
-    with vision_serve("mmgroundingdino", env=SERVER_ENV) as gdino_url, vision_serve("sam2_realtime", env=SERVER_ENV) as sam2_url:
+    with (
+        vision_serve("mmgroundingdino", env=SERVER_ENV) as gdino_url,
+        vision_serve("sam2_realtime", env=SERVER_ENV) as sam2_url,
+    ):
         asyncio.run(stage_b(gdino_url, sam2_url))

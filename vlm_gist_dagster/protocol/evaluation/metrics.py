@@ -76,9 +76,7 @@ def _encode(gt: pd.DataFrame, pred: pd.DataFrame) -> _Encoded:
     )
 
 
-def _pooled_counts(
-    enc: _Encoded, m: Matching, gt_index: pd.Index, pred_index: pd.Index
-) -> dict[str, Any]:
+def _pooled_counts(enc: _Encoded, m: Matching, gt_index: pd.Index, pred_index: pd.Index) -> dict[str, Any]:
     """P / R / F1 / accuracy pooled over all images at the main threshold (docs/protocol/evaluation.md §2.5), the per-class
     report, per-image counts and the object-level outcome tables."""
     pred_tp = m.pred_match[:, 0] >= 0

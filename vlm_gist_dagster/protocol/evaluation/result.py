@@ -113,9 +113,7 @@ class EvaluationResult:
         return out
 
 
-def classification_report(
-    labels: pd.Index, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray
-) -> dict[str, Any]:
+def classification_report(labels: pd.Index, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, Any]:
     """sklearn's ``classification_report(output_dict=True, zero_division=0)`` from per-class counts,
     with sklearn's formulas (f1 = 2 tp / (true + pred))."""
     true = tp + fn

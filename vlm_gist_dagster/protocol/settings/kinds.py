@@ -25,21 +25,65 @@ SettingsKind = Literal["description", "detection", "label_matching", "validation
 _KIND_MARKERS: dict[str, frozenset[str]] = {
     "description": frozenset(
         {
-            "vlm_structured_description", "vlm_scene_description", "vlm_decoupled_attribution", "dict_prompt",
-            "dict_items", "scene_prompt", "dict_value_normalization", "use_json_mode",
-            "system_prompt_structured_description", "dict_direct_task_relevancy_item",
+            "vlm_structured_description",
+            "vlm_scene_description",
+            "vlm_decoupled_attribution",
+            "dict_prompt",
+            "dict_items",
+            "scene_prompt",
+            "dict_value_normalization",
+            "use_json_mode",
+            "system_prompt_structured_description",
+            "dict_direct_task_relevancy_item",
         }
     ),
-    "detection": frozenset({"over_detect", "nms_iou_threshold", "conf_threshold", "detector_name",
-                            "detector_model_id", "detector_flavor"}),
-    "label_matching": frozenset({"llm", "dataset_targets", "augmented_targets", "use_per_set_targets",
-                                 "mapping_rules", "definition_prompt_item", "definition_prompt_label",
-                                 "define_labels", "define_targets", "allow_duplicate_labels"}),
-    "validation": frozenset({"vlm", "validation_prompt", "description_prompt", "bbox_scale",
-                             "background_saturation", "background_brightness", "image_resolution_crop",
-                             "image_resolution_full"}),
-    "baseline": frozenset({"model_prompt", "model_num_beams", "model_max_new_tokens", "model_max_batch_size",
-                           "model_flavor", "model_name", "model_id"}),
+    "detection": frozenset(
+        {
+            "over_detect",
+            "nms_iou_threshold",
+            "conf_threshold",
+            "detector_name",
+            "detector_model_id",
+            "detector_flavor",
+        }
+    ),
+    "label_matching": frozenset(
+        {
+            "llm",
+            "dataset_targets",
+            "augmented_targets",
+            "use_per_set_targets",
+            "mapping_rules",
+            "definition_prompt_item",
+            "definition_prompt_label",
+            "define_labels",
+            "define_targets",
+            "allow_duplicate_labels",
+        }
+    ),
+    "validation": frozenset(
+        {
+            "vlm",
+            "validation_prompt",
+            "description_prompt",
+            "bbox_scale",
+            "background_saturation",
+            "background_brightness",
+            "image_resolution_crop",
+            "image_resolution_full",
+        }
+    ),
+    "baseline": frozenset(
+        {
+            "model_prompt",
+            "model_num_beams",
+            "model_max_new_tokens",
+            "model_max_batch_size",
+            "model_flavor",
+            "model_name",
+            "model_id",
+        }
+    ),
 }
 KIND_MODELS: dict[str, type[BaseModel]] = {
     "description": DescriptionSettings,

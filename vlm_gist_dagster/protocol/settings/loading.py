@@ -33,7 +33,11 @@ def parse_settings(
 def load_settings(
     path: str | Path,
 ) -> (
-    DescriptionSettings | DetectionSettings | LabelMatchingSettings | ValidationSettings | BaselineSettings
+    DescriptionSettings
+    | DetectionSettings
+    | LabelMatchingSettings
+    | ValidationSettings
+    | BaselineSettings
     | ModelSettings
 ):
     """The typed settings of any of the paper's settings files; the kind comes from the content. A file

@@ -83,7 +83,9 @@ def percentile_interval(replicates: np.ndarray, confidence_level: float = 0.95) 
     return float(low), float(high)
 
 
-def pooled_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pooled_scores(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision, recall and F1 from pooled counts, element-wise, 0 where undefined (sklearn's
     ``zero_division=0``, as the paper's FiftyOne call).
 
