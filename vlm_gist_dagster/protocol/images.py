@@ -59,6 +59,10 @@ class ImageError(ValueError):
     """An image that cannot be read or prepared."""
 
 
+#: How a prepared image is encoded ("original": the file's own bytes).
+ImageEncoding = Literal["original", "jpeg", "png", "webp", "bmp", "tiff"]
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """The bytes that go to a server, and what was done to get them."""
@@ -72,7 +76,7 @@ class PreparedImage:
     source_height: int
     resized: bool
     #: ``original``: the file's own bytes; else the encoder used for the re-encoded copy.
-    encoding: Literal["original", "jpeg", "png", "webp", "bmp", "tiff"]
+    encoding: ImageEncoding
 
     @property
     def reencoded(self) -> bool:
@@ -160,7 +164,7 @@ def _decode(data: bytes, what: str) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
-def _encode(image: np.ndarray, suffix: str, png_compression_level: int) -> tuple[bytes, str]:
+def _encode(image: np.ndarray, suffix: str, png_compression_level: int) -> tuple[bytes, ImageEncoding]:
     suffix = suffix.lower() if suffix.lower() in _CV2_SUFFIXES else ".png"
     # The compression level only for PNG: other encoders ignore it, but OpenCV warns on every call
     # ("imencodeWithMetadata An unsupported key(16)"), once per re-encoded JPEG in the run logs.
@@ -168,8 +172,11 @@ def _encode(image: np.ndarray, suffix: str, png_compression_level: int) -> tuple
     ok, buffer = cv2.imencode(suffix, image, params)
     if not ok:
         raise ImageError(f"cv2 failed to encode an image as {suffix}")
-    encoding = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".tif": "tiff"}.get(suffix, suffix[1:])
-    return buffer.tobytes(), encoding
+    encodings: dict[str, ImageEncoding] = {
+        ".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".png": "png", ".webp": "webp", ".bmp": "bmp",
+        ".tif": "tiff", ".tiff": "tiff",
+    }  # fmt: skip
+    return buffer.tobytes(), encodings[suffix]
 
 
 def _is_plain_rgb(pil: Image.Image, data: bytes) -> bool:
@@ -210,7 +217,7 @@ def prepare_image(
             height,
             target is not None,
             encoding,
-        )  # type: ignore[arg-type]
+        )
 
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -249,4 +256,4 @@ def prepare_image(
     data, encoding = _encode(image, suffix, png_compression_level)
     return PreparedImage(
         data, sha256_hex(data), image.shape[1], image.shape[0], width, height, target is not None, encoding
-    )  # type: ignore[arg-type]
+    )
