@@ -22,7 +22,7 @@ import dagster as dg
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from vlm_gist_dagster.definitions import defs as project_defs
+from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.runner import INSTANCE_YAML
 
 from ..defs.conftest import Bench, simulator  # noqa: F401 - the module-scoped simulator fixture
@@ -85,7 +85,9 @@ def test_asset_graph_shows_every_asset(ui, new_page):
     page.keyboard.press("Escape")
     page.reload(wait_until="domcontentloaded")  # laid out again to fit, groups expanded
     expect(page.get_by_text("Materialize all…")).to_be_visible(timeout=120_000)
-    assets = sorted(k.to_user_string() for k in project_defs.resolve_asset_graph().get_all_asset_keys())
+    assets = sorted(
+        k.to_user_string() for k in build_definitions().resolve_asset_graph().get_all_asset_keys()
+    )
     assert len(assets) >= 13, assets
     for group in ("benchmark", "datasets", "review", "settings"):
         expect(page.get_by_text(group, exact=True).first).to_be_visible()

@@ -43,13 +43,14 @@ def bench(simulator, tmp_path_factory):  # noqa: F811
 
 
 def materialize_review(bench) -> dg.ExecuteInProcessResult:
-    from vlm_gist_dagster.definitions import ASSETS
+    from vlm_gist_dagster.definitions import build_definitions
 
     with bench.activated():
+        assets = build_definitions().assets
         instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(bench.home)))
         try:
             return dg.materialize(
-                ASSETS,
+                assets,
                 selection=["review_dataset"],
                 partition_key=DATASET,
                 instance=instance,
@@ -100,9 +101,9 @@ def test_review_dataset_asset_builds_the_fiftyone_dataset_and_describes_it(bench
 
 
 def test_review_dataset_is_per_dataset_reads_every_pair_and_is_not_automated():
-    from vlm_gist_dagster.definitions import defs
+    from vlm_gist_dagster.definitions import build_definitions
 
-    graph = defs.resolve_asset_graph()
+    graph = build_definitions().resolve_asset_graph()
     key = dg.AssetKey("review_dataset")
     node = graph.get(key)
     assert node.automation_condition is None
