@@ -145,19 +145,20 @@ def run_label_matches(
     (:meth:`Services.definitions_store`); the missing ones are generated and merged into it before
     matching, so the result is what a re-run from the file gives even when another partition defined the
     same texts at the same time."""
-    options = lm.as_options(settings)
-    sets, groups = label_sets(validations, descriptions, ground_truth, image_ids, options.use_per_set_targets)
-    active, skipped = lm.partition_label_sets(sets, options)
-    store = services.definitions_store(options.llm.api_endpoint, settings.initial_definitions, progress=log)
+    sets, groups = label_sets(
+        validations, descriptions, ground_truth, image_ids, settings.use_per_set_targets
+    )
+    active, skipped = lm.partition_label_sets(sets, settings)
+    store = services.definitions_store(settings.llm.api_endpoint, settings.initial_definitions, progress=log)
     cached = store.read()
-    items = lm.definition_items(active, options)
-    requests = lm.definition_requests(cached.missing(items), options)
+    items = lm.definition_items(active, settings)
+    requests = lm.definition_requests(cached.missing(items), settings)
     from_paper = sum(item.cache_key in store.initial for item in items) if store.initial is not None else 0
     if log:
         if store.initial is not None:
             log(f"label matching: starting from the paper's {len(store.initial)} published definitions")
         elif settings.initial_definitions == "paper":
-            identity = services.endpoint_identity(options.llm.api_endpoint)
+            identity = services.endpoint_identity(settings.llm.api_endpoint)
             log(
                 f"label matching: the paper's definitions are not used, they were written by OpenAI's API "
                 f"and the definitions here come from {identity} (initial_definitions: paper_any_service "
@@ -172,14 +173,14 @@ def run_label_matches(
         definitions: lm.DefinitionsCache = cached
         new: dict[str, str] = {}
         if requests:
-            definitions, new = await _define_missing(services, store, requests, options.definitions_write)
+            definitions, new = await _define_missing(services, store, requests, settings.definitions_write)
         if not active:
             return definitions, new, None
-        return definitions, new, await _embed(services, lm.embedding_batch(active, definitions, options))
+        return definitions, new, await _embed(services, lm.embedding_batch(active, definitions, settings))
 
     definitions, new, table = asyncio.run(main())
     result = (
-        lm.match_label_sets(active, definitions, table, options)
+        lm.match_label_sets(active, definitions, table, settings)
         if table is not None
         else lm.LabelMatchingResult((), tuple(skipped))
     )

@@ -9,6 +9,7 @@ import json
 import warnings
 
 import pytest
+from pydantic import ValidationError
 
 from vlm_gist_dagster.protocol import label_matching as lm
 from vlm_gist_dagster.protocol.label_matching import cache_key, label_norm
@@ -103,7 +104,7 @@ def _paper_settings(reference_settings_dir, name):
 
 
 def test_coco_settings_file_is_read_as_is(reference_settings_dir):
-    options = lm.as_options(_paper_settings(reference_settings_dir, "coco"))
+    options = lm.as_settings(_paper_settings(reference_settings_dir, "coco"))
     assert len(options.dataset_targets) == 80 and len(options.augmented_targets) == 277
     assert options.dataset_targets[:3] == ("airplane", "apple", "backpack")
     assert options.augmented_targets[-1] == "yoga mat"
@@ -140,14 +141,14 @@ def test_coco_settings_file_is_read_as_is(reference_settings_dir):
 def test_settings_model_is_accepted(reference_settings_dir):
     path = reference_settings_dir / "label_matching" / "label_matching_settings_coco.json"
     settings = load_label_matching_settings(path)
-    options = lm.as_options(settings)
+    options = lm.as_settings(settings)
     assert options.mapping_rules["tennis ball"] == "sports ball" and options.llm == settings.llm
-    fixed = lm.as_options(settings.model_copy(update={"fix_definition_prompt_swap": True}))
+    fixed = lm.as_settings(settings.model_copy(update={"fix_definition_prompt_swap": True}))
     assert fixed.fix_definition_prompt_swap is True
 
 
 def test_per_image_settings_file_is_read_as_is(reference_settings_dir):
-    options = lm.as_options(_paper_settings(reference_settings_dir, "per_image"))
+    options = lm.as_settings(_paper_settings(reference_settings_dir, "per_image"))
     assert options.use_per_set_targets
     assert (
         options.dataset_targets == ()
@@ -159,27 +160,35 @@ def test_per_image_settings_file_is_read_as_is(reference_settings_dir):
 def test_per_image_settings_with_target_lists_are_an_error(reference_settings_dir):
     settings = _paper_settings(reference_settings_dir, "per_image") | {"dataset_targets": ["cup"]}
     with pytest.raises(SettingsError, match="must be empty"):
-        lm.as_options(settings)
-    with pytest.raises(lm.LabelMatchingSettingsError, match="must be empty when use_per_set_targets"):
-        lm.LabelMatchingOptions(use_per_set_targets=True, dataset_targets=("cup",))
+        lm.as_settings(settings)
+    with pytest.raises(
+        ValidationError, match="dataset_targets/augmented_targets: must be empty when use_per_set_targets"
+    ):
+        lm.LabelMatchingSettings(
+            use_per_set_targets=True, dataset_targets=("cup",), augmented_targets=(), mapping_rules={}
+        )
 
 
 def test_unknown_or_malformed_settings_name_the_key(reference_settings_dir):
     settings = _paper_settings(reference_settings_dir, "coco")
     with pytest.raises(SettingsError, match="'allow_duplicates'"):
-        lm.as_options(settings | {"allow_duplicates": True})
+        lm.as_settings(settings | {"allow_duplicates": True})
     with pytest.raises(SettingsError, match="llm.model_temperature"):
-        lm.as_options(settings | {"llm": settings["llm"] | {"model_temperature": "hot"}})
+        lm.as_settings(settings | {"llm": settings["llm"] | {"model_temperature": "hot"}})
     with pytest.raises(TypeError, match="LabelMatchingSettings"):
-        lm.as_options(None)  # type: ignore[arg-type]
+        lm.as_settings(None)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------
 # Label sets, skipping and targets (§1.1, §1.3, gotcha §9.23)
 # ----------------------------------------------------------------------------------------------
 
-COCO_TOY = lm.LabelMatchingOptions(dataset_targets=("cup", "bottle"), augmented_targets=("guitar",))
-PER_IMAGE = lm.LabelMatchingOptions(use_per_set_targets=True)
+COCO_TOY = lm.LabelMatchingSettings(
+    dataset_targets=("cup", "bottle"), augmented_targets=("guitar",), mapping_rules={}
+)
+PER_IMAGE = lm.LabelMatchingSettings(
+    use_per_set_targets=True, dataset_targets=(), augmented_targets=(), mapping_rules={}
+)
 
 
 def test_samples_without_detections_or_ground_truth_are_skipped_explicitly():
@@ -225,8 +234,12 @@ def test_label_set_errors_name_the_set():
         lm.partition_label_sets([lm.LabelSet("img.jpg", ["cup"], targets=["cup"])], COCO_TOY)
     with pytest.raises(lm.LabelSetError, match="duplicate label set identifier"):
         lm.partition_label_sets([lm.LabelSet("a", ["cup"]), lm.LabelSet("a", ["mug"])], COCO_TOY)
+    with pytest.raises(ValidationError, match="dataset_targets: must not be empty"):
+        lm.LabelMatchingSettings(dataset_targets=(), augmented_targets=(), mapping_rules={})
+    # a model copied without validation is still refused where the targets are read
+    unvalidated = COCO_TOY.model_copy(update={"dataset_targets": ()})
     with pytest.raises(lm.LabelMatchingSettingsError, match="dataset_targets"):
-        lm.current_targets(lm.LabelSet("a", ["cup"]), lm.LabelMatchingOptions())
+        lm.current_targets(lm.LabelSet("a", ["cup"]), unvalidated)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,13 +15,15 @@ from vlm_gist_dagster_tests.conftest import REFERENCE_DIR
 
 PUBLISHED_CACHE = REFERENCE_DIR / "definitions.json"
 
-COCO_TOY = lm.LabelMatchingOptions(dataset_targets=("cup", "bottle"), augmented_targets=("guitar",))
+COCO_TOY = lm.LabelMatchingSettings(
+    dataset_targets=("cup", "bottle"), augmented_targets=("guitar",), mapping_rules={}
+)
 
 
 @pytest.fixture(scope="module")
 def coco_options(reference_settings_dir):
     path = reference_settings_dir / "label_matching" / "label_matching_settings_coco.json"
-    return lm.as_options(json.loads(path.read_text()))
+    return lm.as_settings(json.loads(path.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def test_plain_item_has_no_fallback_like_the_reference():
 
 
 def test_item_indent_and_key_names_come_from_the_settings():
-    options = lm.LabelMatchingOptions(
+    options = lm.LabelMatchingSettings(
         definition_item_indent=None, definition_item_key_name="name", definition_item_key_description="desc"
     )
     item, _ = lm.detection_definition_item("cup", "red", options)
@@ -107,9 +109,13 @@ def test_definition_items_unique_by_key_labels_first_then_targets():
 
 def test_definition_items_respect_define_flags():
     sets = [lm.LabelSet("a.jpg", ["mug"])]
-    only_targets = lm.LabelMatchingOptions(dataset_targets=("cup",), define_labels=False)
+    only_targets = lm.LabelMatchingSettings(
+        dataset_targets=("cup",), define_labels=False, augmented_targets=(), mapping_rules={}
+    )
     assert [i.text for i in lm.definition_items(sets, only_targets)] == ["cup"]
-    only_labels = lm.LabelMatchingOptions(dataset_targets=("cup",), define_targets=False)
+    only_labels = lm.LabelMatchingSettings(
+        dataset_targets=("cup",), define_targets=False, augmented_targets=(), mapping_rules={}
+    )
     assert [i.text for i in lm.definition_items(sets, only_labels)] == ["mug"]
 
 
@@ -118,7 +124,12 @@ def test_per_image_items_are_detections_then_gt_labels(vlm_gist_dataset):
     image_labels = gt[gt["image_id"] == "00001"]["label"].tolist()
     assert len(image_labels) == 16  # docs/protocol/evaluation.md §6: 16 GT instances in the first image
     sets = [lm.LabelSet("00001.jpg", ["chair 1", "chair 2"], ["a wooden chair", None], targets=image_labels)]
-    items = lm.definition_items(sets, lm.LabelMatchingOptions(use_per_set_targets=True))
+    items = lm.definition_items(
+        sets,
+        lm.LabelMatchingSettings(
+            use_per_set_targets=True, dataset_targets=(), augmented_targets=(), mapping_rules={}
+        ),
+    )
     # 2 detection items + 16 GT sentences (unique within an image), GT in GT order
     assert len(items) == 18
     assert [i.text for i in items[2:]] == image_labels
@@ -144,7 +155,7 @@ def test_definition_requests_carry_messages_prompt_choice_and_llm(coco_options):
     assert request.prompt.paper_swap and request.prompt.template == "definition_prompt_label"
     assert request.llm.model_name == "gpt-4o-2024-11-20" and request.llm.model_temperature == 1.0
     assert request.llm.model_max_tokens == 2000 and request.llm.correction_attempts == 2
-    fixed = lm.definition_request(item, lm.LabelMatchingOptions(fix_definition_prompt_swap=True))
+    fixed = lm.definition_request(item, lm.LabelMatchingSettings(fix_definition_prompt_swap=True))
     assert fixed.prompt.template == "definition_prompt_item" and not fixed.prompt.paper_swap
 
 

@@ -18,7 +18,7 @@ from .test_label_matching_definitions import notebook_label_sets
 
 @pytest.fixture(scope="module")
 def coco_options(shared_dir):
-    return lm.as_options(
+    return lm.as_settings(
         json.loads((SETTINGS_DIR / "label_matching" / "label_matching_settings_coco.json").read_text())
     )
 
@@ -57,7 +57,9 @@ def test_notebook_batch_has_728_texts(coco_options, published_cache):
 
 
 def test_group_order_uniqueness_and_wire_form():
-    options = lm.LabelMatchingOptions(dataset_targets=("cup", "bowl"), augmented_targets=("plate",))
+    options = lm.LabelMatchingSettings(
+        dataset_targets=("cup", "bowl"), augmented_targets=("plate",), mapping_rules={}
+    )
     sets = [
         lm.LabelSet("a.jpg", ["cup_1", "cup_2", "plate"], ["red\ncup", None, "red\ncup"]),
         lm.LabelSet("b.jpg", ["cup", "bowl 3"], [None, "a bowl 3"]),
@@ -99,12 +101,25 @@ def test_group_order_uniqueness_and_wire_form():
 
 def test_define_flags_drop_their_groups():
     sets = [lm.LabelSet("a.jpg", ["mug"], ["a mug"])]
-    bare = lm.LabelMatchingOptions(dataset_targets=("cup",), define_labels=False, define_targets=False)
+    bare = lm.LabelMatchingSettings(
+        dataset_targets=("cup",),
+        define_labels=False,
+        define_targets=False,
+        augmented_targets=(),
+        mapping_rules={},
+    )
     assert lm.embedding_batch(sets, None, bare) == ["mug", "a mug", "cup"]
 
 
 def test_per_image_targets_are_embedded_raw_with_newlines_replaced():
-    options = lm.LabelMatchingOptions(use_per_set_targets=True, define_labels=False, define_targets=False)
+    options = lm.LabelMatchingSettings(
+        use_per_set_targets=True,
+        define_labels=False,
+        define_targets=False,
+        dataset_targets=(),
+        augmented_targets=(),
+        mapping_rules={},
+    )
     sets = [
         lm.LabelSet("1.jpg", ["mug"], targets=["A white mug\non the table.", "A red  chair."]),
         lm.LabelSet("2.jpg", ["chair"], targets=["A red  chair.", "A lamp."]),
@@ -115,7 +130,13 @@ def test_per_image_targets_are_embedded_raw_with_newlines_replaced():
 
 
 def test_empty_texts_are_rejected_naming_the_source():
-    options = lm.LabelMatchingOptions(dataset_targets=("cup",), define_labels=False, define_targets=False)
+    options = lm.LabelMatchingSettings(
+        dataset_targets=("cup",),
+        define_labels=False,
+        define_targets=False,
+        augmented_targets=(),
+        mapping_rules={},
+    )
     with pytest.raises(lm.EmptyEmbeddingTextError, match="label set 'a.jpg' detection 1: label ''"):
         lm.embedding_batch([lm.LabelSet("a.jpg", ["mug", ""])], None, options)
     with pytest.raises(lm.EmptyEmbeddingTextError, match="description ''"):
@@ -126,7 +147,7 @@ def test_empty_texts_are_rejected_naming_the_source():
 
 
 def test_missing_definitions_are_listed():
-    options = lm.LabelMatchingOptions(dataset_targets=("cup",))
+    options = lm.LabelMatchingSettings(dataset_targets=("cup",), augmented_targets=(), mapping_rules={})
     with pytest.raises(lm.MissingDefinitionsError) as error:
         lm.embedding_batch([lm.LabelSet("a.jpg", ["mug"])], {"cup": "A cup."}, options)
     assert error.value.keys == ("mug",)

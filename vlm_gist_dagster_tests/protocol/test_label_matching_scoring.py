@@ -7,7 +7,6 @@ expected scores out in comments (docs/protocol/evaluation.md §1.7–§1.9).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -33,7 +32,9 @@ def table_for(label_sets, definitions, options, vectors):
 
 
 def test_score_is_the_mean_of_six_cosines_with_normalised_sources():
-    options = lm.LabelMatchingOptions(dataset_targets=("cup", "bottle"), augmented_targets=("guitar",))
+    options = lm.LabelMatchingSettings(
+        dataset_targets=("cup", "bottle"), augmented_targets=("guitar",), mapping_rules={}
+    )
     label_sets = [lm.LabelSet("toy.jpg", ["red mug 2", "guitar_1", "mug"], ["a red mug", None, None])]
     definitions = {
         "objectnameredmugdescriptionaredmug": "A mug is a cup.",
@@ -140,8 +141,12 @@ def test_score_matrix_rejects_bad_input():
 
 
 def test_exact_ties_pick_the_first_target():
-    options = lm.LabelMatchingOptions(
-        dataset_targets=("a", "b", "c"), define_labels=False, define_targets=False
+    options = lm.LabelMatchingSettings(
+        dataset_targets=("a", "b", "c"),
+        define_labels=False,
+        define_targets=False,
+        augmented_targets=(),
+        mapping_rules={},
     )
     sets = [lm.LabelSet("t.jpg", ["x", "y"])]
     # "a" and "c" have the same vector: x scores [1, 0, 1], y scores [0, 1, 0]
@@ -157,10 +162,15 @@ def test_exact_ties_pick_the_first_target():
 
 
 def test_hungarian_assignment_is_refused_clearly():
-    options = lm.LabelMatchingOptions(dataset_targets=("a",), allow_duplicate_labels=False)
+    options = lm.LabelMatchingSettings(
+        dataset_targets=("a",), allow_duplicate_labels=False, augmented_targets=(), mapping_rules={}
+    )
     with pytest.raises(lm.HungarianAssignmentUnsupportedError, match="Hungarian") as error:
         lm.match_label_sets([lm.LabelSet("t.jpg", ["x"])], {}, {}, options)
     assert isinstance(error.value, NotImplementedError)
+    with pytest.raises(lm.HungarianAssignmentUnsupportedError, match="allow_duplicate_labels=false"):
+        lm.check_assignment_supported(options)
+    lm.check_assignment_supported(options.model_copy(update={"allow_duplicate_labels": True}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,7 +181,7 @@ def test_hungarian_assignment_is_refused_clearly():
 @pytest.fixture(scope="module")
 def coco_options(shared_dir):
     path = SETTINGS_DIR / "label_matching" / "label_matching_settings_coco.json"
-    return lm.as_options(json.loads(path.read_text()))
+    return lm.as_settings(json.loads(path.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +237,7 @@ def test_mapping_rules_and_dataset_filter(coco_options, one_hot_coco):
 
 
 def test_mapping_rule_applies_only_if_its_value_is_a_current_target(coco_options, one_hot_coco):
-    options = dataclasses.replace(coco_options, mapping_rules={"guitar": "violin", "monitor": "tv"})
+    options = coco_options.model_copy(update={"mapping_rules": {"guitar": "violin", "monitor": "tv"}})
     matched = _coco_result(options, one_hot_coco)
     assert matched.matches_dataset == [None, "tv", None, None, "cup", None]
     assert [d.match for d in matched.detections][:3] == ["tennis ball", "tv", "guitar"]
@@ -247,7 +257,7 @@ def test_mapping_rule_applies_only_if_its_value_is_a_current_target(coco_options
 
 
 def test_per_image_every_detection_matches_its_own_gt(reference_settings_dir, vlm_gist_dataset):
-    options = lm.as_options(
+    options = lm.as_settings(
         json.loads(
             (reference_settings_dir / "label_matching" / "label_matching_settings_per_image.json").read_text()
         )
@@ -301,7 +311,7 @@ def test_per_image_every_detection_matches_its_own_gt(reference_settings_dir, vl
 
 
 def test_only_skipped_samples_give_an_empty_result():
-    options = lm.LabelMatchingOptions(dataset_targets=("cup",))
+    options = lm.LabelMatchingSettings(dataset_targets=("cup",), augmented_targets=(), mapping_rules={})
     result = lm.match_label_sets([lm.LabelSet("a.jpg", [])], {}, {}, options)
     assert result.sets == () and result.skipped == (lm.SkippedLabelSet("a.jpg", "no_detections"),)
     assert result.records() == {}
@@ -313,8 +323,12 @@ def test_only_skipped_samples_give_an_empty_result():
 
 
 def test_levenshtein_match_is_recorded_but_not_used():
-    options = lm.LabelMatchingOptions(
-        dataset_targets=("cup", "monitor", "tv"), define_labels=False, define_targets=False
+    options = lm.LabelMatchingSettings(
+        dataset_targets=("cup", "monitor", "tv"),
+        define_labels=False,
+        define_targets=False,
+        augmented_targets=(),
+        mapping_rules={},
     )
     vectors = {
         "Cup": [0, 0, 1],
@@ -332,7 +346,7 @@ def test_levenshtein_match_is_recorded_but_not_used():
     ]
     # "tv monitor": key "tvmonitor" is 2 edits from "monitor" (> threshold 0); with threshold 0.5 the limit
     # is int(len("tv monitor") · 0.5) + 1 = int(5.0) + 1 = 6 ≥ 2 → "monitor"
-    loose = dataclasses.replace(options, levenshtein_threshold=0.5)
+    loose = options.model_copy(update={"levenshtein_threshold": 0.5})
     matched = lm.match_label_sets(sets, None, lm.EmbeddingTable.from_mapping(vectors), loose).sets[0]
     assert [d.levenshtein_match for d in matched.detections] == ["cup", "monitor"]
     # the vectorised helper agrees with protocol.text.levenshtein_match, word by word
@@ -344,8 +358,12 @@ def test_levenshtein_match_is_recorded_but_not_used():
 
 
 def test_records_follow_label_matches_json():
-    options = lm.LabelMatchingOptions(
-        dataset_targets=("cup",), augmented_targets=("guitar",), define_labels=False, define_targets=False
+    options = lm.LabelMatchingSettings(
+        dataset_targets=("cup",),
+        augmented_targets=("guitar",),
+        define_labels=False,
+        define_targets=False,
+        mapping_rules={},
     )
     vectors = {"cup": [1, 0], "guitar": [0, 1], "mug": [3, 1], "banjo": [1, 3]}
     sets = [lm.LabelSet("1.jpg", ["mug_1", "banjo"]), lm.LabelSet("2.jpg", ["cup"])]
@@ -375,7 +393,9 @@ def test_records_follow_label_matches_json():
 
 
 def test_empty_normalisations_give_the_papers_warnings():
-    options = lm.LabelMatchingOptions(dataset_targets=("cup",), define_targets=False)
+    options = lm.LabelMatchingSettings(
+        dataset_targets=("cup",), define_targets=False, augmented_targets=(), mapping_rules={}
+    )
     sets = [lm.LabelSet("a.jpg", ["7", "12"], [None, "  "])]
     # "7" (no description): plain item "" (no fallback); "12" + "  ": JSON item with raw values
     definitions = {"": "Definition of nothing.", "objectname12description": "\n"}
@@ -401,7 +421,9 @@ def test_empty_normalisations_give_the_papers_warnings():
 
 
 def test_missing_inputs_are_reported():
-    options = lm.LabelMatchingOptions(dataset_targets=("cup",), define_labels=False)
+    options = lm.LabelMatchingSettings(
+        dataset_targets=("cup",), define_labels=False, augmented_targets=(), mapping_rules={}
+    )
     sets = [lm.LabelSet("a.jpg", ["mug"])]
     with pytest.raises(lm.MissingDefinitionsError):
         lm.match_label_sets(sets, {}, {"mug": [1.0], "cup": [1.0]}, options)

@@ -6,14 +6,14 @@ One batch (e.g. one model × dataset partition)::
 
     from vlm_gist_dagster.protocol import label_matching as lm
 
-    options  = lm.as_options(settings)    # LabelMatchingSettings, the paper's JSON mapping, or options
+    settings = lm.as_settings(settings)   # a LabelMatchingSettings, or the paper's JSON mapping validated
     sets     = [lm.LabelSet("00001.jpg", labels, descriptions, targets=gt_labels_or_None), ...]
     cache    = lm.DefinitionsCache.read(path)
-    requests = lm.definition_requests(cache.missing(lm.definition_items(sets, options)), options)
+    requests = lm.definition_requests(cache.missing(lm.definition_items(sets, settings)), settings)
     cache    = cache.updated({r.item.cache_key: text for r, text in zip(requests, completions)})
-    texts    = lm.embedding_batch(sets, cache, options)                 # wire-ready, request order
+    texts    = lm.embedding_batch(sets, cache, settings)                # wire-ready, request order
     table    = lm.EmbeddingTable(texts, vectors)                         # vectors in input order
-    result   = lm.match_label_sets(sets, cache, table, options)
+    result   = lm.match_label_sets(sets, cache, table, settings)
     result.sets[i].detections[j].dataset_match   # matched dataset target, or None (dropped)
     result.skipped                               # images left unmatched, predictions kept as they are
 
@@ -80,19 +80,20 @@ from .normalization import (
     normalize_label,
     strip_label_number,
 )
-from .options import (
-    HungarianAssignmentUnsupportedError,
-    LabelMatchingOptions,
-    LabelMatchingSettingsError,
-    SettingsLike,
-    as_options,
-)
 from .prompts import (
     DEFINITION_PROMPT_ITEM,
     DEFINITION_PROMPT_LABEL,
     DEFINITION_PROMPT_SYSTEM,
     DefinitionPrompt,
     definition_prompt,
+)
+from .settings import (
+    HungarianAssignmentUnsupportedError,
+    LabelMatchingSettings,
+    LabelMatchingSettingsError,
+    SettingsLike,
+    as_settings,
+    check_assignment_supported,
 )
 
 __all__ = [
@@ -109,8 +110,8 @@ __all__ = [
     "EmbeddingTable",
     "EmptyEmbeddingTextError",
     "HungarianAssignmentUnsupportedError",
-    "LabelMatchingOptions",
     "LabelMatchingResult",
+    "LabelMatchingSettings",
     "LabelMatchingSettingsError",
     "LabelSet",
     "LabelSetError",
@@ -123,9 +124,10 @@ __all__ = [
     "SkippedLabelSet",
     "apply_mapping_rules",
     "as_embedding_table",
-    "as_options",
+    "as_settings",
     "best_target_indices",
     "cache_key",
+    "check_assignment_supported",
     "collapse_whitespace",
     "current_dataset_targets",
     "current_targets",

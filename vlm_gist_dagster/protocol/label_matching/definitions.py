@@ -3,12 +3,12 @@
 
 Flow (the client sends the requests; nothing here touches the network)::
 
-    items    = definition_items(label_sets, options)        # unique by cache key, labels first
+    items    = definition_items(label_sets, settings)       # unique by cache key, labels first
     cache    = DefinitionsCache.read(path)                   # flat JSON object key → text
-    requests = definition_requests(cache.missing(items), options)
-    ...client: one chat completion per request (system + user message, options.llm)...
+    requests = definition_requests(cache.missing(items), settings)
+    ...client: one chat completion per request (system + user message, settings.llm)...
     cache    = cache.updated({request.item.cache_key: completion_text, ...})
-    cache.write(path)                                        # when options.definitions_write
+    cache.write(path)                                        # when settings.definitions_write
 
 The completion text is stored verbatim (no parsing). The reference retries a failed completion
 indefinitely; the client decides how long to keep trying.
@@ -16,6 +16,7 @@ indefinitely; the client decides how long to keep trying.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -23,12 +24,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlm_gist_dagster.protocol.settings import CompletionParams
+from vlm_gist_dagster.protocol.settings import CompletionParams, LabelMatchingSettings
 
 from .label_sets import LabelSet, matching_targets, partition_label_sets
 from .normalization import cache_key, normalize_description_for_definition, strip_label_number
-from .options import LabelMatchingOptions, SettingsLike, as_options
 from .prompts import DefinitionPrompt, definition_prompt
+from .settings import SettingsLike, as_settings
 
 
 class DefinitionsCacheError(ValueError):
@@ -56,8 +57,13 @@ class DefinitionItem:
     is_item: bool
 
 
+@functools.cache
+def _default_settings() -> LabelMatchingSettings:
+    return LabelMatchingSettings()
+
+
 def detection_definition_item(
-    label: str, description: str | None, options: SettingsLike | None = None
+    label: str, description: str | None, settings: SettingsLike | None = None
 ) -> tuple[DefinitionItem, tuple[str, ...]]:
     """The definition item of one detection and the reference's warnings for it (docs/protocol/evaluation.md §1.5).
 
@@ -72,7 +78,8 @@ def detection_definition_item(
     >>> item.cache_key
     'objectnamearipebananadescriptionitisnotyetripe'
     """
-    options = LabelMatchingOptions() if options is None else as_options(options)
+    # Only the item's key names and indent are read: the paper's module defaults when None.
+    settings = _default_settings() if settings is None else as_settings(settings)
     label_stripped = strip_label_number(label)
     if description is None:
         return DefinitionItem(label_stripped, cache_key(label_stripped), False), ()
@@ -89,10 +96,10 @@ def detection_definition_item(
             "yielded an empty string."
         )
     item = {
-        options.definition_item_key_name: label_stripped or label,
-        options.definition_item_key_description: description_norm.value,
+        settings.definition_item_key_name: label_stripped or label,
+        settings.definition_item_key_description: description_norm.value,
     }
-    text = json.dumps(item, indent=options.definition_item_indent)
+    text = json.dumps(item, indent=settings.definition_item_indent)
     return DefinitionItem(text, cache_key(text), True), tuple(warnings)
 
 
@@ -108,15 +115,15 @@ def definition_items(label_sets: Iterable[LabelSet], settings: SettingsLike) -> 
     ``define_targets`` every matching target. A label item and a target (or two targets) with the same key
     share one definition. Skipped sets contribute nothing.
     """
-    options = as_options(settings)
-    active, _ = partition_label_sets(label_sets, options)
+    settings = as_settings(settings)
+    active, _ = partition_label_sets(label_sets, settings)
     candidates: list[DefinitionItem] = []
-    if options.define_labels:
+    if settings.define_labels:
         for label_set in active:
             for label, description in zip(label_set.labels, label_set.descriptions, strict=True):
-                candidates.append(detection_definition_item(label, description, options)[0])
-    if options.define_targets:
-        candidates.extend(target_definition_item(t) for t in matching_targets(active, options))
+                candidates.append(detection_definition_item(label, description, settings)[0])
+    if settings.define_targets:
+        candidates.extend(target_definition_item(t) for t in matching_targets(active, settings))
     unique: dict[str, DefinitionItem] = {}
     for item in candidates:
         unique.setdefault(item.cache_key, item)
@@ -144,21 +151,21 @@ class DefinitionRequest:
 
 def definition_request(item: DefinitionItem, settings: SettingsLike) -> DefinitionRequest:
     """The request for one item, with the prompt selected as in the paper unless the swap is fixed."""
-    options = as_options(settings)
+    settings = as_settings(settings)
     prompt = definition_prompt(
         item.text,
         item.is_item,
-        options.fix_definition_prompt_swap,
-        prompt_item=options.definition_prompt_item,
-        prompt_label=options.definition_prompt_label,
+        settings.fix_definition_prompt_swap,
+        prompt_item=settings.definition_prompt_item,
+        prompt_label=settings.definition_prompt_label,
     )
-    return DefinitionRequest(item, options.definition_prompt_system, prompt, options.llm)
+    return DefinitionRequest(item, settings.definition_prompt_system, prompt, settings.llm)
 
 
 def definition_requests(items: Iterable[DefinitionItem], settings: SettingsLike) -> list[DefinitionRequest]:
     """Requests for ``items`` (typically ``cache.missing(definition_items(...))``), in order."""
-    options = as_options(settings)
-    return [definition_request(item, options) for item in items]
+    settings = as_settings(settings)
+    return [definition_request(item, settings) for item in items]
 
 
 class DefinitionsCache(Mapping[str, str]):

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from .definitions import detection_definition_item, lookup_definitions, target_definition_item
 from .label_sets import LabelSet, matching_targets, partition_label_sets
 from .normalization import normalize_definition, normalize_description_for_embedding, normalize_label
-from .options import SettingsLike, as_options
+from .settings import SettingsLike, as_settings
 
 
 class EmptyEmbeddingTextError(ValueError):
@@ -109,9 +109,9 @@ def embedding_batch_groups(
 ) -> EmbeddingBatch:
     """The embedding batch, by group. ``definitions`` maps cache key → text (e.g. a
     :class:`~.definitions.DefinitionsCache`); it may be None when nothing is defined."""
-    options = as_options(settings)
-    active, _ = partition_label_sets(label_sets, options)
-    needs_definitions = options.define_labels or options.define_targets
+    settings = as_settings(settings)
+    active, _ = partition_label_sets(label_sets, settings)
+    needs_definitions = settings.define_labels or settings.define_targets
     if needs_definitions and definitions is None:
         raise ValueError("definitions are required when define_labels or define_targets is set")
 
@@ -129,18 +129,18 @@ def embedding_batch_groups(
                         f"{where}: description {description!r}",
                     )
                 )
-            if options.define_labels:
-                item_keys.append(detection_definition_item(label, description, options)[0].cache_key)
+            if settings.define_labels:
+                item_keys.append(detection_definition_item(label, description, settings)[0].cache_key)
 
     label_definitions: list[tuple[str, str]] = []
-    if options.define_labels:
+    if settings.define_labels:
         assert definitions is not None
         for key, text in zip(item_keys, lookup_definitions(definitions, item_keys), strict=True):
             label_definitions.append((normalize_definition(text).value, f"definition of cache key {key!r}"))
 
-    targets = matching_targets(active, options)
+    targets = matching_targets(active, settings)
     target_definitions: list[tuple[str, str]] = []
-    if options.define_targets:
+    if settings.define_targets:
         assert definitions is not None
         keys = [target_definition_item(t).cache_key for t in targets]
         for key, text in zip(keys, lookup_definitions(definitions, keys), strict=True):

@@ -17,7 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .options import LabelMatchingOptions, LabelMatchingSettingsError
+from vlm_gist_dagster.protocol.settings import LabelMatchingSettings
+
+from .settings import LabelMatchingSettingsError
 
 SkipReason = Literal["no_detections", "no_ground_truth"]
 
@@ -89,7 +91,7 @@ class SkippedLabelSet:
 
 
 def partition_label_sets(
-    label_sets: Iterable[LabelSet], options: LabelMatchingOptions
+    label_sets: Iterable[LabelSet], settings: LabelMatchingSettings
 ) -> tuple[list[LabelSet], list[SkippedLabelSet]]:
     """Split label sets into those to match and those skipped, keeping input order (docs/protocol/evaluation.md §1.1).
 
@@ -107,59 +109,59 @@ def partition_label_sets(
         if label_set.identifier in seen:
             raise LabelSetError(f"duplicate label set identifier {label_set.identifier!r}")
         seen.add(label_set.identifier)
-        if not options.use_per_set_targets and label_set.targets is not None:
+        if not settings.use_per_set_targets and label_set.targets is not None:
             raise LabelSetError(
                 f"label set {label_set.identifier!r}: per-set targets given but use_per_set_targets is false "
                 "(COCO mode matches every set against the settings' targets)"
             )
         if len(label_set.labels) == 0:
             skipped.append(SkippedLabelSet(label_set.identifier, "no_detections"))
-        elif options.use_per_set_targets and not label_set.targets:
+        elif settings.use_per_set_targets and not label_set.targets:
             skipped.append(SkippedLabelSet(label_set.identifier, "no_ground_truth"))
         else:
             active.append(label_set)
     return active, skipped
 
 
-def current_targets(label_set: LabelSet, options: LabelMatchingOptions) -> tuple[str, ...]:
+def current_targets(label_set: LabelSet, settings: LabelMatchingSettings) -> tuple[str, ...]:
     """The targets this set is scored against, in order (docs/protocol/evaluation.md §1.3).
 
     COCO mode: ``dataset_targets + augmented_targets`` (80 + 277 = 357). Per-image mode: the set's own
     targets (its GT labels); no augmented targets are used there.
     """
-    if options.use_per_set_targets:
+    if settings.use_per_set_targets:
         if not label_set.targets:
             raise LabelSetError(f"label set {label_set.identifier!r}: per-image mode needs non-empty targets")
         return label_set.targets
-    _check_coco_targets(options)
-    return options.dataset_targets + options.augmented_targets
+    _check_coco_targets(settings)
+    return settings.dataset_targets + settings.augmented_targets
 
 
-def current_dataset_targets(label_set: LabelSet, options: LabelMatchingOptions) -> frozenset[str]:
+def current_dataset_targets(label_set: LabelSet, settings: LabelMatchingSettings) -> frozenset[str]:
     """The targets a match must be one of to survive the dataset filter (docs/protocol/evaluation.md §1.9 step 2)."""
-    if options.use_per_set_targets:
-        return frozenset(current_targets(label_set, options))
-    _check_coco_targets(options)
-    return frozenset(options.dataset_targets)
+    if settings.use_per_set_targets:
+        return frozenset(current_targets(label_set, settings))
+    _check_coco_targets(settings)
+    return frozenset(settings.dataset_targets)
 
 
-def matching_targets(label_sets: Sequence[LabelSet], options: LabelMatchingOptions) -> tuple[str, ...]:
+def matching_targets(label_sets: Sequence[LabelSet], settings: LabelMatchingSettings) -> tuple[str, ...]:
     """Every distinct target of every (active) set, in first-occurrence order.
 
     The reference builds this with ``list(set(...))``, whose order follows Python's string hashing and
     changes between runs. It is used only to gather texts to define and embed; scores are always indexed
     through :func:`current_targets`, so results do not depend on this order. Ours is deterministic.
     """
-    if options.use_per_set_targets:
-        everything = [t for label_set in label_sets for t in current_targets(label_set, options)]
+    if settings.use_per_set_targets:
+        everything = [t for label_set in label_sets for t in current_targets(label_set, settings)]
     else:
-        _check_coco_targets(options)
-        everything = list(options.dataset_targets + options.augmented_targets)
+        _check_coco_targets(settings)
+        everything = list(settings.dataset_targets + settings.augmented_targets)
     return tuple(dict.fromkeys(everything))
 
 
-def _check_coco_targets(options: LabelMatchingOptions) -> None:
-    if not options.dataset_targets:
+def _check_coco_targets(settings: LabelMatchingSettings) -> None:
+    if not settings.dataset_targets:
         raise LabelMatchingSettingsError(
             "dataset_targets: must not be empty when use_per_set_targets is false (docs/protocol/evaluation.md §1.3)"
         )

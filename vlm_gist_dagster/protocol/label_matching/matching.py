@@ -31,6 +31,7 @@ import numpy.typing as npt
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
+from vlm_gist_dagster.protocol.settings import LabelMatchingSettings
 from vlm_gist_dagster.protocol.text import key as text_key
 
 from .definitions import detection_definition_item, lookup_definitions, target_definition_item
@@ -48,7 +49,7 @@ from .normalization import (
     normalize_description_for_embedding,
     normalize_label,
 )
-from .options import LabelMatchingOptions, SettingsLike, as_options
+from .settings import SettingsLike, as_settings, check_assignment_supported
 
 logger = logging.getLogger(__name__)
 
@@ -301,12 +302,12 @@ def match_label_sets(
     ``embeddings`` must hold a vector for every text of :func:`~.embeddings.embedding_batch` (else
     :class:`~.embeddings.MissingEmbeddingsError`). Skipped images are returned in ``skipped``.
     """
-    options = as_options(settings)
-    options.check_assignment_supported()
-    if (options.define_labels or options.define_targets) and definitions is None:
+    settings = as_settings(settings)
+    check_assignment_supported(settings)
+    if (settings.define_labels or settings.define_targets) and definitions is None:
         raise ValueError("definitions are required when define_labels or define_targets is set")
     table = as_embedding_table(embeddings)
-    active, skipped = partition_label_sets(label_sets, options)
+    active, skipped = partition_label_sets(label_sets, settings)
 
     target_cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray | None, list[str]]] = {}
 
@@ -314,7 +315,7 @@ def match_label_sets(
         if targets not in target_cache:
             names = table.matrix(targets)
             definition_vectors = None
-            if options.define_targets:
+            if settings.define_targets:
                 assert definitions is not None
                 keys = [target_definition_item(t).cache_key for t in targets]
                 definition_vectors = table.matrix(lookup_definitions(definitions, keys))
@@ -323,22 +324,22 @@ def match_label_sets(
 
     results: list[LabelSetResult] = []
     for label_set in active:
-        targets = current_targets(label_set, options)
+        targets = current_targets(label_set, settings)
         names, definition_vectors, target_keys = target_arrays(targets)
         results.append(
             _match_one_set(
                 label_set,
                 targets,
-                current_dataset_targets(label_set, options),
+                current_dataset_targets(label_set, settings),
                 names,
                 definition_vectors,
                 target_keys,
                 definitions,
                 table,
-                options,
+                settings,
             )
         )
-    return LabelMatchingResult(tuple(results), tuple(skipped), options.fix_definition_prompt_swap)
+    return LabelMatchingResult(tuple(results), tuple(skipped), settings.fix_definition_prompt_swap)
 
 
 def _match_one_set(
@@ -350,16 +351,16 @@ def _match_one_set(
     target_keys: list[str],
     definitions: Mapping[str, str] | None,
     table: EmbeddingTable,
-    options: LabelMatchingOptions,
+    settings: LabelMatchingSettings,
 ) -> LabelSetResult:
     labels, descriptions = label_set.labels, label_set.descriptions
     warnings: list[str] = []
 
     # The reference's warnings, in its order: definition items, then labels, descriptions, definitions.
     item_keys: list[str | None] = [None] * len(labels)
-    if options.define_labels:
+    if settings.define_labels:
         for j, (label, description) in enumerate(zip(labels, descriptions, strict=True)):
-            item, item_warnings = detection_definition_item(label, description, options)
+            item, item_warnings = detection_definition_item(label, description, settings)
             item_keys[j] = item.cache_key
             warnings.extend(item_warnings)
 
@@ -376,7 +377,7 @@ def _match_one_set(
         if norm is not None and norm.fallback
     )
     definition_norms: list[Normalized | None] = [None] * len(labels)
-    if options.define_labels:
+    if settings.define_labels:
         assert definitions is not None
         texts = lookup_definitions(definitions, [k for k in item_keys if k is not None])
         defined = [normalize_definition(t) for t in texts]
@@ -409,10 +410,10 @@ def _match_one_set(
     best = best_target_indices(scores)
     best_targets = [targets[k] for k in best]
     best_scores = [float(scores[j, k]) for j, k in enumerate(best)]
-    matches, applied = apply_mapping_rules(best_targets, options.mapping_rules, targets)
+    matches, applied = apply_mapping_rules(best_targets, settings.mapping_rules, targets)
     kept = dataset_filter(matches, dataset_targets)
     lev = levenshtein_matches(
-        [n.value for n in label_norms], targets, options.levenshtein_threshold, target_keys=target_keys
+        [n.value for n in label_norms], targets, settings.levenshtein_threshold, target_keys=target_keys
     )
     detections = tuple(
         DetectionMatch(

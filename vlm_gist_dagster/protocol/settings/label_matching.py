@@ -86,13 +86,18 @@ class LabelMatchingSettings(SettingsModel):
 
     @model_validator(mode="after")
     def _check_targets(self) -> LabelMatchingSettings:
-        # docs/protocol/evaluation.md §1.3: these combinations are errors in the paper.
+        # docs/protocol/evaluation.md §1.3: these combinations are errors in the paper ("Both settings lists
+        # must be empty, otherwise it is an error"). The message starts with the field it is about.
         if self.use_per_set_targets:
             if self.dataset_targets or self.augmented_targets:
                 raise ValueError(
-                    "use_per_set_targets is true, so dataset_targets and augmented_targets must be empty "
-                    "(the targets come from each image's ground truth)"
+                    "dataset_targets/augmented_targets: must be empty when use_per_set_targets is true (the "
+                    "targets come from each image's ground truth; got "
+                    f"{len(self.dataset_targets)} and {len(self.augmented_targets)} entries)"
                 )
         elif not self.dataset_targets:
-            raise ValueError("dataset_targets must not be empty unless use_per_set_targets is true")
+            raise ValueError(
+                "dataset_targets: must not be empty when use_per_set_targets is false "
+                "(docs/protocol/evaluation.md §1.3)"
+            )
         return self
