@@ -1,5 +1,6 @@
 """Layers import one way (README, Development): ``protocol`` (the paper's method, pure) imports no other
-layer and writes no file; ``stages`` and ``clients`` know nothing of Dagster; only the entry points
+layer and writes no file; ``stages`` and ``clients`` know nothing of Dagster; ``orchestration`` (Dagster
+support code that holds no definitions) is imported by ``defs`` alone; only the entry points
 (``definitions``, ``runner``, ``cli``) import ``defs``. Checked on the source's import statements."""
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ ALLOWED: dict[str, set[str]] = {
     "parquet": {"files"},
     "review": {"protocol", "parquet", "files", "paths"},
     "vision_server": {"protocol"},
+    # retry policy, pools, non-retried failures, metadata: Dagster support below defs (never defs itself)
+    "orchestration": {"protocol", "clients", "datasets", "files", "paths", "parquet"},
     "preflight": {"protocol", "clients", "model_registry", "paths"},
     "paths": set(),
 }
@@ -82,6 +85,18 @@ def test_only_entry_points_import_defs() -> None:
         if "defs" in _internal_imports(path) and path.parent.name != "defs"
     }
     assert importers <= {"definitions.py", "runner.py", "cli.py"}
+
+
+def test_only_defs_imports_orchestration() -> None:
+    """The layers below ``defs`` (``ALLOWED`` above) never import ``orchestration``; neither does any other
+    module outside ``defs``: it is support code for the definitions."""
+    importers = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "orchestration" in _internal_imports(path) and path.parent.name != "orchestration"
+    }
+    assert importers, "defs imports orchestration: the finder sees those imports"
+    assert {i for i in importers if not i.startswith("defs/")} == set()
 
 
 def _writing_calls(path: Path) -> list[str]:

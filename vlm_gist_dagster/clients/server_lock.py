@@ -15,7 +15,7 @@ so that a client
 
 A file lock serialises the processes of one machine (sharing one data directory). Runs on several
 machines that share a SAM2 server need the Dagster pool of that server with limit 1 (see
-``defs.common.vision_server_pool``).
+``orchestration.policies.vision_server_pool``).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import dagster as dg
 
 from ..datasets.provenance import heading, read_provenance
+from ..orchestration.metadata import column_schema, counts_table, preview
 from .automation import MISSING_CONDITION
-from .metadata import column_schema, counts_table, preview
 from .partitions import dataset_partitions
 from .resources import DatasetsResource
 

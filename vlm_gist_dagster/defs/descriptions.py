@@ -3,12 +3,13 @@
 import dagster as dg
 import pandas as pd
 
+from ..orchestration.failures import api_errors, check_model_mode
+from ..orchestration.metadata import SETTINGS_SHA_KEY, column_schema, finite, preview
+from ..orchestration.policies import API_RETRY, VLM_POOL
 from ..stages.descriptions import run_descriptions
 from ..stages.tables import DESCRIPTIONS
 from .automation import DESCRIPTIONS_CONDITION
-from .common import API_RETRY, VLM_POOL, api_errors, check_model_mode, finite, md_table, pair
-from .metadata import SETTINGS_SHA_KEY, column_schema
-from .partitions import model_dataset_partitions
+from .partitions import model_dataset_partitions, pair
 from .resources import ModelsResource, ServicesResource
 from .settings_assets import model_settings_file, prices_file
 
@@ -66,7 +67,7 @@ def descriptions(
             "tokens_out": int(table["tokens_out"].fillna(0).sum()),
             "cost_usd": finite(table["cost_usd"].sum(min_count=1)),
             "errors": dg.MetadataValue.json(table["error"].dropna().value_counts().to_dict()),
-            "preview": md_table(table.drop(columns=["attempt_log_json"])),
+            "preview": preview(table.drop(columns=["attempt_log_json"])),
         },
     )
     yield dg.AssetCheckResult(

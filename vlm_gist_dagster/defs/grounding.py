@@ -5,13 +5,14 @@ VLM's own boxes (``protocol.settings.grounding``); the assets and their tables s
 import dagster as dg
 import pandas as pd
 
+from ..orchestration.failures import api_errors, check_model_mode
+from ..orchestration.metadata import column_schema, preview
+from ..orchestration.policies import API_RETRY, SAM2_POOL, VISION_POOL
 from ..protocol.settings import DetectionSettings, ModelSettings, load_label_matching_settings
 from ..stages.grounding import run_detections, run_masks
 from ..stages.tables import DETECTION_IMAGES, DETECTIONS, MASKS
 from .automation import STAGE_CONDITION
-from .common import API_RETRY, SAM2_POOL, VISION_POOL, api_errors, check_model_mode, md_table, pair
-from .metadata import column_schema
-from .partitions import model_dataset_partitions
+from .partitions import model_dataset_partitions, pair
 from .resources import DatasetsResource, ModelsResource, ServicesResource, SettingsResource
 from .settings_assets import settings_from_table
 
@@ -93,7 +94,7 @@ def detections(
             "images_with_prompts": int((per_image["num_prompts"] > 0).sum()),
             "image_errors": len(errors),
             "grounding_mode": model.grounding.mode if model.kind == "vlm" else model.baseline.model_name,
-            "preview": md_table(table),
+            "preview": preview(table),
         },
     )
     yield dg.Output(
@@ -109,7 +110,7 @@ def detections(
             else 0.0,
             "missing_prompts": int(per_image["missing_prompts"].map(len).sum()),
             "median_time_s": float(per_image["duration_s"].median()) if len(per_image) else 0.0,
-            "preview": md_table(per_image),
+            "preview": preview(per_image),
         },
     )
     sizes = dataset_images.set_index("image_id")[["width", "height"]]
@@ -174,6 +175,6 @@ def masks(
             "without_mask": int(table["mask"].isna().sum()),
             "segmentation_errors": int(table["segmentation_error"].notna().sum()),
             "grounding_mode": model.grounding.mode if model.kind == "vlm" else model.baseline.model_name,
-            "preview": md_table(table),
+            "preview": preview(table),
         },
     )

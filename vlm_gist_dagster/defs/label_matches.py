@@ -3,13 +3,14 @@
 import dagster as dg
 import pandas as pd
 
+from ..orchestration.failures import api_errors
+from ..orchestration.metadata import column_schema, preview
+from ..orchestration.policies import API_RETRY, VLM_POOL
 from ..protocol.settings import LabelMatchingSettings
 from ..stages.label_matching import run_label_matches
 from ..stages.tables import LABEL_MATCHES
 from .automation import STAGE_CONDITION
-from .common import API_RETRY, VLM_POOL, api_errors, md_table, pair
-from .metadata import column_schema
-from .partitions import model_dataset_partitions
+from .partitions import model_dataset_partitions, pair
 from .resources import ServicesResource
 from .settings_assets import settings_from_table
 
@@ -66,7 +67,7 @@ def label_matches(
             **{k: v for k, v in summary.items() if k != "per_image"},
             "mat_ratio": float(len(matched) / len(table)) if len(table) else 0.0,
             "top_matches": dg.MetadataValue.json(matched.value_counts().head(15).to_dict()),
-            "preview": md_table(table.drop(columns=["mask"])),
+            "preview": preview(table.drop(columns=["mask"])),
         },
     )
     yield dg.AssetCheckResult(

@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from ..datasets.provenance import DatasetProvenance, heading
+from ..orchestration.metadata import column_schema, finite, frame_table
 from ..protocol.leaderboard import COLUMNS
 from ..stages.leaderboard import build_leaderboard, write_leaderboard
 from ..stages.metrics import compute_metrics, metrics_markdown, metrics_statistics_markdown
@@ -14,9 +15,7 @@ from ..stages.statistics import EXTRA_METRICS, INTERVAL_COLUMNS
 from ..stages.statistics import load_settings as load_statistics_settings
 from ..stages.tables import LEADERBOARD, METRICS
 from .automation import LEADERBOARD_CONDITION, STAGE_CONDITION
-from .common import finite, pair
-from .metadata import column_schema, frame_table
-from .partitions import model_dataset_partitions
+from .partitions import model_dataset_partitions, pair
 from .resources import ModelsResource, ServicesResource, SettingsResource
 
 

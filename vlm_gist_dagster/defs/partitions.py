@@ -29,6 +29,7 @@ __all__ = [
     "dataset_partitions",
     "model_dataset_partitions",
     "model_partitions",
+    "pair",
     "pair_key",
     "split_pair_key",
     "validate_model_key",
@@ -48,3 +49,8 @@ def split_pair_key(key: str | dg.MultiPartitionKey) -> tuple[str, str]:
         key = model_dataset_partitions.get_partition_key_from_str(key)
     dims = key.keys_by_dimension
     return dims["dataset"], dims["model"]
+
+
+def pair(context: dg.AssetExecutionContext) -> tuple[str, str]:
+    """``(dataset, model)`` of the pair that a per-pair asset's step computes."""
+    return split_pair_key(context.partition_key)

@@ -14,8 +14,8 @@ from pathlib import Path
 import dagster as dg
 
 from ..model_registry import discover_models
+from ..orchestration.metadata import SETTINGS_SHA_KEY
 from .descriptions import descriptions
-from .metadata import SETTINGS_SHA_KEY
 from .metrics import metrics
 from .partitions import model_dataset_partitions
 from .resources import ModelsResource

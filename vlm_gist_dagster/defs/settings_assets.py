@@ -24,8 +24,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from ..files import file_sha256
+from ..orchestration.metadata import column_schema
 from ..protocol.settings import load_settings
-from .metadata import column_schema
 from .partitions import dataset_partitions, model_partitions
 from .resources import SettingsResource
 

@@ -4,13 +4,14 @@ import dagster as dg
 import pandas as pd
 
 from ..model_registry import validation_settings_path
+from ..orchestration.failures import api_errors
+from ..orchestration.metadata import column_schema, preview
+from ..orchestration.policies import API_RETRY, VLM_POOL
 from ..protocol.settings import SettingsError, ValidationSettings, load_validation_settings
 from ..stages.tables import VALIDATIONS
 from ..stages.validation import run_validations
 from .automation import STAGE_CONDITION
-from .common import API_RETRY, VLM_POOL, api_errors, md_table, pair
-from .metadata import column_schema
-from .partitions import model_dataset_partitions
+from .partitions import model_dataset_partitions, pair
 from .resources import ModelsResource, ServicesResource, SettingsResource
 from .settings_assets import validation_settings_file
 
@@ -71,6 +72,6 @@ def validations(
             "dropped": int((~table["kept"].astype(bool)).sum()),
             "errors": len(errors),
             "actions": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
-            "preview": md_table(table),
+            "preview": preview(table),
         },
     )

@@ -1,5 +1,5 @@
-"""Real models are refused while the simulator answers (``defs.common.check_model_mode``), and the flag
-comes from the services resource, which ``VLM_GIST_SIMULATOR`` fills."""
+"""Real models are refused while the simulator answers (``orchestration.failures.check_model_mode``), and
+the flag comes from the services resource, which ``VLM_GIST_SIMULATOR`` fills."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vlm_gist_dagster.defs.common import check_model_mode
 from vlm_gist_dagster.defs.resources import resources_from_environment
+from vlm_gist_dagster.orchestration.failures import check_model_mode
 from vlm_gist_dagster.protocol.settings import load_model_settings
 
 SETTINGS = Path(__file__).resolve().parents[2] / "settings"

@@ -23,10 +23,11 @@ import pytest
 
 from vlm_gist_dagster.defs.partitions import model_dataset_partitions, validate_model_key
 from vlm_gist_dagster.defs.resources import ModelsResource
-from vlm_gist_dagster.defs.schedules import SETTINGS_SHA_KEY, nightly_benchmark_schedule
+from vlm_gist_dagster.defs.schedules import nightly_benchmark_schedule
 from vlm_gist_dagster.defs.sensors import settings_sensor
 from vlm_gist_dagster.defs.settings_assets import detection_settings, label_matching_settings
 from vlm_gist_dagster.model_registry import discover_models
+from vlm_gist_dagster.orchestration.metadata import SETTINGS_SHA_KEY
 
 from .conftest import DATASETS, PAIR_ASSETS, Bench, apply_partition_requests, pair_keys, tick_model_sensor
 

@@ -212,8 +212,8 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
         peak = max_overlap([(r.start_time, r.end_time) for r in pair_runs])
         assert 2 <= peak <= backfill_limit, peak  # the queue ran pairs in parallel, within the tag limit
 
-        # The SAM2 pool (`sam2_realtime@<host>:<port>`, defs/common.py) got deploy/dagster.yaml's default
-        # limit of 1, and the masks steps of all runs never overlapped.
+        # The SAM2 pool (`sam2_realtime@<host>:<port>`, orchestration/policies.py) got deploy/dagster.yaml's
+        # default limit of 1, and the masks steps of all runs never overlapped.
         sam2 = urlsplit(simulator.vision_urls["sam2_realtime"])
         sam2_pool = f"sam2_realtime@{sam2.hostname}:{sam2.port}"
         assert sam2_pool in instance.event_log_storage.get_concurrency_keys()

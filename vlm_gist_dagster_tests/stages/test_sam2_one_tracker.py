@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from vlm_gist_dagster.clients.server_lock import ServerLease
-from vlm_gist_dagster.defs.common import vision_server_pool
+from vlm_gist_dagster.orchestration.policies import vision_server_pool
 from vlm_gist_dagster.protocol.settings import load_detection_settings, load_model_settings
 from vlm_gist_dagster.stages.descriptions import run_descriptions
 from vlm_gist_dagster.stages.grounding import run_detections, run_masks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,6 +24,19 @@ def preview(df: pd.DataFrame, rows: int = 10, drop: Iterable[str] = ()) -> dg.Me
         if any(b in column for b in _BULKY) or head[column].dtype == object:
             head[column] = head[column].map(_short)
     return dg.MetadataValue.md(head.to_markdown(index=False) if len(head) else "_(empty)_")
+
+
+def finite(value: Any) -> float | None:
+    """A float for metadata (None when NaN/None).
+
+    >>> finite("0.5"), finite(float("nan")), finite(None)
+    (0.5, None, None)
+    """
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
 
 
 def _short(value: Any, limit: int = 60) -> str:
