@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import decode_image
-from ._runtime import from_pretrained
-from .app import ModelFamily, RequestError, Stage
+from ..protocol.vision_requests import one_image_per_parameter_set, per_image_parameters, request_images
+from ._codec import decode_images
+from .app import RequestError, TextPromptedFamily
 
 __all__ = ["FLAVORS", "DetectorBox", "MMGroundingDino", "chunk_width", "clean_label_name", "nms", "select"]
 
@@ -201,15 +201,9 @@ class _ImageJob:
     overdetect_factor: float | None
 
 
-class MMGroundingDino(ModelFamily):
+class MMGroundingDino(TextPromptedFamily):
     name = "mmgroundingdino"
     flavors = FLAVORS
-
-    def __init__(self, runtime: Any, *, max_batch_size: int = 4) -> None:
-        super().__init__(runtime)
-        self.max_batch_size = max_batch_size
-        self.model: Any = None
-        self.tokenizer: Any = None
 
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         if self.runtime.random_weights:
@@ -221,45 +215,21 @@ class MMGroundingDino(ModelFamily):
         else:
             from transformers import AutoTokenizer, MMGroundingDinoForObjectDetection
 
-            model = from_pretrained(
-                MMGroundingDinoForObjectDetection, self.pretrained_weights(), flavor=flavor
-            )
-            tokenizer = from_pretrained(AutoTokenizer, self.pretrained_weights(), flavor=flavor)
-        self.model = model.to(self.device, dtype=self.dtype).eval()
+            model = self.load_pretrained(MMGroundingDinoForObjectDetection, flavor)
+            tokenizer = self.load_pretrained(AutoTokenizer, flavor)
+        self.use_model(model)
         self.tokenizer = tokenizer
-
-    def unload(self) -> None:
-        self.model = None
-        self.tokenizer = None
-        super().unload()
-
-    def stages(self) -> dict[str, Stage]:
-        return {"/infer": Stage(self.prepare, self.compute, self.render)}
 
     # -- request parsing (thread pool) -----------------------------------------------------------
     def prepare(self, payload: dict[str, Any]) -> list[_ImageJob]:
-        params = payload.get("inference_parameters")
-        if params is None:
+        if payload.get("inference_parameters") is None:  # the real server reads the parameters first
             raise RequestError("Missing 'inference_parameters' in payload")
-        images = payload.get("images")
-        if images is None:
-            raise RequestError("Missing 'images' in payload")
-        if isinstance(images, str):
-            images = [images]
-        elif not isinstance(images, list):
-            raise RequestError("Invalid 'images' in payload")
-        if isinstance(params, dict):
-            params = [params]
-        elif not isinstance(params, list):
-            raise RequestError("Invalid 'inference_parameters' in payload")
-        if len(images) > 1 and len(params) == 1:
-            params = params * len(images)
-        elif not (len(images) == len(params) or (len(images) == 1 and len(params) > 1)):
-            raise RequestError("Mismatch between number of images and inference_parameters")
-        parsed = [self._parse_params(i, p) for i, p in enumerate(params)]
-        decoded = [decode_image(value, f"images[{i}]") for i, value in enumerate(images)]
-        if len(decoded) == 1 and len(parsed) > 1:
-            decoded = decoded * len(parsed)
+        images = request_images(payload, RequestError)
+        parsed = [
+            self._parse_params(i, p)
+            for i, p in enumerate(per_image_parameters(payload, images, RequestError))
+        ]
+        decoded = one_image_per_parameter_set(decode_images(images), parsed)
         return [_ImageJob(image, *p) for image, p in zip(decoded, parsed, strict=True)]
 
     @staticmethod
