@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ._http import RejectedRequest
+from ..protocol.vision_requests import one_image_per_parameter_set, per_image_parameters, request_images
+from ._http import RejectedRequest, request_object
 from .controls import ModelControls
 from .faults import rng
 from .geometry import distractor_box, jitter_box
@@ -313,26 +314,10 @@ def parse_infer_request(payload: Any) -> tuple[list[Any], list[GdinoParameters]]
     ...
     vlm_gist_dagster.sim._http.RejectedRequest: Invalid 'min_confidence' in inference_parameters[0]
     """
-    if not isinstance(payload, dict):
-        raise RejectedRequest(f"'{type(payload).__name__}' object has no attribute 'get'")
-    parameters = payload.get("inference_parameters")
-    if parameters is None:
+    if request_object(payload).get("inference_parameters") is None:  # the server reads them first
         raise RejectedRequest("Missing 'inference_parameters' in payload")
-    images = payload.get("images")
-    if images is None:
-        raise RejectedRequest("Missing 'images' in payload")
-    if not isinstance(images, list):
-        if not isinstance(images, str):
-            raise RejectedRequest("Invalid 'images' in payload")
-        images = [images]
-    if not isinstance(parameters, list):
-        if not isinstance(parameters, dict):
-            raise RejectedRequest("Invalid 'inference_parameters' in payload")
-        parameters = [parameters]
-    if len(images) > 1 and len(parameters) == 1:
-        parameters = parameters * len(images)
-    elif len(images) != len(parameters) and not (len(images) == 1 and len(parameters) > 1):
-        raise RejectedRequest("Mismatch between number of images and inference_parameters")
+    images = request_images(payload, RejectedRequest)
+    parameters = per_image_parameters(payload, images, RejectedRequest)
     parsed: list[GdinoParameters] = []
     for i, params in enumerate(parameters):
         if not isinstance(params, dict):  # the server calls params.copy()
@@ -352,9 +337,7 @@ def parse_infer_request(payload: Any) -> tuple[list[Any], list[GdinoParameters]]
         except TypeError as exc:
             raise RejectedRequest(str(exc)) from None
         parsed.append(GdinoParameters(tuple(prompts), float(min_confidence), nms_iou, factor))  # type: ignore[arg-type]
-    if len(images) == 1 and len(parsed) > 1:  # one image, several parameter sets: the image is reused
-        images = images * len(parsed)
-    return images, parsed
+    return one_image_per_parameter_set(images, parsed), parsed
 
 
 # =====================================================================================================
