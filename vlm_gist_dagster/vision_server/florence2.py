@@ -25,6 +25,7 @@ boxes and texts. Parsing is transformers' ``Florence2Processor.post_process_gene
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -170,13 +171,24 @@ class _Generative(ModelFamily):
             out[key] = value
         return out
 
-    def _to_device(self, inputs: Any) -> dict[str, Any]:
+    def _processed_batches(
+        self, images: list[np.ndarray], prompts: list[str], step: int
+    ) -> Iterator[tuple[list[Any], list[str], dict[str, Any]]]:
+        """Mini-batches of at most ``step`` images: ``(PIL images, prompts, processor inputs on the device)``."""
         import torch
+        from PIL import Image
 
-        return {
-            k: (v.to(self.device, dtype=self.dtype) if torch.is_floating_point(v) else v.to(self.device))
-            for k, v in inputs.items()
-        }
+        for start in range(0, len(images), step):
+            batch_images = [Image.fromarray(im) for im in images[start : start + step]]
+            batch_prompts = prompts[start : start + step]
+            inputs = self.processor(
+                text=batch_prompts, images=batch_images, return_tensors="pt", padding=True
+            )
+            on_device = {
+                k: (v.to(self.device, dtype=self.dtype) if torch.is_floating_point(v) else v.to(self.device))
+                for k, v in inputs.items()
+            }
+            yield batch_images, batch_prompts, on_device
 
 
 class Florence2(_Generative):
@@ -247,18 +259,12 @@ class Florence2(_Generative):
         self, prepared: tuple[list[np.ndarray], list[str], dict[str, int]]
     ) -> list[tuple[str, dict[str, Any], tuple[int, int]]]:
         import torch
-        from PIL import Image
 
         images, prompts, params = prepared
         results = []
-        step = params["max_batch_size"]
-        for start in range(0, len(images), step):
-            batch_images = [Image.fromarray(im) for im in images[start : start + step]]
-            batch_prompts = prompts[start : start + step]
-            inputs = self.processor(
-                text=batch_prompts, images=batch_images, return_tensors="pt", padding=True
-            )
-            inputs = self._to_device(inputs)
+        for batch_images, batch_prompts, inputs in self._processed_batches(
+            images, prompts, params["max_batch_size"]
+        ):
             with torch.inference_mode():
                 generated = self.model.generate(
                     input_ids=inputs["input_ids"],

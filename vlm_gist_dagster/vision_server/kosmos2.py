@@ -86,17 +86,12 @@ class Kosmos2(_Generative):
 
     def compute(self, prepared: tuple[list[np.ndarray], list[str], dict[str, int]]) -> list[dict[str, Any]]:
         import torch
-        from PIL import Image
 
         images, prompts, params = prepared
         results = []
-        step = params["max_batch_size"]
-        for start in range(0, len(images), step):
-            batch_images = [Image.fromarray(im) for im in images[start : start + step]]
-            inputs = self.processor(
-                text=prompts[start : start + step], images=batch_images, return_tensors="pt", padding=True
-            )
-            inputs = self._to_device(inputs)
+        for batch_images, _prompts, inputs in self._processed_batches(
+            images, prompts, params["max_batch_size"]
+        ):
             with torch.inference_mode():
                 generated = self.model.generate(
                     pixel_values=inputs["pixel_values"],
