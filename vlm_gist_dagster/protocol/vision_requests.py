@@ -20,35 +20,49 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["one_image_per_parameter_set", "per_image_parameters", "request_images", "sam3_parameter_set"]
+__all__ = [
+    "listed_field",
+    "one_image_per_parameter_set",
+    "per_image_parameters",
+    "request_images",
+    "sam3_parameter_set",
+]
 
 T = TypeVar("T")
+
+
+def listed_field(payload: Mapping[str, Any], field: str, single: type, error: type[Exception]) -> list[Any]:
+    """The request field ``field`` as a list: a list as sent, one ``single`` value (a string, an object)
+    as a list of one; ``error`` when it is missing or neither.
+
+    >>> listed_field({"prompts": {"object_id": 1}}, "prompts", dict, ValueError)
+    [{'object_id': 1}]
+    >>> listed_field({"prompts": "a"}, "prompts", dict, ValueError)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid 'prompts' in payload
+    """
+    value = payload.get(field)
+    if value is None:
+        raise error(f"Missing '{field}' in payload")
+    if isinstance(value, single):
+        return [value]
+    if not isinstance(value, list):
+        raise error(f"Invalid '{field}' in payload")
+    return value
 
 
 def request_images(payload: Mapping[str, Any], error: type[Exception]) -> list[Any]:
     """The ``images`` field as a list (a single string is one image); ``error`` when it is missing or
     neither a string nor a list. The images stay as sent (base64 strings, not checked here)."""
-    images = payload.get("images")
-    if images is None:
-        raise error("Missing 'images' in payload")
-    if isinstance(images, str):
-        return [images]
-    if not isinstance(images, list):
-        raise error("Invalid 'images' in payload")
-    return images
+    return listed_field(payload, "images", str, error)
 
 
 def per_image_parameters(payload: Mapping[str, Any], images: list[Any], error: type[Exception]) -> list[Any]:
     """The ``inference_parameters`` field as one parameter set per image, as the servers pair them: one
     set per image, one set for all images, or one image for several sets (then the image is answered
     once per set: see :func:`one_image_per_parameter_set`). The sets stay as sent (not checked here)."""
-    params = payload.get("inference_parameters")
-    if params is None:
-        raise error("Missing 'inference_parameters' in payload")
-    if isinstance(params, dict):
-        params = [params]
-    elif not isinstance(params, list):
-        raise error("Invalid 'inference_parameters' in payload")
+    params = listed_field(payload, "inference_parameters", dict, error)
     if len(images) > 1 and len(params) == 1:
         return params * len(images)
     if not (len(images) == len(params) or (len(images) == 1 and len(params) > 1)):

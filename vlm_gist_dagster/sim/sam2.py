@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..protocol.segmentation import DegenerateMaskError, sam2_response
-from ..protocol.vision_requests import request_images
+from ..protocol.vision_requests import listed_field, request_images
 from ._http import RejectedRequest, request_object
 from .geometry import box_iou
 from .world import Identified, SimImage
@@ -102,13 +102,7 @@ def parse_update_request(payload: Any) -> tuple[Any, list[Sam2Prompt]]:
     image = request_object(payload).get("image")
     if image is None:
         raise RejectedRequest("Missing 'image' in payload")
-    prompts = payload.get("prompts")
-    if prompts is None:
-        raise RejectedRequest("Missing 'prompts' in payload")
-    if not isinstance(prompts, list):
-        if not isinstance(prompts, dict):
-            raise RejectedRequest("Invalid 'prompts' in payload")
-        prompts = [prompts]
+    prompts = listed_field(payload, "prompts", dict, RejectedRequest)
     return image, [_parse_prompt(p) for p in prompts]
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..protocol.vision_requests import request_images
+from ..protocol.vision_requests import listed_field, request_images
 from ._codec import decode_image, decode_images, encode_mask_crops
 from .app import ModelFamily, RequestError, Stage
 
@@ -105,13 +105,7 @@ class Sam2Realtime(ModelFamily):
         image = payload.get("image")
         if image is None:
             raise RequestError("Missing 'image' in payload")
-        prompts = payload.get("prompts")
-        if prompts is None:
-            raise RequestError("Missing 'prompts' in payload")
-        if isinstance(prompts, dict):
-            prompts = [prompts]
-        elif not isinstance(prompts, list):
-            raise RequestError("Invalid 'prompts' in payload")
+        prompts = listed_field(payload, "prompts", dict, RequestError)
         if not prompts:
             raise RequestError("'prompts' is empty: /update needs at least one prompt")
         parsed = []
