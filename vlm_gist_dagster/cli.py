@@ -183,21 +183,10 @@ def dev(args: argparse.Namespace) -> int:
 def _resolve_datasets() -> tuple[dict[str, Path], dict[str, str], list[str]]:
     """Every benchmark dataset's directory (downloaded once when missing), the problems of those that
     cannot be used, and which of those are missing (rather than broken)."""
-    from .datasets import DatasetDownloadError, DatasetError, resolve_dataset_dir
+    from .datasets import resolve_dataset_dirs
     from .defs.partitions import DATASETS
 
-    roots: dict[str, Path] = {}
-    problems: dict[str, str] = {}
-    missing: list[str] = []
-    for name in DATASETS:
-        try:
-            roots[name] = resolve_dataset_dir(name, progress=print)
-        except DatasetDownloadError as exc:
-            problems[name] = exc.reason or str(exc)
-            missing.append(name)
-        except DatasetError as exc:
-            problems[name] = str(exc)
-    return roots, problems, missing
+    return resolve_dataset_dirs(DATASETS, progress=print)
 
 
 def sim(args: argparse.Namespace) -> int:

@@ -325,7 +325,7 @@ def run_benchmark(
     """
     import dagster as dg
 
-    from .datasets import DatasetDownloadError, DatasetError, resolve_dataset_dir
+    from .datasets import resolve_dataset_dirs
     from .definitions import build_definitions
     from .defs.partitions import DATASETS, MODEL_PARTITIONS_NAME, pair_key
 
@@ -401,16 +401,8 @@ def run_benchmark(
     # missing datasets are reported together.
     needed = [d for d in datasets if d in run_datasets or any(p.startswith(f"{d}|") for p in pairs)]
     needed = needed if not nothing_to_do else []
-    roots: dict[str, Path] = {}
-    not_downloaded: list[str] = []
-    for dataset in needed:
-        try:
-            roots[dataset] = resolve_dataset_dir(dataset, progress=log)
-        except DatasetDownloadError as exc:
-            report.dataset_problems[dataset] = exc.reason or str(exc)
-            not_downloaded.append(dataset)
-        except DatasetError as exc:
-            report.dataset_problems[dataset] = str(exc)
+    roots, problems, not_downloaded = resolve_dataset_dirs(needed, progress=log)
+    report.dataset_problems.update(problems)
     if report.dataset_problems:
         message = datasets_problem_message(report.dataset_problems, len(needed), not_downloaded)
         if not roots:

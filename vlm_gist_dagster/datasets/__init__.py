@@ -23,6 +23,7 @@ from .config import (
     env_var_for,
     load_datasets_settings,
     resolve_dataset_dir,
+    resolve_dataset_dirs,
 )
 from .fiftyone_export import decode_fiftyone_mask, is_fiftyone_export, load_fiftyone_export
 from .model import (
@@ -47,6 +48,7 @@ __all__ = [
     "load_dataset",
     "load_datasets_settings",
     "resolve_dataset_dir",
+    "resolve_dataset_dirs",
 ]
 
 

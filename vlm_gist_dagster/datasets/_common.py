@@ -9,7 +9,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from .model import DatasetError
+from ..files import file_sha256
+from .model import CrowdMode, DatasetError
 
 #: How far (relative to the image size) a box may reach past the border before we warn about it.
 BOX_TOLERANCE = 1e-6
@@ -108,3 +109,67 @@ def check_box(
             f"{source}, field {field!r}: image {image_key}: box {box!r} reaches past the image border"
         )
     return x, y, w, h
+
+
+def register_image_name(
+    seen: dict[str, int],
+    image_key: str,
+    file_name: str,
+    index: int,
+    source: Path,
+    collection: str,
+    field: str,
+) -> None:
+    """Record that ``collection[index]`` holds the image keyed ``image_key``; a second one is an error
+    (images are keyed by file stem, as the paper keys them)."""
+    if image_key in seen:
+        raise DatasetError(
+            source, f"duplicate image name {file_name!r} (also {collection}[{seen[image_key]}])", field=field
+        )
+    seen[image_key] = index
+
+
+def check_labelled_size(
+    path: Path,
+    name: str,
+    labelled: tuple[Any, Any],
+    stored: tuple[int, int],
+    source: Path,
+    says: str,
+    field: str,
+) -> None:
+    """The size the labels give (``says``: "labels say") must be the stored image's, else a located error."""
+    width, height = labelled
+    if (int(width), int(height)) != stored:
+        hint = size_mismatch_hint(path, (int(width), int(height)), stored)
+        raise DatasetError(
+            source,
+            f"{name}: {says} {width}x{height} but the image is {stored[0]}x{stored[1]}{hint}",
+            field=field,
+        )
+
+
+def image_row(
+    path: Path, image_key: str, stored: tuple[int, int], source: Path, field: str, warnings: list[str]
+) -> dict[str, Any]:
+    """The images-table row of the checked image at ``path`` (``stored``: its header size); a rotated
+    image's warning goes to ``warnings``."""
+    warning = orientation_warning(path, source, field, stored)
+    if warning:
+        warnings.append(warning)
+    return {
+        "image_id": image_key,
+        "file_name": path.name,
+        "path": str(path.resolve()),
+        "width": stored[0],
+        "height": stored[1],
+        "sha256": file_sha256(path),
+    }
+
+
+def apply_crowd_mode(iscrowd: int, crowd: CrowdMode) -> int | None:
+    """``iscrowd`` after the loader's crowd mode: None when the instance is dropped ("remove"), 0 for
+    every instance with "fix", unchanged with "keep"."""
+    if iscrowd and crowd == "remove":
+        return None
+    return 0 if crowd == "fix" else iscrowd

@@ -10,17 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..files import file_sha256
 from ..protocol.masks import segmentation_to_rle
 from ._common import (
+    apply_crowd_mode,
     check_box,
     check_image_file,
+    check_labelled_size,
+    image_row,
     image_size,
-    orientation_warning,
     read_json,
-    size_mismatch_hint,
+    register_image_name,
 )
-from .model import CrowdMode, Dataset, DatasetError, build_ground_truth_table, build_images_table
+from .model import CrowdMode, Dataset, DatasetError, assemble_dataset, ground_truth_row
 
 
 def is_coco_directory(root: Path) -> bool:
@@ -58,33 +59,19 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
         path = root / "data" / file_name
         check_image_file(path, labels_path, f"{where}.file_name")
         key = Path(file_name).stem
-        if key in seen:
-            raise DatasetError(
-                labels_path,
-                f"duplicate image name {file_name!r} (also images[{seen[key]}])",
-                field=f"{where}.file_name",
-            )
-        seen[key] = i
+        register_image_name(seen, key, file_name, i, labels_path, "images", f"{where}.file_name")
         header_w, header_h = image_size(path)
         width, height = img.get("width", header_w), img.get("height", header_h)
-        if (int(width), int(height)) != (header_w, header_h):
-            hint = size_mismatch_hint(path, (int(width), int(height)), (header_w, header_h))
-            raise DatasetError(
-                labels_path,
-                f"{file_name}: labels say {width}x{height} but the image is {header_w}x{header_h}{hint}",
-                field=f"{where}.width",
-            )
-        warning = orientation_warning(path, labels_path, f"{where}.file_name", (header_w, header_h))
-        if warning:
-            warnings.append(warning)
-        row = {
-            "image_id": key,
-            "file_name": Path(file_name).name,
-            "path": str(path.resolve()),
-            "width": int(width),
-            "height": int(height),
-            "sha256": file_sha256(path),
-        }
+        check_labelled_size(
+            path,
+            file_name,
+            (width, height),
+            (header_w, header_h),
+            labels_path,
+            "labels say",
+            f"{where}.width",
+        )
+        row = image_row(path, key, (header_w, header_h), labels_path, f"{where}.file_name", warnings)
         if image_id in by_id:
             raise DatasetError(labels_path, f"duplicate image id {image_id}", field=f"{where}.id")
         by_id[image_id] = row
@@ -107,11 +94,9 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
             raise DatasetError(
                 labels_path, f"unknown category_id {ann.get('category_id')!r}", field=f"{where}.category_id"
             ) from None
-        iscrowd = int(bool(ann.get("iscrowd", 0)))
-        if iscrowd and crowd == "remove":
+        iscrowd = apply_crowd_mode(int(bool(ann.get("iscrowd", 0))), crowd)
+        if iscrowd is None:
             continue
-        if crowd == "fix":
-            iscrowd = 0
         width, height = img["width"], img["height"]
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4:
@@ -131,7 +116,7 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
             raise DatasetError(
                 labels_path, f"image {img['image_id']}: non-numeric box {bbox!r}", field=f"{where}.bbox"
             ) from None
-        x, y, w, h = check_box(rel, labels_path, f"{where}.bbox", img["image_id"], warnings)
+        box = check_box(rel, labels_path, f"{where}.bbox", img["image_id"], warnings)
         mask = None
         segmentation = ann.get("segmentation")
         if segmentation not in (None, [], {}):
@@ -143,25 +128,7 @@ def load_coco_directory(root: Path, *, name: str | None = None, crowd: CrowdMode
                     f"image {img['image_id']}: bad segmentation ({exc})",
                     field=f"{where}.segmentation",
                 ) from exc
-        instances.append(
-            {
-                "image_id": img["image_id"],
-                "instance_id": str(ann.get("id", f"{img['image_id']}:{i}")),
-                "label": label,
-                "x": x,
-                "y": y,
-                "w": w,
-                "h": h,
-                "mask": mask,
-                "iscrowd": iscrowd,
-            }
-        )
+        instance_id = str(ann.get("id", f"{img['image_id']}:{i}"))
+        instances.append(ground_truth_row(img["image_id"], instance_id, label, box, mask, iscrowd))
 
-    return Dataset(
-        name=name or root.name,
-        root=root,
-        format="coco",
-        images=build_images_table(images),
-        ground_truth=build_ground_truth_table(instances),
-        warnings=tuple(warnings),
-    )
+    return assemble_dataset(root, name, "coco", images, instances, warnings)

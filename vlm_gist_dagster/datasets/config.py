@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -115,6 +115,27 @@ def resolve_dataset_dir(
     if source.max_samples is not None:
         kwargs["max_samples"] = source.max_samples
     return downloader(root, **kwargs)
+
+
+def resolve_dataset_dirs(
+    names: Iterable[str], *, progress: Callable[[str], None] | None = None
+) -> tuple[dict[str, Path], dict[str, str], list[str]]:
+    """:func:`resolve_dataset_dir` of every name, failures collected instead of raised, so that all
+    unusable datasets are reported together: ``(roots, problems, missing)``, where ``problems`` maps a
+    name to what is wrong (a download failure's reason, without the advice) and ``missing`` lists the
+    names that are missing (rather than broken)."""
+    roots: dict[str, Path] = {}
+    problems: dict[str, str] = {}
+    missing: list[str] = []
+    for name in names:
+        try:
+            roots[name] = resolve_dataset_dir(name, progress=progress)
+        except DatasetDownloadError as exc:
+            problems[name] = exc.reason or str(exc)
+            missing.append(name)
+        except DatasetError as exc:
+            problems[name] = str(exc)
+    return roots, problems, missing
 
 
 class LoaderOptions(TypedDict, total=False):

@@ -15,17 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from ..files import file_sha256
 from ..protocol.masks import encode_rle, paste_box_mask
 from ._common import (
+    apply_crowd_mode,
     check_box,
     check_image_file,
+    check_labelled_size,
+    image_row,
     image_size,
-    orientation_warning,
     read_json,
-    size_mismatch_hint,
+    register_image_name,
 )
-from .model import CrowdMode, Dataset, DatasetError, build_ground_truth_table, build_images_table
+from .model import CrowdMode, Dataset, DatasetError, assemble_dataset, ground_truth_row
 
 
 def is_fiftyone_export(root: Path) -> bool:
@@ -84,40 +85,16 @@ def load_fiftyone_export(
         check_image_file(path, samples_path, f"{where}.filepath")
         file_name = path.name
         image_key = path.stem
-        if image_key in seen:
-            raise DatasetError(
-                samples_path,
-                f"duplicate image name {file_name!r} (also samples[{seen[image_key]}])",
-                field=f"{where}.filepath",
-            )
-        seen[image_key] = index
-
-        header_w, header_h = image_size(path)
+        register_image_name(seen, image_key, file_name, index, samples_path, "samples", f"{where}.filepath")
+        header = image_size(path)
         metadata = sample.get("metadata") or {}
         width, height = metadata.get("width"), metadata.get("height")
-        if width is None or height is None:
-            width, height = header_w, header_h
-        elif (int(width), int(height)) != (header_w, header_h):
-            hint = size_mismatch_hint(path, (int(width), int(height)), (header_w, header_h))
-            raise DatasetError(
-                samples_path,
-                f"{file_name}: metadata says {width}x{height} but the image is {header_w}x{header_h}{hint}",
-                field=f"{where}.metadata",
+        if width is not None and height is not None:
+            check_labelled_size(
+                path, file_name, (width, height), header, samples_path, "metadata says", f"{where}.metadata"
             )
-        width, height = int(width), int(height)
-        warning = orientation_warning(path, samples_path, f"{where}.filepath", (width, height))
-        if warning:
-            warnings.append(warning)
-        images.append(
-            {
-                "image_id": image_key,
-                "file_name": file_name,
-                "path": str(path.resolve()),
-                "width": width,
-                "height": height,
-                "sha256": file_sha256(path),
-            }
-        )
+        images.append(image_row(path, image_key, header, samples_path, f"{where}.filepath", warnings))
+        width, height = header
 
         labels = sample.get(gt_field)
         if labels is None:
@@ -129,17 +106,16 @@ def load_fiftyone_export(
             field = f"{where}.{gt_field}.detections[{j}]"
             if not isinstance(det, dict):
                 raise DatasetError(samples_path, "detection is not an object", field=field)
-            iscrowd = _crowd_flag(det)
-            if iscrowd and crowd == "remove":
+            iscrowd = apply_crowd_mode(_crowd_flag(det), crowd)
+            if iscrowd is None:
                 continue
-            if crowd == "fix":
-                iscrowd = 0
             label = det.get("label")
             if not isinstance(label, str):
                 raise DatasetError(samples_path, f"image {image_key}: missing label", field=f"{field}.label")
-            x, y, w, h = check_box(
+            box = check_box(
                 det.get("bounding_box"), samples_path, f"{field}.bounding_box", image_key, warnings
             )
+            x, y, _, _ = box
             mask_rle = None
             if det.get("mask") is not None:
                 try:
@@ -156,25 +132,6 @@ def load_fiftyone_export(
                 if isinstance(oid, dict)
                 else (str(oid) if oid is not None else f"{image_key}:{j}")
             )
-            instances.append(
-                {
-                    "image_id": image_key,
-                    "instance_id": str(instance_id),
-                    "label": label,
-                    "x": x,
-                    "y": y,
-                    "w": w,
-                    "h": h,
-                    "mask": mask_rle,
-                    "iscrowd": iscrowd,
-                }
-            )
+            instances.append(ground_truth_row(image_key, str(instance_id), label, box, mask_rle, iscrowd))
 
-    return Dataset(
-        name=name or root.name,
-        root=root,
-        format="fiftyone",
-        images=build_images_table(images),
-        ground_truth=build_ground_truth_table(instances),
-        warnings=tuple(warnings),
-    )
+    return assemble_dataset(root, name, "fiftyone", images, instances, warnings)

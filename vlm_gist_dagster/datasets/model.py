@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -86,3 +86,40 @@ def build_ground_truth_table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(GROUND_TRUTH_COLUMNS))
     df["mask"] = df["mask"].astype(object)
     return df.astype({"x": "float64", "y": "float64", "w": "float64", "h": "float64", "iscrowd": "int64"})
+
+
+def ground_truth_row(
+    image_id: str,
+    instance_id: str,
+    label: str,
+    box: tuple[float, float, float, float],
+    mask: Any,
+    iscrowd: int,
+) -> dict[str, Any]:
+    """One ground-truth row (:data:`GROUND_TRUTH_COLUMNS`); ``box`` is the relative ``x, y, w, h``."""
+    x, y, w, h = box
+    return {
+        "image_id": image_id,
+        "instance_id": instance_id,
+        "label": label,
+        "x": x,
+        "y": y,
+        "w": w,
+        "h": h,
+        "mask": mask,
+        "iscrowd": iscrowd,
+    }
+
+
+def assemble_dataset(
+    root: Path, name: str | None, format: str, images: list[dict], instances: list[dict], warnings: list[str]
+) -> Dataset:
+    """The :class:`Dataset` of a loader's image and ground-truth rows (named after ``root`` by default)."""
+    return Dataset(
+        name=name or root.name,
+        root=root,
+        format=format,
+        images=build_images_table(images),
+        ground_truth=build_ground_truth_table(instances),
+        warnings=tuple(warnings),
+    )

@@ -1,8 +1,9 @@
 """Stage B — detection, client side: MM-Grounding-DINO requests and responses, and the per-image
 association of detections with SAM2 tracks, direct / over-detection flags and missing prompts (docs/protocol/pipeline.md
 §4.2–4.5). The detector server's own rule (de-duplication, chunking, confidence filter, NMS, selection and
-padding) lives next to the servers that apply it: :mod:`vlm_gist_dagster.sim.gdino` (the simulator) and
-:mod:`vlm_gist_dagster.vision_server` (``vlm-gist vision-serve``).
+padding) is :mod:`vlm_gist_dagster.protocol.gdino_selection`, which both servers apply:
+:mod:`vlm_gist_dagster.sim.gdino` (the simulator) and :mod:`vlm_gist_dagster.vision_server`
+(``vlm-gist vision-serve``).
 
 >>> gdino_request("QUJD", ["a cat"])["inference_parameters"][0]["prompts"]
 ['a cat']

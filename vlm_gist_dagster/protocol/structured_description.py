@@ -229,6 +229,25 @@ def _match(word: str, labels: Sequence[str], settings: DescriptionSettings) -> s
     )
 
 
+def _match_valid(
+    value: str,
+    item: DictItem,
+    valid: Sequence[str],
+    where: str,
+    settings: DescriptionSettings,
+    report: list[str],
+) -> str | None:
+    """The entry of ``valid`` that ``value`` matches, reported when it is not ``value`` itself; None
+    (reported: not valid) when none matches."""
+    matched = _match(value, valid, settings)
+    if matched is None:
+        report.append(f"{where} key '{item.key}' value {value!r} is not valid.")
+        return None
+    if matched != value:
+        report.append(f"{where} key '{item.key}' value {value!r} matched to valid value {matched!r}.")
+    return matched
+
+
 def _validate_item(
     item: DictItem, value: Any, where: str, settings: DescriptionSettings, report: list[str]
 ) -> tuple[bool, Any]:
@@ -255,20 +274,12 @@ def _validate_item(
                     report.append(f"{where} key '{item.key}' value {value!r} is invalid after normalisation.")
                     return False, None
                 return True, normalized
-            matched = _match(value, item.valid, settings)
+            matched = _match_valid(value, item, item.valid, where, settings, report)
             if matched is None:
-                report.append(f"{where} key '{item.key}' value {value!r} is not valid.")
                 return False, None
-            if matched != value:
-                report.append(f"{where} key '{item.key}' value {value!r} matched to valid value {matched!r}.")
             return True, matched  # the paper stores the valid entry itself here (not normalised)
-        if item.valid is not None:
-            matched = _match(value, item.valid, settings)
-            if matched is None:
-                report.append(f"{where} key '{item.key}' value {value!r} is not valid.")
-                return False, None
-            if matched != value:
-                report.append(f"{where} key '{item.key}' value {value!r} matched to valid value {matched!r}.")
+        if item.valid is not None and _match_valid(value, item, item.valid, where, settings, report) is None:
+            return False, None
         return True, _normalize_value(value, settings)
     if item.invalid is not None and value in item.invalid:
         report.append(f"{where} key '{item.key}' value {value!r} is invalid.")

@@ -545,8 +545,8 @@ def _create_dataset(name: str, dataset: str, images: pd.DataFrame, ground_truth:
         detections = [
             fo.Detection(
                 label=str(r["label"]),
-                bounding_box=[float(r["x"]), float(r["y"]), float(r["w"]), float(r["h"])],
-                mask=box_mask(r.get("mask"), (r["x"], r["y"], r["w"], r["h"])),
+                bounding_box=_relative_box(r),
+                mask=_row_mask(r),
                 iscrowd=int(_value(r.get("iscrowd")) or 0),
                 annotation_id=_text(r.get("instance_id")),
             )
@@ -619,62 +619,23 @@ def _add_model(ds, key: str, prefix: str, frames: PairFrames, sizes, display_nam
             )
         written += [described, errors]
 
-    if frames.detections is not None:
-        name = f"{prefix}_detections"
-        for image_id, rows in _group(frames.detections, known, f"detections of {key}").items():
-            width, height = sizes[image_id]
-            put(
-                name,
-                image_id,
-                fo.Detections(
-                    detections=[
-                        fo.Detection(
-                            label=_text(r.get("object_name")) or "(none)",
-                            bounding_box=[
-                                r["x1"] / width,
-                                r["y1"] / height,
-                                (r["x2"] - r["x1"]) / width,
-                                (r["y2"] - r["y1"]) / height,
-                            ],
-                            confidence=_confidence(r.get("confidence")),
-                            description=_text(r.get("description")),
-                            prompt=_text(r.get("prompt")),
-                            over_detection=_value(r.get("is_over_detection")),
-                            instance_index=_value(r.get("instance_index")),
-                            detection_index=_value(r.get("detection_index")),
-                        )
-                        for r in rows
-                    ]
-                ),
-            )
+    def put_detections(name: str, frame: pd.DataFrame, what: str, detection: Callable[..., Any]) -> None:
+        """One ``fo.Detections`` per image of ``frame``: ``detection(row, image_id)`` of each row."""
+        for image_id, rows in _group(frame, known, f"{what} of {key}").items():
+            put(name, image_id, fo.Detections(detections=[detection(r, image_id) for r in rows]))
         written.append(name)
+
+    if frames.detections is not None:
+        put_detections(
+            f"{prefix}_detections",
+            frames.detections,
+            "detections",
+            lambda r, image_id: _detection(r, sizes[image_id]),
+        )
 
     segmented = frames.validations if frames.validations is not None else frames.masks
     if segmented is not None:
-        name = f"{prefix}_masks"
-        for image_id, rows in _group(segmented, known, f"masks of {key}").items():
-            put(
-                name,
-                image_id,
-                fo.Detections(
-                    detections=[
-                        fo.Detection(
-                            label=_text(r.get("validated_object_name", r.get("object_name"))) or "(none)",
-                            bounding_box=[float(r["x"]), float(r["y"]), float(r["w"]), float(r["h"])],
-                            mask=box_mask(r.get("mask"), (r["x"], r["y"], r["w"], r["h"])),
-                            confidence=_confidence(r.get("confidence")),
-                            description=_text(r.get("description")),
-                            track_id=_value(r.get("track_id")),
-                            validation=_text(r.get("validation_action")),
-                            kept=_value(r.get("kept")),
-                            segmentation_error=_text(r.get("segmentation_error")),
-                            detection_index=_value(r.get("detection_index")),
-                        )
-                        for r in rows
-                    ]
-                ),
-            )
-        written.append(name)
+        put_detections(f"{prefix}_masks", segmented, "masks", lambda r, _image_id: _mask_detection(r))
 
     evaluation: dict[str, Any] | None = None
     eval_key: str | None = None
@@ -691,9 +652,9 @@ def _add_model(ds, key: str, prefix: str, frames: PairFrames, sizes, display_nam
                     detections=[
                         fo.Detection(
                             label=str(r["dataset_match"]),
-                            bounding_box=[float(r["x"]), float(r["y"]), float(r["w"]), float(r["h"])],
+                            bounding_box=_relative_box(r),
                             confidence=_confidence(r.get("confidence")),
-                            mask=box_mask(r.get("mask"), (r["x"], r["y"], r["w"], r["h"])),
+                            mask=_row_mask(r),
                             object_name=_text(r.get("label")),
                             description=_text(r.get("description")),
                             score=_value(r.get("score")),
@@ -743,6 +704,56 @@ def _add_model(ds, key: str, prefix: str, frames: PairFrames, sizes, display_nam
     }
 
 
+def _detection(r: Mapping[str, Any], size: tuple[int, int]):
+    """A detections row (pixel ``x1 y1 x2 y2`` of an image of ``size``) as an ``fo.Detection``."""
+    import fiftyone as fo
+
+    width, height = size
+    return fo.Detection(
+        label=_text(r.get("object_name")) or "(none)",
+        bounding_box=[
+            r["x1"] / width,
+            r["y1"] / height,
+            (r["x2"] - r["x1"]) / width,
+            (r["y2"] - r["y1"]) / height,
+        ],
+        confidence=_confidence(r.get("confidence")),
+        description=_text(r.get("description")),
+        prompt=_text(r.get("prompt")),
+        over_detection=_value(r.get("is_over_detection")),
+        instance_index=_value(r.get("instance_index")),
+        detection_index=_value(r.get("detection_index")),
+    )
+
+
+def _mask_detection(r: Mapping[str, Any]):
+    """A masks or validations row as an ``fo.Detection`` with its instance mask."""
+    import fiftyone as fo
+
+    return fo.Detection(
+        label=_text(r.get("validated_object_name", r.get("object_name"))) or "(none)",
+        bounding_box=_relative_box(r),
+        mask=_row_mask(r),
+        confidence=_confidence(r.get("confidence")),
+        description=_text(r.get("description")),
+        track_id=_value(r.get("track_id")),
+        validation=_text(r.get("validation_action")),
+        kept=_value(r.get("kept")),
+        segmentation_error=_text(r.get("segmentation_error")),
+        detection_index=_value(r.get("detection_index")),
+    )
+
+
+def _relative_box(r: Mapping[str, Any]) -> list[float]:
+    """The row's relative ``[x, y, w, h]``, as FiftyOne's ``bounding_box``."""
+    return [float(r["x"]), float(r["y"]), float(r["w"]), float(r["h"])]
+
+
+def _row_mask(r: Mapping[str, Any]) -> np.ndarray | None:
+    """The row's full-image RLE ``mask`` cut to its box (:func:`box_mask`), or None."""
+    return box_mask(r.get("mask"), (r["x"], r["y"], r["w"], r["h"]))
+
+
 def _label_match(r: Mapping[str, Any]):
     import fiftyone as fo
 
@@ -751,7 +762,7 @@ def _label_match(r: Mapping[str, Any]):
     status = "skipped" if skipped else ("matched" if dataset_match is not None else "dropped")
     return fo.Detection(
         label=dataset_match or _text(r.get("best_target")) or _text(r.get("label")) or "(none)",
-        bounding_box=[float(r["x"]), float(r["y"]), float(r["w"]), float(r["h"])],
+        bounding_box=_relative_box(r),
         confidence=_confidence(r.get("confidence")),
         status=status,
         object_name=_text(r.get("label")),

@@ -29,6 +29,14 @@ class RejectedRequest(ValueError):
     ``{"detail": "Inference failed: <message>"}`` (``Update failed: ...`` on sam2's ``/update``)."""
 
 
+def request_object(payload: Any) -> dict[str, Any]:
+    """``payload`` when it is a JSON object; else :class:`RejectedRequest` with the error the server's
+    ``preprocess`` meets on its first ``payload.get``."""
+    if not isinstance(payload, dict):
+        raise RejectedRequest(f"'{type(payload).__name__}' object has no attribute 'get'")
+    return payload
+
+
 class ControlsStore:
     """The live controls of every server, replaceable at run time from any thread."""
 

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..protocol.segmentation import encode_mask_png
+from ..protocol.vision_requests import request_images
 from . import language as lang
-from ._http import RejectedRequest
+from ._http import RejectedRequest, request_object
 from .controls import ModelControls
 from .faults import rng
 from .geometry import box_iou, jitter_box, random_box
@@ -106,16 +107,7 @@ def _integer_parameters(payload: dict[str, Any], defaults: dict[str, int]) -> di
 
 
 def _images(payload: Any) -> list[Any]:
-    if not isinstance(payload, dict):
-        raise RejectedRequest(f"'{type(payload).__name__}' object has no attribute 'get'")
-    images = payload.get("images")
-    if images is None:
-        raise RejectedRequest("Missing 'images' in payload")
-    if not isinstance(images, list):
-        if not isinstance(images, str):
-            raise RejectedRequest("Invalid 'images' in payload")
-        images = [images]
-    return images
+    return request_images(request_object(payload), RejectedRequest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,17 +184,24 @@ def parse_florence_request(payload: Any) -> tuple[list[Any], list[FlorencePrompt
     return images, [_florence_prompt(p) for p in standardized]
 
 
+def _jittered_box(
+    identified: Identified, inst: Any, controls: ModelControls, gen: np.random.Generator
+) -> np.ndarray:
+    """The GT box of ``inst`` (pixel xyxy) with the model's ``box_jitter``."""
+    width, height = identified.width, identified.height
+    box = identified.image.box_xyxy(inst, width, height)
+    return jitter_box(box, controls.box_jitter, gen, width, height)
+
+
 def _found(
     identified: Identified, controls: ModelControls, gen: np.random.Generator
 ) -> list[tuple[Any, list[int]]]:
     """The GT instances the model "sees" (each with probability ``recall``) and their jittered int boxes."""
-    image, width, height = identified.image, identified.width, identified.height
     out = []
-    for inst in image.instances:
+    for inst in identified.image.instances:
         if gen.random() >= controls.recall:
             continue
-        box = jitter_box(image.box_xyxy(inst, width, height), controls.box_jitter, gen, width, height)
-        out.append((inst, [int(v) for v in box]))
+        out.append((inst, [int(v) for v in _jittered_box(identified, inst, controls, gen)]))
     return out
 
 
@@ -294,13 +293,7 @@ def florence_answer(
         out = []
         for index in keep:
             inst = identified.image.instances[index]
-            jittered = jitter_box(
-                identified.image.box_xyxy(inst, identified.width, identified.height),
-                controls.box_jitter,
-                gen,
-                identified.width,
-                identified.height,
-            )
+            jittered = _jittered_box(identified, inst, controls, gen)
             if task == "<OPEN_VOCABULARY_DETECTION>":
                 out.append({"box_xyxy": [int(v) for v in jittered], "label": prompt.argument})
             elif (entry := _segment(identified, jittered)) is not None:
@@ -377,13 +370,7 @@ def kosmos_answer(
         out = []
         for index in candidates[:1]:
             inst = identified.image.instances[index]
-            box = jitter_box(
-                identified.image.box_xyxy(inst, identified.width, identified.height),
-                controls.box_jitter,
-                gen,
-                identified.width,
-                identified.height,
-            )
+            box = _jittered_box(identified, inst, controls, gen)
             out.append({"box_xyxy": [int(v) for v in box], "label": text})
         return out, text
     found = [

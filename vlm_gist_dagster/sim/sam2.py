@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from ..protocol.segmentation import DegenerateMaskError, sam2_response
-from ._http import RejectedRequest
+from ..protocol.vision_requests import listed_field, request_images
+from ._http import RejectedRequest, request_object
 from .geometry import box_iou
 from .world import Identified, SimImage
 
@@ -98,33 +99,16 @@ def parse_update_request(payload: Any) -> tuple[Any, list[Sam2Prompt]]:
     >>> parse_update_request({"image": "QUJD", "prompts": {"object_id": 3, "bbox": [1, 2, 30, 40]}})[1]
     [Sam2Prompt(object_id=3, bbox=(1.0, 2.0, 30.0, 40.0), points=(), labels=())]
     """
-    if not isinstance(payload, dict):
-        raise RejectedRequest(f"'{type(payload).__name__}' object has no attribute 'get'")
-    image = payload.get("image")
+    image = request_object(payload).get("image")
     if image is None:
         raise RejectedRequest("Missing 'image' in payload")
-    prompts = payload.get("prompts")
-    if prompts is None:
-        raise RejectedRequest("Missing 'prompts' in payload")
-    if not isinstance(prompts, list):
-        if not isinstance(prompts, dict):
-            raise RejectedRequest("Invalid 'prompts' in payload")
-        prompts = [prompts]
+    prompts = listed_field(payload, "prompts", dict, RejectedRequest)
     return image, [_parse_prompt(p) for p in prompts]
 
 
 def parse_track_request(payload: Any) -> list[Any]:
     """The images of a tracking ``/infer`` body (model.py:169-180)."""
-    if not isinstance(payload, dict):
-        raise RejectedRequest(f"'{type(payload).__name__}' object has no attribute 'get'")
-    images = payload.get("images")
-    if images is None:
-        raise RejectedRequest("Missing 'images' in payload")
-    if not isinstance(images, list):
-        if not isinstance(images, str):
-            raise RejectedRequest("Invalid 'images' in payload")
-        images = [images]
-    return images
+    return request_images(request_object(payload), RejectedRequest)
 
 
 def prompt_box(prompt: Sam2Prompt, item: Identified) -> np.ndarray:

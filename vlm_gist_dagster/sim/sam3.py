@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 
 from ..protocol.segmentation import encode_sam2_mask
-from ._http import RejectedRequest
+from ..protocol.vision_requests import (
+    one_image_per_parameter_set,
+    per_image_parameters,
+    request_images,
+    sam3_parameter_set,
+)
+from ._http import RejectedRequest, request_object
 from .controls import ModelControls
 from .faults import rng
 from .geometry import distractor_box, jitter_box
@@ -52,50 +58,15 @@ def parse_infer_request(payload: Any) -> tuple[list[Any], list[Sam3Parameters]]:
     ...
     vlm_gist_dagster.sim._http.RejectedRequest: Invalid 'prompts' in inference_parameters[0]: a list of non-empty strings
     """
-    if not isinstance(payload, dict):
-        raise RejectedRequest(f"'{type(payload).__name__}' object has no attribute 'get'")
-    images = payload.get("images")
-    if images is None:
-        raise RejectedRequest("Missing 'images' in payload")
-    if isinstance(images, str):
-        images = [images]
-    elif not isinstance(images, list):
-        raise RejectedRequest("Invalid 'images' in payload")
-    params = payload.get("inference_parameters")
-    if params is None:
-        raise RejectedRequest("Missing 'inference_parameters' in payload")
-    if isinstance(params, dict):
-        params = [params]
-    elif not isinstance(params, list):
-        raise RejectedRequest("Invalid 'inference_parameters' in payload")
-    if len(images) > 1 and len(params) == 1:
-        params = params * len(images)
-    elif not (len(images) == len(params) or (len(images) == 1 and len(params) > 1)):
-        raise RejectedRequest("Mismatch between number of images and inference_parameters")
-    parsed: list[Sam3Parameters] = []
-    for i, p in enumerate(params):
-        if not isinstance(p, dict) or "prompts" not in p:
-            raise RejectedRequest(f"Missing 'prompts' in inference_parameters[{i}]")
-        prompts = [p["prompts"]] if isinstance(p["prompts"], str) else p["prompts"]
-        if not isinstance(prompts, list) or not all(isinstance(s, str) and s.strip() for s in prompts):
-            raise RejectedRequest(
-                f"Invalid 'prompts' in inference_parameters[{i}]: a list of non-empty strings"
-            )
-        values = []
-        for key in ("min_confidence", "mask_threshold"):
-            value = p.get(key, 0.5)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise RejectedRequest(f"Invalid '{key}' in inference_parameters[{i}]: a number in [0, 1]")
-            values.append(float(value))
-        limit = p.get("max_detections_per_prompt")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise RejectedRequest(
-                f"Invalid 'max_detections_per_prompt' in inference_parameters[{i}]: null or an integer >= 1"
-            )
-        parsed.append(Sam3Parameters(tuple(dict.fromkeys(prompts)), values[0], values[1], limit))
-    if len(images) == 1 and len(parsed) > 1:
-        images = images * len(parsed)
-    return images, parsed
+    images = request_images(request_object(payload), RejectedRequest)
+    params = per_image_parameters(payload, images, RejectedRequest)
+    parsed = [
+        Sam3Parameters(tuple(prompts), min_confidence, mask_threshold, limit)
+        for prompts, min_confidence, mask_threshold, limit in (
+            sam3_parameter_set(i, p, RejectedRequest) for i, p in enumerate(params)
+        )
+    ]
+    return one_image_per_parameter_set(images, parsed), parsed
 
 
 def sam3_detections(

@@ -204,7 +204,12 @@ class VisionServer:
                 raise VisionError(400, f"simulator: image {i}: {exc}") from None
         return out
 
-    async def _plan(self, request: Request, timer: RequestTimer, identified: list[Identified]):
+    async def _plan(
+        self, request: Request, timer: RequestTimer, images: list[Any]
+    ) -> tuple[list[Identified], FaultPlan, Response | None]:
+        """The request's images identified, and its fault plan: a fault's response (answer it), or None
+        after the plan's latency (then answer the request)."""
+        identified = await asyncio.to_thread(self._identify, images)
         key = "+".join(item.image.key for item in identified)
         timer.image_key = key
         plan = plan_request(
@@ -219,7 +224,7 @@ class VisionServer:
             )
             if delay > 0:
                 await asyncio.sleep(delay)
-        return plan, response
+        return identified, plan, response
 
     def _parts(self, plan: FaultPlan, item: Identified) -> tuple:
         """What seeds a result: never the attempt, so the same request always gets the same result."""
@@ -298,8 +303,7 @@ class VisionServer:
     # ---------------------------------------------------------------- mmgroundingdino
     async def _infer_gdino(self, request: Request, timer: RequestTimer) -> Response:
         images, parameters = gdino.parse_infer_request(await self._payload(request))
-        identified = await asyncio.to_thread(self._identify, images)
-        plan, faulted = await self._plan(request, timer, identified)
+        identified, plan, faulted = await self._plan(request, timer, images)
         if faulted is not None:
             return faulted
 
@@ -327,8 +331,7 @@ class VisionServer:
     async def update(self, request: Request) -> Response:
         async def handler(request: Request, timer: RequestTimer) -> Response:
             image, prompts = sam2.parse_update_request(await self._payload(request))
-            (item,) = await asyncio.to_thread(self._identify, [image])
-            plan, faulted = await self._plan(request, timer, [item])
+            (item,), plan, faulted = await self._plan(request, timer, [image])
             if faulted is not None:
                 return faulted
             size = np.array([item.width, item.height, item.width, item.height], dtype=np.float64)
@@ -351,8 +354,7 @@ class VisionServer:
 
     async def _infer_sam2(self, request: Request, timer: RequestTimer) -> Response:
         images = sam2.parse_track_request(await self._payload(request))
-        identified = await asyncio.to_thread(self._identify, images)
-        plan, faulted = await self._plan(request, timer, identified)
+        identified, plan, faulted = await self._plan(request, timer, images)
         if faulted is not None:
             return faulted
         if self.tracker is None:  # never initialised: no frames at all (model.py:235-236)
@@ -369,44 +371,42 @@ class VisionServer:
 
     # ---------------------------------------------------------------- florence2 / kosmos2
     async def _infer_florence(self, request: Request, timer: RequestTimer) -> Response:
-        images, prompts = baselines.parse_florence_request(await self._payload(request))
-        identified = await asyncio.to_thread(self._identify, images)
-        plan, faulted = await self._plan(request, timer, identified)
-        if faulted is not None:
-            return faulted
-        answers = [
-            baselines.florence_answer(item, prompt, plan.controls, self._parts(plan, item))
-            for item, prompt in zip(identified, prompts, strict=True)
-        ]
-        artifact = {
-            "detections": [d for d, _ in answers],
-            "captions": [c for _, c in answers],
-            "model": "florence2",
-        }
-        return self._respond(plan, {"artifact": artifact})
+        return await self._infer_captioner(
+            request, timer, baselines.parse_florence_request, baselines.florence_answer
+        )
 
     async def _infer_kosmos(self, request: Request, timer: RequestTimer) -> Response:
-        images, prompts = baselines.parse_kosmos_request(await self._payload(request))
-        identified = await asyncio.to_thread(self._identify, images)
-        plan, faulted = await self._plan(request, timer, identified)
+        return await self._infer_captioner(
+            request, timer, baselines.parse_kosmos_request, baselines.kosmos_answer
+        )
+
+    async def _infer_captioner(
+        self,
+        request: Request,
+        timer: RequestTimer,
+        parse: Callable[[Any], tuple[list[Any], list[Any]]],
+        answer: Callable[..., tuple[list[dict[str, Any]], str | None]],
+    ) -> Response:
+        """Florence-2 and Kosmos-2: one prompt per image, answered with detections and a caption."""
+        images, prompts = parse(await self._payload(request))
+        identified, plan, faulted = await self._plan(request, timer, images)
         if faulted is not None:
             return faulted
         answers = [
-            baselines.kosmos_answer(item, prompt, plan.controls, self._parts(plan, item))
+            answer(item, prompt, plan.controls, self._parts(plan, item))
             for item, prompt in zip(identified, prompts, strict=True)
         ]
         artifact = {
             "detections": [d for d, _ in answers],
             "captions": [c for _, c in answers],
-            "model": "kosmos2",
+            "model": self.family,
         }
         return self._respond(plan, {"artifact": artifact})
 
     # ---------------------------------------------------------------- sam3
     async def _infer_sam3(self, request: Request, timer: RequestTimer) -> Response:
         images, parameters = sam3.parse_infer_request(await self._payload(request))
-        identified = await asyncio.to_thread(self._identify, images)
-        plan, faulted = await self._plan(request, timer, identified)
+        identified, plan, faulted = await self._plan(request, timer, images)
         if faulted is not None:
             return faulted
 

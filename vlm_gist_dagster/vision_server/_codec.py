@@ -24,7 +24,7 @@ import numpy as np
 
 from ..protocol.segmentation import encode_mask_png
 
-__all__ = ["InvalidImageError", "decode_image", "encode_mask_crops"]
+__all__ = ["InvalidImageError", "decode_image", "decode_images", "encode_mask_crops"]
 
 
 class InvalidImageError(ValueError):
@@ -70,6 +70,11 @@ def decode_image(value: Any, field: str) -> np.ndarray:
             f"{field} is not an image file ({len(data)} bytes of base64-decoded data that neither "
             "OpenCV nor PIL can read)"
         ) from None
+
+
+def decode_images(values: list[Any]) -> list[np.ndarray]:
+    """:func:`decode_image` of each of a request's ``images``, errors naming ``images[i]``."""
+    return [decode_image(value, f"images[{i}]") for i, value in enumerate(values)]
 
 
 def encode_mask_crops(masks: Any) -> list[tuple[list[int], str] | None]:

@@ -52,9 +52,17 @@ from starlette.routing import Route
 
 from . import TOKEN_ENV
 from ._codec import InvalidImageError
-from ._runtime import DeviceUnavailableError, MissingExtraError, Runtime, WeightsError
+from ._runtime import DeviceUnavailableError, MissingExtraError, Runtime, WeightsError, from_pretrained
 
-__all__ = ["HTTPError", "ModelFamily", "RequestError", "Stage", "VisionServer", "create_app"]
+__all__ = [
+    "HTTPError",
+    "ModelFamily",
+    "RequestError",
+    "Stage",
+    "TextPromptedFamily",
+    "VisionServer",
+    "create_app",
+]
 
 log = logging.getLogger("vlm_gist_dagster.vision_server")
 
@@ -87,11 +95,17 @@ class Stage:
 
 class ModelFamily:
     """One model family of the API. Subclasses set :attr:`name`, :attr:`flavors` and implement
-    :meth:`load_model` and :meth:`stages`; everything torch happens in the subclass."""
+    :meth:`load_model` and either the three steps of their one ``/infer`` route (``prepare``,
+    ``compute``, ``render``: see :class:`Stage`) or :meth:`stages`; everything torch happens in the
+    subclass."""
 
     name: ClassVar[str]
     #: flavour → Hugging Face model id of its official weights
     flavors: ClassVar[dict[str, str]]
+    # The three steps of the /infer stage, each family's own (:meth:`stages`).
+    prepare: Callable[[dict[str, Any]], Any]
+    compute: Callable[[Any], Any]
+    render: Callable[[Any], dict[str, Any]]
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -99,6 +113,8 @@ class ModelFamily:
         self.device: Any = None
         self.dtype: Any = None
         self.weights: str | None = None
+        #: the loaded torch model (None: nothing loaded)
+        self.model: Any = None
 
     # -- lifecycle (model thread) ----------------------------------------------------------------
     def load(self, flavor: str, payload: dict[str, Any]) -> None:
@@ -126,8 +142,17 @@ class ModelFamily:
         assert self.weights is not None, "load() sets the weights before it calls load_model()"
         return self.weights
 
+    def load_pretrained(self, cls: Any, flavor: str) -> Any:
+        """``cls.from_pretrained`` on :meth:`pretrained_weights` (a model, tokenizer or processor class)."""
+        return from_pretrained(cls, self.pretrained_weights(), flavor=flavor)
+
+    def use_model(self, model: Any) -> None:
+        """Keep ``model`` as :attr:`model`, on the server's device and dtype, in eval mode."""
+        self.model = model.to(self.device, dtype=self.dtype).eval()
+
     def unload(self) -> None:
         """Drop the model and free its memory (subclasses drop their own attributes first)."""
+        self.model = None
         self.flavor = None
         try:
             import gc
@@ -151,12 +176,26 @@ class ModelFamily:
         }
 
     def stages(self) -> dict[str, Stage]:
-        """Route path (``/infer``, ``/update``) → its :class:`Stage`."""
-        raise NotImplementedError
+        """Route path (``/infer``, ``/update``) → its :class:`Stage`: by default the one ``/infer``."""
+        return {"/infer": Stage(self.prepare, self.compute, self.render)}
 
     def extra_routes(self) -> dict[str, Callable[[], dict[str, Any]]]:
         """Model routes without a body that run on the model thread (sam2_realtime's ``/reset``)."""
         return {}
+
+
+class TextPromptedFamily(ModelFamily):
+    """A family whose model reads text prompts through a tokenizer and images in batches of at most
+    ``max_batch_size`` (``--max-batch-size``): mmgroundingdino and sam3."""
+
+    def __init__(self, runtime: Runtime, *, max_batch_size: int = 4) -> None:
+        super().__init__(runtime)
+        self.max_batch_size = max_batch_size
+        self.tokenizer: Any = None
+
+    def unload(self) -> None:
+        self.tokenizer = None
+        super().unload()
 
 
 class VisionServer:

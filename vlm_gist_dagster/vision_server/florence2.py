@@ -25,15 +25,15 @@ boxes and texts. Parsing is transformers' ``Florence2Processor.post_process_gene
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ..protocol.segmentation import encode_mask_png
-from ._codec import decode_image
-from ._runtime import from_pretrained
-from .app import ModelFamily, RequestError, Stage
+from ..protocol.vision_requests import request_images
+from ._codec import decode_images
+from .app import ModelFamily, RequestError
 
 __all__ = ["FLAVORS", "Florence2", "task_of"]
 
@@ -119,36 +119,44 @@ def _polygons_box_and_mask(polygons: list[list[float]]) -> tuple[list[int], np.n
 
 
 class _Generative(ModelFamily):
-    """Shared by Florence-2 and Kosmos-2: PIL images, mini-batched ``generate``."""
+    """Shared by Florence-2 and Kosmos-2: a processor, PIL images, mini-batched ``generate``."""
 
     defaults: dict[str, int] = {}
-    # The three steps of the /infer stage, each subclass's own.
-    prepare: Callable[[dict[str, Any]], Any]
-    compute: Callable[[Any], Any]
-    render: Callable[[Any], dict[str, Any]]
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
-        self.model: Any = None
         self.processor: Any = None
 
     def unload(self) -> None:
-        self.model = None
         self.processor = None
         super().unload()
 
-    def stages(self) -> dict[str, Stage]:
-        return {"/infer": Stage(self.prepare, self.compute, self.render)}
+    def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
+        if self.runtime.random_weights:
+            if self.runtime.random_size != "tiny":
+                raise RequestError(
+                    f"--random-size {self.runtime.random_size} is not available for {self.name}"
+                )
+            model, processor = self.tiny_random_model(self.runtime.seed)
+        else:
+            from transformers import AutoProcessor
+
+            model = self.load_pretrained(self.model_class(), flavor)
+            processor = self.load_pretrained(AutoProcessor, flavor)
+        self.use_model(model)
+        self.processor = processor
+
+    def model_class(self) -> Any:
+        """The transformers class of the family's pretrained model (imported when a model loads)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def tiny_random_model(seed: int) -> tuple[Any, Any]:
+        """A tiny model with random weights and its processor (``--random-weights``)."""
+        raise NotImplementedError
 
     def _images(self, payload: dict[str, Any]) -> list[np.ndarray]:
-        images = payload.get("images")
-        if images is None:
-            raise RequestError("Missing 'images' in payload")
-        if isinstance(images, str):
-            images = [images]
-        elif not isinstance(images, list):
-            raise RequestError("Invalid 'images' in payload")
-        return [decode_image(value, f"images[{i}]") for i, value in enumerate(images)]
+        return decode_images(request_images(payload, RequestError))
 
     def _parameters(self, payload: dict[str, Any]) -> dict[str, int]:
         params = payload.get("inference_parameters")
@@ -163,13 +171,24 @@ class _Generative(ModelFamily):
             out[key] = value
         return out
 
-    def _to_device(self, inputs: Any) -> dict[str, Any]:
+    def _processed_batches(
+        self, images: list[np.ndarray], prompts: list[str], step: int
+    ) -> Iterator[tuple[list[Any], list[str], dict[str, Any]]]:
+        """Mini-batches of at most ``step`` images: ``(PIL images, prompts, processor inputs on the device)``."""
         import torch
+        from PIL import Image
 
-        return {
-            k: (v.to(self.device, dtype=self.dtype) if torch.is_floating_point(v) else v.to(self.device))
-            for k, v in inputs.items()
-        }
+        for start in range(0, len(images), step):
+            batch_images = [Image.fromarray(im) for im in images[start : start + step]]
+            batch_prompts = prompts[start : start + step]
+            inputs = self.processor(
+                text=batch_prompts, images=batch_images, return_tensors="pt", padding=True
+            )
+            on_device = {
+                k: (v.to(self.device, dtype=self.dtype) if torch.is_floating_point(v) else v.to(self.device))
+                for k, v in inputs.items()
+            }
+            yield batch_images, batch_prompts, on_device
 
 
 class Florence2(_Generative):
@@ -177,24 +196,16 @@ class Florence2(_Generative):
     flavors = FLAVORS
     defaults = DEFAULTS
 
-    def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
-        if self.runtime.random_weights:
-            if self.runtime.random_size != "tiny":
-                raise RequestError(
-                    f"--random-size {self.runtime.random_size} is not available for {self.name}"
-                )
-            from ._tiny import tiny_florence2
+    def model_class(self) -> Any:
+        from transformers import Florence2ForConditionalGeneration
 
-            model, processor = tiny_florence2(self.runtime.seed)
-        else:
-            from transformers import AutoProcessor, Florence2ForConditionalGeneration
+        return Florence2ForConditionalGeneration
 
-            model = from_pretrained(
-                Florence2ForConditionalGeneration, self.pretrained_weights(), flavor=flavor
-            )
-            processor = from_pretrained(AutoProcessor, self.pretrained_weights(), flavor=flavor)
-        self.model = model.to(self.device, dtype=self.dtype).eval()
-        self.processor = processor
+    @staticmethod
+    def tiny_random_model(seed: int) -> tuple[Any, Any]:
+        from ._tiny import tiny_florence2
+
+        return tiny_florence2(seed)
 
     def prepare(self, payload: dict[str, Any]) -> tuple[list[np.ndarray], list[str], dict[str, int]]:
         images = self._images(payload)
@@ -248,18 +259,12 @@ class Florence2(_Generative):
         self, prepared: tuple[list[np.ndarray], list[str], dict[str, int]]
     ) -> list[tuple[str, dict[str, Any], tuple[int, int]]]:
         import torch
-        from PIL import Image
 
         images, prompts, params = prepared
         results = []
-        step = params["max_batch_size"]
-        for start in range(0, len(images), step):
-            batch_images = [Image.fromarray(im) for im in images[start : start + step]]
-            batch_prompts = prompts[start : start + step]
-            inputs = self.processor(
-                text=batch_prompts, images=batch_images, return_tensors="pt", padding=True
-            )
-            inputs = self._to_device(inputs)
+        for batch_images, batch_prompts, inputs in self._processed_batches(
+            images, prompts, params["max_batch_size"]
+        ):
             with torch.inference_mode():
                 generated = self.model.generate(
                     input_ids=inputs["input_ids"],

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from ._runtime import from_pretrained
 from .app import RequestError
 from .florence2 import _Generative
 
@@ -56,22 +55,16 @@ class Kosmos2(_Generative):
     flavors = FLAVORS
     defaults = {"max_new_tokens": 64, "max_batch_size": 16}
 
-    def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
-        if self.runtime.random_weights:
-            if self.runtime.random_size != "tiny":
-                raise RequestError(
-                    f"--random-size {self.runtime.random_size} is not available for {self.name}"
-                )
-            from ._tiny import tiny_kosmos2
+    def model_class(self) -> Any:
+        from transformers import Kosmos2ForConditionalGeneration
 
-            model, processor = tiny_kosmos2(self.runtime.seed)
-        else:
-            from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+        return Kosmos2ForConditionalGeneration
 
-            model = from_pretrained(Kosmos2ForConditionalGeneration, self.pretrained_weights(), flavor=flavor)
-            processor = from_pretrained(AutoProcessor, self.pretrained_weights(), flavor=flavor)
-        self.model = model.to(self.device, dtype=self.dtype).eval()
-        self.processor = processor
+    @staticmethod
+    def tiny_random_model(seed: int) -> tuple[Any, Any]:
+        from ._tiny import tiny_kosmos2
+
+        return tiny_kosmos2(seed)
 
     def prepare(self, payload: dict[str, Any]) -> tuple[list[np.ndarray], list[str], dict[str, int]]:
         images = self._images(payload)
@@ -93,17 +86,12 @@ class Kosmos2(_Generative):
 
     def compute(self, prepared: tuple[list[np.ndarray], list[str], dict[str, int]]) -> list[dict[str, Any]]:
         import torch
-        from PIL import Image
 
         images, prompts, params = prepared
         results = []
-        step = params["max_batch_size"]
-        for start in range(0, len(images), step):
-            batch_images = [Image.fromarray(im) for im in images[start : start + step]]
-            inputs = self.processor(
-                text=prompts[start : start + step], images=batch_images, return_tensors="pt", padding=True
-            )
-            inputs = self._to_device(inputs)
+        for batch_images, _prompts, inputs in self._processed_batches(
+            images, prompts, params["max_batch_size"]
+        ):
             with torch.inference_mode():
                 generated = self.model.generate(
                     pixel_values=inputs["pixel_values"],

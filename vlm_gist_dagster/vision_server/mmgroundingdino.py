@@ -13,14 +13,16 @@ and checks are the real server's: ``min_confidence`` 0.05 and must be a float (a
 Per image, as the real server does it:
 
 1. prompts are de-duplicated (first occurrence order) and counted;
-2. the unique prompts are split into chunks of at most 1,000 characters (:func:`chunk_width`: the width
+2. the unique prompts are split into chunks of at most 1,000 characters (``chunk_prompts``: the width
    with the smallest remainder, ties to the wider, width 1 only when nothing else fits); each chunk is
    one caption ``"p1. p2. ... pk. "`` with one entity per prompt (mmdet's ``custom_entities``; names
    cleaned as mmdet's ``clean_label_name`` cleans them);
 3. per chunk, the detector scores every (query, entity) pair by the mean sigmoid of the entity's tokens
    and keeps the 300 best pairs (mmdet's ``max_per_img``), boxes in image pixels clamped to the image;
-4. :func:`select` (the server's ``filter_detections``): ``> min_confidence``, optional class-agnostic
-   NMS, one box per prompt occurrence, padding to ``ceil(n × overdetect_factor)``.
+4. ``select_detections`` (the server's ``filter_detections``): ``> min_confidence``, optional
+   class-agnostic NMS, one box per prompt occurrence, padding to ``ceil(n × overdetect_factor)``.
+
+Steps 1, 2 and 4 are :mod:`vlm_gist_dagster.protocol.gdino_selection`, which the simulator applies too.
 
 Response: ``{"artifact": {"detections": [[{"box_xyxy": [int ×4] (truncated), "confidence": float,
 "prompt": str}, ...] per image], "model": "mmgroundingdino"}}``.
@@ -33,20 +35,18 @@ Deliberate difference: the real server splits a prompt that itself contains ". "
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ._codec import decode_image
-from ._runtime import from_pretrained
-from .app import ModelFamily, RequestError, Stage
+from ..protocol.gdino_selection import DetectorBox, chunk_prompts, select_detections
+from ..protocol.vision_requests import one_image_per_parameter_set, per_image_parameters, request_images
+from ._codec import decode_images
+from .app import RequestError, TextPromptedFamily
 
-__all__ = ["FLAVORS", "DetectorBox", "MMGroundingDino", "chunk_width", "clean_label_name", "nms", "select"]
+__all__ = ["FLAVORS", "MMGroundingDino", "clean_label_name"]
 
 #: flavour → Hugging Face model id (the real server's mmdet checkpoint of the same training data).
 FLAVORS: dict[str, str] = {
@@ -59,7 +59,6 @@ FLAVORS: dict[str, str] = {
     "llmdet_large": "iSEE-Laboratory/llmdet_large",
 }
 
-MAX_CHARS_PER_CHUNK = 1000  # the server's max_count_per_prompt
 MAX_PER_IMAGE = 300  # mmdet test_cfg.max_per_img of the MM-Grounding-DINO configs
 MAX_TEXT_TOKENS = 256
 # mmdet's data preprocessor for these configs: FixScaleResize (800, 1333) keeping the aspect ratio,
@@ -80,117 +79,6 @@ def clean_label_name(name: str) -> str:
     return re.sub(r"  ", " ", name)
 
 
-def chunk_width(prompts: list[str], max_chars: int = MAX_CHARS_PER_CHUNK) -> int:
-    """How many prompts go into one caption (the real server's ``determine_bin_width``).
-
-    >>> chunk_width(["a"] * 10)
-    10
-    >>> chunk_width(["x" * 400] * 5)   # 2 fit per chunk; leftover 1 for width 2
-    2
-    """
-    n = len(prompts)
-    prefix = np.concatenate([[0], np.cumsum([len(p) for p in prompts])])
-    feasible = []
-    for width in range(1, n + 1):
-        if all(prefix[min(s + width, n)] - prefix[s] <= max_chars for s in range(0, n, width)):
-            feasible.append((n % width, -width))
-    if not feasible:
-        return 1
-    feasible.sort()
-    for _, neg_width in feasible:
-        if -neg_width != 1:
-            return -neg_width
-    return 1
-
-
-@dataclass(frozen=True)
-class DetectorBox:
-    """One raw detection: the prompt it grounds, pixel ``xyxy`` floats, its score."""
-
-    prompt: str
-    box_xyxy: tuple[float, float, float, float]
-    confidence: float
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy class-agnostic NMS as ``torchvision.ops.nms``: indices of the kept boxes, best first; a box
-    is dropped when its IoU with a kept, better box is above ``iou_threshold``.
-
-    >>> b = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=float)
-    >>> nms(b, np.array([0.5, 0.9, 0.7]), 0.5).tolist()
-    [1, 2]
-    """
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep: list[int] = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(int(best))
-        w = np.clip(
-            np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0]), 0, None
-        )
-        h = np.clip(
-            np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1]), 0, None
-        )
-        inter = w * h
-        union = areas[best] + areas[rest] - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def select(
-    raw: Sequence[DetectorBox],
-    prompts: Sequence[str],
-    *,
-    min_confidence: float,
-    nms_iou: float | None,
-    overdetect_factor: float | None,
-) -> list[DetectorBox]:
-    """The server's selection rule (its ``filter_detections``) over one image's raw detections.
-
-    ``> min_confidence``; class-agnostic NMS when ``nms_iou`` is set; with no ``overdetect_factor``
-    everything left. Otherwise, in descending confidence, a box whose prompt is still in the request's
-    prompt multiset is picked (a prompt sent k times can get k boxes); then, when the factor is > 0,
-    the best remaining boxes of any prompt pad the pick to ``ceil(len(prompts) × factor)``. Equal scores
-    keep the later box first (a reversed stable sort, as the server reverses ``np.argsort``).
-
-    >>> r = [DetectorBox("a", (0, 0, 1, 1), 0.9), DetectorBox("a", (0, 0, 2, 2), 0.8), DetectorBox("b", (0, 0, 3, 3), 0.0)]
-    >>> [d.confidence for d in select(r, ["a", "b"], min_confidence=0.0, nms_iou=None, overdetect_factor=1.0)]
-    [0.9, 0.8]
-    >>> [d.confidence for d in select(r, ["a", "b"], min_confidence=0.0, nms_iou=None, overdetect_factor=0.0)]
-    [0.9]
-    """
-    scores = np.asarray([d.confidence for d in raw], dtype=np.float64)
-    kept = np.flatnonzero(scores > min_confidence)
-    if nms_iou is not None and kept.size:
-        boxes = np.asarray([raw[i].box_xyxy for i in kept.tolist()], dtype=np.float64)
-        kept = kept[nms(boxes, scores[kept], float(nms_iou))]
-    candidates = [raw[i] for i in kept.tolist()]
-    if overdetect_factor is None:
-        return candidates
-    order = [int(i) for i in np.argsort(scores[kept], kind="stable")[::-1]]
-    wanted = Counter(prompts)
-    remaining = len(prompts)
-    picked: list[int] = []
-    for i in order:
-        if remaining == 0:
-            break
-        if wanted[candidates[i].prompt] > 0:
-            wanted[candidates[i].prompt] -= 1
-            remaining -= 1
-            picked.append(i)
-    desired = math.ceil(len(prompts) * overdetect_factor)
-    if overdetect_factor > 0 and desired > len(picked):
-        chosen = set(picked)
-        for i in order:
-            if len(picked) >= desired:
-                break
-            if i not in chosen:
-                picked.append(i)
-    return [candidates[i] for i in picked]
-
-
 @dataclass
 class _ImageJob:
     image: np.ndarray
@@ -201,15 +89,9 @@ class _ImageJob:
     overdetect_factor: float | None
 
 
-class MMGroundingDino(ModelFamily):
+class MMGroundingDino(TextPromptedFamily):
     name = "mmgroundingdino"
     flavors = FLAVORS
-
-    def __init__(self, runtime: Any, *, max_batch_size: int = 4) -> None:
-        super().__init__(runtime)
-        self.max_batch_size = max_batch_size
-        self.model: Any = None
-        self.tokenizer: Any = None
 
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         if self.runtime.random_weights:
@@ -221,45 +103,21 @@ class MMGroundingDino(ModelFamily):
         else:
             from transformers import AutoTokenizer, MMGroundingDinoForObjectDetection
 
-            model = from_pretrained(
-                MMGroundingDinoForObjectDetection, self.pretrained_weights(), flavor=flavor
-            )
-            tokenizer = from_pretrained(AutoTokenizer, self.pretrained_weights(), flavor=flavor)
-        self.model = model.to(self.device, dtype=self.dtype).eval()
+            model = self.load_pretrained(MMGroundingDinoForObjectDetection, flavor)
+            tokenizer = self.load_pretrained(AutoTokenizer, flavor)
+        self.use_model(model)
         self.tokenizer = tokenizer
-
-    def unload(self) -> None:
-        self.model = None
-        self.tokenizer = None
-        super().unload()
-
-    def stages(self) -> dict[str, Stage]:
-        return {"/infer": Stage(self.prepare, self.compute, self.render)}
 
     # -- request parsing (thread pool) -----------------------------------------------------------
     def prepare(self, payload: dict[str, Any]) -> list[_ImageJob]:
-        params = payload.get("inference_parameters")
-        if params is None:
+        if payload.get("inference_parameters") is None:  # the real server reads the parameters first
             raise RequestError("Missing 'inference_parameters' in payload")
-        images = payload.get("images")
-        if images is None:
-            raise RequestError("Missing 'images' in payload")
-        if isinstance(images, str):
-            images = [images]
-        elif not isinstance(images, list):
-            raise RequestError("Invalid 'images' in payload")
-        if isinstance(params, dict):
-            params = [params]
-        elif not isinstance(params, list):
-            raise RequestError("Invalid 'inference_parameters' in payload")
-        if len(images) > 1 and len(params) == 1:
-            params = params * len(images)
-        elif not (len(images) == len(params) or (len(images) == 1 and len(params) > 1)):
-            raise RequestError("Mismatch between number of images and inference_parameters")
-        parsed = [self._parse_params(i, p) for i, p in enumerate(params)]
-        decoded = [decode_image(value, f"images[{i}]") for i, value in enumerate(images)]
-        if len(decoded) == 1 and len(parsed) > 1:
-            decoded = decoded * len(parsed)
+        images = request_images(payload, RequestError)
+        parsed = [
+            self._parse_params(i, p)
+            for i, p in enumerate(per_image_parameters(payload, images, RequestError))
+        ]
+        decoded = one_image_per_parameter_set(decode_images(images), parsed)
         return [_ImageJob(image, *p) for image, p in zip(decoded, parsed, strict=True)]
 
     @staticmethod
@@ -292,8 +150,7 @@ class MMGroundingDino(ModelFamily):
         for j, job in enumerate(jobs):
             if not job.unique:
                 continue
-            width = chunk_width(job.unique)
-            rows.extend((j, job.unique[s : s + width]) for s in range(0, len(job.unique), width))
+            rows.extend((j, chunk) for chunk in chunk_prompts(job.unique))
         raw: list[list[DetectorBox]] = [[] for _ in jobs]
         pixels = {}
         for start in range(0, len(rows), self.max_batch_size):
@@ -307,7 +164,7 @@ class MMGroundingDino(ModelFamily):
                 height, width = jobs[j].image.shape[:2]
                 raw[j].extend(self._to_boxes(found, chunk, width, height))
         return [
-            select(
+            select_detections(
                 boxes,
                 job.prompts,
                 min_confidence=job.min_confidence,

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import decode_image, encode_mask_crops
-from ._runtime import from_pretrained
+from ..protocol.vision_requests import listed_field, request_images
+from ._codec import decode_image, decode_images, encode_mask_crops
 from .app import ModelFamily, RequestError, Stage
 
 __all__ = ["FLAVORS", "Sam2Realtime"]
@@ -59,7 +59,6 @@ class Sam2Realtime(ModelFamily):
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
-        self.model: Any = None
         self.session: Any = None
         self.frame_index = 0
 
@@ -73,12 +72,11 @@ class Sam2Realtime(ModelFamily):
         else:
             from transformers import Sam2VideoModel
 
-            model = from_pretrained(Sam2VideoModel, self.pretrained_weights(), flavor=flavor)
-        self.model = model.to(self.device, dtype=self.dtype).eval()
+            model = self.load_pretrained(Sam2VideoModel, flavor)
+        self.use_model(model)
         self.session = None
 
     def unload(self) -> None:
-        self.model = None
         self.session = None
         super().unload()
 
@@ -100,27 +98,14 @@ class Sam2Realtime(ModelFamily):
     # -- requests (thread pool) ------------------------------------------------------------------
     @staticmethod
     def prepare_track(payload: dict[str, Any]) -> list[np.ndarray]:
-        images = payload.get("images")
-        if images is None:
-            raise RequestError("Missing 'images' in payload")
-        if isinstance(images, str):
-            images = [images]
-        elif not isinstance(images, list):
-            raise RequestError("Invalid 'images' in payload")
-        return [decode_image(value, f"images[{i}]") for i, value in enumerate(images)]
+        return decode_images(request_images(payload, RequestError))
 
     @staticmethod
     def prepare_update(payload: dict[str, Any]) -> tuple[np.ndarray, list[_Prompt]]:
         image = payload.get("image")
         if image is None:
             raise RequestError("Missing 'image' in payload")
-        prompts = payload.get("prompts")
-        if prompts is None:
-            raise RequestError("Missing 'prompts' in payload")
-        if isinstance(prompts, dict):
-            prompts = [prompts]
-        elif not isinstance(prompts, list):
-            raise RequestError("Invalid 'prompts' in payload")
+        prompts = listed_field(payload, "prompts", dict, RequestError)
         if not prompts:
             raise RequestError("'prompts' is empty: /update needs at least one prompt")
         parsed = []

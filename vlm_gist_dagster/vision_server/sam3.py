@@ -41,9 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import decode_image, encode_mask_crops
-from ._runtime import from_pretrained
-from .app import ModelFamily, RequestError, Stage
+from ..protocol.vision_requests import (
+    one_image_per_parameter_set,
+    per_image_parameters,
+    request_images,
+    sam3_parameter_set,
+)
+from ._codec import decode_images, encode_mask_crops
+from .app import RequestError, TextPromptedFamily
 
 __all__ = ["FLAVORS", "Sam3"]
 
@@ -62,15 +67,9 @@ class _ImageJob:
     max_detections: int | None
 
 
-class Sam3(ModelFamily):
+class Sam3(TextPromptedFamily):
     name = "sam3"
     flavors = FLAVORS
-
-    def __init__(self, runtime: Any, *, max_batch_size: int = 4) -> None:
-        super().__init__(runtime)
-        self.max_batch_size = max_batch_size
-        self.model: Any = None
-        self.tokenizer: Any = None
 
     def load_model(self, flavor: str, payload: dict[str, Any]) -> None:
         if self.runtime.random_weights:
@@ -86,64 +85,18 @@ class Sam3(ModelFamily):
         else:
             from transformers import AutoTokenizer, Sam3Model
 
-            model = from_pretrained(Sam3Model, self.pretrained_weights(), flavor=flavor)
-            tokenizer = from_pretrained(AutoTokenizer, self.pretrained_weights(), flavor=flavor)
-        self.model = model.to(self.device, dtype=self.dtype).eval()
+            model = self.load_pretrained(Sam3Model, flavor)
+            tokenizer = self.load_pretrained(AutoTokenizer, flavor)
+        self.use_model(model)
         self.tokenizer = tokenizer
 
-    def unload(self) -> None:
-        self.model = None
-        self.tokenizer = None
-        super().unload()
-
-    def stages(self) -> dict[str, Stage]:
-        return {"/infer": Stage(self.prepare, self.compute, self.render)}
-
     # -- request (thread pool) -------------------------------------------------------------------
-    def prepare(self, payload: dict[str, Any]) -> list[_ImageJob]:
-        images = payload.get("images")
-        if images is None:
-            raise RequestError("Missing 'images' in payload")
-        if isinstance(images, str):
-            images = [images]
-        elif not isinstance(images, list):
-            raise RequestError("Invalid 'images' in payload")
-        params = payload.get("inference_parameters")
-        if params is None:
-            raise RequestError("Missing 'inference_parameters' in payload")
-        if isinstance(params, dict):
-            params = [params]
-        elif not isinstance(params, list):
-            raise RequestError("Invalid 'inference_parameters' in payload")
-        if len(images) > 1 and len(params) == 1:
-            params = params * len(images)
-        elif not (len(images) == len(params) or (len(images) == 1 and len(params) > 1)):
-            raise RequestError("Mismatch between number of images and inference_parameters")
-        parsed: list[tuple[list[str], float, float, int | None]] = []
-        for i, p in enumerate(params):
-            if not isinstance(p, dict) or "prompts" not in p:
-                raise RequestError(f"Missing 'prompts' in inference_parameters[{i}]")
-            prompts = [p["prompts"]] if isinstance(p["prompts"], str) else p["prompts"]
-            if not isinstance(prompts, list) or not all(isinstance(s, str) and s.strip() for s in prompts):
-                raise RequestError(
-                    f"Invalid 'prompts' in inference_parameters[{i}]: a list of non-empty strings"
-                )
-            values = []
-            for key, default in (("min_confidence", 0.5), ("mask_threshold", 0.5)):
-                value = p.get(key, default)
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                    raise RequestError(f"Invalid '{key}' in inference_parameters[{i}]: a number in [0, 1]")
-                values.append(float(value))
-            limit = p.get("max_detections_per_prompt")
-            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-                raise RequestError(
-                    f"Invalid 'max_detections_per_prompt' in inference_parameters[{i}]: null or an integer >= 1"
-                )
-            min_confidence, mask_threshold = values
-            parsed.append((list(dict.fromkeys(prompts)), min_confidence, mask_threshold, limit))
-        decoded = [decode_image(value, f"images[{i}]") for i, value in enumerate(images)]
-        if len(decoded) == 1 and len(parsed) > 1:
-            decoded = decoded * len(parsed)
+    @staticmethod
+    def prepare(payload: dict[str, Any]) -> list[_ImageJob]:
+        images = request_images(payload, RequestError)
+        params = per_image_parameters(payload, images, RequestError)
+        parsed = [sam3_parameter_set(i, p, RequestError) for i, p in enumerate(params)]
+        decoded = one_image_per_parameter_set(decode_images(images), parsed)
         return [_ImageJob(image, *p) for image, p in zip(decoded, parsed, strict=True)]
 
     # -- the model (model thread) ----------------------------------------------------------------

@@ -206,12 +206,14 @@ def test_gdino_chunks_over_1000_characters_keep_their_prompts(gdino: Any) -> Non
 
 
 def test_chunk_width_as_the_server() -> None:
-    from vlm_gist_dagster.vision_server.mmgroundingdino import chunk_width, clean_label_name
+    from vlm_gist_dagster.protocol.gdino_selection import chunk_width
+    from vlm_gist_dagster.vision_server.mmgroundingdino import clean_label_name
 
-    assert chunk_width(["a"] * 7) == 7  # everything fits: one chunk
-    assert chunk_width(["x" * 400] * 5) == 2  # widths 1 and 2 fit; 1 is avoided
-    assert chunk_width(["x" * 300] * 6) == 3  # widths 1-3 fit; 6 % 3 == 0 beats 6 % 2 == 0 by width
-    assert chunk_width(["x" * 1200]) == 1  # nothing fits: 1
+    # chunk_width takes the prompts' character lengths
+    assert chunk_width([1] * 7) == 7  # everything fits: one chunk
+    assert chunk_width([400] * 5) == 2  # widths 1 and 2 fit; 1 is avoided
+    assert chunk_width([300] * 6) == 3  # widths 1-3 fit; 6 % 3 == 0 beats 6 % 2 == 0 by width
+    assert chunk_width([1200]) == 1  # nothing fits: 1
     assert clean_label_name("cup_(drinking)") == "cup "
 
 
@@ -442,7 +444,9 @@ def test_weights_that_cannot_be_had_are_a_clear_load_error(tmp_path: Any) -> Non
 
 
 def test_selection_rule_by_hand() -> None:
-    from vlm_gist_dagster.vision_server.mmgroundingdino import DetectorBox, nms, select
+    # the rule vision-serve's mmgroundingdino applies (shared with the simulator)
+    from vlm_gist_dagster.protocol.gdino_selection import DetectorBox, nms
+    from vlm_gist_dagster.protocol.gdino_selection import select_detections as select
 
     def box(prompt: str, score: float, x: float = 0.0) -> DetectorBox:
         return DetectorBox(prompt, (x, 0.0, x + 10.0, 10.0), score)
