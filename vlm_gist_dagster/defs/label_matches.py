@@ -7,9 +7,10 @@ from ..protocol.settings import LabelMatchingSettings
 from ..stages.label_matching import run_label_matches
 from ..stages.tables import LABEL_MATCHES
 from .automation import STAGE_CONDITION
-from .common import API_RETRY, VLM_POOL, api_errors, md_table, pair
+from .common import API_RETRY, api_errors, md_table, pair
 from .metadata import column_schema
 from .partitions import model_dataset_partitions
+from .providers import LABEL_MATCHING_POOL
 from .resources import ServicesResource
 from .settings_assets import settings_from_table
 
@@ -18,7 +19,7 @@ from .settings_assets import settings_from_table
     partitions_def=model_dataset_partitions,
     group_name="benchmark",
     kinds={"parquet", "llm"},
-    pool=VLM_POOL,
+    pool=LABEL_MATCHING_POOL,  # vlm_api/<provider> of the label-matching LLM (defs.providers)
     retry_policy=API_RETRY,
     automation_condition=STAGE_CONDITION,
     code_version="1",

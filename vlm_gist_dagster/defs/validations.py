@@ -8,9 +8,10 @@ from ..protocol.settings import SettingsError, ValidationSettings, load_validati
 from ..stages.tables import VALIDATIONS
 from ..stages.validation import run_validations
 from .automation import STAGE_CONDITION
-from .common import API_RETRY, VLM_POOL, api_errors, md_table, pair
+from .common import API_RETRY, api_errors, md_table, pair
 from .metadata import column_schema
 from .partitions import model_dataset_partitions
+from .providers import VALIDATION_POOL
 from .resources import ModelsResource, ServicesResource, SettingsResource
 from .settings_assets import validation_settings_file
 
@@ -19,7 +20,7 @@ from .settings_assets import validation_settings_file
     partitions_def=model_dataset_partitions,
     group_name="benchmark",
     kinds={"parquet", "vlm"},
-    pool=VLM_POOL,
+    pool=VALIDATION_POOL,  # vlm_api/<provider> of the validation VLM (defs.providers)
     retry_policy=API_RETRY,
     automation_condition=STAGE_CONDITION,
     code_version="1",
