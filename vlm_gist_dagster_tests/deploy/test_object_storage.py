@@ -182,7 +182,8 @@ def bucket_keys(client, prefix: str = "") -> set[str]:
 def test_the_response_cache_keeps_one_object_per_answer_in_s3(s3_endpoint, caplog):
     """``ResponseCache("s3://…")``: a missing object is a miss, a stored answer is one object at
     ``<prefix>/<digest[:2]>/<digest>.json`` that another cache (another run worker) reads back, and an
-    object that is not a cache entry is a miss with a warning."""
+    object that is not a cache entry is a miss with a warning. (moto's servers in one process share
+    one store, so each test keeps to its own prefix.)"""
     import hashlib
     import json
 
@@ -193,7 +194,7 @@ def test_the_response_cache_keeps_one_object_per_answer_in_s3(s3_endpoint, caplo
     key = CacheKey.for_request("chat", "https://api.openai.com/v1/chat/completions", "gpt-5", {"a": 1})
     answer = {"kind": "json", "status": 200, "body_text": "{}"}
     with patched_environ(aws_environment(s3_endpoint)):
-        writer = ResponseCache(f"s3://{BUCKET}/cache/responses")
+        writer = ResponseCache(f"s3://{BUCKET}/unit/responses")
         assert writer.remote
         assert writer.get(key) is None and writer.misses == 1
         writer.put(key, answer)
@@ -211,12 +212,12 @@ def test_the_response_cache_keeps_one_object_per_answer_in_s3(s3_endpoint, caplo
         digest = hashlib.sha256(
             json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
-        assert bucket_keys(client) == {f"cache/responses/{digest[:2]}/{digest}.json"}
-        reader = ResponseCache(f"s3://{BUCKET}/cache/responses")
+        assert bucket_keys(client, "unit/") == {f"unit/responses/{digest[:2]}/{digest}.json"}
+        reader = ResponseCache(f"s3://{BUCKET}/unit/responses")
         assert reader.get(key) == answer and reader.hits == 1
-        assert ResponseCache(f"s3://{BUCKET}/cache/responses", mode="refresh").get(key) is None
+        assert ResponseCache(f"s3://{BUCKET}/unit/responses", mode="refresh").get(key) is None
         # Torn or foreign content is a miss, not an error.
-        client.put_object(Bucket=BUCKET, Key=f"cache/responses/{digest[:2]}/{digest}.json", Body=b"{not json")
+        client.put_object(Bucket=BUCKET, Key=f"unit/responses/{digest[:2]}/{digest}.json", Body=b"{not json")
         assert reader.get(key) is None
         assert "unreadable" in caplog.text
 
