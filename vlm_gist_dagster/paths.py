@@ -3,15 +3,16 @@
 Every location can be moved with an environment variable so that a deployment (or a test) differs from a
 local checkout only in its environment:
 
-========================  ===============================  =========================================
-variable                  default                          holds
-========================  ===============================  =========================================
-``VLM_GIST_PROJECT_DIR``  the checkout (or the cwd)        ``settings/`` and ``data/``
-``VLM_GIST_SETTINGS_DIR`` ``<project>/settings``           models, detection, label matching, datasets
-``VLM_GIST_DATA_DIR``     ``<project>/data``               everything the pipeline writes
-``VLM_GIST_ASSETS_DIR``   ``<data>/assets``                Parquet assets (may be a UPath: ``s3://…``)
-``VLM_GIST_MODELS_DIR``   ``<settings>/models``            the model settings files
-========================  ===============================  =========================================
+===============================  ==========================  ===========================================
+variable                         default                     holds
+===============================  ==========================  ===========================================
+``VLM_GIST_PROJECT_DIR``         the checkout (or the cwd)   ``settings/`` and ``data/``
+``VLM_GIST_SETTINGS_DIR``        ``<project>/settings``      models, detection, label matching, datasets
+``VLM_GIST_DATA_DIR``            ``<project>/data``          everything the pipeline writes
+``VLM_GIST_ASSETS_DIR``          ``<data>/assets``           Parquet assets (may be a UPath: ``s3://…``)
+``VLM_GIST_MODELS_DIR``          ``<settings>/models``       the model settings files
+``VLM_GIST_RESPONSE_CACHE_DIR``  ``<data>/cache/responses``  the response cache (may be ``s3://…``)
+===============================  ==========================  ===========================================
 
 :meth:`Locations.from_environment` is the one reader of these variables. The Dagster layer gets the
 locations from its resources (``defs.resources.resources_from_environment``); the functions below are the
@@ -38,6 +39,8 @@ class Locations:
     #: A string because it may be a remote UPath (``s3://…``).
     assets_dir: str
     models_dir: Path
+    #: The response cache's root; a string because it may be a remote UPath (``s3://…``).
+    response_cache_dir: str
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> Locations:
@@ -56,6 +59,7 @@ class Locations:
             data_dir=data,
             assets_dir=env.get("VLM_GIST_ASSETS_DIR") or str(data / "assets"),
             models_dir=directory("VLM_GIST_MODELS_DIR", settings / "models"),
+            response_cache_dir=env.get("VLM_GIST_RESPONSE_CACHE_DIR") or str(data / "cache" / "responses"),
         )
 
 
@@ -86,6 +90,11 @@ def assets_dir() -> str:
 
 def models_dir() -> Path:
     return Locations.from_environment().models_dir
+
+
+def response_cache_dir() -> str:
+    """Root of the response cache, as a string because it may be a remote UPath."""
+    return Locations.from_environment().response_cache_dir
 
 
 def resolve(path: str | os.PathLike[str], base: Path | None = None) -> Path:

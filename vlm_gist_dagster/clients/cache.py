@@ -38,10 +38,18 @@ from the network or from here (:mod:`.replay`).
 ``os.replace``; a crash leaves either the old file or the new one, never a torn one. Unreadable files
 are misses.
 
+**Object storage.** The root may be an fsspec URL (``s3://bucket/prefix``, ``gs://…``; a
+:class:`upath.UPath`), so run workers on different machines share one cache without a shared volume.
+An object store's PUT is atomic (a reader sees the old object or the new one, never a part), so each entry
+is written there directly, with no temporary object; a missing object is a miss, and so is one that
+cannot be read (a warning says why). Credentials and endpoints are fsspec's (for S3: the usual
+``AWS_*`` variables, ``AWS_ENDPOINT_URL`` for MinIO and other S3-compatible stores).
+
 **Modes** (:class:`CacheMode`, ``VLM_GIST_CACHE_MODE``): ``use`` reads and writes; ``refresh`` asks
 again and overwrites; ``bypass`` neither reads nor writes.
 
-Layout: ``<root>/<digest[:2]>/<digest>.json``. Default root: ``<data dir>/cache/responses``.
+Layout: ``<root>/<digest[:2]>/<digest>.json``. Default root: ``<data dir>/cache/responses``
+(``VLM_GIST_RESPONSE_CACHE_DIR`` moves it).
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import numpy as np
@@ -62,6 +70,9 @@ import numpy as np
 from .. import paths
 from ..files import atomic_write
 from .errors import get_logger
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 __all__ = [
     "CACHE_VERSION",
@@ -71,6 +82,7 @@ __all__ = [
     "CacheMode",
     "ResponseCache",
     "Subject",
+    "cache_root",
     "canonical_json",
     "decode_vector",
     "default_cache_dir",
@@ -128,9 +140,31 @@ def sha256_json(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
-def default_cache_dir() -> Path:
-    """``<data dir>/cache/responses`` (``$VLM_GIST_DATA_DIR`` moves the data dir)."""
-    return paths.data_dir() / "cache" / "responses"
+def default_cache_dir() -> Path | UPath:
+    """``$VLM_GIST_RESPONSE_CACHE_DIR``, else ``<data dir>/cache/responses`` (``$VLM_GIST_DATA_DIR``
+    moves the data dir)."""
+    return cache_root(paths.response_cache_dir())
+
+
+def cache_root(root: str | os.PathLike[str] | UPath) -> Path | UPath:
+    """A local :class:`~pathlib.Path` for a local folder (``file://`` URLs included), a
+    :class:`upath.UPath` for any other fsspec URL (``s3://bucket/prefix``).
+
+    >>> cache_root("/tmp/cache")
+    PosixPath('/tmp/cache')
+    >>> type(cache_root("memory://cache")).__name__
+    'MemoryPath'
+    """
+    from upath import UPath
+
+    if isinstance(root, UPath):
+        if root.protocol in ("", "file", "local"):
+            return Path(root.path)
+        return root
+    text = os.fspath(root)
+    if "://" in text and not text.startswith("file://"):
+        return UPath(text)
+    return Path(text.removeprefix("file://"))
 
 
 def service_identity(url: str | httpx.URL, *, simulated: bool = False) -> str:
@@ -235,7 +269,7 @@ class CacheKey:
 
 
 class ResponseCache:
-    """Answers on disk, one JSON file per :class:`CacheKey` (see the module docstring).
+    """Answers in a folder or a bucket, one JSON file per :class:`CacheKey` (see the module docstring).
 
     >>> import tempfile
     >>> cache = ResponseCache(tempfile.mkdtemp())
@@ -250,15 +284,17 @@ class ResponseCache:
     """
 
     def __init__(
-        self, root: str | os.PathLike[str] | None = None, *, mode: CacheMode | str = CacheMode.USE
+        self, root: str | os.PathLike[str] | UPath | None = None, *, mode: CacheMode | str = CacheMode.USE
     ) -> None:
-        self.root = Path(root) if root is not None else default_cache_dir()
+        #: A local folder, or a UPath on object storage (see the module docstring).
+        self.root = cache_root(root) if root is not None else default_cache_dir()
+        self.remote = not isinstance(self.root, Path)
         self.mode = CacheMode.parse(mode)
         self.hits = 0
         self.misses = 0
         self.writes = 0
 
-    def path_for(self, key: CacheKey) -> Path:
+    def path_for(self, key: CacheKey) -> Path | UPath:
         digest = key.digest
         return self.root / digest[:2] / f"{digest}.json"
 
@@ -276,6 +312,12 @@ class ResponseCache:
             log.warning("response cache file %s is unreadable (%s); treating it as a miss", path, exc)
             self.misses += 1
             return None
+        except Exception as exc:  # object stores raise their client's own errors too (botocore, …)
+            if not self.remote:
+                raise
+            log.warning("response cache object %s is unreadable (%r); treating it as a miss", path, exc)
+            self.misses += 1
+            return None
         if not isinstance(stored, dict) or stored.get("key") != key.material() or "response" not in stored:
             self.misses += 1
             return None
@@ -287,7 +329,13 @@ class ResponseCache:
         if not self.mode.writes:
             return
         record = {"key": key.material(), "stored_at": time.time(), "response": response}
-        atomic_write(self.path_for(key), json.dumps(record, ensure_ascii=False, indent=1))
+        text = json.dumps(record, ensure_ascii=False, indent=1)
+        path = self.path_for(key)
+        if isinstance(path, Path):
+            atomic_write(path, text)
+        else:
+            # One PUT: atomic on an object store, so no temporary object and no rename (which S3 lacks).
+            path.write_bytes(text.encode("utf-8"))
         self.writes += 1
 
 

@@ -3,7 +3,9 @@
 * ``datasets_job`` (per dataset): the dataset tables and that dataset's label-matching settings.
 * ``settings_job``: the detection settings.
 * ``benchmark_pair_job`` (per (dataset, model)): stages A–E for one pair. Backfill by model partition
-  from the UI (select the model's partitions) or the CLI, one run per partition.
+  from the UI (select the model's partitions) or the CLI, one run per partition. Its partitioned config
+  tags every run with the provider of the model's descriptions (``vlm_gist/provider``, defs.providers),
+  which deploy/dagster.yaml limits per provider.
 * ``leaderboard_job``: the tables from every pair's metrics.
 """
 
@@ -11,6 +13,8 @@ import dagster as dg
 
 from .datasets import dataset_tables
 from .metrics import leaderboard
+from .partitions import model_dataset_partitions
+from .providers import pair_provider_tags
 from .selections import PAIR_SELECTION
 from .settings_assets import detection_settings, label_matching_settings
 
@@ -29,6 +33,13 @@ benchmark_pair_job = dg.define_asset_job(
     selection=PAIR_SELECTION,
     description="Stages A–E (descriptions → … → metrics) for one (dataset, model) partition.",
     tags={"vlm_gist/job": "pair"},
+    partitions_def=model_dataset_partitions,
+    # No run config; the tags of each partition name its provider (launches, job backfills, vlm-gist run).
+    config=dg.PartitionedConfig(
+        partitions_def=model_dataset_partitions,
+        run_config_for_partition_key_fn=lambda _: {},
+        tags_for_partition_key_fn=pair_provider_tags,
+    ),
 )
 leaderboard_job = dg.define_asset_job(
     "leaderboard_job",

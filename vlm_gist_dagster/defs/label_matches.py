@@ -5,12 +5,13 @@ import pandas as pd
 
 from ..orchestration.failures import api_errors
 from ..orchestration.metadata import column_schema, preview
-from ..orchestration.policies import API_RETRY, VLM_POOL
+from ..orchestration.policies import API_RETRY
 from ..protocol.settings import LabelMatchingSettings
 from ..stages.label_matching import run_label_matches
 from ..stages.tables import LABEL_MATCHES
 from .automation import STAGE_CONDITION
 from .partitions import model_dataset_partitions, pair
+from .providers import LABEL_MATCHING_POOL
 from .resources import ServicesResource
 from .settings_assets import settings_from_table
 
@@ -19,7 +20,7 @@ from .settings_assets import settings_from_table
     partitions_def=model_dataset_partitions,
     group_name="benchmark",
     kinds={"parquet", "llm"},
-    pool=VLM_POOL,
+    pool=LABEL_MATCHING_POOL,  # vlm_api/<provider> of the label-matching LLM (defs.providers)
     retry_policy=API_RETRY,
     automation_condition=STAGE_CONDITION,
     code_version="1",

@@ -7,19 +7,20 @@ Environment variables are the documented way to fill them (README, "Configuratio
 test) can instead pass resources with explicit values to ``build_definitions(resources=...)``. The README's
 "Configuration" section points here.
 
-=========================  ==========================================  ===============================
-variable                   resource field                              default
-=========================  ==========================================  ===============================
-``VLM_GIST_SETTINGS_DIR``  ``settings.settings_dir``,                  ``<project>/settings``
-                           ``datasets.settings_file``
-``VLM_GIST_MODELS_DIR``    ``models.models_dir``                       ``<settings>/models``
-``VLM_GIST_DATA_DIR``      ``services.data_dir``                       ``<project>/data``
-``VLM_GIST_ASSETS_DIR``    ``io_manager.base_path``                    ``<data>/assets``
-``VLM_GIST_CACHE_MODE``    ``services.cache_mode``                     ``use``
-``VLM_GIST_CONCURRENCY``   ``services.concurrency``                    the paper's CPU count - 1
-``VLM_GIST_EMBEDDINGS``    ``services.embeddings``                     ``endpoint``
-``VLM_GIST_SIMULATOR``     ``services.simulator`` (set by ``vlm-gist``) off
-=========================  ==========================================  ===============================
+===============================  ============================================  ==========================
+variable                         resource field                                default
+===============================  ============================================  ==========================
+``VLM_GIST_SETTINGS_DIR``        ``settings.settings_dir``,                    ``<project>/settings``
+                                 ``datasets.settings_file``
+``VLM_GIST_MODELS_DIR``          ``models.models_dir``                         ``<settings>/models``
+``VLM_GIST_DATA_DIR``            ``services.data_dir``                         ``<project>/data``
+``VLM_GIST_ASSETS_DIR``          ``io_manager.base_path``                      ``<data>/assets``
+``VLM_GIST_RESPONSE_CACHE_DIR``  ``services.response_cache_dir`` (``s3://…``)  ``<data>/cache/responses``
+``VLM_GIST_CACHE_MODE``          ``services.cache_mode``                       ``use``
+``VLM_GIST_CONCURRENCY``         ``services.concurrency``                      the paper's CPU count - 1
+``VLM_GIST_EMBEDDINGS``          ``services.embeddings``                       ``endpoint``
+``VLM_GIST_SIMULATOR``           ``services.simulator`` (set by ``vlm-gist``)  off
+===============================  ============================================  ==========================
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class ServicesResource(dg.ConfigurableResource):
     endpoint_urls: dict[str, str] = {}
     vision_urls: dict[str, str] = {}
     cache_mode: str = "use"
+    #: The response cache's root: a folder or an fsspec URL (``s3://bucket/prefix``); None:
+    #: ``<data_dir>/cache/responses``.
+    response_cache_dir: str | None = None
     simulator: bool = False
     concurrency: int | None = None
     requests_per_minute: float | None = None
@@ -148,6 +152,7 @@ class ServicesResource(dg.ConfigurableResource):
             vision_urls=dict(self.vision_urls) or None,
             data_dir=self.directory,
             cache_mode=mode,
+            response_cache_dir=self.response_cache_dir,
             simulated=self.simulator,
             concurrency=self.concurrency,
             requests_per_minute=self.requests_per_minute,
@@ -178,6 +183,7 @@ def resources_from_environment(env: Mapping[str, str] | None = None) -> dict[str
         "services": ServicesResource(
             data_dir=str(locations.data_dir),
             cache_mode=env.get("VLM_GIST_CACHE_MODE") or "use",
+            response_cache_dir=locations.response_cache_dir,
             simulator=_flag(env.get(SIMULATOR_ENV)),
             concurrency=int(concurrency) if concurrency else None,
             embeddings=env.get("VLM_GIST_EMBEDDINGS") or "endpoint",

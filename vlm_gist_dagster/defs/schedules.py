@@ -17,7 +17,8 @@ from ..model_registry import discover_models
 from ..orchestration.metadata import SETTINGS_SHA_KEY
 from .descriptions import descriptions
 from .metrics import metrics
-from .partitions import model_dataset_partitions
+from .partitions import model_dataset_partitions, split_pair_key
+from .providers import provider_tags
 from .resources import ModelsResource
 from .selections import PAIR_SELECTION
 
@@ -72,7 +73,11 @@ def nightly_benchmark_schedule(
         dg.RunRequest(
             run_key=f"nightly:{date}:{key}",
             partition_key=key,
-            tags={"vlm_gist/trigger": "nightly", "vlm_gist/reason": reason},
+            tags={
+                "vlm_gist/trigger": "nightly",
+                "vlm_gist/reason": reason,
+                **provider_tags(models, split_pair_key(key)[1]),
+            },
         )
         for key, reason in todo
     ]

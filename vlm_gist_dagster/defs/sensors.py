@@ -20,6 +20,7 @@ import dagster as dg
 from ..files import file_sha256
 from ..model_registry import discover_models
 from .partitions import DATASETS, MODEL_PARTITIONS_NAME, model_partitions, pair_key
+from .providers import provider_tags
 from .resources import ModelsResource, SettingsResource
 from .selections import PAIR_ASSET_KEYS, PAIR_SELECTION, VALIDATION_ASSET_KEYS
 from .settings_assets import (
@@ -79,7 +80,11 @@ def model_settings_sensor(
             run_key=f"{m.key}:{changes[m.key]}:{m.sha256[:16]}:{dataset}",
             partition_key=pair_key(dataset, m.key),
             asset_selection=list(PAIR_ASSET_KEYS),
-            tags={"vlm_gist/trigger": "model_settings_changed", "vlm_gist/model": m.key},
+            tags={
+                "vlm_gist/trigger": "model_settings_changed",
+                "vlm_gist/model": m.key,
+                **provider_tags(models, m.key),
+            },
         )
         for m in changed
         for dataset in DATASETS
@@ -207,7 +212,11 @@ def settings_sensor(
                     run_key=f"{run_key}:{dataset}",
                     partition_key=pair_key(dataset, partition),
                     asset_selection=list(VALIDATION_ASSET_KEYS),
-                    tags={"vlm_gist/trigger": "validation_settings_changed", "vlm_gist/model": partition},
+                    tags={
+                        "vlm_gist/trigger": "validation_settings_changed",
+                        "vlm_gist/model": partition,
+                        **provider_tags(models, partition),
+                    },
                 )
                 for dataset in DATASETS
             )

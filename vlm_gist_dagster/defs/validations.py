@@ -6,12 +6,13 @@ import pandas as pd
 from ..model_registry import validation_settings_path
 from ..orchestration.failures import api_errors
 from ..orchestration.metadata import column_schema, preview
-from ..orchestration.policies import API_RETRY, VLM_POOL
+from ..orchestration.policies import API_RETRY
 from ..protocol.settings import SettingsError, ValidationSettings, load_validation_settings
 from ..stages.tables import VALIDATIONS
 from ..stages.validation import run_validations
 from .automation import STAGE_CONDITION
 from .partitions import model_dataset_partitions, pair
+from .providers import VALIDATION_POOL
 from .resources import ModelsResource, ServicesResource, SettingsResource
 from .settings_assets import validation_settings_file
 
@@ -20,7 +21,7 @@ from .settings_assets import validation_settings_file
     partitions_def=model_dataset_partitions,
     group_name="benchmark",
     kinds={"parquet", "vlm"},
-    pool=VLM_POOL,
+    pool=VALIDATION_POOL,  # vlm_api/<provider> of the validation VLM (defs.providers)
     retry_policy=API_RETRY,
     automation_condition=STAGE_CONDITION,
     code_version="1",

@@ -48,6 +48,10 @@ class Services:
       or ``local`` (sentence-transformers, extra ``local``).
     * ``paper_definitions``: the paper's published definitions file (None: found or downloaded by
       ``datasets.paper_definitions.resolve_paper_definitions``, ``$VLM_GIST_PAPER_DEFINITIONS`` first).
+    * ``response_cache_dir``: the response cache's root, a folder or an ``s3://`` (fsspec) URL (None:
+      ``<data_dir>/cache/responses``, or ``$VLM_GIST_RESPONSE_CACHE_DIR`` when ``data_dir`` is None too).
+      The label-matching definitions stay under ``<data_dir>/cache/definitions`` on a local or shared
+      volume: they are merged under a file lock, which object stores do not have.
     """
 
     endpoint_urls: Mapping[str, str] = field(default_factory=dict)
@@ -65,6 +69,7 @@ class Services:
     embeddings_model: str = "text-embedding-3-large"
     local_embeddings_model: str | None = None
     paper_definitions: Path | None = None
+    response_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_mode", CacheMode.parse(self.cache_mode))
@@ -124,7 +129,13 @@ class Services:
         return (self.data_dir or paths.data_dir()) / "locks" / "vision"
 
     def response_cache(self) -> ResponseCache:
-        return ResponseCache(self.cache_dir / "responses", mode=self.cache_mode)
+        if self.response_cache_dir:
+            root: str | Path | None = self.response_cache_dir
+        elif self.data_dir is not None:
+            root = self.cache_dir / "responses"
+        else:
+            root = None  # the environment's default (clients.cache.default_cache_dir)
+        return ResponseCache(root, mode=self.cache_mode)
 
     def chat_client(self) -> ChatClient:
         return ChatClient(
