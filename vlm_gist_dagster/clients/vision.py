@@ -90,13 +90,18 @@ def vision_url_env_var(family: str) -> str:
 
 
 def vision_server_urls(
-    settings_file: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+    settings_file: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    missing_ok: bool = False,
 ) -> dict[str, str]:
-    """Family → base URL: built-in defaults, then the settings file's ``servers``, then the environment."""
+    """Family → base URL: built-in defaults, then the settings file's ``servers``, then the environment.
+    Without ``settings_file``, ``<settings dir>/vision_servers.json`` is read when it exists; a
+    ``settings_file`` named explicitly must exist unless ``missing_ok``."""
     env = os.environ if env is None else env
     urls = dict(DEFAULT_VISION_URLS)
     path = Path(settings_file) if settings_file is not None else paths.settings_dir() / "vision_servers.json"
-    if settings_file is not None or path.is_file():
+    if (settings_file is not None and not missing_ok) or path.is_file():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:

@@ -7,14 +7,31 @@ import pandas as pd
 
 from ..orchestration.failures import api_errors, check_model_mode
 from ..orchestration.metadata import column_schema, preview
-from ..orchestration.policies import API_RETRY, SAM2_POOL, VISION_POOL
+from ..orchestration.policies import API_RETRY, VISION_POOL, vision_server_pool
 from ..protocol.settings import DetectionSettings, ModelSettings, load_label_matching_settings
 from ..stages.grounding import run_detections, run_masks
 from ..stages.tables import DETECTION_IMAGES, DETECTIONS, MASKS
 from .automation import STAGE_CONDITION
 from .partitions import model_dataset_partitions, pair
-from .resources import DatasetsResource, ModelsResource, ServicesResource, SettingsResource
+from .resources import (
+    DatasetsResource,
+    ModelsResource,
+    ServicesResource,
+    SettingsResource,
+    resources_from_environment,
+)
 from .settings_assets import settings_from_table
+
+
+def _sam2_pool() -> str:
+    """The pool of the masks step: the SAM2 server's, at the URL the resources are configured with when
+    the definitions load."""
+    services = resources_from_environment()["services"]
+    assert isinstance(services, ServicesResource)
+    return vision_server_pool("sam2_realtime", services.vision_urls)
+
+
+SAM2_POOL = _sam2_pool()
 
 
 def dataset_class_names(

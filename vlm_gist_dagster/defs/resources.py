@@ -7,20 +7,21 @@ Environment variables are the documented way to fill them (README, "Configuratio
 test) can instead pass resources with explicit values to ``build_definitions(resources=...)``. The README's
 "Configuration" section points here.
 
-===============================  ============================================  ==========================
-variable                         resource field                                default
-===============================  ============================================  ==========================
-``VLM_GIST_SETTINGS_DIR``        ``settings.settings_dir``,                    ``<project>/settings``
-                                 ``datasets.settings_file``
-``VLM_GIST_MODELS_DIR``          ``models.models_dir``                         ``<settings>/models``
-``VLM_GIST_DATA_DIR``            ``services.data_dir``                         ``<project>/data``
-``VLM_GIST_ASSETS_DIR``          ``io_manager.base_path``                      ``<data>/assets``
-``VLM_GIST_RESPONSE_CACHE_DIR``  ``services.response_cache_dir`` (``s3://…``)  ``<data>/cache/responses``
-``VLM_GIST_CACHE_MODE``          ``services.cache_mode``                       ``use``
-``VLM_GIST_CONCURRENCY``         ``services.concurrency``                      the paper's CPU count - 1
-``VLM_GIST_EMBEDDINGS``          ``services.embeddings``                       ``endpoint``
-``VLM_GIST_SIMULATOR``           ``services.simulator`` (set by ``vlm-gist``)  off
-===============================  ============================================  ==========================
+================================  ============================================  ==================================
+variable                          resource field                                default
+================================  ============================================  ==================================
+``VLM_GIST_SETTINGS_DIR``         ``settings.settings_dir``,                    ``<project>/settings``
+                                  ``datasets.settings_file``
+``VLM_GIST_MODELS_DIR``           ``models.models_dir``                         ``<settings>/models``
+``VLM_GIST_DATA_DIR``             ``services.data_dir``                         ``<project>/data``
+``VLM_GIST_ASSETS_DIR``           ``io_manager.base_path``                      ``<data>/assets``
+``VLM_GIST_RESPONSE_CACHE_DIR``   ``services.response_cache_dir`` (``s3://…``)  ``<data>/cache/responses``
+``VLM_GIST_CACHE_MODE``           ``services.cache_mode``                       ``use``
+``VLM_GIST_CONCURRENCY``          ``services.concurrency``                      the paper's CPU count - 1
+``VLM_GIST_EMBEDDINGS``           ``services.embeddings``                       ``endpoint``
+``VLM_GIST_SIMULATOR``            ``services.simulator`` (set by ``vlm-gist``)  off
+``VLM_GIST_VISION_URL_<FAMILY>``  ``services.vision_urls``                      ``<settings>/vision_servers.json``
+================================  ============================================  ==================================
 """
 
 from __future__ import annotations
@@ -109,8 +110,10 @@ class ServicesResource(dg.ConfigurableResource):
     """Where the stages send requests (see ``stages.services.Services``): URL overrides, the response
     cache's folder and mode, limits, the embeddings backend, and whether the built-in simulator answers
     (``simulator``: every cached answer is then filed under the service ``simulator``, and real models
-    are refused). Endpoint URLs and API keys stay with the clients (``VLM_GIST_ENDPOINT_URL_<NAME>``,
-    ``VLM_GIST_VISION_URL_<FAMILY>``, the key variables each endpoint names)."""
+    are refused). ``vision_urls`` is filled from ``settings/vision_servers.json`` and
+    ``VLM_GIST_VISION_URL_<FAMILY>`` by :func:`resources_from_environment` (the masks step's pool is the
+    SAM2 server's); chat endpoint URLs and API keys stay with the clients (``VLM_GIST_ENDPOINT_URL_<NAME>``,
+    the key variables each endpoint names)."""
 
     data_dir: str
     endpoint_urls: dict[str, str] = {}
@@ -187,8 +190,22 @@ def resources_from_environment(env: Mapping[str, str] | None = None) -> dict[str
             simulator=_flag(env.get(SIMULATOR_ENV)),
             concurrency=int(concurrency) if concurrency else None,
             embeddings=env.get("VLM_GIST_EMBEDDINGS") or "endpoint",
+            vision_urls=_vision_urls(locations.settings_dir / "vision_servers.json", env),
         ),
     }
+
+
+def _vision_urls(settings_file: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """Family → vision server URL (``settings/vision_servers.json``, then ``VLM_GIST_VISION_URL_<FAMILY>``).
+    A bad file or variable leaves them empty here, so that the definitions still load; the stages then
+    read them again and the step that needs a server fails with the message naming the file or variable."""
+    from ..clients.errors import ConfigurationError
+    from ..clients.vision import vision_server_urls
+
+    try:
+        return vision_server_urls(settings_file, env=env, missing_ok=True)
+    except ConfigurationError:
+        return {}
 
 
 @dg.definitions

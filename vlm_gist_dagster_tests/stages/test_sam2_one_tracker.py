@@ -216,9 +216,17 @@ def test_a_client_loads_again_when_another_switched_the_flavour(tmp_path):
 
 def test_the_masks_step_is_in_the_pool_of_its_sam2_server(monkeypatch):
     from vlm_gist_dagster.definitions import build_definitions
+    from vlm_gist_dagster.defs import grounding
 
-    assert build_definitions().resolve_assets_def("masks").op.pool == vision_server_pool("sam2_realtime")
+    # The pool is the SAM2 server's, at the URL the resources read when the definitions load (once per
+    # process: the module is imported once, so the URLs below are checked through the same function).
+    default = vision_server_pool("sam2_realtime", {"sam2_realtime": "http://localhost:9001"})
+    assert build_definitions().resolve_assets_def("masks").op.pool == grounding.SAM2_POOL
+    monkeypatch.delenv("VLM_GIST_VISION_URL_SAM2_REALTIME", raising=False)
+    assert grounding._sam2_pool() == default == "sam2_realtime@localhost:9001"  # settings/vision_servers.json
     monkeypatch.setenv("VLM_GIST_VISION_URL_SAM2_REALTIME", "https://gpu-box.lab")
-    assert vision_server_pool("sam2_realtime") == "sam2_realtime@gpu-box.lab:443"
+    assert grounding._sam2_pool() == "sam2_realtime@gpu-box.lab:443"
     monkeypatch.setenv("VLM_GIST_VISION_URL_SAM2_REALTIME", "http://10.0.0.7:9001")
-    assert vision_server_pool("sam2_realtime") == "sam2_realtime@10.0.0.7:9001"
+    assert grounding._sam2_pool() == "sam2_realtime@10.0.0.7:9001"
+    monkeypatch.setenv("VLM_GIST_VISION_URL_SAM2_REALTIME", "not a url")  # reported when the step runs
+    assert grounding._sam2_pool() == "sam2_realtime"
