@@ -96,3 +96,25 @@ def coco_dataset(coco_dir: Path):
     from vlm_gist_dagster.datasets import load_dataset
 
     return load_dataset(coco_dir)
+
+
+# The benchmark-graph fixtures (``deployment.py``); imported when used, so tests that need no Dagster
+# don't import it.
+
+
+@pytest.fixture(scope="module")
+def simulator(vlm_gist_dataset, coco_dataset):
+    """One simulator per test module (both datasets, ephemeral ports, seed 0, no latency, no faults),
+    with the process environment pointed at it as ``vlm-gist run`` does."""
+    from .deployment import quiet_simulator
+
+    with quiet_simulator({"vlm_gist": vlm_gist_dataset, "coco": coco_dataset}) as handle:
+        yield handle
+
+
+@pytest.fixture()
+def deployment(tmp_path):
+    """An empty deployment (no models) under the test's temp directory (see ``deployment.py``)."""
+    from .deployment import Deployment
+
+    return Deployment.create(tmp_path / "deployment")

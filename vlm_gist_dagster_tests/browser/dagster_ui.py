@@ -17,14 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import dagster as dg
 import httpx
-from dagster._core.instance.ref import InstanceRef
 
 from vlm_gist_dagster.runner import ensure_instance_yaml
 
-from ..defs.conftest import Bench, run_job
-from ..review.simulated_run import simulated_bench
+from ..deployment import Deployment, run_job
+from ..review.simulated_run import simulated_deployment
 from .servers import ServerProcess, environment, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,23 +33,22 @@ LOCATION = "vlm_gist_dagster"
 START_TIMEOUT_S = 300
 
 
-def simulated_instance(root: Path) -> Bench:
-    """A bench whose instance holds the simulated run and a materialised leaderboard."""
-    ensure_instance_yaml(Bench(root).home)  # telemetry off, as `vlm-gist dev` writes it
-    bench = simulated_bench(root, [DATASET], MODELS)
-    with bench.activated():
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(bench.home)))
-        try:
-            run_job(bench.definitions(), instance, "leaderboard_job")
-        finally:
-            instance.dispose()
-    return bench
+def simulated_instance(root: Path) -> Deployment:
+    """A deployment whose instance holds the simulated run and a materialised leaderboard."""
+    ensure_instance_yaml(Deployment(root).home)  # telemetry off, as `vlm-gist dev` writes it
+    deployment = simulated_deployment(root, [DATASET], MODELS)
+    instance = deployment.instance()
+    try:
+        run_job(deployment.definitions(), instance, "leaderboard_job")
+    finally:
+        instance.dispose()
+    return deployment
 
 
 @dataclass
 class DagsterUI:
     url: str
-    bench: Bench
+    deployment: Deployment
     server: ServerProcess
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
@@ -73,8 +70,8 @@ class DagsterUI:
 
 
 @contextlib.contextmanager
-def dagster_dev(bench: Bench, log_path: Path, **env: str) -> Iterator[DagsterUI]:
-    """``dg dev -w workspace.yaml`` on ``bench``'s instance until the code location has loaded."""
+def dagster_dev(deployment: Deployment, log_path: Path, **env: str) -> Iterator[DagsterUI]:
+    """``dg dev -w workspace.yaml`` on ``deployment``'s instance until the code location has loaded."""
     port = free_port()
     command = [
         Path(sys.executable).with_name("dg"),
@@ -84,12 +81,12 @@ def dagster_dev(bench: Bench, log_path: Path, **env: str) -> Iterator[DagsterUI]
         "--port",
         str(port),
     ]
-    variables = environment(**bench.environ(), DAGSTER_HOME=str(bench.home), PYTHONUNBUFFERED="1", **env)
+    variables = environment(**deployment.environ(), PYTHONUNBUFFERED="1", **env)
     variables.pop("DAGSTER_DISABLE_TELEMETRY", None)
     with ServerProcess(command, env=variables, log_path=log_path, cwd=REPO, stop_timeout=60) as server:
         url = f"http://127.0.0.1:{port}"
         server.wait_for_http(f"{url}/server_info", timeout=START_TIMEOUT_S)
-        ui = DagsterUI(url, bench, server)
+        ui = DagsterUI(url, deployment, server)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ui.location_loaded():
             if time.monotonic() > deadline:

@@ -20,12 +20,11 @@ import time
 
 import dagster as dg
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
 from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.runner import INSTANCE_YAML
 
-from ..defs.conftest import Bench, simulator  # noqa: F401 - the module-scoped simulator fixture
+from ..deployment import Deployment
 from .dagster_ui import MODELS, dagster_dev, fiftyone_uri, simulated_instance
 
 #: Runs launched by sensors, automation and schedules wait in the queue: only clicks run (a partition
@@ -44,13 +43,13 @@ RUN_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
-def ui(simulator, tmp_path_factory):  # noqa: F811
+def ui(simulator, tmp_path_factory):
     root = tmp_path_factory.mktemp("dagster_ui")
-    home = Bench(root).home
+    home = Deployment(root).home
     home.mkdir(parents=True)
     (home / "dagster.yaml").write_text(INSTANCE_YAML + QUEUE_YAML)
-    bench = simulated_instance(root)
-    with dagster_dev(bench, root / "dg_dev.log", FIFTYONE_DATABASE_URI=fiftyone_uri(root)) as server:
+    deployment = simulated_instance(root)
+    with dagster_dev(deployment, root / "dg_dev.log", FIFTYONE_DATABASE_URI=fiftyone_uri(root)) as server:
         yield server
 
 
@@ -112,8 +111,8 @@ def test_asset_graph_shows_every_asset(ui, new_page):
 def test_leaderboard_page_shows_every_table_with_every_model(ui, new_page):
     from playwright.sync_api import expect
 
-    bench = ui.bench
-    board = bench.read("leaderboard")
+    deployment = ui.deployment
+    board = deployment.read("leaderboard")
     names = sorted(set(board["name"]))
     assert len(names) == len(MODELS)
     browser = _open(new_page, f"{ui.url}/assets/leaderboard")
@@ -132,7 +131,7 @@ def test_leaderboard_page_shows_every_table_with_every_model(ui, new_page):
     for name in MODELS:
         expect(page.get_by_text(f"vlm_gist|{name}", exact=True).first).to_be_visible()
     expect(page.get_by_text("2 of 4 pairs have no metrics", exact=False).first).to_be_visible()
-    text = (bench.leaderboard_dir / "coco.txt").read_text()
+    text = (deployment.leaderboard_dir / "coco.txt").read_text()
     expect(page.get_by_text(text.splitlines()[0].strip()).first).to_be_visible()
     page.get_by_text("table_coco", exact=True).last.evaluate("e => e.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(500)
@@ -150,7 +149,7 @@ def test_leaderboard_page_shows_every_table_with_every_model(ui, new_page):
 def test_launching_a_missing_partition_from_the_ui_runs_and_succeeds(ui, new_page):
     from playwright.sync_api import expect
 
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(ui.bench.home)))
+    instance = ui.deployment.instance()
     key = dg.AssetKey("review_dataset")
     try:
         assert "coco" not in instance.get_materialized_partitions(key)

@@ -14,8 +14,7 @@ import pytest
 
 from vlm_gist_dagster.defs.io_manager import read_parquet
 
-from ..defs.conftest import simulator  # noqa: F401 - the module-scoped simulator fixture
-from ..review.simulated_run import simulated_bench
+from ..review.simulated_run import simulated_deployment
 from .servers import ServerProcess, environment, free_port
 
 DATASET = "coco"
@@ -25,18 +24,18 @@ FIFTYONE_FONT_HOSTS = {"fonts.googleapis.com"}
 
 
 @pytest.fixture(scope="module")
-def simulated_run(simulator, tmp_path_factory):  # noqa: F811
-    return simulated_bench(tmp_path_factory.mktemp("bench"), [DATASET], MODELS)
+def simulated_run(simulator, tmp_path_factory):
+    return simulated_deployment(tmp_path_factory.mktemp("deployment"), [DATASET], MODELS)
 
 
 def test_review_opens_the_fiftyone_app_with_every_model_field(simulated_run, new_page, tmp_path):
     from playwright.sync_api import expect
 
-    bench = simulated_run
-    num_images = len(read_parquet(bench.assets_dir / "dataset_images" / f"{DATASET}.parquet"))
+    deployment = simulated_run
+    num_images = len(read_parquet(deployment.assets_dir / "dataset_images" / f"{DATASET}.parquet"))
     port = free_port()
     env = environment(
-        **bench.environ(),
+        **deployment.environ(),
         FIFTYONE_DATABASE_DIR=str(tmp_path / "fiftyone_db"),
         FIFTYONE_DO_NOT_TRACK="true",
     )

@@ -24,7 +24,8 @@ from vlm_gist_dagster.definitions import build_definitions
 from vlm_gist_dagster.defs.metrics import leaderboard
 from vlm_gist_dagster.defs.settings_assets import detection_settings, label_matching_settings
 
-from .conftest import DATASETS, PAIR_ASSETS, Bench, apply_partition_requests, pair_keys, tick_model_sensor
+from ..deployment import DATASETS, PAIR_ASSETS, Deployment, pair_keys
+from .conftest import apply_partition_requests, tick_model_sensor
 
 ALL_ASSETS = (
     "dataset_images",
@@ -71,12 +72,12 @@ def every_pair(models, assets=PAIR_ASSETS, datasets=DATASETS) -> dict[str, set[s
     return {asset: set(pair_keys(models, datasets)) for asset in assets}
 
 
-def test_a_new_model_file_requests_exactly_its_pairs_then_the_leaderboard(bench: Bench):
+def test_a_new_model_file_requests_exactly_its_pairs_then_the_leaderboard(deployment: Deployment):
     for model in MODELS:
-        bench.add_model(model)
-    defs = bench.definitions()
+        deployment.add_model(model)
+    defs = deployment.definitions()
     with dg.instance_for_test() as instance:
-        first = tick_model_sensor(bench, instance)
+        first = tick_model_sensor(deployment, instance)
         assert [r.partition_keys for r in first.dynamic_partitions_requests] == [["sim_medium", "sim_strong"]]
         assert first.run_requests == []
         apply_partition_requests(instance, first)
@@ -87,8 +88,8 @@ def test_a_new_model_file_requests_exactly_its_pairs_then_the_leaderboard(bench:
         tick1 = evaluate(defs, instance)
         assert requested(tick1) == {}  # everything is materialised
 
-        bench.add_model("sim_weak")
-        second = tick_model_sensor(bench, instance, first.cursor)
+        deployment.add_model("sim_weak")
+        second = tick_model_sensor(deployment, instance, first.cursor)
         assert [r.partition_keys for r in second.dynamic_partitions_requests] == [["sim_weak"]]
         assert second.run_requests == []  # the runs are automation's business
         apply_partition_requests(instance, second)
@@ -110,7 +111,7 @@ def test_a_new_model_file_requests_exactly_its_pairs_then_the_leaderboard(bench:
 
 
 @pytest.mark.parametrize("state", ["everything", "inputs only", "nothing"])
-def test_first_evaluation_with_two_registered_models(bench: Bench, state: str):
+def test_first_evaluation_with_two_registered_models(deployment: Deployment, state: str):
     """The automation sensor's first tick on an instance where the two models' partitions already exist
     (the model sensor ticked first). Partitions missing at that first evaluation count as newly missing
     (``defs.automation.MISSING_CONDITION``), so they are requested once, as a partition added later is:
@@ -120,7 +121,7 @@ def test_first_evaluation_with_two_registered_models(bench: Bench, state: str):
       follow on later ticks (``eager()`` does not fire on its own first evaluation);
     * nothing materialised: the dataset tables (both partitions); descriptions wait for them.
     """
-    defs = bench.definitions()
+    defs = deployment.definitions()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", list(MODELS))
         if state != "nothing":
@@ -166,30 +167,30 @@ def _leaderboard_after_one_pair_failed(defs: dg.Definitions) -> dict:
         return requested(evaluate(defs, instance, tick1))
 
 
-def test_a_failed_pair_does_not_block_the_leaderboard(bench: Bench):
-    assert _leaderboard_after_one_pair_failed(bench.definitions()) == {"leaderboard": {None}}
+def test_a_failed_pair_does_not_block_the_leaderboard(deployment: Deployment):
+    assert _leaderboard_after_one_pair_failed(deployment.definitions()) == {"leaderboard": {None}}
 
 
-def test_with_plain_eager_the_failed_pair_would_block_the_leaderboard(bench: Bench):
+def test_with_plain_eager_the_failed_pair_would_block_the_leaderboard(deployment: Deployment):
     """The control for the test above: ``eager()`` waits for every metrics partition, which is why the
     leaderboard's condition drops ``~any_deps_missing()``."""
     eager = leaderboard.map_asset_specs(
         lambda spec: spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
     )
     assets = [eager if a is leaderboard else a for a in build_definitions().assets]
-    defs = dg.Definitions(assets=assets, resources=bench.definitions().resources)
+    defs = dg.Definitions(assets=assets, resources=deployment.definitions().resources)
     assert _leaderboard_after_one_pair_failed(defs) == {}
 
 
-def test_changed_detection_settings_recompute_detections_and_below_not_descriptions(bench: Bench):
+def test_changed_detection_settings_recompute_detections_and_below_not_descriptions(deployment: Deployment):
     """settings_sensor sees the edited detection.json and requests ``detection_settings``; once that run
     materialised it, automation requests the six stages below the descriptions for every pair (not the
     VLM calls of the descriptions), then the leaderboard."""
     from vlm_gist_dagster.defs.sensors import settings_sensor
 
     for model in MODELS:
-        bench.add_model(model)
-    defs = bench.definitions()
+        deployment.add_model(model)
+    defs = deployment.definitions()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", list(MODELS))
         materialise_inputs(instance)
@@ -197,13 +198,13 @@ def test_changed_detection_settings_recompute_detections_and_below_not_descripti
         materialise(instance, ["leaderboard"], [None])
         tick1 = evaluate(defs, instance)
         assert requested(tick1) == {}
-        resources = {k: bench.resources()[k] for k in ("settings", "models")}
+        resources = {k: deployment.resources()[k] for k in ("settings", "models")}
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
             first = settings_sensor(context)
         for event in first.asset_events:  # as the daemon records them
             instance.report_runless_asset_event(event)
 
-        path = bench.settings_dir / "detection" / "detection.json"
+        path = deployment.settings_dir / "detection" / "detection.json"
         settings = json.loads(path.read_text())
         settings["conf_threshold"] = 0.25
         path.write_text(json.dumps(settings, indent=2))
@@ -212,7 +213,9 @@ def test_changed_detection_settings_recompute_detections_and_below_not_descripti
         assert [(r.asset_selection, r.partition_key) for r in result.run_requests] == [
             ([dg.AssetKey("detection_settings")], None)
         ]
-        assert dg.materialize([detection_settings], instance=instance, resources=bench.resources()).success
+        assert dg.materialize(
+            [detection_settings], instance=instance, resources=deployment.resources()
+        ).success
 
         tick2 = evaluate(defs, instance, tick1)
         assert requested(tick2) == every_pair(MODELS, PAIR_ASSETS[1:])  # 6 assets x 4 pairs, no descriptions
@@ -220,11 +223,11 @@ def test_changed_detection_settings_recompute_detections_and_below_not_descripti
         assert requested(evaluate(defs, instance, tick2)) == {"leaderboard": {None}}
 
 
-def test_changed_label_matching_settings_recompute_that_dataset_s_matches_and_metrics(bench: Bench):
+def test_changed_label_matching_settings_recompute_that_dataset_s_matches_and_metrics(deployment: Deployment):
     """A new ``label_matching/coco.json`` re-materialises ``label_matching_settings[coco]``: automation then
     requests label_matches and metrics of the COCO pairs only (the per-dataset settings map to the pairs
     of that dataset)."""
-    defs = bench.definitions()
+    defs = deployment.definitions()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", list(MODELS))
         materialise_inputs(instance)
@@ -232,7 +235,10 @@ def test_changed_label_matching_settings_recompute_that_dataset_s_matches_and_me
         tick1 = evaluate(defs, instance)
         assert requested(tick1) == {}
         result = dg.materialize(
-            [label_matching_settings], partition_key="coco", instance=instance, resources=bench.resources()
+            [label_matching_settings],
+            partition_key="coco",
+            instance=instance,
+            resources=deployment.resources(),
         )
         assert result.success
         tick2 = evaluate(defs, instance, tick1)

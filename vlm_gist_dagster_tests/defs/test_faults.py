@@ -22,7 +22,7 @@ import pytest
 
 from vlm_gist_dagster.defs.partitions import pair_key
 
-from .conftest import NO_FAULTS, Bench, run_inputs, run_job
+from ..deployment import NO_FAULTS, Deployment, run_inputs, run_job
 
 MODEL_NAME = "sim/strong"  # what settings/models/sim_strong.json asks for
 CONTENT_FAULTS = {"invalid_json", "finish_content_filter"}
@@ -86,15 +86,15 @@ def expected_from_log(records, images: list[str]) -> dict[str, dict[str, int]]:
 
 
 def test_fail_and_ret_are_exact_under_content_and_transport_faults(simulator, faulty_model, tmp_path):
-    bench = Bench.create(tmp_path / "bench", ["sim_strong"])
+    deployment = Deployment.create(tmp_path / "deployment", ["sim_strong"])
     key = str(pair_key("coco", "sim_strong"))
-    with bench.activated(), dg.instance_for_test() as instance:
-        defs = bench.definitions()
+    with dg.instance_for_test() as instance:
+        defs = deployment.definitions()
         instance.add_dynamic_partitions("models", ["sim_strong"])
         run_inputs(defs, instance, ["coco"])
         run_job(defs, instance, "benchmark_pair_job", key)
 
-        images = list(bench.read("dataset_images", "coco")["image_id"])
+        images = list(deployment.read("dataset_images", "coco")["image_id"])
         chat = simulator.request_log.filter(server="chat", model=MODEL_NAME)
         assert chat and all(r.path == "/v1/chat/completions" for r in chat)
         expected = expected_from_log(chat, images)
@@ -111,11 +111,11 @@ def test_fail_and_ret_are_exact_under_content_and_transport_faults(simulator, fa
         statuses = {r.status for r in chat}
         assert {429, 500} <= statuses
 
-        metrics = bench.read("metrics", "coco", "sim_strong").iloc[0]
+        metrics = deployment.read("metrics", "coco", "sim_strong").iloc[0]
         assert metrics["fail"] == pytest.approx(fail, abs=1e-12)
         assert metrics["ret"] == pytest.approx(ret, abs=1e-12)
 
-        descriptions = bench.read("descriptions", "coco", "sim_strong").set_index("image_id")
+        descriptions = deployment.read("descriptions", "coco", "sim_strong").set_index("image_id")
         for image, e in expected.items():
             row = descriptions.loc[image]
             assert row["attempts"] == e["attempts"], image

@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from .conftest import PAIR_ASSETS, Bench, pair_keys, run_inputs, run_job
+from ..deployment import PAIR_ASSETS, Deployment, pair_keys, run_inputs, run_job
 
 MODELS = ("sim_strong_sam3", "sim_strong_boxes", "sim_strong_boxes_sam2", "sim_sam3_classes")
 DISPLAY = {
@@ -21,30 +21,30 @@ DISPLAY = {
 
 @pytest.fixture(scope="module")
 def modes_run(simulator, tmp_path_factory):
-    bench = Bench.create(tmp_path_factory.mktemp("modes"), MODELS)
-    with bench.activated(), dg.instance_for_test() as instance:
-        defs = bench.definitions()
+    deployment = Deployment.create(tmp_path_factory.mktemp("modes"), MODELS)
+    with dg.instance_for_test() as instance:
+        defs = deployment.definitions()
         instance.add_dynamic_partitions("models", list(MODELS))
         run_inputs(defs, instance, datasets=("coco",))
         for key in pair_keys(MODELS, ("coco",)):
             run_job(defs, instance, "benchmark_pair_job", key)
         run_job(defs, instance, "leaderboard_job")
-        yield bench, instance
+        yield deployment, instance
 
 
 def test_each_mode_is_a_row_of_the_leaderboard(modes_run):
-    bench, instance = modes_run
+    deployment, instance = modes_run
     for asset in PAIR_ASSETS:
         assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(pair_keys(MODELS, ("coco",)))
-    board = bench.read("leaderboard")
+    board = deployment.read("leaderboard")
     assert set(DISPLAY.values()) <= set(board["name"])
 
 
 def test_each_mode_has_sensible_rows(modes_run):
-    bench, _ = modes_run
-    images = bench.read("dataset_images", "coco")
-    masks = {m: bench.read("masks", "coco", m) for m in MODELS}
-    metrics = {m: bench.read("metrics", "coco", m) for m in MODELS}
+    deployment, _ = modes_run
+    images = deployment.read("dataset_images", "coco")
+    masks = {m: deployment.read("masks", "coco", m) for m in MODELS}
+    metrics = {m: deployment.read("metrics", "coco", m) for m in MODELS}
     for model in MODELS:
         assert len(masks[model]) > len(images), model  # several objects per image, each grounded
         assert set(masks[model]["image_id"]) <= set(images["image_id"])

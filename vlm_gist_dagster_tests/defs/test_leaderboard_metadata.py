@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
 from vlm_gist_dagster.defs.partitions import pair_key
 
-from ..review.simulated_run import simulated_bench
-from .conftest import run_job, simulator  # noqa: F401 - the module-scoped simulator fixture
+from ..deployment import run_job
+from ..review.simulated_run import simulated_deployment
 
 MODELS = ("sim_strong", "sim_weak")
 DATASETS = ("vlm_gist", "coco")
@@ -28,19 +27,18 @@ NEVER = "vlm_gist|no_such_model"
 
 
 @pytest.fixture(scope="module")
-def run(simulator, tmp_path_factory):  # noqa: F811
-    bench = simulated_bench(tmp_path_factory.mktemp("leaderboard_ui"), DATASETS, MODELS)
-    with bench.activated():
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(bench.home)))
-        defs = bench.definitions()
-        instance.add_dynamic_partitions("models", ["no_such_model"])
-        failed = defs.resolve_job_def("benchmark_pair_job").execute_in_process(
-            partition_key=FAILED, instance=instance, raise_on_error=False
-        )
-        assert not failed.success
-        run_job(defs, instance, "leaderboard_job")
-        yield bench, instance
-        instance.dispose()
+def run(simulator, tmp_path_factory):
+    deployment = simulated_deployment(tmp_path_factory.mktemp("leaderboard_ui"), DATASETS, MODELS)
+    instance = deployment.instance()
+    defs = deployment.definitions()
+    instance.add_dynamic_partitions("models", ["no_such_model"])
+    failed = defs.resolve_job_def("benchmark_pair_job").execute_in_process(
+        partition_key=FAILED, instance=instance, raise_on_error=False
+    )
+    assert not failed.success
+    run_job(defs, instance, "leaderboard_job")
+    yield deployment, instance
+    instance.dispose()
 
 
 def latest(instance, asset: str, partition: str | None = None):
@@ -54,7 +52,7 @@ def latest(instance, asset: str, partition: str | None = None):
 
 
 def test_one_typed_table_per_leaderboard_table_with_every_model(run):
-    bench, instance = run
+    deployment, instance = run
     meta = latest(instance, "leaderboard")
     for table in ("coco", "vlm_gist", "weighted"):
         value = meta[f"table_{table}"].value
@@ -70,19 +68,19 @@ def test_one_typed_table_per_leaderboard_table_with_every_model(run):
         if table == "weighted":
             continue
         for record in records:  # the numbers of the pair's stored metrics row (4 decimals in the UI)
-            row = bench.read("metrics", table, record["model"]).iloc[0]
+            row = deployment.read("metrics", table, record["model"]).iloc[0]
             for column in ("f1", "prec", "rec", "map", "fail", "f1_low", "f1_high"):
                 assert record[column] == pytest.approx(row[column], abs=1e-4), (table, column)
             assert record["f1_low"] <= record["f1"] <= record["f1_high"]
 
 
 def test_paper_text_as_code_block_and_file(run):
-    bench, instance = run
+    deployment, instance = run
     meta = latest(instance, "leaderboard")
     for table in ("coco", "vlm_gist", "weighted"):
-        text = (bench.leaderboard_dir / f"{table}.txt").read_text()
+        text = (deployment.leaderboard_dir / f"{table}.txt").read_text()
         assert meta[f"{table}_text"].value == f"```\n{text}\n```"
-        assert meta[f"{table}_text_file"].value == str(bench.leaderboard_dir / f"{table}.txt")
+        assert meta[f"{table}_text_file"].value == str(deployment.leaderboard_dir / f"{table}.txt")
     for plot in ("f1", "precision_recall", "f1_time"):
         assert (
             meta[f"plot_{plot}"].value.startswith("![")
@@ -109,11 +107,11 @@ def test_missing_pairs_say_why(run):
 
 
 def test_each_metrics_materialisation_shows_its_row_with_intervals(run):
-    bench, instance = run
+    deployment, instance = run
     for dataset in DATASETS:
         for model in MODELS:
             meta = latest(instance, "metrics", str(pair_key(dataset, model)))
-            stored = bench.read("metrics", dataset, model).iloc[0]
+            stored = deployment.read("metrics", dataset, model).iloc[0]
             (row,) = [r.data for r in meta["row"].value.records]
             columns = [c.name for c in meta["row"].value.schema.columns]
             assert columns[:4] == ["display_name", "f1", "f1_low", "f1_high"]

@@ -25,13 +25,12 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from dagster._core.instance.ref import InstanceRef
 from PIL import Image
 
 from vlm_gist_dagster.protocol.columns import metadata_columns
 from vlm_gist_dagster.protocol.evaluation import evaluate
 
-from .conftest import DATASETS, PAIR_ASSETS, Bench, pair_keys, run_inputs, run_job
+from ..deployment import DATASETS, PAIR_ASSETS, Deployment, pair_keys, run_inputs, run_job
 
 MODELS = ("sim_strong", "sim_medium")
 DISPLAY = {"sim_strong": "Sim strong (simulated)", "sim_medium": "Sim medium (simulated)"}
@@ -65,30 +64,29 @@ defs = dg.Definitions.merge(build_definitions(), dg.Definitions(executor=dg.in_p
 
 @pytest.fixture(scope="module")
 def full_run(simulator, tmp_path_factory):
-    bench = Bench.create(tmp_path_factory.mktemp("full"), MODELS)
-    (bench.home / "dagster.yaml").write_text(DAGSTER_YAML)
-    with bench.activated():
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(bench.home)))
-        try:
-            defs = bench.definitions()
-            instance.add_dynamic_partitions("models", list(MODELS))
-            run_inputs(defs, instance)
-            for key in pair_keys(MODELS):
-                run_job(defs, instance, "benchmark_pair_job", key)
-            run_job(defs, instance, "leaderboard_job")
-            yield bench, instance
-        finally:
-            instance.dispose()
+    deployment = Deployment.create(tmp_path_factory.mktemp("full"), MODELS)
+    (deployment.home / "dagster.yaml").write_text(DAGSTER_YAML)
+    instance = deployment.instance()
+    try:
+        defs = deployment.definitions()
+        instance.add_dynamic_partitions("models", list(MODELS))
+        run_inputs(defs, instance)
+        for key in pair_keys(MODELS):
+            run_job(defs, instance, "benchmark_pair_job", key)
+        run_job(defs, instance, "leaderboard_job")
+        yield deployment, instance
+    finally:
+        instance.dispose()
 
 
-def independent_metrics(bench: Bench, dataset: str, model: str) -> dict[str, float]:
+def independent_metrics(deployment: Deployment, dataset: str, model: str) -> dict[str, float]:
     """The nine columns (and TP/FP/FN) from the stored Parquet files, as docs/protocol/evaluation.md §2 defines
     them: predictions = the label-matched detections, labelled with their dataset match (unmatched ones
     are dropped, docs/protocol/evaluation.md gotcha 1); Mat. counts accepted / rejected labels per label-matched image."""
-    gt = bench.read("ground_truth", dataset)
-    descriptions = bench.read("descriptions", dataset, model)
-    detection_images = bench.read("detection_images", dataset, model)
-    matches = bench.read("label_matches", dataset, model)
+    gt = deployment.read("ground_truth", dataset)
+    descriptions = deployment.read("descriptions", dataset, model)
+    detection_images = deployment.read("detection_images", dataset, model)
+    matches = deployment.read("label_matches", dataset, model)
     matched = matches[matches["dataset_match"].notna()]
     predictions = pd.DataFrame(
         {
@@ -151,25 +149,25 @@ def parse_text_table(text: str) -> dict[str, list[str]]:
 
 
 def test_every_pair_and_the_leaderboard_were_materialised(full_run):
-    bench, instance = full_run
+    deployment, instance = full_run
     for asset in PAIR_ASSETS:
         materialised = instance.get_materialized_partitions(dg.AssetKey(asset))
         assert materialised == set(pair_keys(MODELS)), asset
         for dataset in DATASETS:
             for model in MODELS:
-                assert (bench.assets_dir / asset / dataset / f"{model}.parquet").is_file()
-    assert (bench.assets_dir / "leaderboard.parquet").is_file()
+                assert (deployment.assets_dir / asset / dataset / f"{model}.parquet").is_file()
+    assert (deployment.assets_dir / "leaderboard.parquet").is_file()
     # every image of each dataset has one descriptions row and one detection_images row
     for dataset in DATASETS:
-        images = set(bench.read("dataset_images", dataset)["image_id"])
+        images = set(deployment.read("dataset_images", dataset)["image_id"])
         for model in MODELS:
-            assert set(bench.read("descriptions", dataset, model)["image_id"]) == images
-            assert set(bench.read("detection_images", dataset, model)["image_id"]) == images
+            assert set(deployment.read("descriptions", dataset, model)["image_id"]) == images
+            assert set(deployment.read("detection_images", dataset, model)["image_id"]) == images
 
 
 def test_every_asset_publishes_its_column_schema(full_run):
     """Each materialisation carries ``dagster/column_schema``: the stored table's columns, in order."""
-    bench, instance = full_run
+    deployment, instance = full_run
     stored = {
         **{asset: (asset, "coco", "sim_strong") for asset in PAIR_ASSETS},
         "dataset_images": ("dataset_images", "coco", None),
@@ -189,16 +187,16 @@ def test_every_asset_publishes_its_column_schema(full_run):
             where = (asset, *partition.split("|"))
         elif partition is not None:
             where = (asset, partition, None)
-        assert columns == list(bench.read(*where).columns), asset
+        assert columns == list(deployment.read(*where).columns), asset
         assert all(
             c.description for c in schema.schema.columns if asset not in ("dataset_images", "ground_truth")
         )
 
 
 def test_leaderboard_equals_the_evaluation_run_on_the_stored_parquet(full_run):
-    bench, _ = full_run
-    board = bench.read("leaderboard")
-    expected = {(d, m): independent_metrics(bench, d, m) for d in DATASETS for m in MODELS}
+    deployment, _ = full_run
+    board = deployment.read("leaderboard")
+    expected = {(d, m): independent_metrics(deployment, d, m) for d in DATASETS for m in MODELS}
     assert sorted(board["table"].unique()) == ["coco", "vlm_gist", "weighted"]
     for dataset in DATASETS:
         rows = board[board["table"] == dataset].set_index("model")
@@ -225,22 +223,22 @@ def test_leaderboard_equals_the_evaluation_run_on_the_stored_parquet(full_run):
 
 
 def test_metrics_rows_carry_tp_fp_fn_of_the_evaluation(full_run):
-    bench, _ = full_run
+    deployment, _ = full_run
     for dataset in DATASETS:
         for model in MODELS:
-            row = bench.read("metrics", dataset, model).iloc[0]
-            expected = independent_metrics(bench, dataset, model)
+            row = deployment.read("metrics", dataset, model).iloc[0]
+            expected = independent_metrics(deployment, dataset, model)
             assert (row["tp"], row["fp"], row["fn"]) == (expected["tp"], expected["fp"], expected["fn"])
-            assert row["num_images"] == len(bench.read("dataset_images", dataset))
+            assert row["num_images"] == len(deployment.read("dataset_images", dataset))
             assert row["dataset"] == dataset and row["model"] == model
 
 
 def test_leaderboard_text_files_show_the_recomputed_numbers(full_run):
-    bench, _ = full_run
-    expected = {(d, m): independent_metrics(bench, d, m) for d in DATASETS for m in MODELS}
+    deployment, _ = full_run
+    expected = {(d, m): independent_metrics(deployment, d, m) for d in DATASETS for m in MODELS}
     formats = {"f1": 3, "rec": 3, "prec": 3, "map": 3, "ins": 1, "mat": 2, "time": 1, "fail": 2, "ret": 2}
     for table in ("coco", "vlm_gist", "weighted"):
-        text = (bench.leaderboard_dir / f"{table}.txt").read_text()
+        text = (deployment.leaderboard_dir / f"{table}.txt").read_text()
         rows = parse_text_table(text)
         assert sorted(rows) == sorted(DISPLAY.values())
         for model in MODELS:
@@ -259,8 +257,8 @@ def test_leaderboard_text_files_show_the_recomputed_numbers(full_run):
 
 
 def test_leaderboard_files_are_written(full_run):
-    bench, _ = full_run
-    directory = bench.leaderboard_dir
+    deployment, _ = full_run
+    directory = deployment.leaderboard_dir
     for name in ("coco.txt", "vlm_gist.txt", "weighted.txt", "leaderboard.md", "leaderboard.csv"):
         assert (directory / name).stat().st_size > 0, name
     markdown = (directory / "leaderboard.md").read_text()
@@ -287,13 +285,13 @@ def test_one_pair_agrees_with_fiftyone_evaluate_detections(full_run):
     ``evaluate_detections(method="coco", compute_mAP=True)`` on the stored GT and matched predictions."""
     import fiftyone as fo
 
-    bench, _ = full_run
+    deployment, _ = full_run
     dataset_name, model = "coco", "sim_medium"
-    images = bench.read("dataset_images", dataset_name)
-    gt = bench.read("ground_truth", dataset_name)
-    matches = bench.read("label_matches", dataset_name, model)
+    images = deployment.read("dataset_images", dataset_name)
+    gt = deployment.read("ground_truth", dataset_name)
+    matches = deployment.read("label_matches", dataset_name, model)
     matched = matches[matches["dataset_match"].notna()]
-    row = bench.read("metrics", dataset_name, model).iloc[0]
+    row = deployment.read("metrics", dataset_name, model).iloc[0]
 
     fo.config.show_progress_bars = False
     dataset = fo.Dataset()
@@ -337,14 +335,14 @@ def test_statistics_in_the_metrics_metadata_and_the_leaderboard(full_run):
     """Not the paper's (issue 17): each pair's materialisation shows its bootstrap intervals and extra
     metrics (mask-based from the simulated SAM2 masks, class-agnostic, F1@[.5:.95]); the leaderboard's
     Markdown and CSV carry intervals, rank ranges and groups, next to the pairwise tests and the plot."""
-    bench, instance = full_run
+    deployment, instance = full_run
     for key in pair_keys(MODELS):
         dataset, model = key.split("|")
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("metrics"), asset_partitions=[key]), limit=1
         ).records
         meta = records[0].asset_materialization.metadata
-        row = bench.read("metrics", dataset, model).iloc[0]
+        row = deployment.read("metrics", dataset, model).iloc[0]
         for column in ("f1_low", "f1_high", "prec_low", "rec_high", "map_low", "map_high", "mask_f1",
                        "mask_map", "agnostic_f1", "f1_50_95"):  # fmt: skip
             assert meta[column].value == pytest.approx(row[column]), (key, column)
@@ -352,21 +350,21 @@ def test_statistics_in_the_metrics_metadata_and_the_leaderboard(full_run):
         assert row["mask_unavailable_reason"] is None and 0 < row["mask_f1"] <= 1
         # predictions whose image's SAM2 call failed (a one-pixel mask is a 500, as on the real server)
         # enter the mask metrics with an empty mask, counted here
-        matches = bench.read("label_matches", dataset, model)
+        matches = deployment.read("label_matches", dataset, model)
         kept = matches[matches["dataset_match"].notna()]
         assert row["masks_missing"] == int(kept["mask"].isna().sum())
         assert row["f1_50_95"] < row["f1"] and row["agnostic_f1"] >= row["f1"] - 0.05
         assert len(row["image_ids"]) == row["num_images"] and len(row["bootstrap_f1"]) == 1000
         assert "F1 (95 % CI)" in meta["statistics"].value and meta["bootstrap_resamples"].value == 1000
-    csv = pd.read_csv(bench.leaderboard_dir / "leaderboard.csv")
+    csv = pd.read_csv(deployment.leaderboard_dir / "leaderboard.csv")
     assert csv["rank_low"].notna().all() and csv["group"].notna().all()
     assert ((csv["f1_low"] <= csv["f1"]) & (csv["f1"] <= csv["f1_high"])).all()
     assert (csv["rank_low"] <= csv["rank"]).all() and (csv["rank"] <= csv["rank_high"]).all()
-    markdown = (bench.leaderboard_dir / "leaderboard.md").read_text()
+    markdown = (deployment.leaderboard_dir / "leaderboard.md").read_text()
     assert markdown.count("Uncertainty and extra metrics (not in the paper)") == 3
-    pairwise = pd.read_csv(bench.leaderboard_dir / "pairwise_f1.csv")
+    pairwise = pd.read_csv(deployment.leaderboard_dir / "pairwise_f1.csv")
     assert sorted(pairwise["table"]) == ["coco", "vlm_gist", "weighted"]  # one pair per table
-    with Image.open(bench.leaderboard_dir / "f1_intervals.png") as image:
+    with Image.open(deployment.leaderboard_dir / "f1_intervals.png") as image:
         assert image.format == "PNG"
     leaderboard = instance.fetch_materializations(dg.AssetKey("leaderboard"), limit=1).records[0]
     assert "plot_f1_intervals" in leaderboard.asset_materialization.metadata
@@ -384,21 +382,21 @@ def test_cli_backfill_over_two_model_partitions(full_run, simulator):
     benchmark_pair_job --partition "coco|sim_strong"`` runs one partition.) The runs re-use the response
     cache of the first run: the simulator sees no chat, embeddings or vision inference request, and the
     tables are equal."""
-    bench, instance = full_run
+    deployment, instance = full_run
     keys = pair_keys(MODELS)
-    before = {(a, k): _pair_table(bench, a, k) for a in PAIR_ASSETS for k in keys}
-    mtimes = {k: _descriptions_file(bench, k).stat().st_mtime_ns for k in keys}
+    before = {(a, k): _pair_table(deployment, a, k) for a in PAIR_ASSETS for k in keys}
+    mtimes = {k: _descriptions_file(deployment, k).stat().st_mtime_ns for k in keys}
     log_start = len(simulator.request_log)
     dagster_cli = Path(sys.executable).with_name("dagster")
-    location = bench.root / "code_location.py"
+    location = deployment.root / "code_location.py"
     location.write_text(CODE_LOCATION)
     completed = subprocess.run(
         [
             str(dagster_cli), "job", "backfill", "-f", str(location), "-j", "benchmark_pair_job",
             "--partitions", ",".join(keys), "--noprompt",
         ],
-        env={**os.environ, "DAGSTER_HOME": str(bench.home)},
-        cwd=bench.root,
+        env={**os.environ, **deployment.environ()},
+        cwd=deployment.root,
         capture_output=True,
         text=True,
         timeout=600,
@@ -415,9 +413,9 @@ def test_cli_backfill_over_two_model_partitions(full_run, simulator):
 
     # the files were rewritten by the backfill and hold the same tables
     for key in keys:
-        assert _descriptions_file(bench, key).stat().st_mtime_ns > mtimes[key]
+        assert _descriptions_file(deployment, key).stat().st_mtime_ns > mtimes[key]
     for (asset, key), table in before.items():
-        pd.testing.assert_frame_equal(_pair_table(bench, asset, key), table, obj=f"{asset} {key}")
+        pd.testing.assert_frame_equal(_pair_table(deployment, asset, key), table, obj=f"{asset} {key}")
     # no new model work: only the vision servers' /status probes (none at all when the cache answers),
     # and SAM2 asked again for exactly the images whose masks failed: a mask one pixel wide is a 500 on the
     # real server (sim/sam2.py), and a failure is not cached, so a re-run tries it again
@@ -429,19 +427,21 @@ def test_cli_backfill_over_two_model_partitions(full_run, simulator):
     failed = {
         f"{key.split('|')[0]}/{image_id}"
         for key in keys
-        for image_id in _pair_table(bench, "masks", key).dropna(subset=["segmentation_error"])["image_id"]
+        for image_id in _pair_table(deployment, "masks", key).dropna(subset=["segmentation_error"])[
+            "image_id"
+        ]
     }
     assert {r.image_key for r in records if r.path == "/update"} == failed
 
 
-def _descriptions_file(bench: Bench, key: str) -> Path:
+def _descriptions_file(deployment: Deployment, key: str) -> Path:
     dataset, model = key.split("|")
-    return bench.assets_dir / "descriptions" / dataset / f"{model}.parquet"
+    return deployment.assets_dir / "descriptions" / dataset / f"{model}.parquet"
 
 
-def _pair_table(bench: Bench, asset: str, key: str) -> pd.DataFrame:
+def _pair_table(deployment: Deployment, asset: str, key: str) -> pd.DataFrame:
     dataset, model = key.split("|")
-    table = bench.read(asset, dataset, model)
+    table = deployment.read(asset, dataset, model)
     return table.drop(columns=[c for c in table.columns if c in TIMING])
 
 
@@ -452,15 +452,17 @@ def test_leaderboard_lists_missing_pairs_and_ranks_the_others(full_run, tmp_path
     datasets. With no metrics at all the leaderboard still materialises (and says so)."""
     from vlm_gist_dagster.definitions import build_definitions
 
-    bench, _ = full_run
-    partial = Bench.create(tmp_path / "partial", MODELS)
+    deployment, _ = full_run
+    partial = Deployment.create(tmp_path / "partial", MODELS)
     for key in pair_keys(MODELS):
         if key not in missing:
             dataset, model = key.split("|")
             target = partial.assets_dir / "metrics" / dataset / f"{model}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes((bench.assets_dir / "metrics" / dataset / f"{model}.parquet").read_bytes())
-    with partial.activated(), dg.instance_for_test() as instance:
+            target.write_bytes(
+                (deployment.assets_dir / "metrics" / dataset / f"{model}.parquet").read_bytes()
+            )
+    with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", list(MODELS))
         result = dg.materialize(
             build_definitions().assets,
@@ -482,7 +484,7 @@ def test_leaderboard_lists_missing_pairs_and_ranks_the_others(full_run, tmp_path
             ("coco", "sim_strong"),
             ("weighted", "sim_strong"),
         }
-        full = bench.read("leaderboard").set_index(["table", "model"])
+        full = deployment.read("leaderboard").set_index(["table", "model"])
         for row in board.itertuples():
             if row.table != "weighted":  # the per-dataset rows are the full run's
                 assert row.f1 == full.loc[(row.table, row.model), "f1"]

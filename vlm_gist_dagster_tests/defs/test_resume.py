@@ -26,11 +26,10 @@ from collections import Counter
 import dagster as dg
 import pandas as pd
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
 from vlm_gist_dagster.defs.partitions import pair_key
 
-from .conftest import NO_FAULTS, PAIR_ASSETS, Bench, run_inputs, run_job
+from ..deployment import NO_FAULTS, PAIR_ASSETS, Deployment, run_inputs, run_job
 
 MODEL_NAME = "sim/strong"
 KEY = str(pair_key("coco", "sim_strong"))
@@ -89,10 +88,10 @@ def successful_calls(records) -> Counter:
     )
 
 
-def tables(bench: Bench) -> dict[str, pd.DataFrame]:
+def tables(deployment: Deployment) -> dict[str, pd.DataFrame]:
     out = {}
     for asset in PAIR_ASSETS:
-        table = bench.read(asset, "coco", "sim_strong")
+        table = deployment.read(asset, "coco", "sim_strong")
         out[asset] = table.drop(columns=[c for c in table.columns if c in TIMING])
     return out
 
@@ -102,49 +101,48 @@ def test_killed_run_resumes_without_repeating_a_successful_call(flaky_model, tmp
     log = simulator.request_log
 
     # -- the interrupted run, then the restart -------------------------------------------------------
-    bench = Bench.create(tmp_path / "resumed", ["sim_strong"])
-    with bench.activated():
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(bench.home)))
-        try:
-            defs = bench.definitions()
-            instance.add_dynamic_partitions("models", ["sim_strong"])
-            run_inputs(defs, instance, ["coco"])
-            simulator.reset_counters()
-            start = len(log)
-            script = tmp_path / "child.py"
-            script.write_text(CHILD)
-            env = {**os.environ, "DAGSTER_HOME": str(bench.home), "VLM_GIST_CONCURRENCY": "1"}
-            child = subprocess.run(
-                [sys.executable, str(script), str(KILL_AFTER), MODEL_NAME, KEY],
-                env=env,
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert child.returncode == -signal.SIGKILL, child.stderr[-4000:]
-            before_crash = log.snapshot()[start:]
-            crashed = successful_calls(before_crash)
-            # killed in the middle of the descriptions: exactly KILL_AFTER answered attempts, no vision yet
-            assert sum(crashed.values()) == KILL_AFTER
-            assert all(server == "chat" for server, _, _ in crashed)
-            runs = instance.get_runs()
-            pair_runs = [r.status for r in runs if r.job_name == "benchmark_pair_job"]
-            assert pair_runs == [dg.DagsterRunStatus.STARTED]  # the crashed run never finished
-            assert not instance.get_materialized_partitions(dg.AssetKey("descriptions"))
+    deployment = Deployment.create(tmp_path / "resumed", ["sim_strong"])
+    instance = deployment.instance()
+    try:
+        defs = deployment.definitions()
+        instance.add_dynamic_partitions("models", ["sim_strong"])
+        run_inputs(defs, instance, ["coco"])
+        simulator.reset_counters()
+        start = len(log)
+        script = tmp_path / "child.py"
+        script.write_text(CHILD)
+        env = {**os.environ, **deployment.environ(), "VLM_GIST_CONCURRENCY": "1"}
+        child = subprocess.run(
+            [sys.executable, str(script), str(KILL_AFTER), MODEL_NAME, KEY],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert child.returncode == -signal.SIGKILL, child.stderr[-4000:]
+        before_crash = log.snapshot()[start:]
+        crashed = successful_calls(before_crash)
+        # killed in the middle of the descriptions: exactly KILL_AFTER answered attempts, no vision yet
+        assert sum(crashed.values()) == KILL_AFTER
+        assert all(server == "chat" for server, _, _ in crashed)
+        runs = instance.get_runs()
+        pair_runs = [r.status for r in runs if r.job_name == "benchmark_pair_job"]
+        assert pair_runs == [dg.DagsterRunStatus.STARTED]  # the crashed run never finished
+        assert not instance.get_materialized_partitions(dg.AssetKey("descriptions"))
 
-            restart = len(log)
-            run_job(defs, instance, "benchmark_pair_job", KEY)
-            resumed_log = log.snapshot()[restart:]
-            resumed = tables(bench)
-            descriptions = bench.read("descriptions", "coco", "sim_strong")
-        finally:
-            instance.dispose()
+        restart = len(log)
+        run_job(defs, instance, "benchmark_pair_job", KEY)
+        resumed_log = log.snapshot()[restart:]
+        resumed = tables(deployment)
+        descriptions = deployment.read("descriptions", "coco", "sim_strong")
+    finally:
+        instance.dispose()
     total = successful_calls(before_crash) + successful_calls(resumed_log)
 
     # -- the same pair uninterrupted, from the same simulator state -----------------------------------
-    reference = Bench.create(tmp_path / "uninterrupted", ["sim_strong"])
-    with reference.activated(), dg.instance_for_test() as instance:
+    reference = Deployment.create(tmp_path / "uninterrupted", ["sim_strong"])
+    with dg.instance_for_test() as instance:
         defs = reference.definitions()
         instance.add_dynamic_partitions("models", ["sim_strong"])
         run_inputs(defs, instance, ["coco"])

@@ -23,7 +23,7 @@ import pandas as pd
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import SERVER_NAMES, SIM_MODEL_PRESETS, start_simulator
 
-from .conftest import NO_FAULTS, PAIR_ASSETS, SIM_SEED, Bench, pair_keys, run_inputs, run_job
+from ..deployment import NO_FAULTS, PAIR_ASSETS, SIM_SEED, Deployment, pair_keys, run_inputs, run_job
 
 #: Columns that measure wall-clock time or say where a value came from: they differ between two runs.
 TIMING = {"duration_s", "attempt_log_json", "from_cache", "time"}
@@ -52,17 +52,17 @@ def simulator(vlm_gist_dataset, coco_dataset) -> Iterator[None]:
         handle.stop()
 
 
-def run_pairs(bench: Bench, models: list[str]) -> None:
-    with bench.activated(), dg.instance_for_test() as instance:
-        defs = bench.definitions()
+def run_pairs(deployment: Deployment, models: list[str]) -> None:
+    with dg.instance_for_test() as instance:
+        defs = deployment.definitions()
         instance.add_dynamic_partitions("models", models)
         run_inputs(defs, instance, datasets=("coco",))
         for key in pair_keys(models, datasets=("coco",)):
             run_job(defs, instance, "benchmark_pair_job", key)
 
 
-def table(bench: Bench, asset: str, model: str) -> pd.DataFrame:
-    frame = bench.read(asset, "coco", model)
+def table(deployment: Deployment, asset: str, model: str) -> pd.DataFrame:
+    frame = deployment.read(asset, "coco", model)
     frame = frame.drop(columns=[c for c in frame.columns if c in TIMING | IDENTITY]).reset_index(drop=True)
     # error texts name the server, whose port differs between two simulators
     for column in ("error_message", "segmentation_error", "validation_error"):
@@ -72,11 +72,11 @@ def table(bench: Bench, asset: str, model: str) -> pd.DataFrame:
 
 
 def test_alone_and_in_a_full_run_and_identical_copies(tmp_path, vlm_gist_dataset, coco_dataset):
-    full = Bench.create(tmp_path / "full", ["sim_strong", "sim_weak", "sim_medium"])
+    full = Deployment.create(tmp_path / "full", ["sim_strong", "sim_weak", "sim_medium"])
     full.add_model("sim_medium", as_name="sim_medium_copy")
     with simulator(vlm_gist_dataset, coco_dataset):
         run_pairs(full, ["sim_strong", "sim_weak", "sim_medium", "sim_medium_copy"])
-    alone = Bench.create(tmp_path / "alone", ["sim_medium"])
+    alone = Deployment.create(tmp_path / "alone", ["sim_medium"])
     with simulator(vlm_gist_dataset, coco_dataset):
         run_pairs(alone, ["sim_medium"])
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
-from .conftest import Bench, run_inputs, run_job
+from ..deployment import Deployment, run_inputs, run_job
 
 DATASET = "coco"
 OFF, ON = "sim_medium", "sim_medium_validated"
@@ -28,23 +26,22 @@ VALIDATION_MODEL = "google/gemini-2.5-flash"
 
 @pytest.fixture(scope="module")
 def validated_run(simulator, tmp_path_factory):
-    bench = Bench.create(tmp_path_factory.mktemp("validation"), [OFF])
-    raw = json.loads((bench.models_dir / f"{OFF}.json").read_text())
+    deployment = Deployment.create(tmp_path_factory.mktemp("validation"), [OFF])
+    raw = json.loads((deployment.models_dir / f"{OFF}.json").read_text())
     raw["model"]["validation"] = True
     raw["model"]["display_name"] = "Sim medium validated (simulated)"
-    (bench.models_dir / f"{ON}.json").write_text(json.dumps(raw, indent=1))
+    (deployment.models_dir / f"{ON}.json").write_text(json.dumps(raw, indent=1))
     simulator.request_log.clear()
-    with bench.activated():
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(bench.home)))
-        try:
-            defs = bench.definitions()
-            instance.add_dynamic_partitions("models", [OFF, ON])
-            run_inputs(defs, instance, [DATASET])
-            for model in (OFF, ON):
-                run_job(defs, instance, "benchmark_pair_job", f"{DATASET}|{model}")
-            yield bench, instance, simulator.request_log.filter(server="chat", model=VALIDATION_MODEL)
-        finally:
-            instance.dispose()
+    instance = deployment.instance()
+    try:
+        defs = deployment.definitions()
+        instance.add_dynamic_partitions("models", [OFF, ON])
+        run_inputs(defs, instance, [DATASET])
+        for model in (OFF, ON):
+            run_job(defs, instance, "benchmark_pair_job", f"{DATASET}|{model}")
+        yield deployment, instance, simulator.request_log.filter(server="chat", model=VALIDATION_MODEL)
+    finally:
+        instance.dispose()
 
 
 def iou_with_gt(validations: pd.DataFrame, gt: pd.DataFrame, images: pd.DataFrame) -> np.ndarray:
@@ -67,21 +64,21 @@ def iou_with_gt(validations: pd.DataFrame, gt: pd.DataFrame, images: pd.DataFram
 
 
 def test_validation_asks_the_validation_vlm_once_per_detection(validated_run):
-    bench, _, requests = validated_run
-    masks = bench.read("masks", DATASET, ON)
-    validations = bench.read("validations", DATASET, ON)
+    deployment, _, requests = validated_run
+    masks = deployment.read("masks", DATASET, ON)
+    validations = deployment.read("validations", DATASET, ON)
     assert len(validations) == len(masks) > 0
     assert len(requests) == len(masks)  # no faults: one answered request per crop
-    off = bench.read("validations", DATASET, OFF)
+    off = deployment.read("validations", DATASET, OFF)
     assert set(off["validation_action"]) == set(off["validation_outcome"]) == {"off"}
 
 
 def test_crops_tight_around_no_instance_are_rejected_and_kept_ones_name_described_objects(validated_run):
-    bench, _, _ = validated_run
-    validations = bench.read("validations", DATASET, ON)
-    gt = bench.read("ground_truth", DATASET)
-    images = bench.read("dataset_images", DATASET)
-    descriptions = bench.read("descriptions", DATASET, ON)
+    deployment, _, _ = validated_run
+    validations = deployment.read("validations", DATASET, ON)
+    gt = deployment.read("ground_truth", DATASET)
+    images = deployment.read("dataset_images", DATASET)
+    descriptions = deployment.read("descriptions", DATASET, ON)
     names = {
         i: {o["object_name"] for o in objs}
         for i, objs, ok in zip(descriptions["image_id"], descriptions["objects"], descriptions["success"])
@@ -108,12 +105,12 @@ def test_crops_tight_around_no_instance_are_rejected_and_kept_ones_name_describe
 
 
 def test_only_kept_detections_reach_label_matching_and_precision_rises(validated_run):
-    bench, _, _ = validated_run
-    validations = bench.read("validations", DATASET, ON)
-    matches = bench.read("label_matches", DATASET, ON)
+    deployment, _, _ = validated_run
+    validations = deployment.read("validations", DATASET, ON)
+    matches = deployment.read("label_matches", DATASET, ON)
     assert len(matches) == int(validations["kept"].sum())
-    off = bench.read("metrics", DATASET, OFF).iloc[0]
-    on = bench.read("metrics", DATASET, ON).iloc[0]
+    off = deployment.read("metrics", DATASET, OFF).iloc[0]
+    on = deployment.read("metrics", DATASET, ON).iloc[0]
     # Same descriptions, detections and masks (the validated model is the same simulated model): most
     # rejected detections were false positives. A few true positives go too: a detector box around another
     # instance of the same class than the one its description names (the validator answers that

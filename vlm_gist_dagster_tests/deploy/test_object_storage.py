@@ -19,6 +19,7 @@ import pytest
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import FAULT_TYPES, SERVER_NAMES, controls_from_model_files, start_simulator
 
+from ..deployment import run_job
 from ..postgres.service import mini_coco, write_fast_model
 
 BUCKET = "vlm-gist-test"
@@ -100,20 +101,12 @@ def test_a_pair_run_and_the_leaderboard_keep_their_parquet_in_s3(tmp_path, coco_
             from vlm_gist_dagster.definitions import build_definitions
 
             defs = build_definitions()
-
-            def run(job: str, partition: str | None = None) -> None:
-                result = defs.resolve_job_def(job).execute_in_process(
-                    partition_key=partition, instance=instance, raise_on_error=False
-                )
-                failures = [e.message for e in result.all_events if e.is_step_failure]
-                assert result.success, (job, partition, failures)
-
             instance.add_dynamic_partitions("models", list(MODELS))
-            run("datasets_job", "coco")
-            run("settings_job")
+            run_job(defs, instance, "datasets_job", "coco")
+            run_job(defs, instance, "settings_job")
             for model in MODELS:
-                run("benchmark_pair_job", f"coco|{model}")
-            run("leaderboard_job")
+                run_job(defs, instance, "benchmark_pair_job", f"coco|{model}")
+            run_job(defs, instance, "leaderboard_job")
             metadata = instance.get_latest_materialization_event(
                 dg.AssetKey("metrics")
             ).asset_materialization.metadata

@@ -41,7 +41,7 @@ from vlm_gist_dagster.stages.descriptions import run_descriptions
 from vlm_gist_dagster.stages.grounding import run_detections, run_masks
 from vlm_gist_dagster.stages.services import Services
 
-from .conftest import REPO, SIM_STRONG, Deployment, write_model
+from ..deployment import REPO, SIM_STRONG, Deployment
 
 GOOD = ("good1", "good2", "good3")
 #: Columns that record wall-clock time or whether a value came from the cache.
@@ -400,11 +400,11 @@ def test_a_bad_model_file_fails_its_own_partitions_only(tmp_path, coco_dataset):
     """Through Dagster: the broken model's descriptions fail at once (no retry) naming file and key; the
     good model's partition in the same deployment materialises."""
     deployment = Deployment.create(tmp_path / "deployment")
-    write_model(deployment.models_dir, "good", "rel/good")
-    write_model(deployment.models_dir, "broken", "rel/broken", retry="three")
+    deployment.write_model("good", "rel/good")
+    deployment.write_model("broken", "rel/broken", retry="three")
     sim = start_simulator({"coco": coco_dataset}, ports={name: 0 for name in SERVER_NAMES}, seed=0)
     try:
-        with patched_environ(simulator_environment(sim)), deployment.activated():
+        with patched_environ(simulator_environment(sim)):
             instance = deployment.instance()
             try:
                 defs = deployment.definitions()

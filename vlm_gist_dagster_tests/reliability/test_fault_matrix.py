@@ -29,7 +29,7 @@ from vlm_gist_dagster.protocol.columns import metadata_columns
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import FAULT_TYPES, SERVER_NAMES, start_simulator
 
-from .conftest import Deployment, run_job, write_model
+from ..deployment import Deployment, run_job
 
 TRANSPORT_FAULTS = ("rate_limit", "server_error", "unavailable", "connection_drop")
 #: The failed attempt's reason for each content fault on the SSE path (sim_strong streams, JSON mode).
@@ -65,7 +65,7 @@ def matrix(tmp_path_factory, coco_dataset):
         "timeout_completion": "60.0",
     }
     for case in CASES:
-        write_model(deployment.models_dir, model_key(case), f"rel/{case}", request=timeouts)
+        deployment.write_model(model_key(case), f"rel/{case}", request=timeouts)
     sim = start_simulator({"coco": coco_dataset}, ports={name: 0 for name in SERVER_NAMES}, seed=0)
     try:
         for case in CASES:
@@ -79,7 +79,7 @@ def matrix(tmp_path_factory, coco_dataset):
                 latency_jitter_s=0.0,
                 faults={**faults, "retry_after_s": 0, "stall_seconds": STALL_S},
             )
-        with patched_environ(simulator_environment(sim)), deployment.activated():
+        with patched_environ(simulator_environment(sim)):
             instance = deployment.instance()
             try:
                 defs = deployment.definitions()

@@ -32,7 +32,7 @@ from vlm_gist_dagster.defs.selections import PAIR_ASSET_KEYS
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import SERVER_NAMES, start_simulator
 
-from .conftest import REPO, Deployment, run_job, write_model
+from ..deployment import REPO, Deployment, run_job
 
 MODEL, KEY = "rel/resume", "resume"
 PAIR = str(pair_key("coco", KEY))
@@ -69,7 +69,7 @@ def wait_for(condition, limit_s: float, what: str) -> None:
 
 
 def prepare(deployment: Deployment) -> None:
-    write_model(deployment.models_dir, KEY, MODEL)
+    deployment.write_model(KEY, MODEL)
     instance = deployment.instance()
     try:
         instance.add_dynamic_partitions("models", [KEY])
@@ -100,8 +100,7 @@ def runs(tmp_path_factory, coco_dataset):
     quiet = {"recall": 1.0, "hallucinations": 1.0, "latency_jitter_s": 0.0, "faults": {}}
     try:
         with patched_environ(simulator_environment(sim)):
-            with interrupted.activated():
-                prepare(interrupted)
+            prepare(interrupted)
             sim.set_controls("chat", model=MODEL, latency_mean_s=0.2, **quiet)
             env = {
                 **os.environ,
@@ -140,14 +139,12 @@ def runs(tmp_path_factory, coco_dataset):
 
             sim.reset_counters()
             sim.set_controls("chat", model=MODEL, latency_mean_s=0.0)
-            with interrupted.activated():
-                run_pair(interrupted)
+            run_pair(interrupted)
             after_resume = Counter(r.image_key for r in answered(sim))
 
             sim.reset_counters()
-            with reference.activated():
-                prepare(reference)
-                run_pair(reference)
+            prepare(reference)
+            run_pair(reference)
         yield interrupted, reference, before_resume, after_resume, killed_after
     finally:
         sim.stop()

@@ -22,7 +22,7 @@ from vlm_gist_dagster.defs.partitions import pair_key
 from vlm_gist_dagster.runner import patched_environ, simulator_environment
 from vlm_gist_dagster.sim import SERVER_NAMES, start_simulator
 
-from .conftest import CONCURRENCY, Deployment, run_job, write_model
+from ..deployment import TEST_CONCURRENCY, Deployment, run_job
 
 CANARIES = {
     "VLM_GIST_SIM_API_KEY": "sk-canary-sim-5d1f0c7e9b2a4f38",
@@ -47,8 +47,8 @@ def leaks(data: bytes | str) -> list[str]:
 def run_pair(deployment: Deployment, sim, *, whole: bool) -> tuple[dg.ExecuteInProcessResult, list]:
     """The pair (and with ``whole`` the settings and the leaderboard) on ``deployment`` with the canary
     keys; returns the pair run's result and every event of the deployment's instance."""
-    write_model(deployment.models_dir, "canary", "rel/canary")
-    with patched_environ({**simulator_environment(sim), **CANARIES}), deployment.activated():
+    deployment.write_model("canary", "rel/canary")
+    with patched_environ({**simulator_environment(sim), **CANARIES}):
         instance = deployment.instance()
         try:
             defs = deployment.definitions()
@@ -159,7 +159,7 @@ def test_a_rejected_key_fails_naming_the_variable_not_the_key(pipeline_run):
 
 def test_a_rejected_key_is_not_retried(pipeline_run):
     """Counted where it costs: at the server. The step ran once (no retry by the asset's retry policy)
-    and sent no more than its requests in flight (CONCURRENCY), plus at most one per 401 that a freed
+    and sent no more than its requests in flight (TEST_CONCURRENCY), plus at most one per 401 that a freed
     slot let out before the cancellation landed; a client that retried 401s would send 1 + 6 times as
     many, a retried step as many again."""
     _, _, _, result, _, _, rejected = pipeline_run
@@ -168,4 +168,4 @@ def test_a_rejected_key_is_not_retried(pipeline_run):
     assert not [e for e in result.all_events if e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED")]
     chat = [r for r in rejected if r.server == "chat"]
     assert chat and all(r.status == 401 for r in chat)
-    assert len(chat) <= 2 * CONCURRENCY
+    assert len(chat) <= 2 * TEST_CONCURRENCY

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
 from vlm_gist_dagster.cli import main
 from vlm_gist_dagster.defs.io_manager import read_parquet
 from vlm_gist_dagster.review import field_prefix
 
-from ..defs.conftest import simulator  # noqa: F401 - the module-scoped simulator fixture
-from .simulated_run import simulated_bench
+from .simulated_run import simulated_deployment
 
 DATASET = "coco"
 MODELS = ("sim_strong", "sim_weak")
@@ -38,33 +36,29 @@ def fiftyone():
 
 
 @pytest.fixture(scope="module")
-def bench(simulator, tmp_path_factory):  # noqa: F811
-    return simulated_bench(tmp_path_factory.mktemp("review_asset"), [DATASET], MODELS)
+def deployment(simulator, tmp_path_factory):
+    return simulated_deployment(tmp_path_factory.mktemp("review_asset"), [DATASET], MODELS)
 
 
-def materialize_review(bench) -> dg.ExecuteInProcessResult:
-    from vlm_gist_dagster.definitions import build_definitions
-
-    with bench.activated():
-        assets = build_definitions().assets
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(bench.home)))
-        try:
-            return dg.materialize(
-                assets,
-                selection=["review_dataset"],
-                partition_key=DATASET,
-                instance=instance,
-                resources=bench.resources(),
-            )
-        finally:
-            instance.dispose()
+def materialize_review(deployment) -> dg.ExecuteInProcessResult:
+    instance = deployment.instance()
+    try:
+        return dg.materialize(
+            deployment.definitions().assets,
+            selection=["review_dataset"],
+            partition_key=DATASET,
+            instance=instance,
+            resources=deployment.resources(),
+        )
+    finally:
+        instance.dispose()
 
 
-def test_review_dataset_asset_builds_the_fiftyone_dataset_and_describes_it(bench, fiftyone, capsys):
-    result = materialize_review(bench)
+def test_review_dataset_asset_builds_the_fiftyone_dataset_and_describes_it(deployment, fiftyone, capsys):
+    result = materialize_review(deployment)
     assert result.success
     meta = result.asset_materializations_for_node("review_dataset")[0].metadata
-    images = read_parquet(bench.assets_dir / "dataset_images" / f"{DATASET}.parquet")
+    images = read_parquet(deployment.assets_dir / "dataset_images" / f"{DATASET}.parquet")
     assert meta["fiftyone_dataset"].value == NAME
     assert meta["samples"].value == len(images)
     assert meta["models"].value == list(MODELS)
@@ -80,7 +74,7 @@ def test_review_dataset_asset_builds_the_fiftyone_dataset_and_describes_it(bench
         eval_key = f"eval_{field_prefix(model)}"
         assert ds.has_evaluation(eval_key)
         counts = tuple(int(ds.sum(f"{eval_key}_{t}")) for t in ("tp", "fp", "fn"))  # FiftyOne's own
-        row = read_parquet(bench.assets_dir / "metrics" / DATASET / f"{model}.parquet").iloc[0]
+        row = read_parquet(deployment.assets_dir / "metrics" / DATASET / f"{model}.parquet").iloc[0]
         assert counts == (row["tp"], row["fp"], row["fn"]) and counts[0] > 0
         record = records[model]
         assert (record["tp"], record["fp"], record["fn"]) == counts
@@ -89,14 +83,14 @@ def test_review_dataset_asset_builds_the_fiftyone_dataset_and_describes_it(bench
         assert record["fscore"] == pytest.approx(row["f1"], abs=1e-12)
 
     # the command sees what the asset built: nothing to rebuild
-    with bench.activated():
+    with deployment.activated():
         assert main(["review", "--dataset", DATASET, "--no-launch"]) == 0
     out = capsys.readouterr().out
     for model in MODELS:
         assert f"{model}" in out and "unchanged" in out.split(model, 1)[1].splitlines()[0], out
 
     # and a second materialisation leaves both alone
-    again = materialize_review(bench).asset_materializations_for_node("review_dataset")[0].metadata
+    again = materialize_review(deployment).asset_materializations_for_node("review_dataset")[0].metadata
     assert again["models_built"].value == [] and again["models_unchanged"].value == list(MODELS)
 
 

@@ -36,18 +36,17 @@ from vlm_gist_dagster.review import (
 from vlm_gist_dagster.review.builder import box_mask
 from vlm_gist_dagster.runner import patched_environ
 
-from ..defs.conftest import simulator  # noqa: F401 - the module-scoped simulator fixture
-from .simulated_run import simulated_bench
+from .simulated_run import simulated_deployment
 
 PAIRS = {"coco": ("sim_strong", "sim_florence_od"), "vlm_gist": ("sim_strong",)}
 
 
 @pytest.fixture(scope="module")
-def bench(simulator, tmp_path_factory):  # noqa: F811
+def deployment(simulator, tmp_path_factory):
     """Both datasets' tables and the three pairs, stored as the pipeline stores them."""
     root = tmp_path_factory.mktemp("review")
-    first = simulated_bench(root / "coco", ["coco"], PAIRS["coco"])
-    second = simulated_bench(root / "vlm_gist", ["vlm_gist"], PAIRS["vlm_gist"])
+    first = simulated_deployment(root / "coco", ["coco"], PAIRS["coco"])
+    second = simulated_deployment(root / "vlm_gist", ["vlm_gist"], PAIRS["vlm_gist"])
     # one assets directory holding both runs' outputs
     for path in second.assets_dir.rglob("*.parquet"):
         target = first.assets_dir / path.relative_to(second.assets_dir)
@@ -65,11 +64,11 @@ def fiftyone():
     return fo
 
 
-def build(bench, dataset: str, name: str, models=None, **kwargs):
+def build(deployment, dataset: str, name: str, models=None, **kwargs):
     return build_review_dataset(
         dataset,
-        dataset_input(dataset, bench.assets_dir),
-        model_inputs(dataset, models, bench.assets_dir),
+        dataset_input(dataset, deployment.assets_dir),
+        model_inputs(dataset, models, deployment.assets_dir),
         selected=models,
         name=name,
         log=None,
@@ -78,10 +77,10 @@ def build(bench, dataset: str, name: str, models=None, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def reviewed(bench, fiftyone):
+def reviewed(deployment, fiftyone):
     """The two review datasets, built once for the read-only tests."""
     names = {d: f"review-test-{d}" for d in PAIRS}
-    summaries = {d: build(bench, d, names[d]) for d in PAIRS}
+    summaries = {d: build(deployment, d, names[d]) for d in PAIRS}
     yield {d: fiftyone.load_dataset(names[d]) for d in PAIRS}, summaries
     for name in names.values():
         if fiftyone.dataset_exists(name):
@@ -89,7 +88,7 @@ def reviewed(bench, fiftyone):
 
 
 @pytest.mark.parametrize("dataset,model", [(d, m) for d, ms in PAIRS.items() for m in ms])
-def test_fiftyone_evaluation_equals_the_projects_metrics(bench, reviewed, dataset, model):
+def test_fiftyone_evaluation_equals_the_projects_metrics(deployment, reviewed, dataset, model):
     datasets, _ = reviewed
     ds = datasets[dataset]
     eval_key = f"eval_{field_prefix(model)}"
@@ -107,7 +106,7 @@ def test_fiftyone_evaluation_equals_the_projects_metrics(bench, reviewed, datase
     assert (counts.get("tp", 0), counts.get("fp", 0)) == (tp, fp)
     assert ds.count_values(f"ground_truth.detections.{eval_key}").get("fn", 0) == fn
 
-    row = read_parquet(bench.assets_dir / "metrics" / dataset / f"{model}.parquet").iloc[0]
+    row = read_parquet(deployment.assets_dir / "metrics" / dataset / f"{model}.parquet").iloc[0]
     assert (tp, fp, fn) == (row["tp"], row["fp"], row["fn"])
     assert tp > 0 and fp > 0 and fn > 0  # a check that cannot pass on an empty evaluation
     assert numbers["precision"] == pytest.approx(row["prec"], abs=1e-12)
@@ -121,14 +120,14 @@ def test_fiftyone_evaluation_equals_the_projects_metrics(bench, reviewed, datase
         assert results.mAP() == pytest.approx(row["map"], abs=1e-12)
 
 
-def test_each_stage_has_its_field_with_every_stored_row(bench, reviewed, fiftyone):
+def test_each_stage_has_its_field_with_every_stored_row(deployment, reviewed, fiftyone):
     from fiftyone import ViewField as F
 
     datasets, summaries = reviewed
     for dataset, models in PAIRS.items():
         ds = datasets[dataset]
-        images = read_parquet(bench.assets_dir / "dataset_images" / f"{dataset}.parquet")
-        gt = read_parquet(bench.assets_dir / "ground_truth" / f"{dataset}.parquet")
+        images = read_parquet(deployment.assets_dir / "dataset_images" / f"{dataset}.parquet")
+        gt = read_parquet(deployment.assets_dir / "ground_truth" / f"{dataset}.parquet")
         assert len(ds) == len(images) and summaries[dataset].num_samples == len(images)
         assert ds.count("ground_truth.detections") == len(gt)
         assert ds.count("ground_truth.detections.mask") == int(gt["mask"].notna().sum())
@@ -137,7 +136,7 @@ def test_each_stage_has_its_field_with_every_stored_row(bench, reviewed, fiftyon
             p = field_prefix(model)
 
             def stored(asset: str, dataset=dataset, model=model) -> pd.DataFrame:
-                return read_parquet(bench.assets_dir / asset / dataset / f"{model}.parquet")
+                return read_parquet(deployment.assets_dir / asset / dataset / f"{model}.parquet")
 
             detections, validations, matches = (
                 stored("detections"),
@@ -194,15 +193,15 @@ def test_each_stage_has_its_field_with_every_stored_row(bench, reviewed, fiftyon
 
 
 def test_a_second_build_changes_nothing_and_a_changed_input_rebuilds_only_its_model(
-    bench, fiftyone, tmp_path
+    deployment, fiftyone, tmp_path
 ):
     name = "review-test-incremental"
-    first = build(bench, "coco", name)
+    first = build(deployment, "coco", name)
     assert {m.key: m.status for m in first.models} == {"sim_florence_od": "built", "sim_strong": "built"}
     ds = fiftyone.load_dataset(name)
     ids = {m: ds.values(f"{field_prefix(m)}_predictions.detections.id") for m in PAIRS["coco"]}
 
-    again = build(bench, "coco", name)
+    again = build(deployment, "coco", name)
     assert {m.key: m.status for m in again.models} == {
         "sim_florence_od": "unchanged",
         "sim_strong": "unchanged",
@@ -213,13 +212,13 @@ def test_a_second_build_changes_nothing_and_a_changed_input_rebuilds_only_its_mo
 
     # sim_strong's label matches change (one matched detection less): only sim_strong is rebuilt,
     # and FiftyOne's numbers follow (one prediction less: TP or FP falls by one)
-    path = bench.assets_dir / "label_matches" / "coco" / "sim_strong.parquet"
+    path = deployment.assets_dir / "label_matches" / "coco" / "sim_strong.parquet"
     original = path.read_bytes()
     try:
         matches = read_parquet(path)
         drop = matches.index[matches["dataset_match"].notna()][0]
         write_parquet(matches.drop(index=drop), path)
-        third = build(bench, "coco", name)
+        third = build(deployment, "coco", name)
         statuses = {m.key: m.status for m in third.models}
         assert statuses == {"sim_florence_od": "unchanged", "sim_strong": "built"}
         before, after = first.model("sim_strong").evaluation, third.model("sim_strong").evaluation
@@ -233,11 +232,11 @@ def test_a_second_build_changes_nothing_and_a_changed_input_rebuilds_only_its_mo
 
     # a model whose outputs are gone is removed with its fields and evaluation
     moved = {}
-    for asset_file in bench.assets_dir.glob("*/coco/sim_florence_od.parquet"):
+    for asset_file in deployment.assets_dir.glob("*/coco/sim_florence_od.parquet"):
         moved[asset_file] = tmp_path / asset_file.parent.parent.name
         asset_file.rename(moved[asset_file])
     try:
-        fourth = build(bench, "coco", name)
+        fourth = build(deployment, "coco", name)
         assert fourth.model("sim_florence_od").status == "removed"
         ds.reload()
         assert "eval_sim_florence_od" not in ds.list_evaluations()
@@ -249,11 +248,11 @@ def test_a_second_build_changes_nothing_and_a_changed_input_rebuilds_only_its_mo
     fiftyone.delete_dataset(name)
 
 
-def test_the_builder_takes_frames_as_a_dagster_asset_would(bench, fiftyone):
+def test_the_builder_takes_frames_as_a_dagster_asset_would(deployment, fiftyone):
     """What the ``review_dataset`` asset will do: DataFrames from the IO manager, content fingerprints."""
 
     def stored(asset: str, model: str | None = None) -> pd.DataFrame:
-        path = bench.assets_dir / asset / "coco"
+        path = deployment.assets_dir / asset / "coco"
         return read_parquet(path / f"{model}.parquet" if model else path.with_suffix(".parquet"))
 
     name = "review-test-frames"
@@ -279,28 +278,28 @@ def test_the_builder_takes_frames_as_a_dagster_asset_would(bench, fiftyone):
     fiftyone.delete_dataset(name)
 
 
-def test_a_fiftyone_dataset_made_elsewhere_is_left_alone(bench, fiftyone):
+def test_a_fiftyone_dataset_made_elsewhere_is_left_alone(deployment, fiftyone):
     name = "review-test-foreign"
     foreign = fiftyone.Dataset(name)
     foreign.add_sample(fiftyone.Sample(filepath="/nonexistent.jpg", note="mine"))
     with pytest.raises(ReviewError, match="was not made by `vlm-gist review`"):
-        build(bench, "coco", name)
+        build(deployment, "coco", name)
     assert fiftyone.load_dataset(name).first()["note"] == "mine"
     fiftyone.delete_dataset(name)
 
 
-def test_unknown_model_and_missing_dataset_tables_are_clear_errors(bench, tmp_path):
+def test_unknown_model_and_missing_dataset_tables_are_clear_errors(deployment, tmp_path):
     with pytest.raises(
         ReviewError, match=r"no stored outputs of model\(s\) gpt_9 .*stored: sim_florence_od, sim_strong"
     ):
-        model_inputs("coco", ["gpt_9"], bench.assets_dir)
+        model_inputs("coco", ["gpt_9"], deployment.assets_dir)
     with pytest.raises(ReviewError, match=r"run `vlm-gist run --datasets coco` first"):
         dataset_input("coco", tmp_path)
 
 
-def test_cli_builds_without_launching(bench, fiftyone, capsys):
+def test_cli_builds_without_launching(deployment, fiftyone, capsys):
     name = "review-test-cli"
-    with patched_environ({"VLM_GIST_ASSETS_DIR": str(bench.assets_dir)}):
+    with patched_environ({"VLM_GIST_ASSETS_DIR": str(deployment.assets_dir)}):
         code = main(["review", "--dataset", "coco", "--models", "sim_strong", "--name", name, "--no-launch"])
         out = capsys.readouterr().out
         assert code == 0, out
