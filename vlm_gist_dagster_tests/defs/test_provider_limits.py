@@ -24,7 +24,8 @@ from vlm_gist_dagster.defs.providers import (
 from vlm_gist_dagster.defs.resources import ModelsResource, SettingsResource
 from vlm_gist_dagster.defs.sensors import settings_sensor
 
-from .conftest import Bench, apply_partition_requests, pair_keys, tick_model_sensor
+from ..deployment import Deployment, pair_keys
+from .conftest import apply_partition_requests, tick_model_sensor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,18 +45,18 @@ def set_llm_endpoint(path: Path, block: str, endpoint) -> None:
 # ------------------------------------------------------------------------------------------ run tags
 
 
-def test_model_sensor_runs_carry_the_provider_of_the_model_file(bench: Bench):
-    strong = bench.add_model("sim_strong")
+def test_model_sensor_runs_carry_the_provider_of_the_model_file(deployment: Deployment):
+    strong = deployment.add_model("sim_strong")
     set_description_endpoint(strong, "Mistral AI")
-    medium = bench.add_model("sim_medium")  # the simulator's endpoint dict
+    medium = deployment.add_model("sim_medium")  # the simulator's endpoint dict
     with dg.instance_for_test() as instance:
-        first = tick_model_sensor(bench, instance)
+        first = tick_model_sensor(deployment, instance)
         apply_partition_requests(instance, first)
         set_description_endpoint(strong, "OpenRouter")  # an edit: its pairs are requested again
         data = json.loads(medium.read_text())
         data["model"]["display_name"] = "Sim medium v2"
         medium.write_text(json.dumps(data, indent=4))
-        result = tick_model_sensor(bench, instance, first.cursor)
+        result = tick_model_sensor(deployment, instance, first.cursor)
     tags = {r.partition_key: r.tags.get(PROVIDER_TAG) for r in result.run_requests or []}
     assert tags == {
         "coco|sim_strong": "openrouter",
@@ -65,17 +66,17 @@ def test_model_sensor_runs_carry_the_provider_of_the_model_file(bench: Bench):
     }
 
 
-def test_nightly_schedule_runs_carry_the_provider(bench: Bench):
+def test_nightly_schedule_runs_carry_the_provider(deployment: Deployment):
     from vlm_gist_dagster.defs.schedules import nightly_benchmark_schedule
 
-    set_description_endpoint(bench.add_model("sim_strong"), "Mistral AI")
-    bench.add_model("sim_florence_od")  # a baseline calls no VLM API: no provider tag
+    set_description_endpoint(deployment.add_model("sim_strong"), "Mistral AI")
+    deployment.add_model("sim_florence_od")  # a baseline calls no VLM API: no provider tag
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", ["sim_strong", "sim_florence_od"])
         with dg.build_schedule_context(
             instance=instance,
             scheduled_execution_time=datetime(2026, 1, 2, 2, 0, tzinfo=UTC),
-            resources={"models": bench.resources()["models"]},
+            resources={"models": deployment.resources()["models"]},
         ) as context:
             requests = nightly_benchmark_schedule(context)
     assert isinstance(requests, list)
@@ -88,13 +89,13 @@ def test_nightly_schedule_runs_carry_the_provider(bench: Bench):
     }
 
 
-def test_validation_sensor_runs_carry_the_provider(bench: Bench):
-    path = bench.add_model("sim_strong")
+def test_validation_sensor_runs_carry_the_provider(deployment: Deployment):
+    path = deployment.add_model("sim_strong")
     data = json.loads(path.read_text())
     data["model"]["validation"] = True
     path.write_text(json.dumps(data, indent=4))
     set_description_endpoint(path, "OpenAI")
-    resources = {"settings": bench.resources()["settings"], "models": bench.resources()["models"]}
+    resources = {"settings": deployment.resources()["settings"], "models": deployment.resources()["models"]}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", ["sim_strong"])
 
@@ -106,7 +107,7 @@ def test_validation_sensor_runs_carry_the_provider(bench: Bench):
             return result
 
         tick()  # records every file's version
-        validation_file = bench.settings_dir / "validation" / "validation.json"
+        validation_file = deployment.settings_dir / "validation" / "validation.json"
         settings = json.loads(validation_file.read_text())
         settings["bbox_scale"] = 1.5
         validation_file.write_text(json.dumps(settings, indent=2))
@@ -116,18 +117,19 @@ def test_validation_sensor_runs_carry_the_provider(bench: Bench):
     assert {r.tags.get(PROVIDER_TAG) for r in validation_runs} == {"openai"}
 
 
-def test_pair_job_tags_every_partition_with_its_provider(bench: Bench):
+def test_pair_job_tags_every_partition_with_its_provider(deployment: Deployment):
     """The pair job's partitioned config: UI launches, job backfills and ``vlm-gist run`` (in process)
-    carry the tag; the models folder is the one the environment configures (the bench's)."""
-    set_description_endpoint(bench.add_model("sim_strong"), "OpenAI")
-    bench.add_model("sim_florence_od")
-    assert pair_provider_tags("coco|sim_strong") == {PROVIDER_TAG: "openai"}
-    assert pair_provider_tags("coco|sim_florence_od") == {}
-    assert pair_provider_tags("coco|no_such_model") == {}  # never fails a launch
+    carry the tag; the models folder is the one the environment configures (the deployment's)."""
     from vlm_gist_dagster.definitions import build_definitions
 
-    job = build_definitions().resolve_job_def("benchmark_pair_job")
-    assert job.get_tags_for_partition_key("vlm_gist|sim_strong", None)[PROVIDER_TAG] == "openai"
+    set_description_endpoint(deployment.add_model("sim_strong"), "OpenAI")
+    deployment.add_model("sim_florence_od")
+    with deployment.activated():
+        assert pair_provider_tags("coco|sim_strong") == {PROVIDER_TAG: "openai"}
+        assert pair_provider_tags("coco|sim_florence_od") == {}
+        assert pair_provider_tags("coco|no_such_model") == {}  # never fails a launch
+        job = build_definitions().resolve_job_def("benchmark_pair_job")
+        assert job.get_tags_for_partition_key("vlm_gist|sim_strong", None)[PROVIDER_TAG] == "openai"
 
 
 def test_a_model_file_that_cannot_be_read_gets_no_tag(tmp_path):
@@ -159,12 +161,12 @@ def test_project_pools_follow_the_settings_files():
     }
 
 
-def test_pools_from_other_settings(tmp_path, bench: Bench):
-    settings = SettingsResource(settings_dir=str(bench.settings_dir))
-    lm = bench.settings_dir / "label_matching"
+def test_pools_from_other_settings(tmp_path, deployment: Deployment):
+    settings = SettingsResource(settings_dir=str(deployment.settings_dir))
+    lm = deployment.settings_dir / "label_matching"
     for dataset in ("coco", "vlm_gist"):
         set_llm_endpoint(lm / f"{dataset}.json", "llm", "Mistral AI")
-    set_llm_endpoint(bench.settings_dir / "validation" / "validation.json", "vlm", "vLLM")
+    set_llm_endpoint(deployment.settings_dir / "validation" / "validation.json", "vlm", "vLLM")
     assert label_matching_pool(settings) == "vlm_api/mistral-ai"
     assert validation_pool(settings) == "vlm_api/vllm"
     # the datasets disagree: one step cannot be in two pools, it stays in the shared one
@@ -172,7 +174,7 @@ def test_pools_from_other_settings(tmp_path, bench: Bench):
     assert label_matching_pool(settings) == "vlm_api"
     # unreadable settings: the shared pool (the step reports the file when it runs)
     (lm / "coco.json").write_text("{")
-    (bench.settings_dir / "validation" / "validation.json").write_text("[]")
+    (deployment.settings_dir / "validation" / "validation.json").write_text("[]")
     assert label_matching_pool(settings) == "vlm_api"
     assert validation_pool(settings) == "vlm_api"
 
