@@ -1,7 +1,7 @@
 """Run every benchmark, one after the other (they would disturb each other's timings), and print their
 Markdown tables as one report.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--only throughput whole scale eval stats service]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--only throughput whole scale eval stats service backfill]
 
 The full run takes about an hour on 2 cores (the description throughput at concurrency 1 alone is 500
 requests of 1 s). ``--quick`` uses small sizes to check that everything works (a few minutes); its
@@ -15,6 +15,7 @@ numbers are not the README's.
 | ``eval_speed.py`` | our evaluation vs FiftyOne ``evaluate_detections`` | identical numbers |
 | ``statistics_speed.py`` | bootstrap of one pair; paired tests, ranks, groups of 50 models x 2 datasets | < 2 s; < 60 s (issue 17) |
 | ``service_scale.py`` | automation sensor tick at 10 / 100 / 500 model partitions, PostgreSQL and SQLite | < 5 s at 500 (issue 19) |
+| ``service_backfill.py`` | one backfill of 50 models x 2 datasets through the daemon and run queue, PostgreSQL vs SQLite | measured (issue 19) |
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ BENCHMARKS = {
         ["--models", "8", "--images", "200", "--repeat", "2"],
     ),
     "service": ("Automation at scale", "service_scale.py", ["--models", "10"]),
+    "backfill": ("Backfill through the service", "service_backfill.py", ["--models", "3"]),
 }
 
 
