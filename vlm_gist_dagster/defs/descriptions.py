@@ -22,7 +22,7 @@ MAX_FAILURE_RATE = 0.2
     group_name="benchmark",
     kinds={"parquet", "vlm"},
     # The provider varies by model partition and a pool cannot: runs carry vlm_gist/provider instead
-    # (defs.providers), limited per provider in deploy/dagster.yaml.
+    # (ModelsResource.provider_tags), limited per provider in deploy/dagster.yaml.
     pool=VLM_POOL,
     retry_policy=API_RETRY,
     automation_condition=DESCRIPTIONS_CONDITION,

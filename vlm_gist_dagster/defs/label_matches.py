@@ -5,22 +5,41 @@ import pandas as pd
 
 from ..orchestration.failures import api_errors
 from ..orchestration.metadata import column_schema, preview
-from ..orchestration.policies import API_RETRY
+from ..orchestration.policies import API_RETRY, one_provider_pool
 from ..protocol.settings import LabelMatchingSettings
 from ..stages.label_matching import run_label_matches
 from ..stages.tables import LABEL_MATCHES
 from .automation import STAGE_CONDITION
-from .partitions import model_dataset_partitions, pair
-from .providers import LABEL_MATCHING_POOL
-from .resources import ServicesResource
+from .partitions import DATASETS, model_dataset_partitions, pair
+from .resources import ServicesResource, SettingsResource, resources_from_environment
 from .settings_assets import settings_from_table
+
+
+def label_matching_pool(settings: SettingsResource) -> str:
+    """The pool of ``label_matches``: ``vlm_api/<provider>`` of the label-matching LLM that every
+    dataset's settings file names, else the shared ``vlm_api`` (orchestration/policies.py)."""
+    from ..protocol.endpoints import resolve_endpoint
+    from ..protocol.settings import load_label_matching_settings
+
+    def endpoint(dataset: str) -> str | None:
+        try:
+            llm = load_label_matching_settings(settings.label_matching_file(dataset)).llm
+            return resolve_endpoint(llm.api_endpoint).name  # type: ignore[arg-type]
+        except Exception:  # the step reports a bad settings file when it runs
+            return None
+
+    return one_provider_pool(endpoint(d) for d in DATASETS)
+
+
+#: Read from the settings the resources are configured with, when the definitions load.
+LABEL_MATCHING_POOL = label_matching_pool(resources_from_environment()["settings"])  # type: ignore[arg-type]
 
 
 @dg.asset(
     partitions_def=model_dataset_partitions,
     group_name="benchmark",
     kinds={"parquet", "llm"},
-    pool=LABEL_MATCHING_POOL,  # vlm_api/<provider> of the label-matching LLM (defs.providers)
+    pool=LABEL_MATCHING_POOL,  # vlm_api/<provider> of the label-matching LLM (label_matching_pool)
     retry_policy=API_RETRY,
     automation_condition=STAGE_CONDITION,
     code_version="1",

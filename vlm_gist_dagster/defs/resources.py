@@ -105,6 +105,30 @@ class ModelsResource(dg.ConfigurableResource):
         except (ModelRegistryError, SettingsError) as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
+    def provider(self, key: str) -> str | None:
+        """The provider of model ``key``'s descriptions (the slug of its structured-description endpoint,
+        ``orchestration.policies.provider_slug``); None for a baseline (no VLM API) or a model file that
+        cannot be read (its run reports that)."""
+        from ..orchestration.policies import provider_slug
+        from ..protocol.endpoints import resolve_endpoint
+
+        try:
+            _, model = self.load(key)
+        except dg.Failure:
+            return None
+        if model.kind != "vlm":
+            return None
+        endpoint = model.description.vlm_structured_description.api_endpoint
+        return provider_slug(resolve_endpoint(endpoint).name)  # type: ignore[arg-type]
+
+    def provider_tags(self, key: str) -> dict[str, str]:
+        """``{"vlm_gist/provider": <provider>}`` for a pair run of model ``key`` (limited per provider by
+        ``deploy/dagster.yaml``); empty when the model calls no VLM API or its file cannot be read."""
+        from ..orchestration.policies import PROVIDER_TAG
+
+        provider = self.provider(key)
+        return {PROVIDER_TAG: provider} if provider else {}
+
 
 class ServicesResource(dg.ConfigurableResource):
     """Where the stages send requests (see ``stages.services.Services``): URL overrides, the response

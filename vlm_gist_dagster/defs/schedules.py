@@ -18,7 +18,6 @@ from ..orchestration.metadata import SETTINGS_SHA_KEY
 from .descriptions import descriptions
 from .metrics import metrics
 from .partitions import model_dataset_partitions, split_pair_key
-from .providers import provider_tags
 from .resources import ModelsResource
 from .selections import PAIR_SELECTION
 
@@ -76,7 +75,7 @@ def nightly_benchmark_schedule(
             tags={
                 "vlm_gist/trigger": "nightly",
                 "vlm_gist/reason": reason,
-                **provider_tags(models, split_pair_key(key)[1]),
+                **models.provider_tags(split_pair_key(key)[1]),
             },
         )
         for key, reason in todo

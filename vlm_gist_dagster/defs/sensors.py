@@ -20,7 +20,6 @@ import dagster as dg
 from ..files import file_sha256
 from ..model_registry import discover_models
 from .partitions import DATASETS, MODEL_PARTITIONS_NAME, model_partitions, pair_key
-from .providers import provider_tags
 from .resources import ModelsResource, SettingsResource
 from .selections import PAIR_ASSET_KEYS, PAIR_SELECTION, VALIDATION_ASSET_KEYS
 from .settings_assets import (
@@ -83,7 +82,7 @@ def model_settings_sensor(
             tags={
                 "vlm_gist/trigger": "model_settings_changed",
                 "vlm_gist/model": m.key,
-                **provider_tags(models, m.key),
+                **models.provider_tags(m.key),
             },
         )
         for m in changed
@@ -215,7 +214,7 @@ def settings_sensor(
                     tags={
                         "vlm_gist/trigger": "validation_settings_changed",
                         "vlm_gist/model": partition,
-                        **provider_tags(models, partition),
+                        **models.provider_tags(partition),
                     },
                 )
                 for dataset in DATASETS

@@ -6,22 +6,38 @@ import pandas as pd
 from ..model_registry import validation_settings_path
 from ..orchestration.failures import api_errors
 from ..orchestration.metadata import column_schema, preview
-from ..orchestration.policies import API_RETRY
+from ..orchestration.policies import API_RETRY, VLM_POOL, provider_pool
 from ..protocol.settings import SettingsError, ValidationSettings, load_validation_settings
 from ..stages.tables import VALIDATIONS
 from ..stages.validation import run_validations
 from .automation import STAGE_CONDITION
 from .partitions import model_dataset_partitions, pair
-from .providers import VALIDATION_POOL
-from .resources import ModelsResource, ServicesResource, SettingsResource
+from .resources import ModelsResource, ServicesResource, SettingsResource, resources_from_environment
 from .settings_assets import validation_settings_file
+
+
+def validation_pool(settings: SettingsResource) -> str:
+    """The pool of ``validations``: ``vlm_api/<provider>`` of the project's validation VLM
+    (orchestration/policies.py). A model file that names its own validation settings file still runs in
+    this pool."""
+    from ..protocol.endpoints import resolve_endpoint
+
+    try:
+        vlm = load_validation_settings(settings.validation_file()).vlm
+        return provider_pool(resolve_endpoint(vlm.api_endpoint).name)  # type: ignore[arg-type]
+    except Exception:  # the step reports a bad settings file when it runs
+        return VLM_POOL
+
+
+#: Read from the settings the resources are configured with, when the definitions load.
+VALIDATION_POOL = validation_pool(resources_from_environment()["settings"])  # type: ignore[arg-type]
 
 
 @dg.asset(
     partitions_def=model_dataset_partitions,
     group_name="benchmark",
     kinds={"parquet", "vlm"},
-    pool=VALIDATION_POOL,  # vlm_api/<provider> of the validation VLM (defs.providers)
+    pool=VALIDATION_POOL,  # vlm_api/<provider> of the validation VLM (validation_pool)
     retry_policy=API_RETRY,
     automation_condition=STAGE_CONDITION,
     code_version="1",

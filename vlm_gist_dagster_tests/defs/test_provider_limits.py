@@ -1,4 +1,4 @@
-"""Per-provider limits (``defs.providers``): the pools of the API steps whose provider the settings fix,
+"""Per-provider limits (``orchestration/policies.py``): the pools of the API steps whose provider the settings fix,
 and the run tag ``vlm_gist/provider`` on every pair run the project requests.
 
 Expected pool names and tag values are spelt out here from the settings files' endpoint names, not
@@ -14,15 +14,12 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from vlm_gist_dagster.defs.providers import (
-    PROVIDER_TAG,
-    label_matching_pool,
-    pair_provider_tags,
-    provider_tags,
-    validation_pool,
-)
+from vlm_gist_dagster.defs.jobs import pair_provider_tags
+from vlm_gist_dagster.defs.label_matches import label_matching_pool
 from vlm_gist_dagster.defs.resources import ModelsResource, SettingsResource
 from vlm_gist_dagster.defs.sensors import settings_sensor
+from vlm_gist_dagster.defs.validations import validation_pool
+from vlm_gist_dagster.orchestration.policies import PROVIDER_TAG
 
 from ..deployment import Deployment, pair_keys
 from .conftest import apply_partition_requests, tick_model_sensor
@@ -134,7 +131,7 @@ def test_pair_job_tags_every_partition_with_its_provider(deployment: Deployment)
 
 def test_a_model_file_that_cannot_be_read_gets_no_tag(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
-    assert provider_tags(ModelsResource(models_dir=str(tmp_path)), "broken") == {}
+    assert ModelsResource(models_dir=str(tmp_path)).provider_tags("broken") == {}
 
 
 # --------------------------------------------------------------------------------------------- pools
