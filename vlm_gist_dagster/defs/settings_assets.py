@@ -41,39 +41,39 @@ DATA_VERSION_TAG = "dagster/data_version"
 #: The data version of ``validation_settings_file`` for a model whose validation is off.
 VALIDATION_OFF = "off"
 
-model_settings_file = dg.AssetSpec(
+
+def settings_file_spec(
+    name: str, description: str, partitions_def: dg.PartitionsDefinition | None = None
+) -> dg.AssetSpec:
+    """An external asset for one settings file (group ``settings``; its data version, the file's content
+    hash, is recorded by ``settings_sensor``)."""
+    return dg.AssetSpec(
+        name, group_name="settings", kinds={"json"}, partitions_def=partitions_def, description=description
+    )
+
+
+model_settings_file = settings_file_spec(
     "model_settings_file",
-    group_name="settings",
-    kinds={"json"},
-    partitions_def=model_partitions,
-    description="Each model's settings file in settings/models/ (data version: its content hash).",
+    "Each model's settings file in settings/models/ (data version: its content hash).",
+    model_partitions,
 )
-validation_settings_file = dg.AssetSpec(
+validation_settings_file = settings_file_spec(
     "validation_settings_file",
-    group_name="settings",
-    kinds={"json"},
-    partitions_def=model_partitions,
-    description="The validation settings each model's header selects (settings/validation/validation.json "
+    "The validation settings each model's header selects (settings/validation/validation.json "
     "for `true`); data version: that file's content hash, or 'off'.",
+    model_partitions,
 )
-detection_settings_file = dg.AssetSpec(
-    "detection_settings_file",
-    group_name="settings",
-    kinds={"json"},
-    description="settings/detection/detection.json (data version: its content hash).",
+detection_settings_file = settings_file_spec(
+    "detection_settings_file", "settings/detection/detection.json (data version: its content hash)."
 )
-label_matching_settings_file = dg.AssetSpec(
+label_matching_settings_file = settings_file_spec(
     "label_matching_settings_file",
-    group_name="settings",
-    kinds={"json"},
-    partitions_def=dataset_partitions,
-    description="settings/label_matching/<dataset>.json (data version: its content hash).",
+    "settings/label_matching/<dataset>.json (data version: its content hash).",
+    dataset_partitions,
 )
-prices_file = dg.AssetSpec(
+prices_file = settings_file_spec(
     "prices_file",
-    group_name="settings",
-    kinds={"json"},
-    description="settings/prices.json, the price table of the cost column (data version: its content hash).",
+    "settings/prices.json, the price table of the cost column (data version: its content hash).",
 )
 SETTINGS_FILES = (
     model_settings_file,
