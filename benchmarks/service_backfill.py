@@ -338,6 +338,11 @@ def measure_backend(
         instance.event_log_storage.set_concurrency_slots("vlm_api", 8)
         instance.event_log_storage.set_concurrency_slots("vision_servers", 4)
         with service.environment():
+            from vlm_gist_dagster.defs.label_matches import LABEL_MATCHING_POOL
+            from vlm_gist_dagster.defs.validations import VALIDATION_POOL
+        for provider_pool in {LABEL_MATCHING_POOL, VALIDATION_POOL} - {"vlm_api"}:  # vlm_api/<provider>
+            instance.event_log_storage.set_concurrency_slots(provider_pool, 4)
+        with service.environment():
             from vlm_gist_dagster.definitions import build_definitions
 
             defs = build_definitions()
