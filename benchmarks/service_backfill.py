@@ -278,7 +278,6 @@ def measure_backend(
     backfill_runs: int | None = None,
 ) -> dict[str, Any]:
     import dagster as dg
-    from dagster._core.execution.backfill import BulkActionStatus
 
     from vlm_gist_dagster.defs.partitions import DATASETS
     from vlm_gist_dagster.runner import simulator_environment
@@ -286,6 +285,7 @@ def measure_backend(
     from vlm_gist_dagster_tests.postgres.service import (
         IN_PROCESS,
         Service,
+        backfill_finished,
         deploy_config,
         mini_coco,
         mini_vlm_gist,
@@ -370,13 +370,7 @@ def measure_backend(
         cpu.start()
 
         def backfill_done() -> bool:
-            backfill = instance.get_backfill(backfill_id)
-            return backfill is not None and backfill.status in (
-                BulkActionStatus.COMPLETED_SUCCESS,
-                BulkActionStatus.COMPLETED_FAILED,
-                BulkActionStatus.FAILED,
-                BulkActionStatus.CANCELED,
-            )
+            return backfill_finished(instance, backfill_id)
 
         progress = {"last": 0.0}
 

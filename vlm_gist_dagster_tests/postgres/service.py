@@ -207,6 +207,19 @@ def submit_asset_backfill(
     return backfill.backfill_id
 
 
+def backfill_finished(instance: dg.DagsterInstance, backfill_id: str) -> bool:
+    """Whether the backfill reached a final status (completed, failed or canceled)."""
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    backfill = instance.get_backfill(backfill_id)
+    return backfill is not None and backfill.status in (
+        BulkActionStatus.COMPLETED_SUCCESS,
+        BulkActionStatus.COMPLETED_FAILED,
+        BulkActionStatus.FAILED,
+        BulkActionStatus.CANCELED,
+    )
+
+
 def wait_for(predicate, timeout: float, what: str, service: Service, poll: float = 2.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -34,6 +34,7 @@ from vlm_gist_dagster.sim import FAULT_TYPES, SERVER_NAMES, controls_from_model_
 from .service import (
     IN_PROCESS,
     Service,
+    backfill_finished,
     deploy_config,
     materialization_counts,
     max_overlap,
@@ -166,13 +167,7 @@ def test_backfill_through_the_run_queue_survives_a_daemon_kill(service):
         service.start_daemon()
 
         def backfill_done() -> bool:
-            backfill = instance.get_backfill(backfill_id)
-            return backfill is not None and backfill.status in (
-                BulkActionStatus.COMPLETED_SUCCESS,
-                BulkActionStatus.COMPLETED_FAILED,
-                BulkActionStatus.FAILED,
-                BulkActionStatus.CANCELED,
-            )
+            return backfill_finished(instance, backfill_id)
 
         wait_for(backfill_done, 420, "the backfill to finish", service)
         assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS, (
